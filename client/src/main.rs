@@ -1,0 +1,195 @@
+//! `chat`: the command-line client.
+//!
+//! - `chat token --user alice` mints a development token;
+//! - `chat connect --user alice --conversation room1` is an interactive
+//!   terminal chat (lines are messages; `/help` lists commands);
+//! - `chat send ...` sends one message (scripts);
+//! - `chat echo` checks connectivity.
+
+mod connect;
+mod render;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chat_proto::pb::chat_service_client::ChatServiceClient;
+use chat_proto::pb::echo_service_client::EchoServiceClient;
+use chat_proto::pb::{EchoRequest, SendMessageRequest};
+use clap::{Args, Parser, Subcommand};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Parser)]
+#[command(name = "chat", version, about = "Chat from the terminal through a chat gateway.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a development bearer token for a user.
+    Token {
+        #[arg(long)]
+        user: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 24 * 3600)]
+        ttl_secs: u64,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Interactive chat in one or more conversations.
+    Connect {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Conversations to join at start (repeatable); the first is where
+        /// typed lines go until `/switch`.
+        #[arg(long = "conversation", short = 'c')]
+        conversations: Vec<String>,
+    },
+    /// Send one message with the unary API and print its seq.
+    Send {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, short = 'c')]
+        conversation: String,
+        #[arg(long)]
+        body: String,
+        /// Idempotency key; a retry with the same key never makes a second
+        /// message.
+        #[arg(long, default_value = "")]
+        client_message_id: String,
+    },
+    /// Connectivity check (no authentication).
+    Echo {
+        #[arg(long, short = 'g', env = "CHAT_GATEWAY", default_value = "http://127.0.0.1:50051")]
+        gateway: String,
+        #[arg(long, default_value = "ping")]
+        message: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SecretArgs {
+    /// HS256 secret shared with the gateway.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// File with the secret (what a local gateway generates).
+    #[arg(long, env = "CHAT_JWT_SECRET_FILE", default_value = ".run/jwt-secret")]
+    secret_file: PathBuf,
+    #[arg(long, env = "CHAT_JWT_ISSUER", default_value = chat_proto::token::DEFAULT_ISSUER)]
+    issuer: String,
+    #[arg(long, env = "CHAT_JWT_AUDIENCE", default_value = chat_proto::token::DEFAULT_AUDIENCE)]
+    audience: String,
+}
+
+#[derive(Debug, Args)]
+struct ConnArgs {
+    /// Gateway URL.
+    #[arg(long, short = 'g', env = "CHAT_GATEWAY", default_value = "http://127.0.0.1:50051")]
+    gateway: String,
+    /// User to act as (a token is minted for it unless `--token` is given).
+    #[arg(long, short = 'u', env = "CHAT_USER")]
+    user: Option<String>,
+    /// Bearer token to use as is.
+    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    secret: SecretArgs,
+}
+
+impl SecretArgs {
+    fn mint(&self, user: &str, ttl: Duration) -> anyhow::Result<String> {
+        let secret = match &self.secret {
+            Some(s) => s.clone(),
+            None => std::fs::read_to_string(&self.secret_file)
+                .with_context(|| {
+                    format!(
+                        "no --secret given and {} is unreadable (start a local gateway first, or set CHAT_JWT_SECRET)",
+                        self.secret_file.display()
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        };
+        Ok(chat_proto::token::mint(secret.as_bytes(), user, &self.issuer, &self.audience, ttl)?)
+    }
+}
+
+impl ConnArgs {
+    fn bearer(&self) -> anyhow::Result<(String, MetadataValue<tonic::metadata::Ascii>)> {
+        let (user, token) = match (&self.token, &self.user) {
+            (Some(token), user) => (user.clone().unwrap_or_else(|| "me".into()), token.clone()),
+            (None, Some(user)) => (user.clone(), self.secret.mint(user, Duration::from_secs(24 * 3600))?),
+            (None, None) => bail!("give --user (to mint a token) or --token"),
+        };
+        let value = format!("Bearer {token}").parse().context("token is not valid metadata")?;
+        Ok((user, value))
+    }
+}
+
+async fn channel(gateway: &str) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(gateway.to_owned())
+        .with_context(|| format!("bad gateway URL {gateway}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach gateway {gateway}"))
+}
+
+fn authed(channel: Channel, bearer: MetadataValue<tonic::metadata::Ascii>) -> connect::Client {
+    let attach: connect::Interceptor = Box::new(move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
+    });
+    ChatServiceClient::with_interceptor(channel, attach)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Token { user, ttl_secs, secret } => {
+            println!("{}", secret.mint(&user, Duration::from_secs(ttl_secs))?);
+        }
+        Command::Echo { gateway, message } => {
+            let mut client = EchoServiceClient::new(channel(&gateway).await?);
+            let reply = client.echo(EchoRequest { message }).await?.into_inner();
+            println!("{} (from {})", reply.message, reply.gateway_id);
+        }
+        Command::Send { conn, conversation, body, client_message_id } => {
+            let (_, bearer) = conn.bearer()?;
+            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let reply = client
+                .send_message(SendMessageRequest { conversation_id: conversation, client_message_id, body })
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            println!(
+                "{} seq={} message_id={}{}",
+                reply.conversation_id,
+                reply.seq,
+                reply.message_id,
+                if reply.duplicate { " (duplicate)" } else { "" }
+            );
+        }
+        Command::Connect { conn, conversations } => {
+            let (user, bearer) = conn.bearer()?;
+            let client = authed(channel(&conn.gateway).await?, bearer);
+            connect::interactive(client, user, conversations).await?;
+        }
+    }
+    Ok(())
+}

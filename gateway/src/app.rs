@@ -1,0 +1,218 @@
+//! The state every connection shares ([`App`]) and the operations that both
+//! the stream and the unary API perform: accepting a send, joining, leaving,
+//! publishing membership and presence.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat_proto::envelope::{Envelope, Event, MessageEvent};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::error::GatewayError;
+use crate::hub::Hub;
+use crate::limits::{self, Limits, RateLimiter};
+use crate::outbox::Outbox;
+use crate::store::{Accepted, PresenceKey, SendRequest, Store};
+
+/// How long a stream's presence lasts without a refresh; a crashed gateway's
+/// users drop out of presence after at most this.
+pub const PRESENCE_LEASE: Duration = Duration::from_secs(60);
+/// How often live presence is refreshed.
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(20);
+
+#[derive(Debug)]
+pub struct App {
+    pub gateway_id: String,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub hub: Arc<Hub>,
+    pub limits: Limits,
+    pub rate: RateLimiter,
+    pub outbound_buffer: usize,
+    /// Cancelled when the gateway starts shutting down: sessions close.
+    pub closing: CancellationToken,
+    /// Presence this gateway holds, refreshed periodically.
+    presence: Mutex<HashSet<PresenceKey>>,
+}
+
+/// A validated send.
+#[derive(Debug, Clone)]
+pub struct Send<'a> {
+    pub conversation_id: &'a str,
+    pub client_message_id: &'a str,
+    pub body: &'a str,
+}
+
+/// What a join found.
+#[derive(Debug, Clone)]
+pub struct JoinOutcome {
+    pub online: Vec<String>,
+    pub last_seq: u64,
+}
+
+fn presence_expiry(now_ms: i64) -> i64 {
+    now_ms + i64::try_from(PRESENCE_LEASE.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl App {
+    pub fn new(
+        gateway_id: String,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        hub: Arc<Hub>,
+        limits: Limits,
+        outbound_buffer: usize,
+    ) -> Self {
+        Self {
+            gateway_id,
+            store,
+            bus,
+            hub,
+            rate: RateLimiter::new(&limits),
+            limits,
+            outbound_buffer,
+            closing: CancellationToken::new(),
+            presence: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn envelope(&self, conversation_id: &str, event: Event) -> Envelope {
+        Envelope::new(
+            ulid::Ulid::new().to_string(),
+            conversation_id.to_owned(),
+            self.gateway_id.clone(),
+            crate::clock::now_ms(),
+            event,
+        )
+    }
+
+    /// Checks a send's shape; the same rules for stream and unary.
+    pub fn validate_send(&self, send: &Send<'_>) -> Result<(), GatewayError> {
+        limits::conversation_id(send.conversation_id)?;
+        limits::client_message_id(send.client_message_id)?;
+        limits::body(send.body, &self.limits)
+    }
+
+    /// Rate-limits, orders and publishes a validated send from a member.
+    pub async fn send(&self, sender: &str, send: Send<'_>) -> Result<Accepted, GatewayError> {
+        self.rate.check(sender, Instant::now())?;
+        let now_ms = crate::clock::now_ms();
+        let accepted = self
+            .store
+            .accept_send(SendRequest {
+                conversation_id: send.conversation_id,
+                sender,
+                client_message_id: send.client_message_id,
+                body: send.body,
+                new_message_id: ulid::Ulid::new().to_string(),
+                now_ms,
+            })
+            .await?;
+        // A duplicate is published again with its first identity: if the
+        // first attempt's publish failed this delivers it, and if it did not,
+        // receivers drop the copy by event id.
+        let envelope = Envelope::new(
+            accepted.message_id.clone(),
+            send.conversation_id.to_owned(),
+            self.gateway_id.clone(),
+            accepted.accepted_at_ms,
+            Event::Message(MessageEvent {
+                message_id: accepted.message_id.clone(),
+                seq: accepted.seq,
+                sender: sender.to_owned(),
+                body: send.body.to_owned(),
+                client_message_id: send.client_message_id.to_owned(),
+            }),
+        );
+        self.bus.publish(std::slice::from_ref(&envelope)).await?;
+        tracing::debug!(conversation_id = send.conversation_id, seq = accepted.seq, message_id = accepted.message_id, duplicate = accepted.duplicate, "message accepted");
+        Ok(accepted)
+    }
+
+    /// Joins `outbox`'s stream to a conversation: membership, live
+    /// subscription, presence, and the events that announce them.
+    pub async fn join(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<JoinOutcome, GatewayError> {
+        let user = outbox.user_id.as_str();
+        self.hub.subscribe(conversation_id, outbox.clone());
+        let result = self.join_subscribed(conversation_id, outbox).await;
+        if result.is_err() {
+            self.hub.unsubscribe(conversation_id, &outbox.session_id);
+        }
+        let (outcome, newly_member, came_online) = result?;
+        let mut events = Vec::new();
+        if newly_member {
+            events.push(self.envelope(conversation_id, Event::MemberJoined { user_id: user.to_owned() }));
+        }
+        if came_online {
+            events.push(self.envelope(conversation_id, Event::Presence { user_id: user.to_owned(), online: true }));
+        }
+        self.bus.publish(&events).await?;
+        Ok(outcome)
+    }
+
+    async fn join_subscribed(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<(JoinOutcome, bool, bool), GatewayError> {
+        let joined = self.store.join(conversation_id, &outbox.user_id).await?;
+        self.hub.anchor(conversation_id, joined.last_seq);
+        let key = self.presence_key(conversation_id, outbox);
+        let now_ms = crate::clock::now_ms();
+        let came_online = self.store.presence_online(&key, now_ms, presence_expiry(now_ms)).await?;
+        self.presence_set().insert(key);
+        let online = self.store.online_users(conversation_id, now_ms).await?;
+        Ok((JoinOutcome { online, last_seq: joined.last_seq }, joined.newly_member, came_online))
+    }
+
+    /// Takes a stream out of a conversation it had joined; announces the user
+    /// offline there when it was their last stream.
+    pub async fn unsubscribe(&self, conversation_id: &str, outbox: &Outbox) -> Result<(), GatewayError> {
+        self.hub.unsubscribe(conversation_id, &outbox.session_id);
+        let key = self.presence_key(conversation_id, outbox);
+        self.presence_set().remove(&key);
+        if self.store.presence_offline(&key, crate::clock::now_ms()).await? {
+            let event = self.envelope(conversation_id, Event::Presence { user_id: outbox.user_id.clone(), online: false });
+            self.bus.publish(&[event]).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives up membership; true when the user was a member.
+    pub async fn leave(&self, conversation_id: &str, user: &str) -> Result<bool, GatewayError> {
+        let was_member = self.store.leave(conversation_id, user).await?;
+        if was_member {
+            let event = self.envelope(conversation_id, Event::MemberLeft { user_id: user.to_owned() });
+            self.bus.publish(&[event]).await?;
+        }
+        Ok(was_member)
+    }
+
+    pub async fn typing(&self, conversation_id: &str, user: &str, typing: bool) -> Result<(), GatewayError> {
+        self.rate.check(user, Instant::now())?;
+        let event = self.envelope(conversation_id, Event::Typing { user_id: user.to_owned(), typing });
+        self.bus.publish(&[event]).await?;
+        Ok(())
+    }
+
+    fn presence_key(&self, conversation_id: &str, outbox: &Outbox) -> PresenceKey {
+        PresenceKey {
+            conversation_id: conversation_id.to_owned(),
+            user_id: outbox.user_id.clone(),
+            session_id: outbox.session_id.clone(),
+        }
+    }
+
+    fn presence_set(&self) -> std::sync::MutexGuard<'_, HashSet<PresenceKey>> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Extends the lease of every stream's presence on this gateway.
+    pub async fn refresh_presence(&self) {
+        let keys: Vec<PresenceKey> = self.presence_set().iter().cloned().collect();
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.presence_refresh(&keys, presence_expiry(crate::clock::now_ms())).await {
+            tracing::warn!(error = %e, streams = keys.len(), "presence refresh failed");
+        }
+    }
+}

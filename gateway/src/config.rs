@@ -1,0 +1,179 @@
+//! The gateway's one `Config`: flags with environment fallbacks, parsed once
+//! in `main` and passed down. Nothing deeper reads the environment; the AWS
+//! SDK alone reads the standard AWS variables (`AWS_ENDPOINT_URL`,
+//! `AWS_REGION`, credentials).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Which bus carries events between gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BusKind {
+    /// `sns-sqs` when a topic ARN is configured, `memory` otherwise.
+    Auto,
+    /// One gateway, an in-process bus and in-memory store: no AWS at all.
+    Memory,
+    /// SNS topic fan-out to one SQS queue per gateway; DynamoDB for sequence
+    /// numbers, membership, presence and send idempotency.
+    SnsSqs,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "The chat gRPC gateway: holds client streams, publishes to the bus, fans events out to local members."
+)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// The bus between gateways.
+    #[arg(long, env = "CHAT_BUS", value_enum, default_value_t = BusKind::Auto)]
+    pub bus: BusKind,
+
+    /// This gateway's instance id: names its SQS queue and marks what it
+    /// publishes. Letters, digits, '-' and '_' only. Random when absent.
+    #[arg(long, env = "CHAT_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// HS256 secret that bearer tokens are signed with.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the HS256 secret, used when `--jwt-secret` is absent. If
+    /// the file does not exist a random secret is generated into it, so local
+    /// gateways and the `chat` client share one without configuration.
+    #[arg(long, env = "CHAT_JWT_SECRET_FILE", default_value = ".run/jwt-secret")]
+    pub jwt_secret_file: PathBuf,
+
+    /// Required `iss` claim of bearer tokens.
+    #[arg(long, env = "CHAT_JWT_ISSUER", default_value = chat_proto::token::DEFAULT_ISSUER)]
+    pub jwt_issuer: String,
+
+    /// Required `aud` claim of bearer tokens.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE", default_value = chat_proto::token::DEFAULT_AUDIENCE)]
+    pub jwt_audience: String,
+
+    /// ARN of the SNS topic all events are published to (sns-sqs bus).
+    #[arg(long, env = "CHAT_TOPIC_ARN")]
+    pub topic_arn: Option<String>,
+
+    /// Prefix of this gateway's SQS queue name; the instance id follows it.
+    #[arg(long, env = "CHAT_QUEUE_PREFIX", default_value = "chat-gw-")]
+    pub queue_prefix: String,
+
+    /// DynamoDB table holding each conversation's `last_seq` counter.
+    #[arg(long, env = "CHAT_CONVERSATIONS_TABLE", default_value = "chat-conversations")]
+    pub conversations_table: String,
+
+    /// DynamoDB table of conversation members.
+    #[arg(long, env = "CHAT_MEMBERS_TABLE", default_value = "chat-members")]
+    pub members_table: String,
+
+    /// DynamoDB table of online sessions per conversation (TTL'd).
+    #[arg(long, env = "CHAT_PRESENCE_TABLE", default_value = "chat-presence")]
+    pub presence_table: String,
+
+    /// DynamoDB table of send idempotency records (TTL'd).
+    #[arg(long, env = "CHAT_SEND_DEDUP_TABLE", default_value = "chat-send-dedup")]
+    pub send_dedup_table: String,
+
+    /// Concurrent long-polls on this gateway's queue.
+    #[arg(long, env = "CHAT_POLLERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub pollers: u16,
+
+    /// Largest message body accepted, in bytes (UTF-8).
+    #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 4096)]
+    pub max_body_bytes: usize,
+
+    /// Conversations one connection may have joined at once.
+    #[arg(long, env = "CHAT_MAX_CONVERSATIONS_PER_CONNECTION", default_value_t = 64)]
+    pub max_conversations_per_connection: usize,
+
+    /// Sustained sends (and typing frames) per second allowed per user on
+    /// this gateway.
+    #[arg(long, env = "CHAT_SEND_RATE", default_value_t = 20.0)]
+    pub send_rate_per_sec: f64,
+
+    /// Burst of sends allowed above the sustained rate.
+    #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 40)]
+    pub send_burst: u32,
+
+    /// Events buffered per connection before a client counts as too slow
+    /// and is disconnected with a resume hint.
+    #[arg(long, env = "CHAT_OUTBOUND_BUFFER", default_value_t = 1024)]
+    pub outbound_buffer: usize,
+
+    /// How long a gap in a conversation's `seq` is waited for before later
+    /// messages are released without it.
+    #[arg(long, env = "CHAT_REORDER_WINDOW_MS", default_value_t = 2000)]
+    pub reorder_window_ms: u64,
+
+    /// Largest gRPC message decoded or encoded, in bytes.
+    #[arg(long, env = "CHAT_MAX_GRPC_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_grpc_message_bytes: usize,
+
+    /// HTTP/2 keepalive ping interval, in seconds.
+    #[arg(long, env = "CHAT_KEEPALIVE_SECS", default_value_t = 20)]
+    pub keepalive_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The bus this configuration selects once `auto` is resolved.
+    pub fn effective_bus(&self) -> BusKind {
+        match self.bus {
+            BusKind::Auto if self.topic_arn.is_some() => BusKind::SnsSqs,
+            BusKind::Auto => BusKind::Memory,
+            other => other,
+        }
+    }
+
+    pub fn reorder_window(&self) -> Duration {
+        Duration::from_millis(self.reorder_window_ms)
+    }
+
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_conversations_per_connection: self.max_conversations_per_connection,
+            send_rate_per_sec: self.send_rate_per_sec,
+            send_burst: self.send_burst,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_bus_follows_topic_configuration() {
+        let base = Config::parse_from(["gateway"]);
+        assert_eq!(base.effective_bus(), BusKind::Memory);
+        let aws = Config::parse_from(["gateway", "--topic-arn", "arn:aws:sns:us-east-1:1:t"]);
+        assert_eq!(aws.effective_bus(), BusKind::SnsSqs);
+        let forced = Config::parse_from(["gateway", "--bus", "memory", "--topic-arn", "arn:x"]);
+        assert_eq!(forced.effective_bus(), BusKind::Memory);
+    }
+
+    #[test]
+    fn pollers_are_bounded() {
+        assert!(Config::try_parse_from(["gateway", "--pollers", "0"]).is_err());
+        assert!(Config::try_parse_from(["gateway", "--pollers", "65"]).is_err());
+    }
+}

@@ -1,0 +1,378 @@
+//! Local fan-out: which streams on this gateway are in which conversation,
+//! and the delivery of bus events to them.
+//!
+//! Every event read from the bus goes through [`Hub::dispatch`]: events of
+//! conversations with no local member are dropped first (cheaply, before any
+//! bookkeeping), then duplicates by `event_id` (SQS is at-least-once), then
+//! messages are put in `seq` order by the conversation's [`Reorderer`] and
+//! each released event is converted to protobuf once and queued to every
+//! local member's [`Outbox`].
+//!
+//! The state lives behind one mutex that is never held across an `.await`:
+//! every operation on it is a non-blocking in-memory update.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat_proto::envelope::{Envelope, Event};
+use chat_proto::pb::{self, ServerEvent, server_event::Event as PbEvent};
+
+use crate::outbox::{Outbox, Undeliverable};
+use crate::reorder::{Pushed, Reorderer};
+
+/// Event ids remembered for deduplication. At-least-once redeliveries come
+/// within seconds to minutes, well inside this many events.
+pub const DEDUPE_CAPACITY: usize = 100_000;
+
+#[derive(Debug)]
+pub struct Hub {
+    reorder_window: Duration,
+    state: Mutex<State>,
+    pub counters: Counters,
+}
+
+/// Monotonic counters, for logs and tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub dispatched: AtomicU64,
+    pub no_local_members: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub late: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub slow_consumers: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    conversations: HashMap<String, Conversation>,
+    recent: RecentIds,
+}
+
+#[derive(Debug)]
+struct Conversation {
+    members: HashMap<String, Arc<Outbox>>,
+    order: Reorderer<ServerEvent>,
+}
+
+/// A bounded set of recently seen ids, oldest evicted first.
+#[derive(Debug, Default)]
+struct RecentIds {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl RecentIds {
+    /// True when the id is new.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() >= DEDUPE_CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.set.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
+    }
+}
+
+impl Hub {
+    pub fn new(reorder_window: Duration) -> Self {
+        Self {
+            reorder_window,
+            state: Mutex::new(State::default()),
+            counters: Counters::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a stream to a conversation. Call [`Hub::anchor`] once the
+    /// conversation's `last_seq` has been read: subscribing first means no
+    /// event published in between is dropped for want of a local member.
+    pub fn subscribe(&self, conversation_id: &str, outbox: Arc<Outbox>) {
+        let mut state = self.state();
+        let conversation = state
+            .conversations
+            .entry(conversation_id.to_owned())
+            .or_insert_with(|| Conversation {
+                members: HashMap::new(),
+                order: Reorderer::unanchored(self.reorder_window),
+            });
+        conversation.members.insert(outbox.session_id.clone(), outbox);
+    }
+
+    /// Starts a new conversation's ordering after `last_seq` (no-op when the
+    /// conversation was already ordered on this gateway).
+    pub fn anchor(&self, conversation_id: &str, last_seq: u64) {
+        let mut state = self.state();
+        if let Some(conversation) = state.conversations.get_mut(conversation_id) {
+            let released = conversation.order.anchor(last_seq);
+            self.fan_out(conversation, &released, None);
+        }
+    }
+
+    pub fn unsubscribe(&self, conversation_id: &str, session_id: &str) {
+        let mut state = self.state();
+        if let Some(conversation) = state.conversations.get_mut(conversation_id) {
+            conversation.members.remove(session_id);
+            if conversation.members.is_empty() {
+                state.conversations.remove(conversation_id);
+            }
+        }
+    }
+
+    pub fn has_local_members(&self, conversation_id: &str) -> bool {
+        self.state().conversations.contains_key(conversation_id)
+    }
+
+    pub fn conversation_count(&self) -> usize {
+        self.state().conversations.len()
+    }
+
+    /// Delivers one bus event to the local members of its conversation.
+    pub fn dispatch(&self, envelope: Envelope, now: Instant) {
+        self.counters.dispatched.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state();
+        let State { conversations, recent } = &mut *state;
+        let Some(conversation) = conversations.get_mut(&envelope.conversation_id) else {
+            self.counters.no_local_members.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if !recent.insert(&envelope.event_id) {
+            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let conversation_id = envelope.conversation_id.clone();
+        let (event, seq, skip_user) = to_server_event(envelope);
+        let released = match seq {
+            None => vec![event],
+            Some(seq) => match conversation.order.push(seq, event, now) {
+                Pushed::Released(events) => events,
+                Pushed::Held | Pushed::Duplicate => Vec::new(),
+                Pushed::Late(event) => {
+                    self.counters.late.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(conversation_id, seq, "message arrived after its gap was skipped; delivered out of order");
+                    vec![event]
+                }
+            },
+        };
+        self.fan_out(conversation, &released, skip_user.as_deref());
+    }
+
+    /// Releases messages whose gap has waited out the reorder window.
+    pub fn expire_gaps(&self, now: Instant) {
+        let mut state = self.state();
+        for (conversation_id, conversation) in state.conversations.iter_mut() {
+            let released = conversation.order.expire(now);
+            if !released.is_empty() {
+                tracing::warn!(conversation_id, released = released.len(), "seq gap skipped after the reorder window");
+                self.fan_out(conversation, &released, None);
+            }
+        }
+    }
+
+    fn fan_out(&self, conversation: &mut Conversation, events: &[ServerEvent], skip_user: Option<&str>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut gone = Vec::new();
+        for (session_id, outbox) in &conversation.members {
+            if skip_user.is_some_and(|u| u == outbox.user_id) {
+                continue;
+            }
+            for event in events {
+                match outbox.deliver(event.clone()) {
+                    Ok(()) => {
+                        self.counters.deliveries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(Undeliverable::Overflow) => {
+                        self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(session_id, user_id = outbox.user_id, "slow consumer disconnected");
+                        gone.push(session_id.clone());
+                        break;
+                    }
+                    Err(Undeliverable::Gone) => {
+                        gone.push(session_id.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        for session_id in gone {
+            conversation.members.remove(&session_id);
+        }
+    }
+
+    /// Every stream on this gateway, for shutdown.
+    pub fn outboxes(&self) -> Vec<Arc<Outbox>> {
+        let state = self.state();
+        let mut seen = HashSet::new();
+        state
+            .conversations
+            .values()
+            .flat_map(|c| c.members.values())
+            .filter(|o| seen.insert(o.session_id.clone()))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The protobuf form of a bus event, its seq if it is a message, and the user
+/// who should not receive it (a typist does not see their own typing).
+fn to_server_event(envelope: Envelope) -> (ServerEvent, Option<u64>, Option<String>) {
+    let conversation_id = envelope.conversation_id;
+    let (event, seq, skip) = match envelope.event {
+        Event::Message(m) => {
+            let seq = m.seq;
+            let event = PbEvent::Message(pb::Message {
+                message_id: m.message_id,
+                conversation_id,
+                sender: m.sender,
+                seq: m.seq,
+                body: m.body,
+                sent_at_ms: envelope.at_ms,
+                client_message_id: m.client_message_id,
+            });
+            (event, Some(seq), None)
+        }
+        Event::MemberJoined { user_id } => (PbEvent::MemberJoined(pb::MemberJoined { conversation_id, user_id }), None, None),
+        Event::MemberLeft { user_id } => (PbEvent::MemberLeft(pb::MemberLeft { conversation_id, user_id }), None, None),
+        Event::Presence { user_id, online } => (
+            PbEvent::PresenceChanged(pb::PresenceChanged { conversation_id, user_id, online }),
+            None,
+            None,
+        ),
+        Event::Typing { user_id, typing } => {
+            let skip = Some(user_id.clone());
+            (PbEvent::Typing(pb::Typing { conversation_id, user_id, typing }), None, skip)
+        }
+    };
+    (ServerEvent { event: Some(event) }, seq, skip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_proto::envelope::MessageEvent;
+    use futures::StreamExt;
+
+    fn message(conversation: &str, seq: u64) -> Envelope {
+        let id = format!("{conversation}-{seq}");
+        Envelope::new(
+            id.clone(),
+            conversation.into(),
+            "gw".into(),
+            1,
+            Event::Message(MessageEvent {
+                message_id: id,
+                seq,
+                sender: "alice".into(),
+                body: "hi".into(),
+                client_message_id: String::new(),
+            }),
+        )
+    }
+
+    fn seqs(events: &[Result<ServerEvent, tonic::Status>]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Ok(ServerEvent { event: Some(PbEvent::Message(m)) }) => Some(m.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn drain(outbox: &Outbox, stream: crate::outbox::EventStream) -> Vec<Result<ServerEvent, tonic::Status>> {
+        outbox.finish();
+        stream.collect().await
+    }
+
+    #[tokio::test]
+    async fn delivers_in_seq_order_once_and_only_to_members() {
+        let hub = Hub::new(Duration::from_secs(60));
+        let (bob, bob_stream) = Outbox::new("s-bob".into(), "bob".into(), 64);
+        let (carol, carol_stream) = Outbox::new("s-carol".into(), "carol".into(), 64);
+        hub.subscribe("room1", bob.clone());
+        hub.anchor("room1", 0);
+        hub.subscribe("room2", carol.clone());
+        hub.anchor("room2", 0);
+        let now = Instant::now();
+        for seq in [3, 1, 2, 2, 5, 4] {
+            hub.dispatch(message("room1", seq), now);
+        }
+        hub.dispatch(message("elsewhere", 1), now);
+        assert_eq!(seqs(&drain(&bob, bob_stream).await), vec![1, 2, 3, 4, 5]);
+        assert!(seqs(&drain(&carol, carol_stream).await).is_empty());
+        assert_eq!(hub.counters.duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.counters.no_local_members.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn events_between_subscribe_and_anchor_are_kept() {
+        let hub = Hub::new(Duration::from_secs(60));
+        let (bob, stream) = Outbox::new("s".into(), "bob".into(), 64);
+        hub.subscribe("room1", bob.clone());
+        let now = Instant::now();
+        hub.dispatch(message("room1", 8), now);
+        hub.dispatch(message("room1", 9), now);
+        hub.anchor("room1", 8);
+        hub.dispatch(message("room1", 10), now);
+        assert_eq!(seqs(&drain(&bob, stream).await), vec![9, 10]);
+    }
+
+    #[tokio::test]
+    async fn gap_is_released_by_expiry() {
+        let hub = Hub::new(Duration::from_millis(100));
+        let (bob, stream) = Outbox::new("s".into(), "bob".into(), 64);
+        hub.subscribe("room1", bob.clone());
+        hub.anchor("room1", 10);
+        let now = Instant::now();
+        hub.dispatch(message("room1", 12), now);
+        hub.expire_gaps(now + Duration::from_millis(50));
+        hub.expire_gaps(now + Duration::from_millis(100));
+        hub.dispatch(message("room1", 11), now + Duration::from_millis(200));
+        assert_eq!(seqs(&drain(&bob, stream).await), vec![12, 11]);
+        assert_eq!(hub.counters.late.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn typing_skips_the_typist_and_unsubscribe_forgets() {
+        let hub = Hub::new(Duration::from_secs(1));
+        let (alice, alice_stream) = Outbox::new("s-a".into(), "alice".into(), 8);
+        let (bob, bob_stream) = Outbox::new("s-b".into(), "bob".into(), 8);
+        hub.subscribe("r", alice.clone());
+        hub.subscribe("r", bob.clone());
+        hub.anchor("r", 0);
+        let typing = Envelope::new("t1".into(), "r".into(), "gw".into(), 1, Event::Typing { user_id: "alice".into(), typing: true });
+        hub.dispatch(typing, Instant::now());
+        hub.unsubscribe("r", "s-a");
+        hub.unsubscribe("r", "s-b");
+        assert!(!hub.has_local_members("r"));
+        assert_eq!(drain(&alice, alice_stream).await.len(), 0);
+        assert_eq!(drain(&bob, bob_stream).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn slow_member_is_cut_off_without_hurting_others() {
+        let hub = Hub::new(Duration::from_secs(1));
+        let (slow, _slow_stream) = Outbox::new("s-slow".into(), "slow".into(), 2);
+        let (fast, fast_stream) = Outbox::new("s-fast".into(), "fast".into(), 64);
+        hub.subscribe("r", slow.clone());
+        hub.subscribe("r", fast.clone());
+        hub.anchor("r", 0);
+        for seq in 1..=10 {
+            hub.dispatch(message("r", seq), Instant::now());
+        }
+        assert!(slow.is_closed());
+        assert_eq!(hub.counters.slow_consumers.load(Ordering::Relaxed), 1);
+        assert_eq!(seqs(&drain(&fast, fast_stream).await), (1..=10).collect::<Vec<_>>());
+    }
+}

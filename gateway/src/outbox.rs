@@ -1,0 +1,275 @@
+//! One client stream's outbound side: a bounded buffer of `ServerEvent`s and
+//! the stream tonic sends from it.
+//!
+//! Overflow policy: an [`Outbox`] never grows past its capacity. When a
+//! delivery finds it full, the client is too slow: the outbox is closed with
+//! a `Disconnect { SLOW_CONSUMER }` carrying resume points (the last `seq`
+//! given to this stream per conversation), the buffered events are still
+//! sent, then the stream ends with `RESOURCE_EXHAUSTED`. A gateway shutdown
+//! closes it the same way with `SHUTDOWN` and `UNAVAILABLE`.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use chat_proto::pb::{self, ServerEvent, server_event::Event};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ServerEvent, Status>> + Send + 'static>>;
+
+/// Why an outbox was closed with a terminal status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    SlowConsumer,
+    Shutdown,
+}
+
+/// A delivery that did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undeliverable {
+    /// The client went away; forget the session.
+    Gone,
+    /// The buffer was full; the outbox is now closing.
+    Overflow,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    pub session_id: String,
+    pub user_id: String,
+    tx: mpsc::Sender<ServerEvent>,
+    /// Cancelled when the stream must end (after what is buffered).
+    closed: CancellationToken,
+    state: Mutex<OutboxState>,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    last_seq: HashMap<String, u64>,
+    terminal: Option<CloseReason>,
+    /// A connection-wide error to end the stream with, without `Disconnect`.
+    failed: Option<(Code, String)>,
+}
+
+impl Outbox {
+    /// A new outbox and the stream to hand to tonic.
+    pub fn new(session_id: String, user_id: String, capacity: usize) -> (std::sync::Arc<Self>, EventStream) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let outbox = std::sync::Arc::new(Self {
+            session_id,
+            user_id,
+            tx,
+            closed: CancellationToken::new(),
+            state: Mutex::new(OutboxState::default()),
+        });
+        let stream = outbound_stream(rx, outbox.clone());
+        (outbox, stream)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an event without waiting. A message's seq is recorded as this
+    /// stream's resume point for its conversation.
+    pub fn deliver(&self, event: ServerEvent) -> Result<(), Undeliverable> {
+        if self.closed.is_cancelled() {
+            return Err(Undeliverable::Gone);
+        }
+        let seq = match &event.event {
+            Some(Event::Message(m)) => Some((m.conversation_id.clone(), m.seq)),
+            _ => None,
+        };
+        match self.tx.try_send(event) {
+            Ok(()) => {
+                if let Some((conversation, seq)) = seq {
+                    let mut state = self.state();
+                    let last = state.last_seq.entry(conversation).or_insert(0);
+                    *last = (*last).max(seq);
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseReason::SlowConsumer);
+                Err(Undeliverable::Overflow)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Undeliverable::Gone),
+        }
+    }
+
+    /// Ends the stream after what is buffered; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        {
+            let mut state = self.state();
+            state.terminal.get_or_insert(reason);
+        }
+        self.closed.cancel();
+    }
+
+    /// Ends the stream after what is buffered with `code`, for errors that
+    /// concern the whole connection (an undecodable inbound frame).
+    pub fn fail(&self, code: Code, message: String) {
+        self.state().failed.get_or_insert((code, message));
+        self.closed.cancel();
+    }
+
+    /// Ends the stream after what is buffered, with an OK status.
+    pub fn finish(&self) {
+        self.closed.cancel();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    /// Resolves when the client's receiving side is gone.
+    pub async fn gone(&self) {
+        self.tx.closed().await;
+    }
+
+    pub fn resume_points(&self) -> Vec<pb::ResumePoint> {
+        let mut points: Vec<_> = self
+            .state()
+            .last_seq
+            .iter()
+            .map(|(conversation_id, last_seq)| pb::ResumePoint {
+                conversation_id: conversation_id.clone(),
+                last_seq: *last_seq,
+            })
+            .collect();
+        points.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+        points
+    }
+
+    /// The events that end a closed stream: a `Disconnect` and a status.
+    fn terminal(&self) -> Option<(Option<ServerEvent>, Status)> {
+        if let Some((code, message)) = self.state().failed.clone() {
+            return Some((None, Status::new(code, message)));
+        }
+        let reason = self.state().terminal?;
+        let (pb_reason, code, detail, retry_after_ms) = match reason {
+            CloseReason::SlowConsumer => (
+                pb::disconnect::Reason::SlowConsumer,
+                Code::ResourceExhausted,
+                "the client did not read its stream fast enough; reconnect and resume",
+                0,
+            ),
+            CloseReason::Shutdown => (
+                pb::disconnect::Reason::Shutdown,
+                Code::Unavailable,
+                "the gateway is shutting down; reconnect (to any gateway) and resume",
+                250,
+            ),
+        };
+        let event = ServerEvent {
+            event: Some(Event::Disconnect(pb::Disconnect {
+                reason: pb_reason as i32,
+                detail: detail.into(),
+                retry_after_ms,
+                resume: self.resume_points(),
+            })),
+        };
+        Some((Some(event), Status::new(code, detail)))
+    }
+}
+
+fn outbound_stream(rx: mpsc::Receiver<ServerEvent>, outbox: std::sync::Arc<Outbox>) -> EventStream {
+    enum Phase {
+        Live,
+        Ending(Option<Status>),
+        Done,
+    }
+    let stream = futures::stream::unfold((rx, outbox, Phase::Live), |(mut rx, outbox, phase)| async move {
+        match phase {
+            Phase::Live => {
+                let next = tokio::select! {
+                    biased;
+                    event = rx.recv() => event,
+                    () = outbox.closed.cancelled() => rx.try_recv().ok(),
+                };
+                match next {
+                    Some(event) => Some((Ok(event), (rx, outbox, Phase::Live))),
+                    None => match outbox.terminal() {
+                        Some((Some(event), status)) => Some((Ok(event), (rx, outbox, Phase::Ending(Some(status))))),
+                        Some((None, status)) => Some((Err(status), (rx, outbox, Phase::Done))),
+                        None => None,
+                    },
+                }
+            }
+            Phase::Ending(status) => status.map(|s| (Err(s), (rx, outbox, Phase::Done))),
+            Phase::Done => None,
+        }
+    });
+    Box::pin(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn message(conversation: &str, seq: u64) -> ServerEvent {
+        ServerEvent {
+            event: Some(Event::Message(pb::Message {
+                conversation_id: conversation.into(),
+                seq,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_with_resume_points_after_buffered_events() {
+        let (outbox, mut stream) = Outbox::new("s".into(), "u".into(), 2);
+        assert_eq!(outbox.deliver(message("a", 1)), Ok(()));
+        assert_eq!(outbox.deliver(message("b", 7)), Ok(()));
+        assert_eq!(outbox.deliver(message("a", 2)), Err(Undeliverable::Overflow));
+        assert!(outbox.is_closed());
+        assert_eq!(outbox.deliver(message("a", 3)), Err(Undeliverable::Gone));
+
+        let mut seen = Vec::new();
+        while let Some(item) = stream.next().await {
+            seen.push(item);
+        }
+        assert_eq!(seen.len(), 4, "two buffered, disconnect, status");
+        let Some(Ok(ServerEvent { event: Some(Event::Disconnect(d)) })) = seen.get(2) else {
+            panic!("expected disconnect, got {:?}", seen.get(2));
+        };
+        assert_eq!(d.reason, pb::disconnect::Reason::SlowConsumer as i32);
+        let points: Vec<_> = d.resume.iter().map(|p| (p.conversation_id.as_str(), p.last_seq)).collect();
+        assert_eq!(points, vec![("a", 1), ("b", 7)]);
+        let Some(Err(status)) = seen.get(3) else { panic!("expected status") };
+        assert_eq!(status.code(), Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn finish_ends_cleanly_and_shutdown_says_unavailable() {
+        let (outbox, stream) = Outbox::new("s".into(), "u".into(), 4);
+        outbox.deliver(message("a", 1)).expect("deliver");
+        outbox.finish();
+        let items: Vec<_> = stream.collect().await;
+        assert_eq!(items.len(), 1);
+        assert!(items[0].is_ok());
+
+        let (outbox, stream) = Outbox::new("s".into(), "u".into(), 4);
+        outbox.close(CloseReason::Shutdown);
+        let items: Vec<_> = stream.collect().await;
+        assert_eq!(items.len(), 2);
+        let Err(status) = &items[1] else { panic!("expected status") };
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn dropped_stream_means_gone() {
+        let (outbox, stream) = Outbox::new("s".into(), "u".into(), 4);
+        drop(stream);
+        assert_eq!(outbox.deliver(message("a", 1)), Err(Undeliverable::Gone));
+    }
+}

@@ -1,0 +1,239 @@
+//! Per-conversation ordering of messages by `seq`.
+//!
+//! SQS standard queues and concurrent pollers deliver out of order; a
+//! [`Reorderer`] holds messages that arrive ahead of a gap and releases them
+//! in `seq` order as soon as the gap fills. A gap that does not fill within
+//! the window (its message is slow, or its sender died after taking the seq)
+//! is skipped, and a message that arrives after its gap was skipped is handed
+//! back as late rather than dropped: losing it would be worse than
+//! delivering it out of order.
+//!
+//! A reorderer starts unanchored: a stream subscribes before the
+//! conversation's `last_seq` is read, so nothing published in between is
+//! missed; [`Reorderer::anchor`] then says where the join happened.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Messages buffered behind a gap before the gap is skipped regardless of
+/// the window, so one stuck gap cannot hold unbounded memory.
+pub const MAX_PENDING: usize = 10_000;
+
+#[derive(Debug)]
+pub struct Reorderer<T> {
+    /// The next seq to release; `None` until anchored.
+    next: Option<u64>,
+    pending: BTreeMap<u64, (T, Instant)>,
+    window: Duration,
+}
+
+/// What became of a pushed message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed<T> {
+    /// Released now, in order (the pushed one possibly followed by others
+    /// that were waiting for it).
+    Released(Vec<T>),
+    /// Held until the gap before it fills or times out.
+    Held,
+    /// Its seq was passed already; the caller delivers it out of order.
+    Late(T),
+    /// The same seq is already held.
+    Duplicate,
+}
+
+impl<T> Reorderer<T> {
+    /// `last_seq`: the latest seq already accounted for.
+    pub fn new(window: Duration, last_seq: u64) -> Self {
+        Self {
+            next: Some(last_seq.saturating_add(1)),
+            pending: BTreeMap::new(),
+            window,
+        }
+    }
+
+    /// Holds everything until [`Reorderer::anchor`] is called.
+    pub fn unanchored(window: Duration) -> Self {
+        Self {
+            next: None,
+            pending: BTreeMap::new(),
+            window,
+        }
+    }
+
+    /// Sets the start after `last_seq` if none is set yet: held messages at
+    /// or before it (sent before the join) are discarded, the rest released
+    /// in order. Anchoring an anchored reorderer changes nothing.
+    pub fn anchor(&mut self, last_seq: u64) -> Vec<T> {
+        if self.next.is_some() {
+            return Vec::new();
+        }
+        let next = last_seq.saturating_add(1);
+        self.pending = self.pending.split_off(&next);
+        self.next = Some(next);
+        let mut out = Vec::new();
+        self.release_run(&mut out);
+        out
+    }
+
+    pub fn next_seq(&self) -> Option<u64> {
+        self.next
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn push(&mut self, seq: u64, item: T, now: Instant) -> Pushed<T> {
+        let next = self.next.unwrap_or(u64::MAX);
+        if seq < next && self.next.is_some() {
+            return Pushed::Late(item);
+        }
+        if seq != next {
+            if self.pending.contains_key(&seq) {
+                return Pushed::Duplicate;
+            }
+            self.pending.insert(seq, (item, now));
+            if self.pending.len() > MAX_PENDING {
+                return Pushed::Released(self.skip_gap());
+            }
+            return Pushed::Held;
+        }
+        let mut out = vec![item];
+        self.next = Some(seq + 1);
+        self.release_run(&mut out);
+        Pushed::Released(out)
+    }
+
+    /// Skips gaps whose first waiting message has waited a full window.
+    pub fn expire(&mut self, now: Instant) -> Vec<T> {
+        let mut out = Vec::new();
+        while let Some((_, (_, since))) = self.pending.first_key_value() {
+            if now.saturating_duration_since(*since) < self.window {
+                break;
+            }
+            out.extend(self.skip_gap());
+        }
+        out
+    }
+
+    /// When [`Reorderer::expire`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.first_key_value().map(|(_, (_, since))| *since + self.window)
+    }
+
+    fn skip_gap(&mut self) -> Vec<T> {
+        let mut out = Vec::new();
+        if let Some((seq, (item, _))) = self.pending.pop_first() {
+            out.push(item);
+            self.next = Some(seq + 1);
+            self.release_run(&mut out);
+        }
+        out
+    }
+
+    fn release_run(&mut self, out: &mut Vec<T>) {
+        while let (Some(next), Some(entry)) = (self.next, self.pending.first_entry()) {
+            if *entry.key() != next {
+                break;
+            }
+            out.push(entry.remove().0);
+            self.next = Some(next + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: Duration = Duration::from_millis(100);
+
+    fn released(p: Pushed<u64>) -> Vec<u64> {
+        match p {
+            Pushed::Released(v) => v,
+            other => panic!("expected release, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn in_order_passes_straight_through() {
+        let now = Instant::now();
+        let mut r = Reorderer::new(W, 0);
+        for seq in 1..=5 {
+            assert_eq!(released(r.push(seq, seq, now)), vec![seq]);
+        }
+        assert_eq!(r.next_seq(), Some(6));
+    }
+
+    #[test]
+    fn out_of_order_is_released_in_order_when_gap_fills() {
+        let now = Instant::now();
+        let mut r = Reorderer::new(W, 10);
+        assert_eq!(r.push(13, 13, now), Pushed::Held);
+        assert_eq!(r.push(12, 12, now), Pushed::Held);
+        assert_eq!(r.push(13, 13, now), Pushed::Duplicate);
+        assert_eq!(released(r.push(11, 11, now)), vec![11, 12, 13]);
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn gap_is_skipped_after_the_window_and_late_arrival_is_handed_back() {
+        let now = Instant::now();
+        let mut r = Reorderer::new(W, 0);
+        assert_eq!(r.push(2, 2, now), Pushed::Held);
+        assert_eq!(r.push(3, 3, now + W / 2), Pushed::Held);
+        assert_eq!(r.next_deadline(), Some(now + W));
+        assert!(r.expire(now + W / 2).is_empty());
+        assert_eq!(r.expire(now + W), vec![2, 3]);
+        assert_eq!(r.push(1, 1, now + W), Pushed::Late(1));
+        assert_eq!(released(r.push(4, 4, now + W)), vec![4]);
+    }
+
+    #[test]
+    fn successive_gaps_each_wait_their_own_window() {
+        let now = Instant::now();
+        let mut r = Reorderer::new(W, 0);
+        r.push(2, 2, now);
+        r.push(5, 5, now + W);
+        assert_eq!(r.expire(now + W), vec![2]);
+        assert_eq!(r.next_seq(), Some(3));
+        assert_eq!(r.expire(now + W + W / 2), Vec::<u64>::new());
+        assert_eq!(r.expire(now + 2 * W), vec![5]);
+    }
+
+    #[test]
+    fn unanchored_holds_until_anchor_then_drops_what_precedes_the_join() {
+        let now = Instant::now();
+        let mut r = Reorderer::unanchored(W);
+        assert_eq!(r.push(5, 5, now), Pushed::Held);
+        assert_eq!(r.push(7, 7, now), Pushed::Held);
+        assert_eq!(r.push(6, 6, now), Pushed::Held);
+        assert_eq!(r.anchor(5), vec![6, 7]);
+        assert_eq!(r.anchor(1), Vec::<u64>::new(), "second anchor is ignored");
+        assert_eq!(r.push(5, 5, now), Pushed::Late(5));
+        assert_eq!(released(r.push(8, 8, now)), vec![8]);
+    }
+
+    #[test]
+    fn unanchored_that_never_anchors_releases_after_the_window() {
+        let now = Instant::now();
+        let mut r = Reorderer::unanchored(W);
+        r.push(3, 3, now);
+        r.push(4, 4, now);
+        assert_eq!(r.expire(now + W), vec![3, 4]);
+        assert_eq!(r.next_seq(), Some(5));
+    }
+
+    #[test]
+    fn too_many_pending_forces_the_gap_open() {
+        let now = Instant::now();
+        let mut r = Reorderer::new(Duration::from_secs(3600), 0);
+        for seq in 2..=(MAX_PENDING as u64 + 1) {
+            assert_eq!(r.push(seq, seq, now), Pushed::Held);
+        }
+        let out = released(r.push(MAX_PENDING as u64 + 2, 0, now));
+        assert_eq!(out.len(), MAX_PENDING + 1);
+        assert_eq!(out[0], 2);
+        assert_eq!(r.pending(), 0);
+    }
+}

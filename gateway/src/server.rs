@@ -1,0 +1,344 @@
+//! Assembling and running a gateway: bus and store from the configuration,
+//! the gRPC server on a listener the caller bound, background tasks, and the
+//! ordered shutdown.
+//!
+//! Shutdown order, on the token from `main`: stop accepting and close every
+//! stream with a `Disconnect` (clients reconnect elsewhere) → wait for the
+//! streams to end (bounded) → stop the pollers → unsubscribe and delete this
+//! gateway's queue.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use chat_proto::pb::chat_service_server::ChatServiceServer;
+use chat_proto::pb::echo_service_server::EchoServiceServer;
+use chat_proto::token::Verifier;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::app::{App, PRESENCE_REFRESH};
+use crate::bus::memory::MemoryBus;
+use crate::bus::sns_sqs::{self, GatewayQueue, SnsPublisher};
+use crate::bus::{Bus, BusError};
+use crate::config::{BusKind, Config};
+use crate::hub::Hub;
+use crate::service::{ChatApi, EchoApi};
+use crate::store::dynamo::{DynamoStore, Tables};
+use crate::store::memory::MemoryStore;
+use crate::store::{Store, StoreError};
+
+/// How long streams get to end after the shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the queue's heartbeat tag is refreshed.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+/// How often reorder gaps are checked.
+const GAP_TICK: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("JWT secret: {0}")]
+    Secret(String),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// The instance id: the configured one, or a fresh random one.
+pub fn instance_id(config: &Config) -> Result<String, RunError> {
+    let id = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()));
+    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(id)
+    } else {
+        Err(RunError::Config(format!(
+            "instance id {id:?} must be 1..=64 letters, digits, '-' or '_' (it names an SQS queue)"
+        )))
+    }
+}
+
+/// Reads the HS256 secret: the configured value, else the secret file,
+/// generating it (mode 0600) when it does not exist yet.
+pub fn load_secret(config: &Config) -> Result<Vec<u8>, RunError> {
+    if let Some(secret) = &config.jwt_secret {
+        if secret.len() < 16 {
+            return Err(RunError::Secret("CHAT_JWT_SECRET must be at least 16 bytes".into()));
+        }
+        return Ok(secret.clone().into_bytes());
+    }
+    read_or_create_secret(&config.jwt_secret_file)
+}
+
+fn read_or_create_secret(path: &Path) -> Result<Vec<u8>, RunError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => return Err(RunError::Secret(format!("{} holds fewer than 16 bytes", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(RunError::Secret(format!("reading {}: {e}", path.display()))),
+    }
+    let secret = format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new()).to_lowercase();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| RunError::Secret(format!("creating {}: {e}", dir.display())))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            std::io::Write::write_all(&mut file, secret.as_bytes())
+                .map_err(|e| RunError::Secret(format!("writing {}: {e}", path.display())))?;
+            tracing::warn!(path = %path.display(), "generated a development JWT secret; set CHAT_JWT_SECRET in production");
+            Ok(secret.into_bytes())
+        }
+        // Another local gateway created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_or_create_secret(path),
+        Err(e) => Err(RunError::Secret(format!("creating {}: {e}", path.display()))),
+    }
+}
+
+/// Bus-side resources that need tearing down at shutdown.
+struct AwsParts {
+    queue: GatewayQueue,
+    sqs: aws_sdk_sqs::Client,
+}
+
+async fn aws_backend(config: &Config, gateway_id: &str, hub: &Arc<Hub>) -> Result<(Arc<dyn Store>, Arc<dyn Bus>, AwsParts), RunError> {
+    let topic_arn = config
+        .topic_arn
+        .clone()
+        .ok_or_else(|| RunError::Config("--bus sns-sqs needs --topic-arn (CHAT_TOPIC_ARN)".into()))?;
+    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    // Requests on the send path fail fast so a client can retry; receives
+    // wait out the long poll.
+    let quick = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(12))
+        .build();
+    let polling = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(u64::try_from(sns_sqs::POLL_WAIT_SECS).unwrap_or(20) + 5))
+        .build();
+    let dynamo = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk).timeout_config(quick.clone()).build(),
+    );
+    let sns = aws_sdk_sns::Client::from_conf(aws_sdk_sns::config::Builder::from(&sdk).timeout_config(quick).build());
+    let sqs = aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(&sdk).timeout_config(polling).build());
+
+    let store = DynamoStore::new(
+        dynamo,
+        Tables {
+            conversations: config.conversations_table.clone(),
+            members: config.members_table.clone(),
+            presence: config.presence_table.clone(),
+            send_dedup: config.send_dedup_table.clone(),
+        },
+    );
+    store.check_tables().await?;
+    let queue_name = format!("{}{}", config.queue_prefix, gateway_id);
+    let queue = GatewayQueue::create(sqs.clone(), sns.clone(), &topic_arn, &queue_name, gateway_id).await?;
+    tracing::info!(queue_url = queue.queue_url, subscription_arn = queue.subscription_arn, "gateway queue subscribed");
+    let _ = hub;
+    let publisher = SnsPublisher::new(sns, topic_arn);
+    Ok((Arc::new(store), Arc::new(publisher), AwsParts { queue, sqs }))
+}
+
+/// Runs a gateway on `listener` until `shutdown` is cancelled, then stops in
+/// order. `ready` is called with the instance id once clients can connect.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    let gateway_id = instance_id(&config)?;
+    let secret = load_secret(&config)?;
+    let verifier = Verifier::new(&secret, &config.jwt_issuer, &config.jwt_audience)
+        .map_err(|e| RunError::Secret(e.to_string()))?;
+    let hub = Arc::new(Hub::new(config.reorder_window()));
+    let bus_kind = config.effective_bus();
+    let (store, bus, aws): (Arc<dyn Store>, Arc<dyn Bus>, Option<AwsParts>) = match bus_kind {
+        BusKind::SnsSqs => {
+            let (store, bus, parts) = aws_backend(&config, &gateway_id, &hub).await?;
+            (store, bus, Some(parts))
+        }
+        _ => (Arc::new(MemoryStore::new()), Arc::new(MemoryBus::new(hub.clone())), None),
+    };
+    let app = Arc::new(App::new(
+        gateway_id.clone(),
+        store,
+        bus,
+        hub.clone(),
+        config.limits(),
+        config.outbound_buffer,
+    ));
+
+    let background = TaskTracker::new();
+    let stop_background = CancellationToken::new();
+    if let Some(parts) = &aws {
+        for _ in 0..config.pollers {
+            background.spawn(sns_sqs::poll(
+                parts.sqs.clone(),
+                parts.queue.queue_url.clone(),
+                hub.clone(),
+                stop_background.clone(),
+            ));
+        }
+        let queue = parts.queue.clone();
+        background.spawn(every(HEARTBEAT_EVERY, stop_background.clone(), move || {
+            let queue = queue.clone();
+            async move {
+                if let Err(e) = queue.heartbeat().await {
+                    tracing::warn!(error = %e, "queue heartbeat failed");
+                }
+            }
+        }));
+    }
+    let tick_hub = hub.clone();
+    background.spawn(every(GAP_TICK, stop_background.clone(), move || {
+        tick_hub.expire_gaps(Instant::now());
+        std::future::ready(())
+    }));
+    let refresh_app = app.clone();
+    background.spawn(every(PRESENCE_REFRESH, stop_background.clone(), move || {
+        let app = refresh_app.clone();
+        async move {
+            app.refresh_presence().await;
+            app.rate.purge_idle(Instant::now());
+        }
+    }));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ChatServiceServer<ChatApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| RunError::Reflection(e.to_string()))?;
+
+    let sessions = TaskTracker::new();
+    let chat = ChatServiceServer::new(ChatApi::new(app.clone(), sessions.clone()))
+        .max_decoding_message_size(config.max_grpc_message_bytes)
+        .max_encoding_message_size(config.max_grpc_message_bytes);
+    let echo = EchoServiceServer::new(EchoApi::new(gateway_id.clone()))
+        .max_decoding_message_size(config.max_grpc_message_bytes)
+        .max_encoding_message_size(config.max_grpc_message_bytes);
+    let chat = InterceptedService::new(chat, crate::auth::interceptor(Arc::new(verifier)));
+
+    let local_addr = listener.local_addr().ok();
+    tracing::info!(gateway_id, bus = ?bus_kind, addr = ?local_addr, "gateway serving");
+    let closing = app.closing.clone();
+    let signal = shutdown.clone();
+    let stopped = async move {
+        signal.cancelled().await;
+        tracing::info!("shutdown: closing streams");
+        closing.cancel();
+    };
+    let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_secs.max(1))))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(echo)
+        .add_service(chat)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped);
+    // Draining is bounded: a stream that will not end must not keep the
+    // gateway (and its queue) alive.
+    let drained = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let served = tokio::select! {
+        r = serve => r,
+        () = drained => {
+            tracing::warn!("streams did not end within the drain timeout");
+            Ok(())
+        }
+    };
+    health.set_not_serving::<ChatServiceServer<ChatApi>>().await;
+    sessions.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait()).await.is_err() {
+        tracing::warn!("some sessions did not finish cleaning up");
+    }
+    stop_background.cancel();
+    background.close();
+    background.wait().await;
+    if let Some(parts) = aws {
+        parts.queue.delete().await;
+    }
+    let c = &hub.counters;
+    tracing::info!(
+        dispatched = c.dispatched.load(std::sync::atomic::Ordering::Relaxed),
+        deliveries = c.deliveries.load(std::sync::atomic::Ordering::Relaxed),
+        duplicates = c.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        late = c.late.load(std::sync::atomic::Ordering::Relaxed),
+        slow_consumers = c.slow_consumers.load(std::sync::atomic::Ordering::Relaxed),
+        "gateway stopped"
+    );
+    served.map_err(RunError::from)
+}
+
+/// Runs `tick` every `period` until `stop`.
+async fn every<F, Fut>(period: Duration, stop: CancellationToken, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => tick().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn instance_ids_are_checked() {
+        let ok = Config::parse_from(["gateway", "--instance-id", "gw-a_1"]);
+        assert_eq!(instance_id(&ok).expect("valid"), "gw-a_1");
+        let bad = Config::parse_from(["gateway", "--instance-id", "gw/a"]);
+        assert!(instance_id(&bad).is_err());
+        let generated = instance_id(&Config::parse_from(["gateway"])).expect("generated");
+        assert!(generated.starts_with("gw-"));
+    }
+
+    #[test]
+    fn secret_file_is_generated_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("chat-secret-{}", ulid::Ulid::new()));
+        let path = dir.join("nested").join("secret");
+        let first = read_or_create_secret(&path).expect("generated");
+        let second = read_or_create_secret(&path).expect("read back");
+        assert_eq!(first, second);
+        assert!(first.len() >= 16);
+        std::fs::write(&path, "short").expect("write");
+        assert!(read_or_create_secret(&path).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,218 @@
+//! One `Connect` stream: reads the client's frames, answers each, and cleans
+//! up when the stream ends.
+//!
+//! A frame's own error (bad input, a limit, a failed dependency) is answered
+//! with an `ErrorEvent` naming the frame and the stream goes on. The stream
+//! ends when the client goes away, when its outbox overflows, or when the
+//! gateway shuts down (after a `Disconnect` with resume points).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chat_proto::pb::{self, ClientFrame, ServerEvent, client_frame::Frame, server_event::Event};
+use futures::Stream;
+use tonic::{Code, Status};
+
+use crate::app::{App, Send};
+use crate::error::GatewayError;
+use crate::limits;
+use crate::outbox::{CloseReason, Outbox};
+
+#[derive(Debug)]
+pub struct Session {
+    app: Arc<App>,
+    outbox: Arc<Outbox>,
+    joined: BTreeSet<String>,
+}
+
+impl Session {
+    pub fn new(app: Arc<App>, outbox: Arc<Outbox>) -> Self {
+        Self {
+            app,
+            outbox,
+            joined: BTreeSet::new(),
+        }
+    }
+
+    fn user(&self) -> &str {
+        &self.outbox.user_id
+    }
+
+    /// Serves the stream until it ends, then leaves every conversation's
+    /// live subscription and presence.
+    pub async fn run<S>(mut self, inbound: S)
+    where
+        S: Stream<Item = Result<ClientFrame, Status>> + Unpin,
+    {
+        use futures::StreamExt;
+        let mut inbound = inbound.fuse();
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                () = self.app.closing.cancelled() => {
+                    self.outbox.close(CloseReason::Shutdown);
+                    break;
+                }
+                () = self.outbox.closed().cancelled() => break,
+                () = self.outbox.gone() => break,
+                frame = inbound.next(), if reading => match frame {
+                    Some(Ok(frame)) => self.handle(frame).await,
+                    // A client that half-closes may still be listening
+                    // (grpcurl does): keep delivering until it goes away.
+                    None => reading = false,
+                    Some(Err(status)) => {
+                        tracing::debug!(user_id = self.user(), code = ?status.code(), "inbound stream failed");
+                        self.outbox.fail(inbound_error_code(&status), status.message().to_owned());
+                        break;
+                    }
+                },
+            }
+        }
+        self.cleanup().await;
+    }
+
+    async fn cleanup(&mut self) {
+        for conversation_id in std::mem::take(&mut self.joined) {
+            if let Err(e) = self.app.unsubscribe(&conversation_id, &self.outbox).await {
+                tracing::warn!(conversation_id, user_id = self.user(), error = %e, "cleanup after stream end failed");
+            }
+        }
+        tracing::info!(user_id = self.user(), session_id = self.outbox.session_id, "stream ended");
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) {
+        let request_id = frame.request_id;
+        let Some(frame) = frame.frame else {
+            self.report(
+                &request_id,
+                "",
+                "",
+                GatewayError::InvalidArgument("frame is empty: set one of join, leave, send, typing, ack".into()),
+            );
+            return;
+        };
+        let (conversation_id, client_message_id, result) = match frame {
+            Frame::Join(f) => {
+                let r = self.join(&f.conversation_id).await;
+                (f.conversation_id, String::new(), r)
+            }
+            Frame::Leave(f) => {
+                let r = self.leave(&f.conversation_id).await;
+                (f.conversation_id, String::new(), r)
+            }
+            Frame::Send(f) => {
+                let r = self.send(&request_id, &f).await;
+                (f.conversation_id, f.client_message_id, r)
+            }
+            Frame::Typing(f) => {
+                let r = self.typing(&f).await;
+                (f.conversation_id, String::new(), r)
+            }
+            Frame::Ack(f) => {
+                let r = self.joined_conversation(&f.conversation_id);
+                (f.conversation_id, String::new(), r)
+            }
+        };
+        if let Err(err) = result {
+            self.report(&request_id, &conversation_id, &client_message_id, err);
+        }
+    }
+
+    fn deliver(&self, event: Event) {
+        // Overflow closes the outbox; the run loop then ends the stream.
+        let _ = self.outbox.deliver(ServerEvent { event: Some(event) });
+    }
+
+    fn report(&self, request_id: &str, conversation_id: &str, client_message_id: &str, err: GatewayError) {
+        tracing::debug!(user_id = self.user(), request_id, code = ?err.code(), error = %err, "frame rejected");
+        self.deliver(Event::Error(pb::ErrorEvent {
+            request_id: request_id.to_owned(),
+            code: err.code() as i32,
+            message: err.to_string(),
+            conversation_id: conversation_id.to_owned(),
+            client_message_id: client_message_id.to_owned(),
+        }));
+    }
+
+    /// The conversation must be joined on this stream.
+    fn joined_conversation(&self, conversation_id: &str) -> Result<(), GatewayError> {
+        limits::conversation_id(conversation_id)?;
+        if self.joined.contains(conversation_id) {
+            Ok(())
+        } else {
+            Err(GatewayError::FailedPrecondition(format!(
+                "conversation {conversation_id} is not joined on this stream; send a join frame first"
+            )))
+        }
+    }
+
+    async fn join(&mut self, conversation_id: &str) -> Result<(), GatewayError> {
+        limits::conversation_id(conversation_id)?;
+        let max = self.app.limits.max_conversations_per_connection;
+        if !self.joined.contains(conversation_id) && self.joined.len() >= max {
+            return Err(GatewayError::ResourceExhausted(format!(
+                "this stream has joined {max} conversations, the limit; leave one first or open another stream"
+            )));
+        }
+        let outcome = self.app.join(conversation_id, &self.outbox).await?;
+        self.joined.insert(conversation_id.to_owned());
+        self.deliver(Event::PresenceSnapshot(pb::PresenceSnapshot {
+            conversation_id: conversation_id.to_owned(),
+            online: outcome.online,
+            last_seq: outcome.last_seq,
+        }));
+        Ok(())
+    }
+
+    async fn leave(&mut self, conversation_id: &str) -> Result<(), GatewayError> {
+        limits::conversation_id(conversation_id)?;
+        if self.joined.remove(conversation_id) {
+            self.app.unsubscribe(conversation_id, &self.outbox).await?;
+        }
+        if !self.app.leave(conversation_id, &self.outbox.user_id).await? {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "not a member of conversation {conversation_id}"
+            )));
+        }
+        // The leaver no longer hears the conversation; confirm directly.
+        self.deliver(Event::MemberLeft(pb::MemberLeft {
+            conversation_id: conversation_id.to_owned(),
+            user_id: self.outbox.user_id.clone(),
+        }));
+        Ok(())
+    }
+
+    async fn send(&mut self, request_id: &str, frame: &pb::SendFrame) -> Result<(), GatewayError> {
+        let send = Send {
+            conversation_id: &frame.conversation_id,
+            client_message_id: &frame.client_message_id,
+            body: &frame.body,
+        };
+        self.app.validate_send(&send)?;
+        self.joined_conversation(&frame.conversation_id)?;
+        let accepted = self.app.send(&self.outbox.user_id, send).await?;
+        self.deliver(Event::SendAccepted(pb::SendAccepted {
+            request_id: request_id.to_owned(),
+            client_message_id: frame.client_message_id.clone(),
+            message_id: accepted.message_id,
+            conversation_id: frame.conversation_id.clone(),
+            seq: accepted.seq,
+            duplicate: accepted.duplicate,
+        }));
+        Ok(())
+    }
+
+    async fn typing(&mut self, frame: &pb::TypingFrame) -> Result<(), GatewayError> {
+        self.joined_conversation(&frame.conversation_id)?;
+        self.app.typing(&frame.conversation_id, &self.outbox.user_id, frame.typing).await
+    }
+}
+
+/// The status a stream ends with when the client's side of it broke: a frame
+/// too large or undecodable is the client's fault, anything else is passed on.
+fn inbound_error_code(status: &Status) -> Code {
+    match status.code() {
+        Code::Internal if status.message().contains("decode") => Code::InvalidArgument,
+        code => code,
+    }
+}

@@ -1,0 +1,378 @@
+//! [`Store`] on DynamoDB: the only module of the gateway that talks to it.
+//!
+//! - `seq`: an atomic counter (`ADD last_seq :one`, `ReturnValues=UPDATED_NEW`)
+//!   on the conversation item, the one write every send pays.
+//! - Idempotency: a record per (conversation, sender, client_message_id) in
+//!   the send-dedup table, written with `attribute_not_exists` so the first
+//!   accepted identity wins; TTL'd after a day.
+//! - Membership: one item per (conversation, user).
+//! - Presence: one TTL'd item per (conversation, user#session), refreshed
+//!   while the stream lives, so a crashed gateway's sessions expire.
+//!
+//! Table and attribute names match `template.yaml`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Select};
+
+use super::{Accepted, Joined, PresenceKey, SendRequest, Store, StoreError, body_digest, idempotency_key};
+
+/// How long a send stays idempotent.
+const SEND_DEDUP_TTL_SECS: i64 = 24 * 3600;
+
+#[derive(Debug, Clone)]
+pub struct Tables {
+    pub conversations: String,
+    pub members: String,
+    pub presence: String,
+    pub send_dedup: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    tables: Tables,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, tables: Tables) -> Self {
+        Self { client, tables }
+    }
+
+    /// Fails fast at start-up when a table is missing or unreachable.
+    pub async fn check_tables(&self) -> Result<(), StoreError> {
+        for table in [
+            &self.tables.conversations,
+            &self.tables.members,
+            &self.tables.presence,
+            &self.tables.send_dedup,
+        ] {
+            self.client
+                .describe_table()
+                .table_name(table)
+                .send()
+                .await
+                .map_err(|e| unavailable(&format!("table {table}"), e))?;
+        }
+        Ok(())
+    }
+
+    async fn next_seq(&self, conversation_id: &str, now_ms: i64) -> Result<u64, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.conversations)
+            .key("conversation_id", s(conversation_id))
+            .update_expression("ADD last_seq :one SET updated_at_ms = :now")
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":now", n(now_ms))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| unavailable("allocating seq", e))?;
+        out.attributes()
+            .and_then(|a| a.get("last_seq"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| StoreError::Corrupt("last_seq missing from counter update".into()))
+    }
+
+    async fn read_send(&self, key: &str) -> Result<Option<(Accepted, String)>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.send_dedup)
+            .key("idem_key", s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("reading send record", e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let accepted = Accepted {
+            message_id: get_s(item, "message_id")?,
+            seq: get_n(item, "seq")?,
+            accepted_at_ms: get_n(item, "accepted_at_ms")?,
+            duplicate: true,
+        };
+        Ok(Some((accepted, get_s(item, "body_digest")?)))
+    }
+
+    async fn last_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.conversations)
+            .key("conversation_id", s(conversation_id))
+            .consistent_read(true)
+            .projection_expression("last_seq")
+            .send()
+            .await
+            .map_err(|e| unavailable("reading last_seq", e))?;
+        match out.item() {
+            Some(item) if item.contains_key("last_seq") => get_n(item, "last_seq"),
+            _ => Ok(0),
+        }
+    }
+
+    /// Live sessions of `user` in a conversation other than `except_session`.
+    async fn other_sessions(&self, key: &PresenceKey, now_ms: i64) -> Result<usize, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.tables.presence)
+            .key_condition_expression("conversation_id = :c AND begins_with(session_key, :u)")
+            .filter_expression("expires_at_ms > :now AND session_key <> :me")
+            .expression_attribute_values(":c", s(&key.conversation_id))
+            .expression_attribute_values(":u", s(&format!("{}#", key.user_id)))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":me", s(&session_key(key)))
+            .select(Select::Count)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("querying presence", e))?;
+        Ok(usize::try_from(out.count()).unwrap_or(0))
+    }
+
+    async fn put_presence(&self, key: &PresenceKey, expires_at_ms: i64) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.tables.presence)
+            .item("conversation_id", s(&key.conversation_id))
+            .item("session_key", s(&session_key(key)))
+            .item("user_id", s(&key.user_id))
+            .item("expires_at_ms", n(expires_at_ms))
+            // The table's TTL attribute is in seconds.
+            .item("expires_at", n(expires_at_ms / 1000 + 1))
+            .send()
+            .await
+            .map_err(|e| unavailable("writing presence", e))?;
+        Ok(())
+    }
+}
+
+fn session_key(key: &PresenceKey) -> String {
+    // User ids cannot contain '#', so the prefix query matches one user only.
+    format!("{}#{}", key.user_id, key.session_id)
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn get_s(item: &HashMap<String, AttributeValue>, name: &str) -> Result<String, StoreError> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .cloned()
+        .ok_or_else(|| StoreError::Corrupt(format!("attribute {name} missing or not a string")))
+}
+
+fn get_n<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &str) -> Result<T, StoreError> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("attribute {name} missing or not a number")))
+}
+
+fn unavailable<E, R>(what: &str, err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    let detail = match err.as_service_error() {
+        Some(service) => format!(
+            "{}: {}",
+            service.code().unwrap_or("error"),
+            service.message().unwrap_or("no message")
+        ),
+        None => format!("{err:?}").chars().take(300).collect(),
+    };
+    StoreError::Unavailable(format!("DynamoDB {what}: {detail}"))
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn accept_send(&self, req: SendRequest<'_>) -> Result<Accepted, StoreError> {
+        let digest = body_digest(req.body);
+        if req.client_message_id.is_empty() {
+            let seq = self.next_seq(req.conversation_id, req.now_ms).await?;
+            return Ok(Accepted {
+                message_id: req.new_message_id,
+                seq,
+                accepted_at_ms: req.now_ms,
+                duplicate: false,
+            });
+        }
+        let key = idempotency_key(req.conversation_id, req.sender, req.client_message_id);
+        let check = |(first, first_digest): (Accepted, String)| {
+            if first_digest == digest {
+                Ok(first)
+            } else {
+                Err(StoreError::ClientMessageIdReused)
+            }
+        };
+        // A retry is answered from the record without touching the counter,
+        // so retries leave no hole in the conversation's seq.
+        if let Some(found) = self.read_send(&key).await? {
+            return check(found);
+        }
+        let seq = self.next_seq(req.conversation_id, req.now_ms).await?;
+        let accepted = Accepted {
+            message_id: req.new_message_id,
+            seq,
+            accepted_at_ms: req.now_ms,
+            duplicate: false,
+        };
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.tables.send_dedup)
+            .item("idem_key", s(&key))
+            .item("message_id", s(&accepted.message_id))
+            .item("seq", n(i64::try_from(seq).unwrap_or(i64::MAX)))
+            .item("accepted_at_ms", n(req.now_ms))
+            .item("body_digest", s(&digest))
+            .item("expires_at", n(req.now_ms / 1000 + SEND_DEDUP_TTL_SECS))
+            .condition_expression("attribute_not_exists(idem_key)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(accepted),
+            // A concurrent duplicate won the race; its identity stands and
+            // the seq this call allocated stays unused.
+            Err(e) if is_condition_failure(&e) => {
+                tracing::warn!(conversation_id = req.conversation_id, seq, "concurrent duplicate send; seq left unused");
+                match self.read_send(&key).await? {
+                    Some(found) => check(found),
+                    None => Err(StoreError::Unavailable("send record vanished during a race".into())),
+                }
+            }
+            Err(e) => Err(unavailable("writing send record", e)),
+        }
+    }
+
+    async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.tables.members)
+            .item("conversation_id", s(conversation_id))
+            .item("user_id", s(user_id))
+            .item("joined_at_ms", n(crate::clock::now_ms()))
+            .condition_expression("attribute_not_exists(user_id)")
+            .send()
+            .await;
+        let newly_member = match put {
+            Ok(_) => true,
+            Err(e) if is_condition_failure(&e) => false,
+            Err(e) => return Err(unavailable("recording membership", e)),
+        };
+        let last_seq = self.last_seq(conversation_id).await?;
+        Ok(Joined { newly_member, last_seq })
+    }
+
+    async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.tables.members)
+            .key("conversation_id", s(conversation_id))
+            .key("user_id", s(user_id))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| unavailable("removing membership", e))?;
+        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+    }
+
+    async fn is_member(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.members)
+            .key("conversation_id", s(conversation_id))
+            .key("user_id", s(user_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("reading membership", e))?;
+        Ok(out.item().is_some())
+    }
+
+    async fn presence_online(
+        &self,
+        key: &PresenceKey,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let others = self.other_sessions(key, now_ms).await?;
+        self.put_presence(key, expires_at_ms).await?;
+        Ok(others == 0)
+    }
+
+    async fn presence_offline(&self, key: &PresenceKey, now_ms: i64) -> Result<bool, StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.tables.presence)
+            .key("conversation_id", s(&key.conversation_id))
+            .key("session_key", s(&session_key(key)))
+            .send()
+            .await
+            .map_err(|e| unavailable("removing presence", e))?;
+        Ok(self.other_sessions(key, now_ms).await? == 0)
+    }
+
+    async fn presence_refresh(&self, keys: &[PresenceKey], expires_at_ms: i64) -> Result<(), StoreError> {
+        // One put per stream and conversation; refreshes are rare (a fraction
+        // of the presence lease) so batching is not worth the partial-failure
+        // handling of BatchWriteItem here.
+        for key in keys {
+            self.put_presence(key, expires_at_ms).await?;
+        }
+        Ok(())
+    }
+
+    async fn online_users(&self, conversation_id: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut users = BTreeSet::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tables.presence)
+                .key_condition_expression("conversation_id = :c")
+                .filter_expression("expires_at_ms > :now")
+                .expression_attribute_values(":c", s(conversation_id))
+                .expression_attribute_values(":now", n(now_ms))
+                .projection_expression("user_id")
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("querying presence", e))?;
+            for item in out.items() {
+                users.insert(get_s(item, "user_id")?);
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        Ok(users.into_iter().collect())
+    }
+}

@@ -1,0 +1,196 @@
+//! The event envelope: what gateways (and, later, functions) publish to the
+//! bus and read back from their queues.
+//!
+//! The body of each SNS message is one [`Envelope`] as JSON. Routing facts are
+//! duplicated into message attributes ([`Envelope::attributes`]) so SNS filter
+//! policies can route without parsing bodies. The format is versioned by
+//! [`ENVELOPE_VERSION`]; a reader rejects versions it does not know instead
+//! of guessing.
+
+use serde::{Deserialize, Serialize};
+
+/// The version written by this code and the only one it reads.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Message attribute names set on every published event.
+pub mod attr {
+    pub const KIND: &str = "kind";
+    pub const CONVERSATION_ID: &str = "conversation_id";
+    pub const ORIGIN: &str = "origin";
+}
+
+/// One event on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Format version, [`ENVELOPE_VERSION`].
+    pub v: u32,
+    /// Unique per event; consumers deduplicate on it. For a message it is the
+    /// `message_id`, so a republished message is the same event.
+    pub event_id: String,
+    pub conversation_id: String,
+    /// The instance id of the gateway (or function) that published it.
+    pub origin: String,
+    /// Publication time, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// What happened. Serialised with a `kind` tag next to the envelope fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Message(MessageEvent),
+    MemberJoined { user_id: String },
+    MemberLeft { user_id: String },
+    Presence { user_id: String, online: bool },
+    Typing { user_id: String, typing: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageEvent {
+    pub message_id: String,
+    pub seq: u64,
+    pub sender: String,
+    pub body: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_message_id: String,
+}
+
+impl Event {
+    /// The value of the `kind` message attribute.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Message(_) => "message",
+            Event::MemberJoined { .. } => "member_joined",
+            Event::MemberLeft { .. } => "member_left",
+            Event::Presence { .. } => "presence",
+            Event::Typing { .. } => "typing",
+        }
+    }
+}
+
+/// Why a bus payload could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("envelope is not valid JSON of the expected shape: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("envelope version {0} is not supported (this build reads version {ENVELOPE_VERSION})")]
+    UnsupportedVersion(u32),
+}
+
+impl Envelope {
+    pub fn new(
+        event_id: String,
+        conversation_id: String,
+        origin: String,
+        at_ms: i64,
+        event: Event,
+    ) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            event_id,
+            conversation_id,
+            origin,
+            at_ms,
+            event,
+        }
+    }
+
+    /// The JSON body published to the bus.
+    pub fn encode(&self) -> String {
+        // Serialising this type cannot fail: every field is a string, number
+        // or bool, and maps have string keys.
+        serde_json::to_string(self).unwrap_or_else(|e| unreachable!("envelope encodes: {e}"))
+    }
+
+    pub fn decode(body: &str) -> Result<Self, DecodeError> {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        let Version { v } = serde_json::from_str(body)?;
+        if v != ENVELOPE_VERSION {
+            return Err(DecodeError::UnsupportedVersion(v));
+        }
+        Ok(serde_json::from_str(body)?)
+    }
+
+    /// Routing attributes as (name, value) pairs, all of type String.
+    pub fn attributes(&self) -> [(&'static str, &str); 3] {
+        [
+            (attr::KIND, self.event.kind()),
+            (attr::CONVERSATION_ID, &self.conversation_id),
+            (attr::ORIGIN, &self.origin),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Envelope {
+        Envelope::new(
+            "01J0000000000000000000000".into(),
+            "room1".into(),
+            "gw-a".into(),
+            1_700_000_000_000,
+            Event::Message(MessageEvent {
+                message_id: "01J0000000000000000000000".into(),
+                seq: 42,
+                sender: "alice".into(),
+                body: "hello \u{1F600} \"quoted\"".into(),
+                client_message_id: "c-1".into(),
+            }),
+        )
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        let events = [
+            message().event,
+            Event::MemberJoined { user_id: "bob".into() },
+            Event::MemberLeft { user_id: "bob".into() },
+            Event::Presence { user_id: "bob".into(), online: true },
+            Event::Typing { user_id: "bob".into(), typing: false },
+        ];
+        for event in events {
+            let env = Envelope { event, ..message() };
+            let decoded = Envelope::decode(&env.encode()).expect("decodes");
+            assert_eq!(decoded, env);
+        }
+    }
+
+    #[test]
+    fn body_is_flat_json_with_kind_tag() {
+        let json: serde_json::Value = serde_json::from_str(&message().encode()).expect("json");
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["kind"], "message");
+        assert_eq!(json["seq"], 42);
+        assert_eq!(json["conversation_id"], "room1");
+    }
+
+    #[test]
+    fn attributes_name_kind_conversation_and_origin() {
+        let env = message();
+        let attrs = env.attributes();
+        assert_eq!(attrs[0], ("kind", "message"));
+        assert_eq!(attrs[1], ("conversation_id", "room1"));
+        assert_eq!(attrs[2], ("origin", "gw-a"));
+    }
+
+    #[test]
+    fn rejects_unknown_version() {
+        let body = message().encode().replace("\"v\":1", "\"v\":2");
+        assert!(matches!(Envelope::decode(&body), Err(DecodeError::UnsupportedVersion(2))));
+    }
+
+    #[test]
+    fn rejects_garbage_and_unknown_kinds() {
+        assert!(matches!(Envelope::decode("not json"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(Envelope::decode("{}"), Err(DecodeError::Malformed(_))));
+        let body = message().encode().replace("\"kind\":\"message\"", "\"kind\":\"teleport\"");
+        assert!(matches!(Envelope::decode(&body), Err(DecodeError::Malformed(_))));
+    }
+}

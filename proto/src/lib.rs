@@ -1,0 +1,19 @@
+//! The contract shared by every part of the platform: the `chat.v1` gRPC API
+//! (generated from `chat.proto`), the versioned event [`envelope`] that
+//! gateways and functions exchange over SNS/SQS, and the development
+//! [`token`] format.
+//!
+//! Protobuf types stay at the edges (the gateway's service layer and clients);
+//! the bus carries [`envelope::Envelope`], a serde type with its own version.
+
+pub mod envelope;
+pub mod token;
+
+/// Generated prost types and tonic stubs for `chat.v1`.
+#[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("chat.v1");
+}
+
+/// The encoded `FileDescriptorSet` of `chat.proto`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
