@@ -20,7 +20,8 @@ pub(crate) type Interceptor =
     Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
 pub(crate) type Client = ChatServiceClient<InterceptedService<Channel, Interceptor>>;
 
-const HELP: &str = "commands: /join ROOM, /leave ROOM, /switch ROOM, /typing, /quit; any other line is sent to the current room";
+const HELP: &str =
+    "commands: /join ROOM, /leave ROOM, /switch ROOM, /typing, /quit; any other line is sent to the current room";
 
 fn frame(frame: Frame) -> ClientFrame {
     ClientFrame { request_id: ulid::Ulid::new().to_string(), frame: Some(frame) }

@@ -15,12 +15,9 @@ pub(crate) fn render(event: &Event, me: &str) -> Option<String> {
             if p.online.is_empty() { "nobody".to_owned() } else { p.online.join(", ") }
         ),
         Event::PresenceChanged(p) if p.user_id == me => return None,
-        Event::PresenceChanged(p) => format!(
-            "* {} is {} in {}",
-            p.user_id,
-            if p.online { "online" } else { "offline" },
-            p.conversation_id
-        ),
+        Event::PresenceChanged(p) => {
+            format!("* {} is {} in {}", p.user_id, if p.online { "online" } else { "offline" }, p.conversation_id)
+        }
         Event::Typing(t) if t.typing => format!("* {} is typing in {}…", t.user_id, t.conversation_id),
         Event::Typing(_) => return None,
         Event::SendAccepted(_) => return None,
@@ -53,7 +50,11 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(render(&m, "alice").as_deref(), Some("[r #3] bob: hi"));
-        let p = Event::PresenceChanged(pb::PresenceChanged { conversation_id: "r".into(), user_id: "alice".into(), online: true });
+        let p = Event::PresenceChanged(pb::PresenceChanged {
+            conversation_id: "r".into(),
+            user_id: "alice".into(),
+            online: true,
+        });
         assert_eq!(render(&p, "alice"), None);
         assert!(render(&p, "bob").is_some_and(|l| l.contains("online")));
     }

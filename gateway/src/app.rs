@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chat_proto::envelope::{Envelope, Event, MessageEvent};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::error::GatewayError;
@@ -33,6 +34,9 @@ pub struct App {
     pub outbound_buffer: usize,
     /// Cancelled when the gateway starts shutting down: sessions close.
     pub closing: CancellationToken,
+    /// Work that outlives the frame that started it (publishing accepted
+    /// sends); shutdown waits for it.
+    pub tasks: TaskTracker,
     /// Presence this gateway holds, refreshed periodically.
     presence: Mutex<HashSet<PresenceKey>>,
 }
@@ -74,6 +78,7 @@ impl App {
             limits,
             outbound_buffer,
             closing: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             presence: Mutex::new(HashSet::new()),
         }
     }
@@ -95,11 +100,12 @@ impl App {
         limits::body(send.body, &self.limits)
     }
 
-    /// Rate-limits, orders and publishes a validated send from a member.
-    pub async fn send(&self, sender: &str, send: Send<'_>) -> Result<Accepted, GatewayError> {
+    /// Rate-limits a validated send from a member and gives it its identity
+    /// and `seq`. Sends of one stream are accepted one after another, so a
+    /// sender's messages are ordered as it sent them.
+    pub async fn accept(&self, sender: &str, send: &Send<'_>) -> Result<Accepted, GatewayError> {
         self.rate.check(sender, Instant::now())?;
-        let now_ms = crate::clock::now_ms();
-        let accepted = self
+        Ok(self
             .store
             .accept_send(SendRequest {
                 conversation_id: send.conversation_id,
@@ -107,12 +113,20 @@ impl App {
                 client_message_id: send.client_message_id,
                 body: send.body,
                 new_message_id: ulid::Ulid::new().to_string(),
-                now_ms,
+                now_ms: crate::clock::now_ms(),
             })
-            .await?;
-        // A duplicate is published again with its first identity: if the
-        // first attempt's publish failed this delivers it, and if it did not,
-        // receivers drop the copy by event id.
+            .await?)
+    }
+
+    /// Publishes an accepted message. A duplicate is published again with
+    /// its first identity: if the first attempt's publish failed this
+    /// delivers it, and if it did not, receivers drop the copy by event id.
+    pub async fn publish_accepted(
+        &self,
+        sender: &str,
+        send: &Send<'_>,
+        accepted: &Accepted,
+    ) -> Result<(), GatewayError> {
         let envelope = Envelope::new(
             accepted.message_id.clone(),
             send.conversation_id.to_owned(),
@@ -127,7 +141,21 @@ impl App {
             }),
         );
         self.bus.publish(std::slice::from_ref(&envelope)).await?;
-        tracing::debug!(conversation_id = send.conversation_id, seq = accepted.seq, message_id = accepted.message_id, duplicate = accepted.duplicate, "message accepted");
+        tracing::debug!(
+            conversation_id = send.conversation_id,
+            seq = accepted.seq,
+            message_id = accepted.message_id,
+            duplicate = accepted.duplicate,
+            "message published"
+        );
+        Ok(())
+    }
+
+    /// Accepts and publishes a send; the sender's answer may go out once
+    /// this returns.
+    pub async fn send(&self, sender: &str, send: Send<'_>) -> Result<Accepted, GatewayError> {
+        let accepted = self.accept(sender, &send).await?;
+        self.publish_accepted(sender, &send, &accepted).await?;
         Ok(accepted)
     }
 
@@ -152,7 +180,11 @@ impl App {
         Ok(outcome)
     }
 
-    async fn join_subscribed(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<(JoinOutcome, bool, bool), GatewayError> {
+    async fn join_subscribed(
+        &self,
+        conversation_id: &str,
+        outbox: &Arc<Outbox>,
+    ) -> Result<(JoinOutcome, bool, bool), GatewayError> {
         let joined = self.store.join(conversation_id, &outbox.user_id).await?;
         self.hub.anchor(conversation_id, joined.last_seq);
         let key = self.presence_key(conversation_id, outbox);
@@ -170,7 +202,8 @@ impl App {
         let key = self.presence_key(conversation_id, outbox);
         self.presence_set().remove(&key);
         if self.store.presence_offline(&key, crate::clock::now_ms()).await? {
-            let event = self.envelope(conversation_id, Event::Presence { user_id: outbox.user_id.clone(), online: false });
+            let event =
+                self.envelope(conversation_id, Event::Presence { user_id: outbox.user_id.clone(), online: false });
             self.bus.publish(&[event]).await?;
         }
         Ok(())

@@ -62,9 +62,7 @@ impl From<crate::store::StoreError> for GatewayError {
 
 impl From<crate::bus::BusError> for GatewayError {
     fn from(err: crate::bus::BusError) -> Self {
-        GatewayError::Unavailable(format!(
-            "publishing failed ({err}); retry with the same client_message_id"
-        ))
+        GatewayError::Unavailable(format!("publishing failed ({err}); retry with the same client_message_id"))
     }
 }
 

@@ -82,11 +82,7 @@ impl RecentIds {
 
 impl Hub {
     pub fn new(reorder_window: Duration) -> Self {
-        Self {
-            reorder_window,
-            state: Mutex::new(State::default()),
-            counters: Counters::default(),
-        }
+        Self { reorder_window, state: Mutex::new(State::default()), counters: Counters::default() }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -98,13 +94,10 @@ impl Hub {
     /// event published in between is dropped for want of a local member.
     pub fn subscribe(&self, conversation_id: &str, outbox: Arc<Outbox>) {
         let mut state = self.state();
-        let conversation = state
-            .conversations
-            .entry(conversation_id.to_owned())
-            .or_insert_with(|| Conversation {
-                members: HashMap::new(),
-                order: Reorderer::unanchored(self.reorder_window),
-            });
+        let conversation = state.conversations.entry(conversation_id.to_owned()).or_insert_with(|| Conversation {
+            members: HashMap::new(),
+            order: Reorderer::unanchored(self.reorder_window),
+        });
         conversation.members.insert(outbox.session_id.clone(), outbox);
     }
 
@@ -158,7 +151,11 @@ impl Hub {
                 Pushed::Held | Pushed::Duplicate => Vec::new(),
                 Pushed::Late(event) => {
                     self.counters.late.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(conversation_id, seq, "message arrived after its gap was skipped; delivered out of order");
+                    tracing::warn!(
+                        conversation_id,
+                        seq,
+                        "message arrived after its gap was skipped; delivered out of order"
+                    );
                     vec![event]
                 }
             },
@@ -242,13 +239,13 @@ fn to_server_event(envelope: Envelope) -> (ServerEvent, Option<u64>, Option<Stri
             });
             (event, Some(seq), None)
         }
-        Event::MemberJoined { user_id } => (PbEvent::MemberJoined(pb::MemberJoined { conversation_id, user_id }), None, None),
+        Event::MemberJoined { user_id } => {
+            (PbEvent::MemberJoined(pb::MemberJoined { conversation_id, user_id }), None, None)
+        }
         Event::MemberLeft { user_id } => (PbEvent::MemberLeft(pb::MemberLeft { conversation_id, user_id }), None, None),
-        Event::Presence { user_id, online } => (
-            PbEvent::PresenceChanged(pb::PresenceChanged { conversation_id, user_id, online }),
-            None,
-            None,
-        ),
+        Event::Presence { user_id, online } => {
+            (PbEvent::PresenceChanged(pb::PresenceChanged { conversation_id, user_id, online }), None, None)
+        }
         Event::Typing { user_id, typing } => {
             let skip = Some(user_id.clone());
             (PbEvent::Typing(pb::Typing { conversation_id, user_id, typing }), None, skip)
@@ -351,7 +348,13 @@ mod tests {
         hub.subscribe("r", alice.clone());
         hub.subscribe("r", bob.clone());
         hub.anchor("r", 0);
-        let typing = Envelope::new("t1".into(), "r".into(), "gw".into(), 1, Event::Typing { user_id: "alice".into(), typing: true });
+        let typing = Envelope::new(
+            "t1".into(),
+            "r".into(),
+            "gw".into(),
+            1,
+            Event::Typing { user_id: "alice".into(), typing: true },
+        );
         hub.dispatch(typing, Instant::now());
         hub.unsubscribe("r", "s-a");
         hub.unsubscribe("r", "s-b");

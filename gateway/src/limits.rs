@@ -23,12 +23,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_body_bytes: 4096,
-            max_conversations_per_connection: 64,
-            send_rate_per_sec: 20.0,
-            send_burst: 40,
-        }
+        Self { max_body_bytes: 4096, max_conversations_per_connection: 64, send_rate_per_sec: 20.0, send_burst: 40 }
     }
 }
 
@@ -47,9 +42,7 @@ fn check_id(what: &str, value: &str) -> Result<(), String> {
         return Err(format!("{what} is {} bytes long; the limit is {MAX_ID_LEN}", value.len()));
     }
     if let Some(bad) = value.chars().find(|c| !is_id_char(*c)) {
-        return Err(format!(
-            "{what} contains {bad:?}; allowed are letters, digits and _ - . : @ +"
-        ));
+        return Err(format!("{what} contains {bad:?}; allowed are letters, digits and _ - . : @ +"));
     }
     Ok(())
 }
@@ -105,12 +98,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
         let burst = f64::from(burst.max(1));
-        Self {
-            rate: rate.max(0.0),
-            burst,
-            tokens: burst,
-            last: now,
-        }
+        Self { rate: rate.max(0.0), burst, tokens: burst, last: now }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -150,18 +138,12 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(limits: &Limits) -> Self {
-        Self {
-            rate: limits.send_rate_per_sec,
-            burst: limits.send_burst,
-            buckets: Mutex::new(HashMap::new()),
-        }
+        Self { rate: limits.send_rate_per_sec, burst: limits.send_burst, buckets: Mutex::new(HashMap::new()) }
     }
 
     pub fn check(&self, user: &str, now: Instant) -> Result<(), GatewayError> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = buckets
-            .entry(user.to_owned())
-            .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now));
+        let bucket = buckets.entry(user.to_owned()).or_insert_with(|| TokenBucket::new(self.rate, self.burst, now));
         bucket.try_take(now).map_err(|wait| {
             GatewayError::ResourceExhausted(format!(
                 "send rate limit of {} per second (burst {}) exceeded; retry in {} ms",

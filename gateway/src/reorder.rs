@@ -44,20 +44,12 @@ pub enum Pushed<T> {
 impl<T> Reorderer<T> {
     /// `last_seq`: the latest seq already accounted for.
     pub fn new(window: Duration, last_seq: u64) -> Self {
-        Self {
-            next: Some(last_seq.saturating_add(1)),
-            pending: BTreeMap::new(),
-            window,
-        }
+        Self { next: Some(last_seq.saturating_add(1)), pending: BTreeMap::new(), window }
     }
 
     /// Holds everything until [`Reorderer::anchor`] is called.
     pub fn unanchored(window: Duration) -> Self {
-        Self {
-            next: None,
-            pending: BTreeMap::new(),
-            window,
-        }
+        Self { next: None, pending: BTreeMap::new(), window }
     }
 
     /// Sets the start after `last_seq` if none is set yet: held messages at

@@ -58,10 +58,8 @@ pub enum RunError {
 
 /// The instance id: the configured one, or a fresh random one.
 pub fn instance_id(config: &Config) -> Result<String, RunError> {
-    let id = config
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()));
+    let id =
+        config.instance_id.clone().unwrap_or_else(|| format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()));
     let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(id)
@@ -118,7 +116,11 @@ struct AwsParts {
     sqs: aws_sdk_sqs::Client,
 }
 
-async fn aws_backend(config: &Config, gateway_id: &str, hub: &Arc<Hub>) -> Result<(Arc<dyn Store>, Arc<dyn Bus>, AwsParts), RunError> {
+async fn aws_backend(
+    config: &Config,
+    gateway_id: &str,
+    hub: &Arc<Hub>,
+) -> Result<(Arc<dyn Store>, Arc<dyn Bus>, AwsParts), RunError> {
     let topic_arn = config
         .topic_arn
         .clone()
@@ -175,14 +177,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         }
         _ => (Arc::new(MemoryStore::new()), Arc::new(MemoryBus::new(hub.clone())), None),
     };
-    let app = Arc::new(App::new(
-        gateway_id.clone(),
-        store,
-        bus,
-        hub.clone(),
-        config.limits(),
-        config.outbound_buffer,
-    ));
+    let app = Arc::new(App::new(gateway_id.clone(), store, bus, hub.clone(), config.limits(), config.outbound_buffer));
 
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
@@ -276,7 +271,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     };
     health.set_not_serving::<ChatServiceServer<ChatApi>>().await;
     sessions.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait()).await.is_err() {
+    app.tasks.close();
+    let finished = async {
+        sessions.wait().await;
+        app.tasks.wait().await;
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, finished).await.is_err() {
         tracing::warn!("some sessions did not finish cleaning up");
     }
     stop_background.cancel();

@@ -46,14 +46,14 @@ impl ChatService for ChatApi {
         Ok(Response::new(events))
     }
 
-    async fn send_message(&self, request: Request<SendMessageRequest>) -> Result<Response<SendMessageResponse>, Status> {
+    async fn send_message(
+        &self,
+        request: Request<SendMessageRequest>,
+    ) -> Result<Response<SendMessageResponse>, Status> {
         let user = caller(&request)?;
         let req = request.into_inner();
-        let send = Send {
-            conversation_id: &req.conversation_id,
-            client_message_id: &req.client_message_id,
-            body: &req.body,
-        };
+        let send =
+            Send { conversation_id: &req.conversation_id, client_message_id: &req.client_message_id, body: &req.body };
         self.app.validate_send(&send)?;
         if !self.app.store.is_member(&req.conversation_id, &user.0).await.map_err(GatewayError::from)? {
             return Err(GatewayError::PermissionDenied(format!(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use chat_proto::pb::{self, ClientFrame, ServerEvent, client_frame::Frame, server_event::Event};
 use futures::Stream;
+use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
 use crate::app::{App, Send};
@@ -18,20 +19,23 @@ use crate::error::GatewayError;
 use crate::limits;
 use crate::outbox::{CloseReason, Outbox};
 
+/// Sends of one stream being published at once. Acceptance (seq) stays
+/// sequential; publishing overlaps so a sender is not held back by the bus.
+const PUBLISHES_IN_FLIGHT: usize = 32;
+/// How long a closing stream waits for its sends being published.
+const PUBLISH_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug)]
 pub struct Session {
     app: Arc<App>,
     outbox: Arc<Outbox>,
     joined: BTreeSet<String>,
+    publishing: Arc<Semaphore>,
 }
 
 impl Session {
     pub fn new(app: Arc<App>, outbox: Arc<Outbox>) -> Self {
-        Self {
-            app,
-            outbox,
-            joined: BTreeSet::new(),
-        }
+        Self { app, outbox, joined: BTreeSet::new(), publishing: Arc::new(Semaphore::new(PUBLISHES_IN_FLIGHT)) }
     }
 
     fn user(&self) -> &str {
@@ -50,6 +54,10 @@ impl Session {
         loop {
             tokio::select! {
                 () = self.app.closing.cancelled() => {
+                    // Answers to sends being published go out before the
+                    // Disconnect, so no accepted send goes unacknowledged.
+                    let all = u32::try_from(PUBLISHES_IN_FLIGHT).unwrap_or(u32::MAX);
+                    let _ = tokio::time::timeout(PUBLISH_DRAIN, self.publishing.acquire_many(all)).await;
                     self.outbox.close(CloseReason::Shutdown);
                     break;
                 }
@@ -124,14 +132,7 @@ impl Session {
     }
 
     fn report(&self, request_id: &str, conversation_id: &str, client_message_id: &str, err: GatewayError) {
-        tracing::debug!(user_id = self.user(), request_id, code = ?err.code(), error = %err, "frame rejected");
-        self.deliver(Event::Error(pb::ErrorEvent {
-            request_id: request_id.to_owned(),
-            code: err.code() as i32,
-            message: err.to_string(),
-            conversation_id: conversation_id.to_owned(),
-            client_message_id: client_message_id.to_owned(),
-        }));
+        self.deliver(error_event(request_id, conversation_id, client_message_id, &err));
     }
 
     /// The conversation must be joined on this stream.
@@ -170,9 +171,7 @@ impl Session {
             self.app.unsubscribe(conversation_id, &self.outbox).await?;
         }
         if !self.app.leave(conversation_id, &self.outbox.user_id).await? {
-            return Err(GatewayError::FailedPrecondition(format!(
-                "not a member of conversation {conversation_id}"
-            )));
+            return Err(GatewayError::FailedPrecondition(format!("not a member of conversation {conversation_id}")));
         }
         // The leaver no longer hears the conversation; confirm directly.
         self.deliver(Event::MemberLeft(pb::MemberLeft {
@@ -190,15 +189,39 @@ impl Session {
         };
         self.app.validate_send(&send)?;
         self.joined_conversation(&frame.conversation_id)?;
-        let accepted = self.app.send(&self.outbox.user_id, send).await?;
-        self.deliver(Event::SendAccepted(pb::SendAccepted {
-            request_id: request_id.to_owned(),
-            client_message_id: frame.client_message_id.clone(),
-            message_id: accepted.message_id,
-            conversation_id: frame.conversation_id.clone(),
-            seq: accepted.seq,
-            duplicate: accepted.duplicate,
-        }));
+        let accepted = self.app.accept(&self.outbox.user_id, &send).await?;
+        // Waiting for a permit holds back reading this stream's next frames:
+        // backpressure, not an unbounded queue.
+        let permit = self
+            .publishing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| GatewayError::Internal("publish limiter closed".into()))?;
+        let app = self.app.clone();
+        let outbox = self.outbox.clone();
+        let request_id = request_id.to_owned();
+        let frame = frame.clone();
+        self.app.tasks.spawn(async move {
+            let _permit = permit;
+            let send = Send {
+                conversation_id: &frame.conversation_id,
+                client_message_id: &frame.client_message_id,
+                body: &frame.body,
+            };
+            let event = match app.publish_accepted(&outbox.user_id, &send, &accepted).await {
+                Ok(()) => Event::SendAccepted(pb::SendAccepted {
+                    request_id,
+                    client_message_id: frame.client_message_id,
+                    message_id: accepted.message_id,
+                    conversation_id: frame.conversation_id,
+                    seq: accepted.seq,
+                    duplicate: accepted.duplicate,
+                }),
+                Err(err) => error_event(&request_id, &frame.conversation_id, &frame.client_message_id, &err),
+            };
+            let _ = outbox.deliver(ServerEvent { event: Some(event) });
+        });
         Ok(())
     }
 
@@ -206,6 +229,17 @@ impl Session {
         self.joined_conversation(&frame.conversation_id)?;
         self.app.typing(&frame.conversation_id, &self.outbox.user_id, frame.typing).await
     }
+}
+
+fn error_event(request_id: &str, conversation_id: &str, client_message_id: &str, err: &GatewayError) -> Event {
+    tracing::debug!(request_id, conversation_id, code = ?err.code(), error = %err, "frame rejected");
+    Event::Error(pb::ErrorEvent {
+        request_id: request_id.to_owned(),
+        code: err.code() as i32,
+        message: err.to_string(),
+        conversation_id: conversation_id.to_owned(),
+        client_message_id: client_message_id.to_owned(),
+    })
 }
 
 /// The status a stream ends with when the client's side of it broke: a frame

@@ -80,21 +80,8 @@ pub enum DecodeError {
 }
 
 impl Envelope {
-    pub fn new(
-        event_id: String,
-        conversation_id: String,
-        origin: String,
-        at_ms: i64,
-        event: Event,
-    ) -> Self {
-        Self {
-            v: ENVELOPE_VERSION,
-            event_id,
-            conversation_id,
-            origin,
-            at_ms,
-            event,
-        }
+    pub fn new(event_id: String, conversation_id: String, origin: String, at_ms: i64, event: Event) -> Self {
+        Self { v: ENVELOPE_VERSION, event_id, conversation_id, origin, at_ms, event }
     }
 
     /// The JSON body published to the bus.
@@ -118,11 +105,7 @@ impl Envelope {
 
     /// Routing attributes as (name, value) pairs, all of type String.
     pub fn attributes(&self) -> [(&'static str, &str); 3] {
-        [
-            (attr::KIND, self.event.kind()),
-            (attr::CONVERSATION_ID, &self.conversation_id),
-            (attr::ORIGIN, &self.origin),
-        ]
+        [(attr::KIND, self.event.kind()), (attr::CONVERSATION_ID, &self.conversation_id), (attr::ORIGIN, &self.origin)]
     }
 }
 

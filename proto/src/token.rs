@@ -37,20 +37,11 @@ pub enum TokenError {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Mints a token for `user` valid for `ttl`.
-pub fn mint(
-    secret: &[u8],
-    user: &str,
-    issuer: &str,
-    audience: &str,
-    ttl: Duration,
-) -> Result<String, TokenError> {
+pub fn mint(secret: &[u8], user: &str, issuer: &str, audience: &str, ttl: Duration) -> Result<String, TokenError> {
     if secret.is_empty() {
         return Err(TokenError::EmptySecret);
     }
@@ -95,18 +86,13 @@ impl Verifier {
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 5;
-        Ok(Self {
-            key: DecodingKey::from_secret(secret),
-            validation,
-        })
+        Ok(Self { key: DecodingKey::from_secret(secret), validation })
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid(e.to_string()),
-            }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid(e.to_string()),
         })?;
         if data.claims.sub.is_empty() {
             return Err(TokenError::EmptySubject);
@@ -127,8 +113,7 @@ mod tests {
 
     #[test]
     fn minted_token_verifies_to_its_user() {
-        let token = mint(SECRET, "alice", DEFAULT_ISSUER, DEFAULT_AUDIENCE, Duration::from_secs(60))
-            .expect("mint");
+        let token = mint(SECRET, "alice", DEFAULT_ISSUER, DEFAULT_AUDIENCE, Duration::from_secs(60)).expect("mint");
         assert_eq!(verifier().verify(&token).expect("valid").sub, "alice");
     }
 
@@ -150,15 +135,10 @@ mod tests {
 
     #[test]
     fn expired_token_is_rejected() {
-        let claims = Claims {
-            sub: "alice".into(),
-            iss: DEFAULT_ISSUER.into(),
-            aud: DEFAULT_AUDIENCE.into(),
-            iat: 1,
-            exp: 2,
-        };
-        let token = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET))
-            .expect("encode");
+        let claims =
+            Claims { sub: "alice".into(), iss: DEFAULT_ISSUER.into(), aud: DEFAULT_AUDIENCE.into(), iat: 1, exp: 2 };
+        let token =
+            jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).expect("encode");
         assert!(matches!(verifier().verify(&token), Err(TokenError::Expired)));
     }
 

@@ -183,17 +183,9 @@ impl GatewayQueue {
             .send()
             .await
             .map_err(|e| sdk_error("SQS CreateQueue", e))?;
-        let queue_url = created
-            .queue_url()
-            .ok_or_else(|| BusError::Publish("CreateQueue returned no URL".into()))?
-            .to_owned();
-        let partial = Self {
-            sqs,
-            sns,
-            queue_url,
-            queue_arn: String::new(),
-            subscription_arn: String::new(),
-        };
+        let queue_url =
+            created.queue_url().ok_or_else(|| BusError::Publish("CreateQueue returned no URL".into()))?.to_owned();
+        let partial = Self { sqs, sns, queue_url, queue_arn: String::new(), subscription_arn: String::new() };
         match partial.admit_and_subscribe(topic_arn).await {
             Ok(queue) => Ok(queue),
             Err(e) => {
@@ -239,11 +231,7 @@ impl GatewayQueue {
             .subscription_arn()
             .ok_or_else(|| BusError::Publish("Subscribe returned no subscription ARN".into()))?
             .to_owned();
-        Ok(Self {
-            queue_arn,
-            subscription_arn,
-            ..self.clone()
-        })
+        Ok(Self { queue_arn, subscription_arn, ..self.clone() })
     }
 
     /// Refreshes the heartbeat tag the janitor reads.
@@ -320,10 +308,13 @@ pub async fn poll(sqs: aws_sdk_sqs::Client, queue_url: String, hub: Arc<Hub>, st
                 Ok(envelope) => hub.dispatch(envelope, now),
                 // Nothing else reads this queue and a redelivery would fail
                 // the same way, so the event is logged and removed.
-                Err(e) => tracing::error!(error = %e, body_prefix = %body.chars().take(200).collect::<String>(), "undecodable event dropped"),
+                Err(e) => {
+                    tracing::error!(error = %e, body_prefix = %body.chars().take(200).collect::<String>(), "undecodable event dropped")
+                }
             }
             if let Some(handle) = message.receipt_handle()
-                && let Ok(entry) = DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build()
+                && let Ok(entry) =
+                    DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build()
             {
                 done.push(entry);
             }
@@ -353,13 +344,7 @@ async fn release(sqs: &aws_sdk_sqs::Client, queue_url: &str, messages: &[aws_sdk
                 .ok()
         })
         .collect();
-    if let Err(e) = sqs
-        .change_message_visibility_batch()
-        .queue_url(queue_url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-    {
+    if let Err(e) = sqs.change_message_visibility_batch().queue_url(queue_url).set_entries(Some(entries)).send().await {
         tracing::warn!(error = ?e, "could not release undispatched events");
     }
 }
@@ -370,8 +355,7 @@ mod tests {
 
     #[test]
     fn policy_admits_only_the_topic() {
-        let policy: serde_json::Value =
-            serde_json::from_str(&queue_policy("arn:q", "arn:t")).expect("json");
+        let policy: serde_json::Value = serde_json::from_str(&queue_policy("arn:q", "arn:t")).expect("json");
         let statement = &policy["Statement"][0];
         assert_eq!(statement["Resource"], "arn:q");
         assert_eq!(statement["Action"], "sqs:SendMessage");

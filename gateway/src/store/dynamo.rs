@@ -44,12 +44,8 @@ impl DynamoStore {
 
     /// Fails fast at start-up when a table is missing or unreachable.
     pub async fn check_tables(&self) -> Result<(), StoreError> {
-        for table in [
-            &self.tables.conversations,
-            &self.tables.members,
-            &self.tables.presence,
-            &self.tables.send_dedup,
-        ] {
+        for table in [&self.tables.conversations, &self.tables.members, &self.tables.presence, &self.tables.send_dedup]
+        {
             self.client
                 .describe_table()
                 .table_name(table)
@@ -189,20 +185,16 @@ where
     R: std::fmt::Debug,
 {
     let detail = match err.as_service_error() {
-        Some(service) => format!(
-            "{}: {}",
-            service.code().unwrap_or("error"),
-            service.message().unwrap_or("no message")
-        ),
+        Some(service) => {
+            format!("{}: {}", service.code().unwrap_or("error"), service.message().unwrap_or("no message"))
+        }
         None => format!("{err:?}").chars().take(300).collect(),
     };
     StoreError::Unavailable(format!("DynamoDB {what}: {detail}"))
 }
 
 fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
-    err.as_service_error()
-        .and_then(|e| e.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException")
+    err.as_service_error().and_then(|e| e.code()).is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
 #[async_trait]
@@ -211,20 +203,11 @@ impl Store for DynamoStore {
         let digest = body_digest(req.body);
         if req.client_message_id.is_empty() {
             let seq = self.next_seq(req.conversation_id, req.now_ms).await?;
-            return Ok(Accepted {
-                message_id: req.new_message_id,
-                seq,
-                accepted_at_ms: req.now_ms,
-                duplicate: false,
-            });
+            return Ok(Accepted { message_id: req.new_message_id, seq, accepted_at_ms: req.now_ms, duplicate: false });
         }
         let key = idempotency_key(req.conversation_id, req.sender, req.client_message_id);
         let check = |(first, first_digest): (Accepted, String)| {
-            if first_digest == digest {
-                Ok(first)
-            } else {
-                Err(StoreError::ClientMessageIdReused)
-            }
+            if first_digest == digest { Ok(first) } else { Err(StoreError::ClientMessageIdReused) }
         };
         // A retry is answered from the record without touching the counter,
         // so retries leave no hole in the conversation's seq.
@@ -232,12 +215,7 @@ impl Store for DynamoStore {
             return check(found);
         }
         let seq = self.next_seq(req.conversation_id, req.now_ms).await?;
-        let accepted = Accepted {
-            message_id: req.new_message_id,
-            seq,
-            accepted_at_ms: req.now_ms,
-            duplicate: false,
-        };
+        let accepted = Accepted { message_id: req.new_message_id, seq, accepted_at_ms: req.now_ms, duplicate: false };
         let put = self
             .client
             .put_item()
@@ -256,7 +234,11 @@ impl Store for DynamoStore {
             // A concurrent duplicate won the race; its identity stands and
             // the seq this call allocated stays unused.
             Err(e) if is_condition_failure(&e) => {
-                tracing::warn!(conversation_id = req.conversation_id, seq, "concurrent duplicate send; seq left unused");
+                tracing::warn!(
+                    conversation_id = req.conversation_id,
+                    seq,
+                    "concurrent duplicate send; seq left unused"
+                );
                 match self.read_send(&key).await? {
                     Some(found) => check(found),
                     None => Err(StoreError::Unavailable("send record vanished during a race".into())),
@@ -314,12 +296,7 @@ impl Store for DynamoStore {
         Ok(out.item().is_some())
     }
 
-    async fn presence_online(
-        &self,
-        key: &PresenceKey,
-        now_ms: i64,
-        expires_at_ms: i64,
-    ) -> Result<bool, StoreError> {
+    async fn presence_online(&self, key: &PresenceKey, now_ms: i64, expires_at_ms: i64) -> Result<bool, StoreError> {
         let others = self.other_sessions(key, now_ms).await?;
         self.put_presence(key, expires_at_ms).await?;
         Ok(others == 0)

@@ -51,12 +51,8 @@ impl Store for MemoryStore {
         }
         let seq = state.last_seq.entry(req.conversation_id.to_owned()).or_insert(0);
         *seq += 1;
-        let accepted = Accepted {
-            message_id: req.new_message_id,
-            seq: *seq,
-            accepted_at_ms: req.now_ms,
-            duplicate: false,
-        };
+        let accepted =
+            Accepted { message_id: req.new_message_id, seq: *seq, accepted_at_ms: req.now_ms, duplicate: false };
         if let Some(key) = key {
             state.sends.insert(key, (accepted.clone(), digest));
         }
@@ -65,37 +61,21 @@ impl Store for MemoryStore {
 
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError> {
         let mut state = self.state();
-        let newly_member = state
-            .members
-            .entry(conversation_id.to_owned())
-            .or_default()
-            .insert(user_id.to_owned());
+        let newly_member = state.members.entry(conversation_id.to_owned()).or_default().insert(user_id.to_owned());
         let last_seq = state.last_seq.get(conversation_id).copied().unwrap_or(0);
         Ok(Joined { newly_member, last_seq })
     }
 
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
         let mut state = self.state();
-        Ok(state
-            .members
-            .get_mut(conversation_id)
-            .is_some_and(|m| m.remove(user_id)))
+        Ok(state.members.get_mut(conversation_id).is_some_and(|m| m.remove(user_id)))
     }
 
     async fn is_member(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .state()
-            .members
-            .get(conversation_id)
-            .is_some_and(|m| m.contains(user_id)))
+        Ok(self.state().members.get(conversation_id).is_some_and(|m| m.contains(user_id)))
     }
 
-    async fn presence_online(
-        &self,
-        key: &PresenceKey,
-        now_ms: i64,
-        expires_at_ms: i64,
-    ) -> Result<bool, StoreError> {
+    async fn presence_online(&self, key: &PresenceKey, now_ms: i64, expires_at_ms: i64) -> Result<bool, StoreError> {
         let mut state = self.state();
         let sessions = state.presence.entry(key.conversation_id.clone()).or_default();
         sessions.remove(&(key.user_id.clone(), key.session_id.clone()));
@@ -132,12 +112,7 @@ impl Store for MemoryStore {
         let users: BTreeSet<String> = state
             .presence
             .get(conversation_id)
-            .map(|s| {
-                s.iter()
-                    .filter(|(_, exp)| **exp > now_ms)
-                    .map(|((u, _), _)| u.clone())
-                    .collect()
-            })
+            .map(|s| s.iter().filter(|(_, exp)| **exp > now_ms).map(|((u, _), _)| u.clone()).collect())
             .unwrap_or_default();
         Ok(users.into_iter().collect())
     }
@@ -195,11 +170,7 @@ mod tests {
     #[tokio::test]
     async fn presence_counts_users_not_streams() {
         let store = MemoryStore::new();
-        let key = |s: &str| PresenceKey {
-            conversation_id: "a".into(),
-            user_id: "u".into(),
-            session_id: s.into(),
-        };
+        let key = |s: &str| PresenceKey { conversation_id: "a".into(), user_id: "u".into(), session_id: s.into() };
         assert!(store.presence_online(&key("s1"), 10, 100).await.expect("online"));
         assert!(!store.presence_online(&key("s2"), 10, 100).await.expect("online"));
         assert_eq!(store.online_users("a", 10).await.expect("users"), vec!["u".to_string()]);

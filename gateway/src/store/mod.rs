@@ -80,12 +80,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Marks a stream online in a conversation, until `expires_at_ms` unless
     /// refreshed. Returns true when no other stream of the user was online
     /// there (the user came online).
-    async fn presence_online(
-        &self,
-        key: &PresenceKey,
-        now_ms: i64,
-        expires_at_ms: i64,
-    ) -> Result<bool, StoreError>;
+    async fn presence_online(&self, key: &PresenceKey, now_ms: i64, expires_at_ms: i64) -> Result<bool, StoreError>;
 
     /// Removes a stream's presence. Returns true when no other stream of the
     /// user remains online there (the user went offline).

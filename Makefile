@@ -1,0 +1,73 @@
+# The two commands: `make run` (the whole system locally) and `make test`
+# (every test). First-time setup — the emulator's pinned Python
+# environment — happens inside them.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+PYTHON ?= python3
+# Python environments live outside the clone, keyed by their requirements,
+# so fresh clones on one machine reuse them.
+CACHE_DIR ?= $(HOME)/.cache/chat-platform
+MOTO_REQ := localstack/requirements-moto.txt
+GRPC_REQ := tests/python/requirements-grpc.txt
+MOTO_VENV ?= $(CACHE_DIR)/venv-moto-$(shell sha256sum $(MOTO_REQ) | cut -c1-16)
+GRPC_VENV ?= $(CACHE_DIR)/venv-grpc-$(shell sha256sum $(GRPC_REQ) | cut -c1-16)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+
+.PHONY: help run test build venv lint fmt-check clippy test-rust chat
+
+help:
+	@echo "make run    start the emulator, provision it, run two gateways (Ctrl-C stops all)"
+	@echo "make test   rustfmt check, clippy -D warnings, template lint, unit and end-to-end tests"
+	@echo "make chat NAME=alice PORT=50051 ROOM=room1   an interactive client against a running 'make run'"
+
+$(MOTO_VENV)/.installed: $(MOTO_REQ)
+	@echo "==> installing the emulator's pinned Python environment into $(MOTO_VENV) (first run only)"
+	rm -rf $(MOTO_VENV)
+	$(PYTHON) -m venv $(MOTO_VENV)
+	$(MOTO_VENV)/bin/python -m pip install --quiet --no-input -r $(MOTO_REQ)
+	touch $@
+
+$(GRPC_VENV)/.installed: $(GRPC_REQ)
+	@echo "==> installing the generic Python gRPC client's environment into $(GRPC_VENV) (first run only)"
+	rm -rf $(GRPC_VENV)
+	$(PYTHON) -m venv $(GRPC_VENV)
+	$(GRPC_VENV)/bin/python -m pip install --quiet --no-input -r $(GRPC_REQ)
+	touch $@
+
+venv: $(MOTO_VENV)/.installed $(GRPC_VENV)/.installed
+
+build:
+	@echo "==> building the workspace"
+	$(CARGO) build --workspace --bins --locked
+
+fmt-check:
+	@echo "==> rustfmt"
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	@echo "==> clippy"
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+lint: $(MOTO_VENV)/.installed
+	@echo "==> cfn-lint template.yaml"
+	$(MOTO_VENV)/bin/cfn-lint template.yaml
+
+test-rust: build venv
+	@echo "==> unit and end-to-end tests (moto on loopback, or AWS_ENDPOINT_URL when set)"
+	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_GRPC_PYTHON=$(GRPC_VENV)/bin/python \
+		$(CARGO) test --workspace --locked
+
+test: fmt-check clippy lint test-rust
+
+run: $(MOTO_VENV)/.installed build
+	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_BIN_DIR=$(TARGET_DIR)/debug bash localstack/run-local.sh
+
+NAME ?= alice
+PORT ?= 50051
+ROOM ?= room1
+chat:
+	$(TARGET_DIR)/debug/chat connect --gateway http://127.0.0.1:$(PORT) --user $(NAME) --conversation $(ROOM)

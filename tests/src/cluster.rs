@@ -1,0 +1,245 @@
+//! A set of gateway processes (and the emulator they use) owned by one test.
+//! Everything is killed on drop; a failing test prints the gateways' logs.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chat_proto::pb::EchoRequest;
+use chat_proto::pb::echo_service_client::EchoServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::client::TestClient;
+use crate::emulator::Emulator;
+use crate::{free_port, unique, workspace_bin};
+
+/// Limits high enough that only tests of limits meet them.
+const TEST_ENV: &[(&str, &str)] =
+    &[("CHAT_SEND_RATE", "100000"), ("CHAT_SEND_BURST", "100000"), ("CHAT_LOG_FORMAT", "text"), ("NO_COLOR", "1")];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Gateways on SNS/SQS/DynamoDB of the emulator.
+    Aws,
+    /// One gateway with the in-memory bus and store.
+    Memory,
+}
+
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: Option<Child>,
+    pub url: String,
+    pub instance_id: String,
+    log: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub mode: Mode,
+    pub emulator: Option<Emulator>,
+    pub stack: String,
+    outputs: Vec<(String, String)>,
+    secret: String,
+    pub gateways: Vec<GatewayProcess>,
+    logs: PathBuf,
+}
+
+impl Cluster {
+    /// An emulator, a provisioned stack, and `gateways` gateways on it.
+    pub async fn aws(gateways: usize) -> anyhow::Result<Self> {
+        Self::aws_with(gateways, &[]).await
+    }
+
+    pub async fn aws_with(gateways: usize, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let emulator = Emulator::start()?;
+        let stack = unique("e2e");
+        let outputs = emulator.provision(&stack)?;
+        let mut cluster = Self::empty(Mode::Aws, Some(emulator), stack, outputs)?;
+        for _ in 0..gateways {
+            cluster.start_gateway(env).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// One gateway in embedded memory mode.
+    pub async fn memory() -> anyhow::Result<Self> {
+        Self::memory_with(&[]).await
+    }
+
+    pub async fn memory_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut cluster = Self::empty(Mode::Memory, None, unique("mem"), Vec::new())?;
+        cluster.start_gateway(env).await?;
+        Ok(cluster)
+    }
+
+    /// Chat tests run on either mode.
+    pub async fn new(mode: Mode, gateways: usize) -> anyhow::Result<Self> {
+        match mode {
+            Mode::Aws => Self::aws(gateways).await,
+            Mode::Memory => Self::memory().await,
+        }
+    }
+
+    fn empty(
+        mode: Mode,
+        emulator: Option<Emulator>,
+        stack: String,
+        outputs: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let logs = std::env::temp_dir().join(format!("chat-e2e-{stack}"));
+        std::fs::create_dir_all(&logs)?;
+        Ok(Self {
+            mode,
+            emulator,
+            stack,
+            outputs,
+            secret: format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new()),
+            gateways: Vec::new(),
+            logs,
+        })
+    }
+
+    /// The queue name prefix of this cluster's gateways.
+    pub fn queue_prefix(&self) -> String {
+        format!("{}-gw-", self.stack)
+    }
+
+    /// Starts one more gateway and waits until it answers.
+    pub async fn start_gateway(&mut self, env: &[(&str, &str)]) -> anyhow::Result<usize> {
+        let index = self.gateways.len();
+        let port = free_port()?;
+        let instance_id = unique(&format!("g{index}-"));
+        let log = self.logs.join(format!("gateway-{index}.log"));
+        let mut cmd = Command::new(workspace_bin("gateway")?);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()))
+            .env("CHAT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CHAT_INSTANCE_ID", &instance_id)
+            .env("CHAT_JWT_SECRET", &self.secret)
+            .env("CHAT_QUEUE_PREFIX", self.queue_prefix())
+            .envs(TEST_ENV.iter().copied());
+        match self.mode {
+            Mode::Aws => {
+                let emulator = self.emulator.as_ref().context("AWS mode without emulator")?;
+                cmd.env("CHAT_BUS", "sns-sqs").envs(emulator.aws_env()).envs(self.outputs.iter().cloned());
+                // Per-service endpoints (LocalStack for SNS/SQS, moto for
+                // DynamoDB) pass through.
+                for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_ENDPOINT_URL_")) {
+                    cmd.env(k, v);
+                }
+            }
+            Mode::Memory => {
+                cmd.env("CHAT_BUS", "memory");
+            }
+        }
+        cmd.envs(env.iter().copied());
+        let file = std::fs::File::create(&log)?;
+        let child =
+            cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file).spawn().context("starting gateway")?;
+        self.gateways.push(GatewayProcess {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            instance_id,
+            log,
+        });
+        self.wait_ready(index).await?;
+        Ok(index)
+    }
+
+    async fn wait_ready(&mut self, index: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = self.gateways[index].url.clone();
+        while Instant::now() < deadline {
+            if let Some(child) = self.gateways[index].child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("gateway {index} exited with {status} while starting:\n{}", self.log_tail(index));
+            }
+            if let Ok(channel) = Endpoint::from_shared(url.clone())?.connect().await {
+                let mut echo = EchoServiceClient::new(channel);
+                if echo.echo(EchoRequest { message: "ready?".into() }).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("gateway {index} did not become ready:\n{}", self.log_tail(index))
+    }
+
+    /// The URL of gateway `index` (memory mode has one: every index maps to it).
+    pub fn url(&self, index: usize) -> &str {
+        let i = index.min(self.gateways.len().saturating_sub(1));
+        &self.gateways[i].url
+    }
+
+    pub fn token(&self, user: &str) -> anyhow::Result<String> {
+        Ok(chat_proto::token::mint(
+            self.secret.as_bytes(),
+            user,
+            chat_proto::token::DEFAULT_ISSUER,
+            chat_proto::token::DEFAULT_AUDIENCE,
+            Duration::from_secs(3600),
+        )?)
+    }
+
+    pub async fn channel(&self, index: usize) -> anyhow::Result<Channel> {
+        Ok(Endpoint::from_shared(self.url(index).to_owned())?.connect().await?)
+    }
+
+    /// A user's `Connect` stream on gateway `index`.
+    pub async fn connect(&self, index: usize, user: &str) -> anyhow::Result<TestClient> {
+        TestClient::connect(self.channel(index).await?, user, &self.token(user)?).await
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    pub async fn stop_gateway(&mut self, index: usize) -> anyhow::Result<std::process::ExitStatus> {
+        let gateway = &mut self.gateways[index];
+        let Some(mut child) = gateway.child.take() else { bail!("gateway {index} is not running") };
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("gateway {index} did not stop within 30 s:\n{}", self.log_tail(index));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill_gateway(&mut self, index: usize) {
+        if let Some(mut child) = self.gateways[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_tail(&self, index: usize) -> String {
+        let text = std::fs::read_to_string(&self.gateways[index].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for gateway in &mut self.gateways {
+            if let Some(mut child) = gateway.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for i in 0..self.gateways.len() {
+                eprintln!("---- gateway {i} ({}) log tail ----\n{}", self.gateways[i].instance_id, self.log_tail(i));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}

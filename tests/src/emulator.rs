@@ -1,0 +1,123 @@
+//! The AWS emulator a test runs against, and provisioning from
+//! `template.yaml`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::{free_port, workspace_root};
+
+/// Credentials and region emulators accept; real AWS is never the target of
+/// the harness (it only uses an explicit endpoint).
+pub const REGION: &str = "us-east-1";
+const KEY: &str = "test";
+
+#[derive(Debug)]
+pub struct Emulator {
+    pub endpoint: String,
+    /// The moto server this harness started, if it started one.
+    process: Option<Child>,
+}
+
+/// The Python interpreter of the project's pinned environment.
+pub fn python() -> PathBuf {
+    std::env::var_os("CHAT_PYTHON").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin/python"))
+}
+
+impl Emulator {
+    /// `AWS_ENDPOINT_URL` when set, else a fresh moto server.
+    pub fn start() -> anyhow::Result<Self> {
+        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+            return Ok(Self { endpoint, process: None });
+        }
+        let python = python();
+        anyhow::ensure!(
+            python.exists(),
+            "{} not found: run the tests through `make test` (it installs the pinned emulator), set CHAT_PYTHON, or set AWS_ENDPOINT_URL",
+            python.display()
+        );
+        let port = free_port()?;
+        let process = Command::new(&python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting moto server with {}", python.display()))?;
+        let emulator = Self { endpoint: format!("http://127.0.0.1:{port}"), process: Some(process) };
+        emulator.wait_listening(port)?;
+        Ok(emulator)
+    }
+
+    fn wait_listening(&self, port: u16) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("moto server did not listen on port {port} within 30 s")
+    }
+
+    /// The AWS environment for a process that should use this emulator.
+    pub fn aws_env(&self) -> Vec<(String, String)> {
+        let has_creds = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
+        let mut env = vec![
+            ("AWS_ENDPOINT_URL".to_owned(), self.endpoint.clone()),
+            ("AWS_REGION".to_owned(), std::env::var("AWS_REGION").unwrap_or_else(|_| REGION.into())),
+        ];
+        if !has_creds {
+            env.push(("AWS_ACCESS_KEY_ID".into(), KEY.into()));
+            env.push(("AWS_SECRET_ACCESS_KEY".into(), KEY.into()));
+        }
+        env
+    }
+
+    /// Creates a stack named `stack` from `template.yaml`; returns the
+    /// template's outputs as `CHAT_*` environment variables.
+    pub fn provision(&self, stack: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let root = workspace_root();
+        let out = Command::new(python())
+            .arg(root.join("localstack/provision.py"))
+            .args(["--template"])
+            .arg(root.join("template.yaml"))
+            .args(["--endpoint", &self.endpoint, "--stack-name", stack, "--format", "env"])
+            .envs(self.aws_env())
+            .output()
+            .context("running provision.py")?;
+        if !out.status.success() {
+            bail!("provisioning failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8(out.stdout)?;
+        let vars: HashMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        anyhow::ensure!(vars.contains_key("CHAT_TOPIC_ARN"), "provisioning printed no CHAT_TOPIC_ARN: {text}");
+        Ok(vars.into_iter().collect())
+    }
+
+    /// SDK configuration for assertions made directly against the emulator.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(KEY, KEY, None, None, "e2e"))
+            .load()
+            .await
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
