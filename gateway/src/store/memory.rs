@@ -122,63 +122,9 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
-    fn send<'a>(conv: &'a str, sender: &'a str, cmid: &'a str, body: &'a str, id: &str) -> SendRequest<'a> {
-        SendRequest {
-            conversation_id: conv,
-            sender,
-            client_message_id: cmid,
-            body,
-            new_message_id: id.into(),
-            now_ms: 1,
-        }
-    }
-
     #[tokio::test]
-    async fn seq_is_per_conversation_and_dense() {
+    async fn follows_the_store_rules() {
         let store = MemoryStore::new();
-        let a1 = store.accept_send(send("a", "u", "", "x", "m1")).await.expect("send");
-        let a2 = store.accept_send(send("a", "u", "", "x", "m2")).await.expect("send");
-        let b1 = store.accept_send(send("b", "u", "", "x", "m3")).await.expect("send");
-        assert_eq!((a1.seq, a2.seq, b1.seq), (1, 2, 1));
-    }
-
-    #[tokio::test]
-    async fn retried_client_message_id_returns_the_first_identity() {
-        let store = MemoryStore::new();
-        let first = store.accept_send(send("a", "u", "c1", "hi", "m1")).await.expect("send");
-        let again = store.accept_send(send("a", "u", "c1", "hi", "m2")).await.expect("send");
-        assert_eq!((again.message_id.as_str(), again.seq, again.duplicate), ("m1", first.seq, true));
-        let other_sender = store.accept_send(send("a", "v", "c1", "hi", "m3")).await.expect("send");
-        assert!(!other_sender.duplicate);
-        assert_eq!(
-            store.accept_send(send("a", "u", "c1", "changed", "m4")).await,
-            Err(StoreError::ClientMessageIdReused)
-        );
-    }
-
-    #[tokio::test]
-    async fn membership_join_and_leave() {
-        let store = MemoryStore::new();
-        assert!(store.join("a", "u").await.expect("join").newly_member);
-        assert!(!store.join("a", "u").await.expect("join").newly_member);
-        assert!(store.is_member("a", "u").await.expect("member"));
-        assert!(store.leave("a", "u").await.expect("leave"));
-        assert!(!store.leave("a", "u").await.expect("leave"));
-        assert!(!store.is_member("a", "u").await.expect("member"));
-    }
-
-    #[tokio::test]
-    async fn presence_counts_users_not_streams() {
-        let store = MemoryStore::new();
-        let key = |s: &str| PresenceKey { conversation_id: "a".into(), user_id: "u".into(), session_id: s.into() };
-        assert!(store.presence_online(&key("s1"), 10, 100).await.expect("online"));
-        assert!(!store.presence_online(&key("s2"), 10, 100).await.expect("online"));
-        assert_eq!(store.online_users("a", 10).await.expect("users"), vec!["u".to_string()]);
-        assert!(!store.presence_offline(&key("s1"), 10).await.expect("offline"));
-        assert!(store.presence_offline(&key("s2"), 10).await.expect("offline"));
-        assert!(store.online_users("a", 10).await.expect("users").is_empty());
-        // Expired sessions are not online.
-        store.presence_online(&key("s3"), 1, 5).await.expect("online");
-        assert!(store.online_users("a", 10).await.expect("users").is_empty());
+        super::super::conformance::check(&store, "t").await.expect("memory store conforms");
     }
 }

@@ -8,6 +8,7 @@
 
 use async_trait::async_trait;
 
+pub mod conformance;
 pub mod dynamo;
 pub mod memory;
 

@@ -1,0 +1,100 @@
+//! The rules every [`Store`] follows, as one check that runs against any
+//! implementation: the memory store in unit tests, the DynamoDB store against
+//! the emulator in `tests/tests/store.rs`.
+
+use super::{PresenceKey, SendRequest, Store, StoreError};
+
+fn send<'a>(conversation_id: &'a str, sender: &'a str, cmid: &'a str, body: &'a str, id: &str) -> SendRequest<'a> {
+    SendRequest {
+        conversation_id,
+        sender,
+        client_message_id: cmid,
+        body,
+        new_message_id: id.to_owned(),
+        now_ms: 1_700_000_000_000,
+    }
+}
+
+macro_rules! check {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+fn failed(e: StoreError) -> String {
+    format!("store call failed: {e}")
+}
+
+/// Runs every rule; `prefix` keeps conversations apart from other runs on a
+/// shared backend. Returns what was wrong.
+pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
+    let a = format!("{prefix}-a");
+    let b = format!("{prefix}-b");
+
+    // seq: per conversation, dense, starting at 1.
+    let a1 = store.accept_send(send(&a, "u", "", "x", "m1")).await.map_err(failed)?;
+    let a2 = store.accept_send(send(&a, "u", "", "x", "m2")).await.map_err(failed)?;
+    let b1 = store.accept_send(send(&b, "u", "", "x", "m3")).await.map_err(failed)?;
+    check!((a1.seq, a2.seq, b1.seq) == (1, 2, 1), "seqs {} {} {}", a1.seq, a2.seq, b1.seq);
+    check!(a1.message_id == "m1" && !a1.duplicate, "new send kept its id: {a1:?}");
+
+    // Idempotency: the first identity wins; no seq is used by a retry.
+    let first = store.accept_send(send(&a, "u", "c1", "hi", "m4")).await.map_err(failed)?;
+    let again = store.accept_send(send(&a, "u", "c1", "hi", "m5")).await.map_err(failed)?;
+    check!(
+        again.message_id == "m4" && again.seq == first.seq && again.duplicate && !first.duplicate,
+        "retry gave {again:?} after {first:?}"
+    );
+    check!(
+        again.accepted_at_ms == first.accepted_at_ms,
+        "retry changed accepted_at_ms: {} vs {}",
+        again.accepted_at_ms,
+        first.accepted_at_ms
+    );
+    let other_sender = store.accept_send(send(&a, "v", "c1", "hi", "m6")).await.map_err(failed)?;
+    check!(!other_sender.duplicate && other_sender.seq == first.seq + 1, "keys are per sender: {other_sender:?}");
+    let reused = store.accept_send(send(&a, "u", "c1", "changed", "m7")).await;
+    check!(reused == Err(StoreError::ClientMessageIdReused), "reused key with a new body gave {reused:?}");
+
+    // Membership.
+    let joined = store.join(&a, "u").await.map_err(failed)?;
+    check!(joined.newly_member && joined.last_seq == other_sender.seq, "first join: {joined:?}");
+    let rejoined = store.join(&a, "u").await.map_err(failed)?;
+    check!(!rejoined.newly_member, "second join is not new");
+    check!(store.join(&b, "w").await.map_err(failed)?.last_seq == 1, "last_seq of b");
+    check!(store.is_member(&a, "u").await.map_err(failed)?, "member after join");
+    check!(!store.is_member(&a, "w").await.map_err(failed)?, "membership is per conversation");
+    check!(store.leave(&a, "u").await.map_err(failed)?, "leave reports membership");
+    check!(!store.leave(&a, "u").await.map_err(failed)?, "second leave reports none");
+    check!(!store.is_member(&a, "u").await.map_err(failed)?, "not a member after leave");
+    check!(store.join(&format!("{prefix}-new"), "u").await.map_err(failed)?.last_seq == 0, "new conversation at 0");
+
+    // Presence: a user is online while any of their streams is.
+    let now = 1_000_000;
+    let key = |user: &str, session: &str| PresenceKey {
+        conversation_id: a.clone(),
+        user_id: user.to_owned(),
+        session_id: session.to_owned(),
+    };
+    check!(store.presence_online(&key("u", "s1"), now, now + 60_000).await.map_err(failed)?, "first stream online");
+    check!(!store.presence_online(&key("u", "s2"), now, now + 60_000).await.map_err(failed)?, "second stream");
+    check!(store.presence_online(&key("w", "s3"), now, now + 60_000).await.map_err(failed)?, "other user");
+    let online = store.online_users(&a, now).await.map_err(failed)?;
+    check!(online == vec!["u".to_string(), "w".to_string()], "online {online:?}");
+    check!(!store.presence_offline(&key("u", "s1"), now).await.map_err(failed)?, "u still has s2");
+    check!(store.presence_offline(&key("u", "s2"), now).await.map_err(failed)?, "u's last stream");
+    let online = store.online_users(&a, now).await.map_err(failed)?;
+    check!(online == vec!["w".to_string()], "online after u left {online:?}");
+    // Expired leases are not online; a refresh extends them.
+    let later = now + 120_000;
+    check!(store.online_users(&a, later).await.map_err(failed)?.is_empty(), "expired lease still online");
+    store.presence_refresh(&[key("w", "s3")], later + 60_000).await.map_err(failed)?;
+    check!(store.online_users(&a, later).await.map_err(failed)? == vec!["w".to_string()], "refreshed lease");
+    check!(
+        store.presence_online(&key("u", "s4"), later, later + 60_000).await.map_err(failed)?,
+        "expired sessions do not count"
+    );
+    Ok(())
+}
