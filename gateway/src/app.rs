@@ -160,39 +160,47 @@ impl App {
     }
 
     /// Joins `outbox`'s stream to a conversation: membership, live
-    /// subscription, presence, and the events that announce them.
+    /// subscription, presence, and the events that announce them. Joining a
+    /// conversation the stream already hears refreshes membership and the
+    /// snapshot without touching the subscription. If any step fails, a new
+    /// subscription and its presence are undone, so a failed join leaves
+    /// nothing behind.
     pub async fn join(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<JoinOutcome, GatewayError> {
-        let user = outbox.user_id.as_str();
-        self.hub.subscribe(conversation_id, outbox.clone());
-        let result = self.join_subscribed(conversation_id, outbox).await;
-        if result.is_err() {
-            self.hub.unsubscribe(conversation_id, &outbox.session_id);
+        let already_subscribed = self.hub.is_subscribed(conversation_id, &outbox.session_id);
+        if !already_subscribed {
+            self.hub.subscribe(conversation_id, outbox.clone());
         }
-        let (outcome, newly_member, came_online) = result?;
+        let result = self.join_subscribed(conversation_id, outbox).await;
+        if result.is_err() && !already_subscribed {
+            self.hub.unsubscribe(conversation_id, &outbox.session_id);
+            let key = self.presence_key(conversation_id, outbox);
+            if self.presence_set().remove(&key)
+                && let Err(e) = self.store.presence_offline(&key, crate::clock::now_ms()).await
+            {
+                tracing::warn!(conversation_id, error = %e, "presence left behind by a failed join expires with its lease");
+            }
+        }
+        result
+    }
+
+    async fn join_subscribed(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<JoinOutcome, GatewayError> {
+        let user = outbox.user_id.as_str();
+        let joined = self.store.join(conversation_id, user).await?;
+        self.hub.anchor(conversation_id, joined.last_seq);
+        let key = self.presence_key(conversation_id, outbox);
+        let now_ms = crate::clock::now_ms();
+        self.presence_set().insert(key.clone());
+        let came_online = self.store.presence_online(&key, now_ms, presence_expiry(now_ms)).await?;
+        let online = self.store.online_users(conversation_id, now_ms).await?;
         let mut events = Vec::new();
-        if newly_member {
+        if joined.newly_member {
             events.push(self.envelope(conversation_id, Event::MemberJoined { user_id: user.to_owned() }));
         }
         if came_online {
             events.push(self.envelope(conversation_id, Event::Presence { user_id: user.to_owned(), online: true }));
         }
         self.bus.publish(&events).await?;
-        Ok(outcome)
-    }
-
-    async fn join_subscribed(
-        &self,
-        conversation_id: &str,
-        outbox: &Arc<Outbox>,
-    ) -> Result<(JoinOutcome, bool, bool), GatewayError> {
-        let joined = self.store.join(conversation_id, &outbox.user_id).await?;
-        self.hub.anchor(conversation_id, joined.last_seq);
-        let key = self.presence_key(conversation_id, outbox);
-        let now_ms = crate::clock::now_ms();
-        let came_online = self.store.presence_online(&key, now_ms, presence_expiry(now_ms)).await?;
-        self.presence_set().insert(key);
-        let online = self.store.online_users(conversation_id, now_ms).await?;
-        Ok((JoinOutcome { online, last_seq: joined.last_seq }, joined.newly_member, came_online))
+        Ok(JoinOutcome { online, last_seq: joined.last_seq })
     }
 
     /// Takes a stream out of a conversation it had joined; announces the user
@@ -201,9 +209,15 @@ impl App {
         self.hub.unsubscribe(conversation_id, &outbox.session_id);
         let key = self.presence_key(conversation_id, outbox);
         self.presence_set().remove(&key);
-        if self.store.presence_offline(&key, crate::clock::now_ms()).await? {
+        self.announce_offline(&key).await
+    }
+
+    /// Removes a stream's presence; announces the user offline when it was
+    /// their last stream in the conversation.
+    async fn announce_offline(&self, key: &PresenceKey) -> Result<(), GatewayError> {
+        if self.store.presence_offline(key, crate::clock::now_ms()).await? {
             let event =
-                self.envelope(conversation_id, Event::Presence { user_id: outbox.user_id.clone(), online: false });
+                self.envelope(&key.conversation_id, Event::Presence { user_id: key.user_id.clone(), online: false });
             self.bus.publish(&[event]).await?;
         }
         Ok(())
@@ -238,14 +252,102 @@ impl App {
         self.presence.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Extends the lease of every stream's presence on this gateway.
+    /// Extends the lease of every stream's presence on this gateway, and
+    /// releases the presence of streams the hub no longer holds (their user
+    /// left the conversation from another stream).
     pub async fn refresh_presence(&self) {
         let keys: Vec<PresenceKey> = self.presence_set().iter().cloned().collect();
-        if keys.is_empty() {
+        let (live, orphaned): (Vec<_>, Vec<_>) =
+            keys.into_iter().partition(|k| self.hub.is_subscribed(&k.conversation_id, &k.session_id));
+        for key in orphaned {
+            self.presence_set().remove(&key);
+            if let Err(e) = self.announce_offline(&key).await {
+                tracing::warn!(error = %e, conversation_id = key.conversation_id, "releasing presence failed");
+            }
+        }
+        if live.is_empty() {
             return;
         }
-        if let Err(e) = self.store.presence_refresh(&keys, presence_expiry(crate::clock::now_ms())).await {
-            tracing::warn!(error = %e, streams = keys.len(), "presence refresh failed");
+        if let Err(e) = self.store.presence_refresh(&live, presence_expiry(crate::clock::now_ms())).await {
+            tracing::warn!(error = %e, streams = live.len(), "presence refresh failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{Joined, StoreError};
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The memory store, with presence failing while `fail` is set.
+    #[derive(Debug, Default)]
+    struct FlakyStore {
+        inner: MemoryStore,
+        fail: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Store for FlakyStore {
+        async fn accept_send(&self, req: SendRequest<'_>) -> Result<Accepted, StoreError> {
+            self.inner.accept_send(req).await
+        }
+        async fn join(&self, c: &str, u: &str) -> Result<Joined, StoreError> {
+            self.inner.join(c, u).await
+        }
+        async fn leave(&self, c: &str, u: &str) -> Result<bool, StoreError> {
+            self.inner.leave(c, u).await
+        }
+        async fn is_member(&self, c: &str, u: &str) -> Result<bool, StoreError> {
+            self.inner.is_member(c, u).await
+        }
+        async fn presence_online(&self, k: &PresenceKey, now: i64, exp: i64) -> Result<bool, StoreError> {
+            if self.fail.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("injected".into()));
+            }
+            self.inner.presence_online(k, now, exp).await
+        }
+        async fn presence_offline(&self, k: &PresenceKey, now: i64) -> Result<bool, StoreError> {
+            self.inner.presence_offline(k, now).await
+        }
+        async fn presence_refresh(&self, k: &[PresenceKey], exp: i64) -> Result<(), StoreError> {
+            self.inner.presence_refresh(k, exp).await
+        }
+        async fn online_users(&self, c: &str, now: i64) -> Result<Vec<String>, StoreError> {
+            self.inner.online_users(c, now).await
+        }
+    }
+
+    fn app(store: Arc<FlakyStore>) -> App {
+        let hub = Arc::new(Hub::new(Duration::from_secs(1)));
+        App::new("gw".into(), store, Arc::new(MemoryBus::new(hub.clone())), hub, Limits::default(), 16)
+    }
+
+    #[tokio::test]
+    async fn failed_join_leaves_no_subscription_or_presence() {
+        let store = Arc::new(FlakyStore::default());
+        let app = app(store.clone());
+        let (outbox, _stream) = Outbox::new("s1".into(), "alice".into(), 16);
+        store.fail.store(true, Ordering::Relaxed);
+        let err = app.join("r", &outbox).await.expect_err("presence fails");
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(!app.hub.is_subscribed("r", "s1"));
+        assert!(app.presence_set().is_empty());
+        assert!(store.online_users("r", 0).await.expect("query").is_empty());
+    }
+
+    #[tokio::test]
+    async fn failed_rejoin_keeps_the_existing_subscription() {
+        let store = Arc::new(FlakyStore::default());
+        let app = app(store.clone());
+        let (outbox, _stream) = Outbox::new("s1".into(), "alice".into(), 16);
+        app.join("r", &outbox).await.expect("first join");
+        store.fail.store(true, Ordering::Relaxed);
+        assert!(app.join("r", &outbox).await.is_err());
+        assert!(app.hub.is_subscribed("r", "s1"), "a failed rejoin must not unsubscribe");
+        assert_eq!(app.presence_set().len(), 1);
     }
 }

@@ -40,6 +40,7 @@ pub struct Counters {
     pub no_local_members: AtomicU64,
     pub duplicates: AtomicU64,
     pub late: AtomicU64,
+    pub stale: AtomicU64,
     pub deliveries: AtomicU64,
     pub slow_consumers: AtomicU64,
 }
@@ -143,12 +144,20 @@ impl Hub {
             return;
         }
         let conversation_id = envelope.conversation_id.clone();
+        let left = match &envelope.event {
+            Event::MemberLeft { user_id } => Some(user_id.clone()),
+            _ => None,
+        };
         let (event, seq, skip_user) = to_server_event(envelope);
         let released = match seq {
             None => vec![event],
             Some(seq) => match conversation.order.push(seq, event, now) {
                 Pushed::Released(events) => events,
                 Pushed::Held | Pushed::Duplicate => Vec::new(),
+                Pushed::Stale => {
+                    self.counters.stale.fetch_add(1, Ordering::Relaxed);
+                    Vec::new()
+                }
                 Pushed::Late(event) => {
                     self.counters.late.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
@@ -161,6 +170,20 @@ impl Hub {
             },
         };
         self.fan_out(conversation, &released, skip_user.as_deref());
+        // Leaving gives up membership on every device: the leaver's other
+        // streams stop hearing the conversation (their sessions notice on
+        // their next frame, and release presence then or at their end).
+        if let Some(user) = left {
+            conversation.members.retain(|_, outbox| outbox.user_id != user);
+            if conversation.members.is_empty() {
+                conversations.remove(&conversation_id);
+            }
+        }
+    }
+
+    /// Whether a stream is (still) subscribed to a conversation.
+    pub fn is_subscribed(&self, conversation_id: &str, session_id: &str) -> bool {
+        self.state().conversations.get(conversation_id).is_some_and(|c| c.members.contains_key(session_id))
     }
 
     /// Releases messages whose gap has waited out the reorder window.
@@ -338,6 +361,38 @@ mod tests {
         hub.dispatch(message("room1", 11), now + Duration::from_millis(200));
         assert_eq!(seqs(&drain(&bob, stream).await), vec![12, 11]);
         assert_eq!(hub.counters.late.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn republished_old_message_is_not_delivered_again() {
+        // A retried send republishes its first identity; a gateway that never
+        // saw the original (its member joined later) must not deliver it.
+        let hub = Hub::new(Duration::from_secs(60));
+        let (bob, stream) = Outbox::new("s".into(), "bob".into(), 64);
+        hub.subscribe("room1", bob.clone());
+        hub.anchor("room1", 20);
+        let now = Instant::now();
+        hub.dispatch(message("room1", 21), now);
+        hub.dispatch(message("room1", 10), now);
+        assert_eq!(seqs(&drain(&bob, stream).await), vec![21]);
+        assert_eq!(hub.counters.stale.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn member_left_unsubscribes_the_leavers_streams_after_telling_them() {
+        let hub = Hub::new(Duration::from_secs(60));
+        let (alice, alice_stream) = Outbox::new("s-a".into(), "alice".into(), 8);
+        let (bob_phone, phone_stream) = Outbox::new("s-p".into(), "bob".into(), 8);
+        hub.subscribe("r", alice.clone());
+        hub.subscribe("r", bob_phone.clone());
+        hub.anchor("r", 0);
+        let left = Envelope::new("e1".into(), "r".into(), "gw".into(), 1, Event::MemberLeft { user_id: "bob".into() });
+        hub.dispatch(left, Instant::now());
+        assert!(!hub.is_subscribed("r", "s-p"));
+        assert!(hub.is_subscribed("r", "s-a"));
+        hub.dispatch(message("r", 1), Instant::now());
+        assert_eq!(drain(&bob_phone, phone_stream).await.len(), 1, "only the MemberLeft");
+        assert_eq!(drain(&alice, alice_stream).await.len(), 2);
     }
 
     #[tokio::test]

@@ -76,24 +76,29 @@ impl Outbox {
     /// Queues an event without waiting. A message's seq is recorded as this
     /// stream's resume point for its conversation.
     pub fn deliver(&self, event: ServerEvent) -> Result<(), Undeliverable> {
-        if self.closed.is_cancelled() {
-            return Err(Undeliverable::Gone);
-        }
         let seq = match &event.event {
             Some(Event::Message(m)) => Some((m.conversation_id.clone(), m.seq)),
             _ => None,
         };
+        // Checking `closed`, queueing and recording the resume point happen
+        // under the lock that closing takes: an event is either queued before
+        // the close (and drained before the `Disconnect`) or refused, so the
+        // resume points never name an event the client will not get.
+        let mut state = self.state();
+        if self.closed.is_cancelled() {
+            return Err(Undeliverable::Gone);
+        }
         match self.tx.try_send(event) {
             Ok(()) => {
                 if let Some((conversation, seq)) = seq {
-                    let mut state = self.state();
                     let last = state.last_seq.entry(conversation).or_insert(0);
                     *last = (*last).max(seq);
                 }
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseReason::SlowConsumer);
+                state.terminal.get_or_insert(CloseReason::SlowConsumer);
+                self.closed.cancel();
                 Err(Undeliverable::Overflow)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Undeliverable::Gone),
@@ -102,22 +107,22 @@ impl Outbox {
 
     /// Ends the stream after what is buffered; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
-        {
-            let mut state = self.state();
-            state.terminal.get_or_insert(reason);
-        }
+        let mut state = self.state();
+        state.terminal.get_or_insert(reason);
         self.closed.cancel();
     }
 
     /// Ends the stream after what is buffered with `code`, for errors that
-    /// concern the whole connection (an undecodable inbound frame).
+    /// concern the whole connection (an oversized or undecodable frame).
     pub fn fail(&self, code: Code, message: String) {
-        self.state().failed.get_or_insert((code, message));
+        let mut state = self.state();
+        state.failed.get_or_insert((code, message));
         self.closed.cancel();
     }
 
     /// Ends the stream after what is buffered, with an OK status.
     pub fn finish(&self) {
+        let _state = self.state();
         self.closed.cancel();
     }
 

@@ -6,24 +6,30 @@
 //! the window (its message is slow, or its sender died after taking the seq)
 //! is skipped, and a message that arrives after its gap was skipped is handed
 //! back as late rather than dropped: losing it would be worse than
-//! delivering it out of order.
+//! delivering it out of order. Anything else below the next seq (from before
+//! the join, or delivered already and republished by a retried send) is
+//! stale and goes nowhere.
 //!
 //! A reorderer starts unanchored: a stream subscribes before the
 //! conversation's `last_seq` is read, so nothing published in between is
 //! missed; [`Reorderer::anchor`] then says where the join happened.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// Messages buffered behind a gap before the gap is skipped regardless of
 /// the window, so one stuck gap cannot hold unbounded memory.
 pub const MAX_PENDING: usize = 10_000;
+/// Skipped seqs remembered so a late arrival can still be delivered.
+pub const MAX_SKIPPED: usize = 10_000;
 
 #[derive(Debug)]
 pub struct Reorderer<T> {
     /// The next seq to release; `None` until anchored.
     next: Option<u64>,
     pending: BTreeMap<u64, (T, Instant)>,
+    /// Seqs passed over by a skipped gap and not delivered since.
+    skipped: BTreeSet<u64>,
     window: Duration,
 }
 
@@ -35,8 +41,11 @@ pub enum Pushed<T> {
     Released(Vec<T>),
     /// Held until the gap before it fills or times out.
     Held,
-    /// Its seq was passed already; the caller delivers it out of order.
+    /// It belongs to a gap that was skipped; the caller delivers it out of
+    /// order.
     Late(T),
+    /// Already delivered, or from before the join: not for these streams.
+    Stale,
     /// The same seq is already held.
     Duplicate,
 }
@@ -44,12 +53,12 @@ pub enum Pushed<T> {
 impl<T> Reorderer<T> {
     /// `last_seq`: the latest seq already accounted for.
     pub fn new(window: Duration, last_seq: u64) -> Self {
-        Self { next: Some(last_seq.saturating_add(1)), pending: BTreeMap::new(), window }
+        Self { next: Some(last_seq.saturating_add(1)), ..Self::unanchored(window) }
     }
 
     /// Holds everything until [`Reorderer::anchor`] is called.
     pub fn unanchored(window: Duration) -> Self {
-        Self { next: None, pending: BTreeMap::new(), window }
+        Self { next: None, pending: BTreeMap::new(), skipped: BTreeSet::new(), window }
     }
 
     /// Sets the start after `last_seq` if none is set yet: held messages at
@@ -76,29 +85,42 @@ impl<T> Reorderer<T> {
     }
 
     pub fn push(&mut self, seq: u64, item: T, now: Instant) -> Pushed<T> {
-        let next = self.next.unwrap_or(u64::MAX);
-        if seq < next && self.next.is_some() {
-            return Pushed::Late(item);
-        }
-        if seq != next {
-            if self.pending.contains_key(&seq) {
-                return Pushed::Duplicate;
+        match self.next {
+            Some(next) if seq < next => {
+                if self.skipped.remove(&seq) {
+                    Pushed::Late(item)
+                } else {
+                    Pushed::Stale
+                }
             }
-            self.pending.insert(seq, (item, now));
-            if self.pending.len() > MAX_PENDING {
-                return Pushed::Released(self.skip_gap());
+            Some(next) if seq == next => {
+                let mut out = vec![item];
+                self.next = Some(seq.saturating_add(1));
+                self.release_run(&mut out);
+                Pushed::Released(out)
             }
-            return Pushed::Held;
+            _ => {
+                if self.pending.contains_key(&seq) {
+                    return Pushed::Duplicate;
+                }
+                self.pending.insert(seq, (item, now));
+                if self.pending.len() > MAX_PENDING && self.next.is_some() {
+                    return Pushed::Released(self.skip_gap());
+                }
+                Pushed::Held
+            }
         }
-        let mut out = vec![item];
-        self.next = Some(seq + 1);
-        self.release_run(&mut out);
-        Pushed::Released(out)
     }
 
-    /// Skips gaps whose first waiting message has waited a full window.
+    /// Skips gaps whose first waiting message has waited a full window. An
+    /// unanchored reorderer waits for its anchor (the join's read of
+    /// `last_seq`, bounded by the store's timeouts) instead: skipping first
+    /// would turn messages just after the join into stale ones.
     pub fn expire(&mut self, now: Instant) -> Vec<T> {
         let mut out = Vec::new();
+        if self.next.is_none() {
+            return out;
+        }
         while let Some((_, (_, since))) = self.pending.first_key_value() {
             if now.saturating_duration_since(*since) < self.window {
                 break;
@@ -110,16 +132,24 @@ impl<T> Reorderer<T> {
 
     /// When [`Reorderer::expire`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
+        self.next?;
         self.pending.first_key_value().map(|(_, (_, since))| *since + self.window)
     }
 
     fn skip_gap(&mut self) -> Vec<T> {
         let mut out = Vec::new();
-        if let Some((seq, (item, _))) = self.pending.pop_first() {
-            out.push(item);
-            self.next = Some(seq + 1);
-            self.release_run(&mut out);
+        let (Some(next), Some((seq, (item, _)))) = (self.next, self.pending.pop_first()) else {
+            return out;
+        };
+        // Remember the passed-over seqs (the newest ones, if the gap is huge).
+        let from = next.max(seq.saturating_sub(MAX_SKIPPED as u64));
+        self.skipped.extend(from..seq);
+        while self.skipped.len() > MAX_SKIPPED {
+            self.skipped.pop_first();
         }
+        out.push(item);
+        self.next = Some(seq.saturating_add(1));
+        self.release_run(&mut out);
         out
     }
 
@@ -129,7 +159,7 @@ impl<T> Reorderer<T> {
                 break;
             }
             out.push(entry.remove().0);
-            self.next = Some(next + 1);
+            self.next = Some(next.saturating_add(1));
         }
     }
 }
@@ -202,18 +232,38 @@ mod tests {
         assert_eq!(r.push(6, 6, now), Pushed::Held);
         assert_eq!(r.anchor(5), vec![6, 7]);
         assert_eq!(r.anchor(1), Vec::<u64>::new(), "second anchor is ignored");
-        assert_eq!(r.push(5, 5, now), Pushed::Late(5));
+        assert_eq!(r.push(5, 5, now), Pushed::Stale, "before the join");
+        assert_eq!(r.push(6, 6, now), Pushed::Stale, "already delivered");
         assert_eq!(released(r.push(8, 8, now)), vec![8]);
     }
 
     #[test]
-    fn unanchored_that_never_anchors_releases_after_the_window() {
+    fn unanchored_waits_for_its_anchor_not_the_window() {
         let now = Instant::now();
         let mut r = Reorderer::unanchored(W);
         r.push(3, 3, now);
-        r.push(4, 4, now);
-        assert_eq!(r.expire(now + W), vec![3, 4]);
-        assert_eq!(r.next_seq(), Some(5));
+        r.push(5, 5, now);
+        assert_eq!(r.next_deadline(), None);
+        assert!(r.expire(now + 10 * W).is_empty());
+        assert_eq!(r.anchor(1), Vec::<u64>::new());
+        assert_eq!(r.expire(now + 10 * W), vec![3, 5]);
+        assert_eq!(r.push(4, 4, now), Pushed::Late(4), "4 was skipped");
+        assert_eq!(r.push(2, 2, now), Pushed::Late(2), "2 was skipped");
+        assert_eq!(r.push(2, 2, now), Pushed::Stale, "and is delivered once");
+    }
+
+    #[test]
+    fn extreme_seqs_do_not_overflow() {
+        let now = Instant::now();
+        let mut r = Reorderer::unanchored(W);
+        assert_eq!(r.push(u64::MAX, 1, now), Pushed::Held);
+        assert_eq!(r.anchor(u64::MAX - 1), vec![1]);
+        assert_eq!(r.next_seq(), Some(u64::MAX), "saturates instead of wrapping");
+        let mut r = Reorderer::new(W, 0);
+        assert_eq!(r.push(u64::MAX, 9, now), Pushed::Held);
+        assert_eq!(r.expire(now + W), vec![9]);
+        assert_eq!(r.push(u64::MAX - 1, 8, now), Pushed::Late(8), "recent skipped seqs are remembered");
+        assert_eq!(r.push(1, 7, now), Pushed::Stale, "beyond the skipped memory");
     }
 
     #[test]

@@ -309,7 +309,12 @@ where
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = interval.tick() => tick().await,
+            _ = interval.tick() => {}
+        }
+        // A tick in progress does not hold up shutdown either.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tick() => {}
         }
     }
 }

@@ -117,7 +117,7 @@ impl Session {
                 (f.conversation_id, String::new(), r)
             }
             Frame::Ack(f) => {
-                let r = self.joined_conversation(&f.conversation_id);
+                let r = self.joined_conversation(&f.conversation_id).await;
                 (f.conversation_id, String::new(), r)
             }
         };
@@ -135,16 +135,23 @@ impl Session {
         self.deliver(error_event(request_id, conversation_id, client_message_id, &err));
     }
 
-    /// The conversation must be joined on this stream.
-    fn joined_conversation(&self, conversation_id: &str) -> Result<(), GatewayError> {
+    /// The conversation must be joined on this stream, and still heard by it:
+    /// a leave from another of the user's streams ends that.
+    async fn joined_conversation(&mut self, conversation_id: &str) -> Result<(), GatewayError> {
         limits::conversation_id(conversation_id)?;
-        if self.joined.contains(conversation_id) {
-            Ok(())
-        } else {
-            Err(GatewayError::FailedPrecondition(format!(
+        if !self.joined.contains(conversation_id) {
+            return Err(GatewayError::FailedPrecondition(format!(
                 "conversation {conversation_id} is not joined on this stream; send a join frame first"
-            )))
+            )));
         }
+        if !self.app.hub.is_subscribed(conversation_id, &self.outbox.session_id) {
+            self.joined.remove(conversation_id);
+            self.app.unsubscribe(conversation_id, &self.outbox).await?;
+            return Err(GatewayError::FailedPrecondition(format!(
+                "you left conversation {conversation_id} (from another stream); join it again"
+            )));
+        }
+        Ok(())
     }
 
     async fn join(&mut self, conversation_id: &str) -> Result<(), GatewayError> {
@@ -188,7 +195,7 @@ impl Session {
             body: &frame.body,
         };
         self.app.validate_send(&send)?;
-        self.joined_conversation(&frame.conversation_id)?;
+        self.joined_conversation(&frame.conversation_id).await?;
         let accepted = self.app.accept(&self.outbox.user_id, &send).await?;
         // Waiting for a permit holds back reading this stream's next frames:
         // backpressure, not an unbounded queue.
@@ -226,7 +233,7 @@ impl Session {
     }
 
     async fn typing(&mut self, frame: &pb::TypingFrame) -> Result<(), GatewayError> {
-        self.joined_conversation(&frame.conversation_id)?;
+        self.joined_conversation(&frame.conversation_id).await?;
         self.app.typing(&frame.conversation_id, &self.outbox.user_id, frame.typing).await
     }
 }
@@ -243,9 +250,12 @@ fn error_event(request_id: &str, conversation_id: &str, client_message_id: &str,
 }
 
 /// The status a stream ends with when the client's side of it broke: a frame
-/// too large or undecodable is the client's fault, anything else is passed on.
+/// over the size limit is `RESOURCE_EXHAUSTED`, an undecodable one
+/// `INVALID_ARGUMENT`; anything else is passed on.
 fn inbound_error_code(status: &Status) -> Code {
     match status.code() {
+        // tonic's "message length too large": a limit, like the body limit.
+        Code::OutOfRange => Code::ResourceExhausted,
         Code::Internal if status.message().contains("decode") => Code::InvalidArgument,
         code => code,
     }

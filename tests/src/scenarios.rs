@@ -153,6 +153,18 @@ pub async fn membership_presence_typing_and_isolation(cluster: &Cluster) -> anyh
         .wait_for(|e| matches!(e, Event::PresenceChanged(p) if p.user_id == "dave" && !p.online).then_some(()))
         .await?;
 
+    // Leaving on one device leaves on all: erin's other stream (on the other
+    // gateway) is told and can no longer send there.
+    let mut erin_laptop = cluster.connect(0, "erin").await?;
+    let mut erin_phone = cluster.connect(1, "erin").await?;
+    erin_laptop.join(&room).await?;
+    erin_phone.join(&room).await?;
+    erin_laptop.leave(&room).await?;
+    erin_phone.wait_for(|e| matches!(e, Event::MemberLeft(l) if l.user_id == "erin").then_some(())).await?;
+    erin_phone.send(&room, "after-leave", "still here?").await?;
+    let (code, message) = error_for(&mut erin_phone, "after-leave").await?;
+    ensure!(code == Code::FailedPrecondition, "send after leaving elsewhere: {code:?} {message}");
+
     // carol's conversation heard nothing of room's events.
     let mut carol2 = cluster.connect(1, "carol2").await?;
     carol2.join(&other).await?;
@@ -298,7 +310,7 @@ pub async fn bad_input_gets_precise_statuses(cluster: &Cluster) -> anyhow::Resul
     big.join(&room).await?;
     big.send(&room, "huge", &"y".repeat(200 * 1024)).await?;
     let status = big.wait_end().await?;
-    ensure!(status.code() != Code::Ok, "oversized frame ended the stream with OK");
+    ensure!(status.code() == Code::ResourceExhausted, "oversized frame ended the stream with {status:?}");
     alice.send(&room, "after-big", "fine").await?;
     accepted(&mut alice, 1).await?;
     Ok(())

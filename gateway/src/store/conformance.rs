@@ -87,6 +87,10 @@ pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
     check!(store.presence_offline(&key("u", "s2"), now).await.map_err(failed)?, "u's last stream");
     let online = store.online_users(&a, now).await.map_err(failed)?;
     check!(online == vec!["w".to_string()], "online after u left {online:?}");
+    // A refresh racing a removal does not bring the stream back.
+    store.presence_refresh(&[key("u", "s2")], now + 60_000).await.map_err(failed)?;
+    let online = store.online_users(&a, now).await.map_err(failed)?;
+    check!(online == vec!["w".to_string()], "refresh resurrected a removed stream: {online:?}");
     // Expired leases are not online; a refresh extends them.
     let later = now + 120_000;
     check!(store.online_users(&a, later).await.map_err(failed)?.is_empty(), "expired lease still online");

@@ -17,8 +17,12 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Select};
+use futures::StreamExt;
 
 use super::{Accepted, Joined, PresenceKey, SendRequest, Store, StoreError, body_digest, idempotency_key};
+
+/// Presence refreshes in flight at once.
+const PRESENCE_REFRESH_CONCURRENCY: usize = 16;
 
 /// How long a send stays idempotent.
 const SEND_DEDUP_TTL_SECS: i64 = 24 * 3600;
@@ -149,6 +153,28 @@ impl DynamoStore {
             .await
             .map_err(|e| unavailable("writing presence", e))?;
         Ok(())
+    }
+}
+
+impl DynamoStore {
+    async fn touch_presence(&self, key: &PresenceKey, expires_at_ms: i64) -> Result<(), StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.presence)
+            .key("conversation_id", s(&key.conversation_id))
+            .key("session_key", s(&session_key(key)))
+            .update_expression("SET expires_at_ms = :ms, expires_at = :secs")
+            .condition_expression("attribute_exists(session_key)")
+            .expression_attribute_values(":ms", n(expires_at_ms))
+            .expression_attribute_values(":secs", n(expires_at_ms / 1000 + 1))
+            .send()
+            .await;
+        match update {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(unavailable("refreshing presence", e)),
+        }
     }
 }
 
@@ -297,9 +323,12 @@ impl Store for DynamoStore {
     }
 
     async fn presence_online(&self, key: &PresenceKey, now_ms: i64, expires_at_ms: i64) -> Result<bool, StoreError> {
-        let others = self.other_sessions(key, now_ms).await?;
+        // Write first, then look for others (offline deletes first, then
+        // looks): whichever way a join and a leave of two streams of one user
+        // interleave, one of them sees the other, so an online user is never
+        // announced offline.
         self.put_presence(key, expires_at_ms).await?;
-        Ok(others == 0)
+        Ok(self.other_sessions(key, now_ms).await? == 0)
     }
 
     async fn presence_offline(&self, key: &PresenceKey, now_ms: i64) -> Result<bool, StoreError> {
@@ -315,13 +344,15 @@ impl Store for DynamoStore {
     }
 
     async fn presence_refresh(&self, keys: &[PresenceKey], expires_at_ms: i64) -> Result<(), StoreError> {
-        // One put per stream and conversation; refreshes are rare (a fraction
-        // of the presence lease) so batching is not worth the partial-failure
-        // handling of BatchWriteItem here.
-        for key in keys {
-            self.put_presence(key, expires_at_ms).await?;
-        }
-        Ok(())
+        // Conditional updates, so a refresh racing a stream's removal cannot
+        // bring its presence back; a few in flight at a time, so a gateway
+        // with many streams refreshes well inside the lease.
+        let results: Vec<Result<(), StoreError>> = futures::stream::iter(keys.to_vec())
+            .map(|key| async move { self.touch_presence(&key, expires_at_ms).await })
+            .buffer_unordered(PRESENCE_REFRESH_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     async fn online_users(&self, conversation_id: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
