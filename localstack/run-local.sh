@@ -4,7 +4,8 @@
 # 1. an AWS emulator: the one AWS_ENDPOINT_URL names (e.g. LocalStack from
 #    localstack/compose.yaml), or else moto server on 127.0.0.1:$EMULATOR_PORT;
 # 2. provisioning of template.yaml's resources on it (localstack/provision.py);
-# 3. two gateways on the sns-sqs bus, on $GATEWAY_A_PORT and $GATEWAY_B_PORT.
+# 3. the functions behind local event source mappings (local-runner);
+# 4. two gateways on the sns-sqs bus, on $GATEWAY_A_PORT and $GATEWAY_B_PORT.
 # Ctrl-C stops the gateways gracefully (their queues are deleted), then the
 # emulator. Logs are under .run/.
 set -euo pipefail
@@ -30,7 +31,7 @@ emulator_pid=""
 stop() {
     trap - INT TERM EXIT
     echo
-    echo "==> stopping gateways (their queues and subscriptions are deleted)"
+    echo "==> stopping gateways (their queues and subscriptions are deleted) and function runners"
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [[ -n "$emulator_pid" ]]; then
@@ -76,6 +77,10 @@ while IFS='=' read -r key value; do
     [[ -n "$key" ]] && export "$key=$value"
 done <<<"$outputs"
 
+echo "==> starting function persist behind its local event source mapping (log: .run/persist.log)"
+CHAT_QUEUE_URL="$CHAT_PERSIST_QUEUE_URL" "$BIN/local-runner" --function persist >"$RUN_DIR/persist.log" 2>&1 &
+pids+=($!)
+
 export CHAT_JWT_SECRET_FILE="$RUN_DIR/jwt-secret"
 export CHAT_BUS=sns-sqs
 start_gateway() { # name port
@@ -102,7 +107,8 @@ done
 
 cat <<EOF
 
-The chat platform is running: two gateways on SNS -> per-gateway SQS, on the emulator at $AWS_ENDPOINT_URL.
+The chat platform is running: two gateways on SNS -> per-gateway SQS, and function persist
+(messages -> DynamoDB table $CHAT_MESSAGES_TABLE), on the emulator at $AWS_ENDPOINT_URL.
 
 Chat from two other terminals (in $ROOT), one client per gateway:
   make chat NAME=alice PORT=$GATEWAY_A_PORT ROOM=room1
@@ -115,7 +121,7 @@ Type a line to send it; /help lists commands. Any gRPC client works too: the API
 Press Ctrl-C to stop everything.
 EOF
 
-# Stop when any gateway dies, or on Ctrl-C.
+# Stop when any process dies, or on Ctrl-C.
 wait -n "${pids[@]}"
-echo "error: a gateway exited; see .run/gateway-*.log" >&2
+echo "error: a gateway or function runner exited; see .run/*.log" >&2
 exit 1

@@ -42,6 +42,8 @@ pub struct Cluster {
     outputs: Vec<(String, String)>,
     secret: String,
     pub gateways: Vec<GatewayProcess>,
+    /// Local function runners (`local-runner`), killed on drop.
+    runners: Vec<(Child, PathBuf)>,
     logs: PathBuf,
 }
 
@@ -52,9 +54,15 @@ impl Cluster {
     }
 
     pub async fn aws_with(gateways: usize, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::aws_custom(gateways, env, &[]).await
+    }
+
+    /// Gateways with extra environment on a stack provisioned with template
+    /// parameters (`Key=Value`).
+    pub async fn aws_custom(gateways: usize, env: &[(&str, &str)], parameters: &[&str]) -> anyhow::Result<Self> {
         let emulator = Emulator::start()?;
         let stack = unique("e2e");
-        let outputs = emulator.provision(&stack)?;
+        let outputs = emulator.provision_with(&stack, parameters)?;
         let mut cluster = Self::empty(Mode::Aws, Some(emulator), stack, outputs)?;
         for _ in 0..gateways {
             cluster.start_gateway(env).await?;
@@ -96,6 +104,7 @@ impl Cluster {
             outputs,
             secret: format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new()),
             gateways: Vec::new(),
+            runners: Vec::new(),
             logs,
         })
     }
@@ -168,6 +177,49 @@ impl Cluster {
         bail!("gateway {index} did not become ready:\n{}", self.log_tail(index))
     }
 
+    /// A stack output (`CHAT_*` name), e.g. `CHAT_PERSIST_QUEUE_URL`.
+    pub fn output(&self, name: &str) -> anyhow::Result<String> {
+        self.outputs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| anyhow::anyhow!("stack has no output {name}"))
+    }
+
+    /// Starts `local-runner --function <function>` on `queue_output`'s queue.
+    pub fn start_runner(&mut self, function: &str, queue_output: &str, env: &[(&str, &str)]) -> anyhow::Result<usize> {
+        let emulator = self.emulator.as_ref().context("runners need the emulator")?;
+        let index = self.runners.len();
+        let log = self.logs.join(format!("runner-{function}-{index}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(workspace_bin("local-runner")?)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1")
+            .envs(emulator.aws_env())
+            .envs(self.outputs.iter().cloned())
+            .env("CHAT_QUEUE_URL", self.output(queue_output)?)
+            .envs(env.iter().copied())
+            .args(["--function", function])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting local-runner")?;
+        self.runners.push((child, log));
+        Ok(index)
+    }
+
+    /// Stops runner `index` (SIGKILL); its in-flight records return to the
+    /// queue after the visibility timeout.
+    pub fn kill_runner(&mut self, index: usize) {
+        if let Some((child, _)) = self.runners.get_mut(index) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The URL of gateway `index` (memory mode has one: every index maps to it).
     pub fn url(&self, index: usize) -> &str {
         let i = index.min(self.gateways.len().saturating_sub(1));
@@ -235,9 +287,18 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+        for (child, _) in &mut self.runners {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if std::thread::panicking() {
             for i in 0..self.gateways.len() {
                 eprintln!("---- gateway {i} ({}) log tail ----\n{}", self.gateways[i].instance_id, self.log_tail(i));
+            }
+            for (_, log) in &self.runners {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("---- {} ----\n{}", log.display(), lines[lines.len().saturating_sub(40)..].join("\n"));
             }
         }
         let _ = std::fs::remove_dir_all(&self.logs);

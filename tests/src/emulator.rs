@@ -80,15 +80,25 @@ impl Emulator {
     /// Creates a stack named `stack` from `template.yaml`; returns the
     /// template's outputs as `CHAT_*` environment variables.
     pub fn provision(&self, stack: &str) -> anyhow::Result<Vec<(String, String)>> {
+        self.provision_with(stack, &[])
+    }
+
+    /// [`Emulator::provision`] with template parameters (`Key=Value`).
+    pub fn provision_with(&self, stack: &str, parameters: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
         let root = workspace_root();
-        let out = Command::new(python())
-            .arg(root.join("localstack/provision.py"))
-            .args(["--template"])
-            .arg(root.join("template.yaml"))
-            .args(["--endpoint", &self.endpoint, "--stack-name", stack, "--format", "env"])
-            .envs(self.aws_env())
-            .output()
-            .context("running provision.py")?;
+        let mut cmd = Command::new(python());
+        cmd.arg(root.join("localstack/provision.py")).args(["--template"]).arg(root.join("template.yaml")).args([
+            "--endpoint",
+            &self.endpoint,
+            "--stack-name",
+            stack,
+            "--format",
+            "env",
+        ]);
+        for parameter in parameters {
+            cmd.args(["--parameter", parameter]);
+        }
+        let out = cmd.envs(self.aws_env()).output().context("running provision.py")?;
         if !out.status.success() {
             bail!("provisioning failed: {}", String::from_utf8_lossy(&out.stderr));
         }

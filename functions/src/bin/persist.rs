@@ -1,0 +1,31 @@
+//! Lambda `persist` on AWS: builds the DynamoDB client once and runs the
+//! handler under `lambda_runtime`.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use clap::Parser;
+use functions::persist::{self, Clients, Tables};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[derive(Debug, Parser)]
+struct Config {
+    #[arg(long, env = "CHAT_MESSAGES_TABLE")]
+    messages_table: String,
+    #[arg(long, env = "CHAT_CONVERSATIONS_TABLE")]
+    conversations_table: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let config = Config::parse();
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let clients = Clients {
+        dynamo: aws_sdk_dynamodb::Client::new(&sdk),
+        tables: Tables { messages: config.messages_table, conversations: config.conversations_table },
+    };
+    let clients = &clients;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<SqsBatchResponse, Error>(persist::handle(clients, event.payload).await)
+    }))
+    .await
+}
