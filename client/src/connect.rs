@@ -59,7 +59,7 @@ fn parse(line: &str) -> Input {
 pub(crate) async fn interactive(mut client: Client, user: String, conversations: Vec<String>) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<ClientFrame>(64);
     for c in &conversations {
-        tx.send(frame(Frame::Join(JoinFrame { conversation_id: c.clone() }))).await?;
+        tx.send(frame(Frame::Join(JoinFrame { conversation_id: c.clone(), resume_after_seq: None }))).await?;
     }
     let mut current = conversations.first().cloned();
     let mut events = client.connect(ReceiverStream::new(rx)).await.context("opening the chat stream")?.into_inner();
@@ -72,7 +72,7 @@ pub(crate) async fn interactive(mut client: Client, user: String, conversations:
             line = lines.next_line(), if stdin_open => {
                 let Some(line) = line? else { stdin_open = false; continue };
                 let out = match parse(&line) {
-                    Input::Join(c) => { current.get_or_insert(c.clone()); Some(Frame::Join(JoinFrame { conversation_id: c })) }
+                    Input::Join(c) => { current.get_or_insert(c.clone()); Some(Frame::Join(JoinFrame { conversation_id: c, resume_after_seq: None })) }
                     Input::Leave(c) => Some(Frame::Leave(LeaveFrame { conversation_id: c })),
                     Input::Switch(c) => { println!("* now talking in {c}"); current = Some(c); None }
                     Input::Typing => current.clone().map(|c| Frame::Typing(TypingFrame { conversation_id: c, typing: true })),

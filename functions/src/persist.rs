@@ -153,8 +153,8 @@ fn item_key(item: &Item) -> Option<(String, String)> {
 }
 
 /// Writes one chunk of at most 25 items; returns the record ids whose items
-/// could not be written.
-async fn write_chunk(clients: &Clients, chunk: &[(String, Item)]) -> Vec<String> {
+/// could not be written, and the number of write calls made.
+async fn write_chunk(clients: &Clients, chunk: &[(String, Item)]) -> (Vec<String>, usize) {
     let by_key: HashMap<(String, String), &String> =
         chunk.iter().filter_map(|(id, item)| item_key(item).map(|k| (k, id))).collect();
     let mut requests: Vec<WriteRequest> = Vec::with_capacity(chunk.len());
@@ -165,7 +165,9 @@ async fn write_chunk(clients: &Clients, chunk: &[(String, Item)]) -> Vec<String>
         }
     }
     let mut backoff = Duration::from_millis(50);
+    let mut calls = 0;
     for attempt in 1..=UNPROCESSED_ATTEMPTS {
+        calls += 1;
         let out =
             clients.dynamo.batch_write_item().request_items(&clients.tables.messages, requests.clone()).send().await;
         match out {
@@ -173,7 +175,7 @@ async fn write_chunk(clients: &Clients, chunk: &[(String, Item)]) -> Vec<String>
                 requests =
                     out.unprocessed_items().and_then(|u| u.get(&clients.tables.messages)).cloned().unwrap_or_default();
                 if requests.is_empty() {
-                    return Vec::new();
+                    return (Vec::new(), calls);
                 }
                 tracing::warn!(attempt, unprocessed = requests.len(), "DynamoDB returned unprocessed items");
             }
@@ -182,11 +184,12 @@ async fn write_chunk(clients: &Clients, chunk: &[(String, Item)]) -> Vec<String>
         tokio::time::sleep(backoff).await;
         backoff *= 2;
     }
-    requests
+    let unwritten = requests
         .iter()
         .filter_map(|r| r.put_request().and_then(|p| item_key(p.item())))
         .filter_map(|k| by_key.get(&k).map(|id| (*id).clone()))
-        .collect()
+        .collect();
+    (unwritten, calls)
 }
 
 /// Moves a conversation's summary forward to `summary` (never backward).
@@ -228,14 +231,23 @@ pub async fn handle(clients: &Clients, event: SqsEvent) -> SqsBatchResponse {
     }
     let mut failed: Vec<String> = plan.failed.iter().map(|(id, _)| id.clone()).collect();
     let chunks = plan.items.chunks(WRITE_BATCH_MAX).map(|chunk| write_chunk(clients, chunk));
-    let unwritten: HashSet<String> = futures::future::join_all(chunks).await.into_iter().flatten().collect();
-    for (conversation_id, summary) in &plan.summaries {
-        // The summary is updated once its message is written; a failure
-        // retries that record, whose rewrite is harmless.
-        if unwritten.contains(&summary.record_id) {
-            continue;
-        }
-        if let Err(e) = update_summary(clients, conversation_id, summary).await {
+    let mut unwritten = HashSet::new();
+    let mut write_calls = 0;
+    for (ids, calls) in futures::future::join_all(chunks).await {
+        unwritten.extend(ids);
+        write_calls += calls;
+    }
+    // A summary is updated once its message is written; a failure retries
+    // that record, whose rewrite is harmless. Conversations in parallel.
+    let updates = plan.summaries.iter().filter(|(_, summary)| !unwritten.contains(&summary.record_id)).map(
+        |(conversation_id, summary)| async move {
+            let result = update_summary(clients, conversation_id, summary).await;
+            (conversation_id, summary, result)
+        },
+    );
+    for (conversation_id, summary, result) in futures::future::join_all(updates).await {
+        write_calls += 1;
+        if let Err(e) = result {
             tracing::warn!(conversation_id, error = e, "conversation summary update failed");
             failed.push(summary.record_id.clone());
         }
@@ -245,6 +257,7 @@ pub async fn handle(clients: &Clients, event: SqsEvent) -> SqsBatchResponse {
         written = plan.items.len() - unwritten.len(),
         failed = failed.len() + unwritten.len(),
         ignored = plan.ignored,
+        write_calls,
         "persist batch done"
     );
     failed.extend(unwritten);

@@ -25,6 +25,9 @@ pub struct RunnerConfig {
     pub batch_size: usize,
     pub batching_window: Duration,
     pub region: String,
+    /// Batches gathered and handled at once (Lambda's event source mapping
+    /// starts with five pollers and scales invocations with the backlog).
+    pub concurrency: usize,
 }
 
 /// Converts SQS messages into the records of a Lambda `SqsEvent`.
@@ -132,7 +135,12 @@ async fn gather(
 }
 
 async fn delete(sqs: &aws_sdk_sqs::Client, queue_url: &str, handles: Vec<String>) {
-    for chunk in handles.chunks(RECEIVE_MAX) {
+    let chunks = handles.chunks(RECEIVE_MAX).map(|chunk| delete_chunk(sqs, queue_url, chunk));
+    futures::future::join_all(chunks).await;
+}
+
+async fn delete_chunk(sqs: &aws_sdk_sqs::Client, queue_url: &str, chunk: &[String]) {
+    {
         let entries: Vec<_> = chunk
             .iter()
             .enumerate()
@@ -150,7 +158,8 @@ async fn delete(sqs: &aws_sdk_sqs::Client, queue_url: &str, handles: Vec<String>
     }
 }
 
-/// Polls `config.queue_url` and feeds `handler` until `stop`.
+/// Polls `config.queue_url` and feeds `handler` until `stop`, with
+/// `config.concurrency` pollers each gathering and handling its own batches.
 pub async fn run<H, Fut, E>(
     sqs: aws_sdk_sqs::Client,
     config: RunnerConfig,
@@ -163,10 +172,32 @@ where
     E: std::fmt::Display,
 {
     let arn = queue_arn(&sqs, &config.queue_url).await?;
-    tracing::info!(queue_url = config.queue_url, batch_size = config.batch_size, "local event source mapping running");
+    tracing::info!(
+        queue_url = config.queue_url,
+        batch_size = config.batch_size,
+        concurrency = config.concurrency,
+        "local event source mapping running"
+    );
+    let pollers = (0..config.concurrency.max(1)).map(|_| poll(&sqs, &config, &arn, &handler, &stop));
+    futures::future::join_all(pollers).await;
+    Ok(())
+}
+
+async fn poll<H, Fut, E>(
+    sqs: &aws_sdk_sqs::Client,
+    config: &RunnerConfig,
+    arn: &str,
+    handler: &H,
+    stop: &CancellationToken,
+) where
+    H: Fn(SqsEvent) -> Fut,
+    Fut: Future<Output = Result<SqsBatchResponse, E>>,
+    E: std::fmt::Display,
+{
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        let batch = match gather(&sqs, &config, &stop).await {
+        let gather_started = Instant::now();
+        let batch = match gather(sqs, config, stop).await {
             Ok(batch) => {
                 backoff = Duration::from_millis(100);
                 batch
@@ -186,18 +217,28 @@ where
         }
         // A batch already received is handled even when stopping: dropping it
         // would only delay it by the visibility timeout.
-        match handler(to_event(&batch, &arn, &config.region)).await {
+        let gathered_ms = gather_started.elapsed().as_millis() as u64;
+        let handler_started = Instant::now();
+        match handler(to_event(&batch, arn, &config.region)).await {
             Ok(response) => {
+                let handler_ms = handler_started.elapsed().as_millis() as u64;
                 let handles = to_delete(&batch, &response);
-                tracing::debug!(records = batch.len(), failed = response.batch_item_failures.len(), "batch handled");
-                delete(&sqs, &config.queue_url, handles).await;
+                let delete_started = Instant::now();
+                delete(sqs, &config.queue_url, handles).await;
+                tracing::debug!(
+                    records = batch.len(),
+                    failed = response.batch_item_failures.len(),
+                    gathered_ms,
+                    handler_ms,
+                    delete_ms = delete_started.elapsed().as_millis() as u64,
+                    "batch handled"
+                );
             }
             Err(e) => {
                 tracing::warn!(records = batch.len(), error = %e, "handler failed; the whole batch will be retried")
             }
         }
     }
-    Ok(())
 }
 
 /// Counts records by their receive count, for logs and tests.

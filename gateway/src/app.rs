@@ -279,7 +279,7 @@ mod tests {
     use super::*;
     use crate::bus::memory::MemoryBus;
     use crate::store::memory::MemoryStore;
-    use crate::store::{Joined, StoreError};
+    use crate::store::{ConversationInfo, HistoryQuery, Joined, StoreError, StoredMessage};
     use async_trait::async_trait;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -318,6 +318,23 @@ mod tests {
         }
         async fn online_users(&self, c: &str, now: i64) -> Result<Vec<String>, StoreError> {
             self.inner.online_users(c, now).await
+        }
+        async fn history(&self, c: &str, q: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+            self.inner.history(c, q).await
+        }
+        async fn get_message(&self, c: &str, m: &str) -> Result<Option<StoredMessage>, StoreError> {
+            self.inner.get_message(c, m).await
+        }
+        async fn conversations(
+            &self,
+            u: &str,
+            limit: usize,
+            after: Option<&str>,
+        ) -> Result<(Vec<ConversationInfo>, bool), StoreError> {
+            self.inner.conversations(u, limit, after).await
+        }
+        async fn mark_read(&self, c: &str, u: &str, seq: u64) -> Result<u64, StoreError> {
+            self.inner.mark_read(c, u, seq).await
         }
     }
 

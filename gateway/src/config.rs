@@ -67,6 +67,10 @@ pub struct Config {
     #[arg(long, env = "CHAT_QUEUE_PREFIX", default_value = "chat-gw-")]
     pub queue_prefix: String,
 
+    /// DynamoDB table of stored messages (written by function `persist`).
+    #[arg(long, env = "CHAT_MESSAGES_TABLE", default_value = "chat-messages")]
+    pub messages_table: String,
+
     /// DynamoDB table holding each conversation's `last_seq` counter.
     #[arg(long, env = "CHAT_CONVERSATIONS_TABLE", default_value = "chat-conversations")]
     pub conversations_table: String,

@@ -56,6 +56,7 @@ impl From<crate::store::StoreError> for GatewayError {
                 "storage is unavailable ({err}); retry with the same client_message_id"
             )),
             StoreError::Corrupt(_) => GatewayError::Internal(err.to_string()),
+            StoreError::NotMember => GatewayError::PermissionDenied(err.to_string()),
         }
     }
 }

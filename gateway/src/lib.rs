@@ -20,6 +20,7 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod outbox;

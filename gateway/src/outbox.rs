@@ -52,6 +52,9 @@ struct OutboxState {
     terminal: Option<CloseReason>,
     /// A connection-wide error to end the stream with, without `Disconnect`.
     failed: Option<(Code, String)>,
+    /// Conversations being resumed: their live messages wait here until the
+    /// stored ones have been delivered.
+    held: HashMap<String, Vec<ServerEvent>>,
 }
 
 impl Outbox {
@@ -88,7 +91,28 @@ impl Outbox {
         if self.closed.is_cancelled() {
             return Err(Undeliverable::Gone);
         }
-        match self.tx.try_send(event) {
+        if let Some((conversation, _)) = &seq
+            && let Some(held) = state.held.get_mut(conversation)
+        {
+            if held.len() >= self.tx.max_capacity() {
+                state.terminal.get_or_insert(CloseReason::SlowConsumer);
+                self.closed.cancel();
+                return Err(Undeliverable::Overflow);
+            }
+            held.push(event);
+            return Ok(());
+        }
+        Self::queue(&self.tx, &self.closed, &mut state, event, seq)
+    }
+
+    fn queue(
+        tx: &mpsc::Sender<ServerEvent>,
+        closed: &CancellationToken,
+        state: &mut OutboxState,
+        event: ServerEvent,
+        seq: Option<(String, u64)>,
+    ) -> Result<(), Undeliverable> {
+        match tx.try_send(event) {
             Ok(()) => {
                 if let Some((conversation, seq)) = seq {
                     let last = state.last_seq.entry(conversation).or_insert(0);
@@ -98,11 +122,61 @@ impl Outbox {
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 state.terminal.get_or_insert(CloseReason::SlowConsumer);
-                self.closed.cancel();
+                closed.cancel();
                 Err(Undeliverable::Overflow)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Undeliverable::Gone),
         }
+    }
+
+    /// Starts holding the live messages of a conversation (for a resume).
+    pub fn hold(&self, conversation_id: &str) {
+        self.state().held.entry(conversation_id.to_owned()).or_default();
+    }
+
+    /// Queues a stored message of a held conversation, waiting for room in
+    /// the buffer (the client reads at its pace) rather than overflowing.
+    pub async fn deliver_stored(&self, event: ServerEvent) -> Result<(), Undeliverable> {
+        let Some(Event::Message(m)) = &event.event else { return self.deliver(event) };
+        let seq = Some((m.conversation_id.clone(), m.seq));
+        let permit = tokio::select! {
+            permit = self.tx.reserve() => permit.map_err(|_| Undeliverable::Gone)?,
+            () = self.closed.cancelled() => return Err(Undeliverable::Gone),
+        };
+        let mut state = self.state();
+        if self.closed.is_cancelled() {
+            return Err(Undeliverable::Gone);
+        }
+        permit.send(event);
+        if let Some((conversation, seq)) = seq {
+            let last = state.last_seq.entry(conversation).or_insert(0);
+            *last = (*last).max(seq);
+        }
+        Ok(())
+    }
+
+    /// Ends holding a conversation: its held live messages newer than what
+    /// was delivered are queued, in order, and later ones flow directly.
+    pub fn release(&self, conversation_id: &str) -> Result<(), Undeliverable> {
+        let mut state = self.state();
+        let held = state.held.remove(conversation_id).unwrap_or_default();
+        let delivered = state.last_seq.get(conversation_id).copied().unwrap_or(0);
+        for event in held {
+            let seq = match &event.event {
+                Some(Event::Message(m)) if m.seq > delivered => Some((m.conversation_id.clone(), m.seq)),
+                _ => continue,
+            };
+            if self.closed.is_cancelled() {
+                return Err(Undeliverable::Gone);
+            }
+            Self::queue(&self.tx, &self.closed, &mut state, event, seq)?;
+        }
+        Ok(())
+    }
+
+    /// The last message seq given to this stream in a conversation.
+    pub fn last_seq(&self, conversation_id: &str) -> Option<u64> {
+        self.state().last_seq.get(conversation_id).copied()
     }
 
     /// Ends the stream after what is buffered; the first reason wins.
@@ -269,6 +343,56 @@ mod tests {
         assert_eq!(items.len(), 2);
         let Err(status) = &items[1] else { panic!("expected status") };
         assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn held_live_messages_follow_the_stored_ones_without_duplicates() {
+        let (outbox, stream) = Outbox::new("s".into(), "u".into(), 8);
+        outbox.hold("a");
+        outbox.deliver(message("a", 5)).expect("held");
+        outbox.deliver(message("b", 1)).expect("other conversations flow");
+        outbox.deliver(message("a", 6)).expect("held");
+        for seq in 3..=5 {
+            outbox.deliver_stored(message("a", seq)).await.expect("stored");
+        }
+        outbox.release("a").expect("release");
+        outbox.deliver(message("a", 7)).expect("live again");
+        outbox.finish();
+        let seqs: Vec<(String, u64)> = stream
+            .filter_map(|e| async move {
+                match e {
+                    Ok(ServerEvent { event: Some(Event::Message(m)) }) => Some((m.conversation_id, m.seq)),
+                    _ => None,
+                }
+            })
+            .collect()
+            .await;
+        let a: Vec<u64> = seqs.iter().filter(|(c, _)| c == "a").map(|(_, s)| *s).collect();
+        assert_eq!(a, vec![3, 4, 5, 6, 7]);
+        assert_eq!(seqs.iter().filter(|(c, _)| c == "b").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn stored_delivery_waits_for_room_instead_of_overflowing() {
+        let (outbox, mut stream) = Outbox::new("s".into(), "u".into(), 2);
+        outbox.hold("a");
+        let writer = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                for seq in 1..=10 {
+                    outbox.deliver_stored(message("a", seq)).await.expect("stored");
+                }
+                outbox.release("a").expect("release");
+                outbox.finish();
+            })
+        };
+        let mut got = Vec::new();
+        while let Some(Ok(ServerEvent { event: Some(Event::Message(m)) })) = stream.next().await {
+            got.push(m.seq);
+        }
+        writer.await.expect("writer");
+        assert_eq!(got, (1..=10).collect::<Vec<_>>());
+        assert!(!outbox.is_closed() || outbox.state().terminal.is_none(), "no overflow");
     }
 
     #[tokio::test]

@@ -146,6 +146,7 @@ async fn aws_backend(
     let store = DynamoStore::new(
         dynamo,
         Tables {
+            messages: config.messages_table.clone(),
             conversations: config.conversations_table.clone(),
             members: config.members_table.clone(),
             presence: config.presence_table.clone(),

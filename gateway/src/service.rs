@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use chat_proto::pb::{
-    self, ClientFrame, EchoRequest, EchoResponse, SendMessageRequest, SendMessageResponse,
-    chat_service_server::ChatService, echo_service_server::EchoService,
+    self, ClientFrame, EchoRequest, EchoResponse, GetHistoryRequest, GetHistoryResponse, GetMessageRequest,
+    GetMessageResponse, ListConversationsRequest, ListConversationsResponse, MarkReadRequest, MarkReadResponse,
+    SendMessageRequest, SendMessageResponse, chat_service_server::ChatService, echo_service_server::EchoService,
 };
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -14,8 +15,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::app::{App, Send};
 use crate::auth::caller;
 use crate::error::GatewayError;
+use crate::history;
+use crate::limits;
 use crate::outbox::{EventStream, Outbox};
 use crate::session::Session;
+use crate::store::StoredMessage;
 
 #[derive(Debug, Clone)]
 pub struct ChatApi {
@@ -70,6 +74,109 @@ impl ChatService for ChatApi {
             client_message_id: req.client_message_id,
             duplicate: accepted.duplicate,
         }))
+    }
+
+    async fn get_history(&self, request: Request<GetHistoryRequest>) -> Result<Response<GetHistoryResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        limits::conversation_id(&req.conversation_id)?;
+        let limit = history::page_size(req.page_size, history::MAX_HISTORY_PAGE)?;
+        let forward = req.direction == pb::get_history_request::Direction::Forward as i32;
+        let query = history::history_query(&req.conversation_id, forward, req.from_seq, &req.cursor, limit)?;
+        self.require_member(&req.conversation_id, &user.0).await?;
+        // One more than the page tells whether another page follows.
+        let mut page = self
+            .app
+            .store
+            .history(&req.conversation_id, crate::store::HistoryQuery { limit: limit + 1, ..query })
+            .await
+            .map_err(GatewayError::from)?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let (next_cursor, prev_cursor) = history::page_cursors(&req.conversation_id, query.direction, &page, more);
+        Ok(Response::new(GetHistoryResponse {
+            messages: page.into_iter().map(to_pb).collect(),
+            next_cursor,
+            prev_cursor,
+        }))
+    }
+
+    async fn get_message(&self, request: Request<GetMessageRequest>) -> Result<Response<GetMessageResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        if req.message_id.is_empty() || req.message_id.len() > limits::MAX_ID_LEN {
+            return Err(GatewayError::InvalidArgument("message_id must be 1..=128 characters".into()).into());
+        }
+        self.require_member(&req.conversation_id, &user.0).await?;
+        let message =
+            self.app.store.get_message(&req.conversation_id, &req.message_id).await.map_err(GatewayError::from)?;
+        match message {
+            Some(m) => Ok(Response::new(GetMessageResponse { message: Some(to_pb(m)) })),
+            None => Err(Status::not_found(format!(
+                "no stored message {} in conversation {} (messages are stored within about a second of being sent)",
+                req.message_id, req.conversation_id
+            ))),
+        }
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<ListConversationsRequest>,
+    ) -> Result<Response<ListConversationsResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        let limit = history::page_size(req.page_size, history::MAX_LIST_PAGE)?;
+        let after = history::list_after(&req.cursor)?;
+        let (page, more) =
+            self.app.store.conversations(&user.0, limit, after.as_deref()).await.map_err(GatewayError::from)?;
+        let next_cursor = match page.last() {
+            Some(last) if more => history::list_cursor(&last.conversation_id),
+            _ => String::new(),
+        };
+        let conversations = page
+            .into_iter()
+            .map(|c| pb::ConversationSummary {
+                unread: c.unread(),
+                last_read_seq: c.last_read_seq,
+                conversation_id: c.conversation_id,
+                last_message: c.last_message.map(to_pb),
+            })
+            .collect();
+        Ok(Response::new(ListConversationsResponse { conversations, next_cursor }))
+    }
+
+    async fn mark_read(&self, request: Request<MarkReadRequest>) -> Result<Response<MarkReadResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        limits::conversation_id(&req.conversation_id)?;
+        let last_read_seq =
+            self.app.store.mark_read(&req.conversation_id, &user.0, req.seq).await.map_err(GatewayError::from)?;
+        Ok(Response::new(MarkReadResponse { last_read_seq }))
+    }
+}
+
+/// The protobuf form of a stored message.
+pub fn to_pb(m: StoredMessage) -> pb::Message {
+    pb::Message {
+        message_id: m.message_id,
+        conversation_id: m.conversation_id,
+        sender: m.sender,
+        seq: m.seq,
+        body: m.body,
+        sent_at_ms: m.sent_at_ms,
+        client_message_id: m.client_message_id,
+    }
+}
+
+impl ChatApi {
+    /// Members only: `PERMISSION_DENIED` otherwise.
+    async fn require_member(&self, conversation_id: &str, user: &str) -> Result<(), GatewayError> {
+        limits::conversation_id(conversation_id)?;
+        if self.app.store.is_member(conversation_id, user).await? {
+            Ok(())
+        } else {
+            Err(GatewayError::PermissionDenied(format!("{user} is not a member of conversation {conversation_id}")))
+        }
     }
 }
 

@@ -18,10 +18,17 @@ use crate::app::{App, Send};
 use crate::error::GatewayError;
 use crate::limits;
 use crate::outbox::{CloseReason, Outbox};
+use crate::store::{Direction, HistoryQuery};
 
 /// Sends of one stream being published at once. Acceptance (seq) stays
 /// sequential; publishing overlaps so a sender is not held back by the bus.
 const PUBLISHES_IN_FLIGHT: usize = 32;
+/// Stored messages a resume delivers at most; further behind, a client pages
+/// `GetHistory` first.
+const MAX_RESUME_BACKFILL: u64 = 10_000;
+/// How long a resume waits for a message `persist` has not stored yet.
+const RESUME_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const RESUME_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long a closing stream waits for its sends being published.
 const PUBLISH_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -101,7 +108,7 @@ impl Session {
         };
         let (conversation_id, client_message_id, result) = match frame {
             Frame::Join(f) => {
-                let r = self.join(&f.conversation_id).await;
+                let r = self.join(&f.conversation_id, f.resume_after_seq).await;
                 (f.conversation_id, String::new(), r)
             }
             Frame::Leave(f) => {
@@ -154,7 +161,7 @@ impl Session {
         Ok(())
     }
 
-    async fn join(&mut self, conversation_id: &str) -> Result<(), GatewayError> {
+    async fn join(&mut self, conversation_id: &str, resume_after: Option<u64>) -> Result<(), GatewayError> {
         limits::conversation_id(conversation_id)?;
         let max = self.app.limits.max_conversations_per_connection;
         if !self.joined.contains(conversation_id) && self.joined.len() >= max {
@@ -162,13 +169,95 @@ impl Session {
                 "this stream has joined {max} conversations, the limit; leave one first or open another stream"
             )));
         }
-        let outcome = self.app.join(conversation_id, &self.outbox).await?;
+        // Resume: live messages wait in the outbox from before the
+        // subscription until the stored ones have been delivered.
+        if resume_after.is_some() {
+            self.outbox.hold(conversation_id);
+        }
+        let outcome = match self.app.join(conversation_id, &self.outbox).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let _ = self.outbox.release(conversation_id);
+                return Err(e);
+            }
+        };
         self.joined.insert(conversation_id.to_owned());
         self.deliver(Event::PresenceSnapshot(pb::PresenceSnapshot {
             conversation_id: conversation_id.to_owned(),
             online: outcome.online,
             last_seq: outcome.last_seq,
         }));
+        if let Some(after) = resume_after {
+            let backfilled = self.backfill(conversation_id, after, outcome.last_seq).await;
+            // Released even when the backfill failed: live messages go on.
+            let _ = self.outbox.release(conversation_id);
+            backfilled?;
+        }
+        Ok(())
+    }
+
+    /// Delivers the stored messages after `after` up to `last` (the latest
+    /// seq when the stream subscribed; later ones arrive live), in order.
+    /// `persist` stores asynchronously, so a message missing from storage is
+    /// waited for (bounded); one still missing then was never published (its
+    /// sender died after taking the seq) and is passed over.
+    async fn backfill(&self, conversation_id: &str, after: u64, last: u64) -> Result<(), GatewayError> {
+        if after > last {
+            return Err(GatewayError::InvalidArgument(format!(
+                "resume_after_seq {after} is beyond the latest seq {last} of {conversation_id}; joined without resuming"
+            )));
+        }
+        if last - after > MAX_RESUME_BACKFILL {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "resume_after_seq {after} is {} messages behind (the limit is {MAX_RESUME_BACKFILL}); page GetHistory, then join with a closer resume point",
+                last - after
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + RESUME_STORE_WAIT;
+        let mut next = after + 1;
+        while next <= last {
+            let want = usize::try_from(last - next + 1).unwrap_or(usize::MAX).min(crate::history::MAX_HISTORY_PAGE);
+            let query = HistoryQuery { direction: Direction::Forward, from_seq: Some(next - 1), limit: want };
+            let page = self.app.store.history(conversation_id, query).await?;
+            let before = next;
+            for message in page.iter().filter(|m| m.seq <= last) {
+                if message.seq != next {
+                    break;
+                }
+                let event = ServerEvent { event: Some(Event::Message(crate::service::to_pb(message.clone()))) };
+                if self.outbox.deliver_stored(event).await.is_err() {
+                    return Ok(()); // the stream is closing; its resume point says where it stopped
+                }
+                next += 1;
+            }
+            if next > last || next > before {
+                continue;
+            }
+            if tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(RESUME_RETRY).await;
+                continue;
+            }
+            match page.iter().find(|m| m.seq > next && m.seq <= last) {
+                Some(stored) => {
+                    tracing::warn!(
+                        conversation_id,
+                        missing_from = next,
+                        missing_to = stored.seq - 1,
+                        "resume passes over seqs never stored"
+                    );
+                    next = stored.seq;
+                }
+                None => {
+                    tracing::warn!(
+                        conversation_id,
+                        missing_from = next,
+                        missing_to = last,
+                        "resume passes over seqs never stored"
+                    );
+                    break;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -59,13 +59,41 @@ impl TestClient {
 
     /// Joins and waits for the snapshot that answers the join.
     pub async fn join(&mut self, conversation: &str) -> anyhow::Result<PresenceSnapshot> {
-        self.frame(&format!("join-{conversation}"), Frame::Join(JoinFrame { conversation_id: conversation.into() }))
-            .await?;
+        self.frame(
+            &format!("join-{conversation}"),
+            Frame::Join(JoinFrame { conversation_id: conversation.into(), resume_after_seq: None }),
+        )
+        .await?;
         self.wait_for(|e| match e {
             Event::PresenceSnapshot(s) if s.conversation_id == conversation => Some(s.clone()),
             _ => None,
         })
         .await
+    }
+
+    /// Joins resuming after `after` and waits for the snapshot.
+    pub async fn join_resume(&mut self, conversation: &str, after: u64) -> anyhow::Result<PresenceSnapshot> {
+        self.frame(
+            &format!("join-{conversation}"),
+            Frame::Join(JoinFrame { conversation_id: conversation.into(), resume_after_seq: Some(after) }),
+        )
+        .await?;
+        self.wait_for(|e| match e {
+            Event::PresenceSnapshot(s) if s.conversation_id == conversation => Some(s.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Every message of `conversation` received so far, in arrival order.
+    pub fn messages_of(&self, conversation: &str) -> Vec<chat_proto::pb::Message> {
+        self.received
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(m) if m.conversation_id == conversation => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     pub async fn leave(&self, conversation: &str) -> anyhow::Result<()> {

@@ -211,6 +211,11 @@ impl Cluster {
         Ok(index)
     }
 
+    /// Where runner `index` logs.
+    pub fn runner_log(&self, index: usize) -> Option<PathBuf> {
+        self.runners.get(index).map(|(_, log)| log.clone())
+    }
+
     /// Stops runner `index` (SIGKILL); its in-flight records return to the
     /// queue after the visibility timeout.
     pub fn kill_runner(&mut self, index: usize) {

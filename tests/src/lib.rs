@@ -13,10 +13,12 @@
 //! - [`scenarios`] are the chat tests, written once and run on both the AWS
 //!   path and the embedded memory mode.
 
+pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod emulator;
 pub mod scenarios;
+pub mod stored;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -259,9 +259,16 @@ pub async fn bad_input_gets_precise_statuses(cluster: &Cluster) -> anyhow::Resul
     // Frame-level errors: each answered, the stream goes on.
     alice.send(&room, "before-join", "hi").await?;
     ensure!(error_for(&mut alice, "before-join").await?.0 == Code::FailedPrecondition);
-    alice.frame("join-empty", Frame::Join(JoinFrame { conversation_id: String::new() })).await?;
+    alice
+        .frame("join-empty", Frame::Join(JoinFrame { conversation_id: String::new(), resume_after_seq: None }))
+        .await?;
     ensure!(error_for(&mut alice, "join-empty").await?.0 == Code::InvalidArgument);
-    alice.frame("join-bad", Frame::Join(JoinFrame { conversation_id: "no spaces allowed".into() })).await?;
+    alice
+        .frame(
+            "join-bad",
+            Frame::Join(JoinFrame { conversation_id: "no spaces allowed".into(), resume_after_seq: None }),
+        )
+        .await?;
     ensure!(error_for(&mut alice, "join-bad").await?.0 == Code::InvalidArgument);
     alice.send_raw(ClientFrame { request_id: "empty-frame".into(), frame: None }).await?;
     ensure!(error_for(&mut alice, "empty-frame").await?.0 == Code::InvalidArgument);

@@ -49,7 +49,10 @@ async fn conversations_per_connection_are_limited() -> anyhow::Result<()> {
     alice
         .frame(
             "third",
-            chat_proto::pb::client_frame::Frame::Join(chat_proto::pb::JoinFrame { conversation_id: "r3".into() }),
+            chat_proto::pb::client_frame::Frame::Join(chat_proto::pb::JoinFrame {
+                conversation_id: "r3".into(),
+                resume_after_seq: None,
+            }),
         )
         .await?;
     let (code, message) = scenarios::error_for(&mut alice, "third").await?;
@@ -121,4 +124,16 @@ async fn half_closed_client_keeps_receiving() -> anyhow::Result<()> {
     let m = scenarios::messages(&mut listener, &room, 1).await?;
     anyhow::ensure!(m[0].body == "are you there");
     Ok(())
+}
+
+#[tokio::test]
+async fn history_paging_and_authorisation() -> anyhow::Result<()> {
+    let cluster = Cluster::memory().await?;
+    chat_e2e::stored::history_paging_and_authorisation(&cluster).await
+}
+
+#[tokio::test]
+async fn resume_after_reconnect_has_no_gap_and_no_duplicate() -> anyhow::Result<()> {
+    let cluster = Cluster::memory().await?;
+    chat_e2e::stored::resume_after_reconnect(&cluster).await
 }

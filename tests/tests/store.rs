@@ -12,6 +12,7 @@ async fn dynamodb_store_follows_the_store_rules() -> anyhow::Result<()> {
     let outputs: std::collections::HashMap<String, String> = emulator.provision(&stack)?.into_iter().collect();
     let table = |key: &str| outputs.get(key).cloned().ok_or_else(|| anyhow::anyhow!("no output {key}"));
     let tables = Tables {
+        messages: table("CHAT_MESSAGES_TABLE")?,
         conversations: table("CHAT_CONVERSATIONS_TABLE")?,
         members: table("CHAT_MEMBERS_TABLE")?,
         presence: table("CHAT_PRESENCE_TABLE")?,

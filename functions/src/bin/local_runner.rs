@@ -30,6 +30,9 @@ struct Config {
     /// (MaximumBatchingWindowInSeconds, in milliseconds).
     #[arg(long, env = "CHAT_BATCHING_WINDOW_MS", default_value_t = 500)]
     batching_window_ms: u64,
+    /// Batches in flight at once (pollers).
+    #[arg(long, env = "CHAT_RUNNER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     region: String,
     #[arg(long, env = "CHAT_MESSAGES_TABLE", default_value = "chat-messages")]
@@ -71,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         batch_size: usize::from(config.batch_size),
         batching_window: Duration::from_millis(config.batching_window_ms),
         region: config.region.clone(),
+        concurrency: usize::from(config.concurrency),
     };
     match config.function {
         Function::Persist => {

@@ -71,6 +71,30 @@ pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
     check!(!store.is_member(&a, "u").await.map_err(failed)?, "not a member after leave");
     check!(store.join(&format!("{prefix}-new"), "u").await.map_err(failed)?.last_seq == 0, "new conversation at 0");
 
+    // Read markers only move forward, for members only.
+    let c = format!("{prefix}-c");
+    store.join(&c, "reader").await.map_err(failed)?;
+    check!(store.mark_read(&c, "reader", 5).await.map_err(failed)? == 5, "marker to 5");
+    check!(store.mark_read(&c, "reader", 3).await.map_err(failed)? == 5, "marker never moves back");
+    let stranger = store.mark_read(&c, "stranger", 1).await;
+    check!(stranger == Err(StoreError::NotMember), "non-member marker gave {stranger:?}");
+
+    // A user's conversations, in id order, in pages.
+    let user = format!("{prefix}-lister");
+    for suffix in ["x", "y", "z"] {
+        store.join(&format!("{prefix}-list-{suffix}"), &user).await.map_err(failed)?;
+    }
+    store.mark_read(&format!("{prefix}-list-y"), &user, 2).await.map_err(failed)?;
+    let (first, more) = store.conversations(&user, 2, None).await.map_err(failed)?;
+    let ids: Vec<&str> = first.iter().map(|c| c.conversation_id.as_str()).collect();
+    check!(ids == [format!("{prefix}-list-x"), format!("{prefix}-list-y")] && more, "first page {ids:?} more={more}");
+    check!(first[1].last_read_seq == 2, "read marker listed: {:?}", first[1]);
+    let (rest, more) = store.conversations(&user, 2, Some(&first[1].conversation_id)).await.map_err(failed)?;
+    let ids: Vec<&str> = rest.iter().map(|c| c.conversation_id.as_str()).collect();
+    check!(ids == [format!("{prefix}-list-z")] && !more, "second page {ids:?} more={more}");
+    let (none, more) = store.conversations(&format!("{prefix}-nobody"), 10, None).await.map_err(failed)?;
+    check!(none.is_empty() && !more, "a user with no conversations");
+
     // Presence: a user is online while any of their streams is.
     let now = 1_000_000;
     let key = |user: &str, session: &str| PresenceKey {

@@ -19,7 +19,10 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Select};
 use futures::StreamExt;
 
-use super::{Accepted, Joined, PresenceKey, SendRequest, Store, StoreError, body_digest, idempotency_key};
+use super::{
+    Accepted, ConversationInfo, Direction, HistoryQuery, Joined, PresenceKey, SendRequest, Store, StoreError,
+    StoredMessage, body_digest, idempotency_key,
+};
 
 /// Presence refreshes in flight at once.
 const PRESENCE_REFRESH_CONCURRENCY: usize = 16;
@@ -29,6 +32,7 @@ const SEND_DEDUP_TTL_SECS: i64 = 24 * 3600;
 
 #[derive(Debug, Clone)]
 pub struct Tables {
+    pub messages: String,
     pub conversations: String,
     pub members: String,
     pub presence: String,
@@ -175,6 +179,75 @@ impl DynamoStore {
             Err(e) if is_condition_failure(&e) => Ok(()),
             Err(e) => Err(unavailable("refreshing presence", e)),
         }
+    }
+}
+
+fn stored_message(item: &HashMap<String, AttributeValue>) -> Result<StoredMessage, StoreError> {
+    Ok(StoredMessage {
+        conversation_id: get_s(item, "conversation_id")?,
+        seq: get_n(item, "seq")?,
+        message_id: get_s(item, "message_id")?,
+        sender: get_s(item, "sender")?,
+        body: get_s(item, "body")?,
+        sent_at_ms: get_n(item, "sent_at_ms")?,
+        client_message_id: item.get("client_message_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
+    })
+}
+
+/// The summary `persist` keeps on the conversation item, as a message.
+fn last_message(conversation_id: &str, item: &HashMap<String, AttributeValue>) -> Option<StoredMessage> {
+    Some(StoredMessage {
+        conversation_id: conversation_id.to_owned(),
+        seq: get_n(item, "last_persisted_seq").ok()?,
+        message_id: get_s(item, "last_message_id").ok()?,
+        sender: get_s(item, "last_sender").ok()?,
+        body: get_s(item, "last_preview").ok()?,
+        sent_at_ms: get_n(item, "last_sent_at_ms").ok()?,
+        client_message_id: String::new(),
+    })
+}
+
+impl DynamoStore {
+    /// Conversation items by id (BatchGetItem, unprocessed keys retried).
+    async fn conversation_items(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, HashMap<String, AttributeValue>>, StoreError> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(100) {
+            let keys: Vec<HashMap<String, AttributeValue>> =
+                chunk.iter().map(|id| HashMap::from([("conversation_id".to_owned(), s(id))])).collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            );
+            for _attempt in 0..5 {
+                let Some(keys) = request.take() else { break };
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.tables.conversations, keys)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("reading conversations", e))?;
+                for item in out.responses().and_then(|r| r.get(&self.tables.conversations)).into_iter().flatten() {
+                    found.insert(get_s(item, "conversation_id")?, item.clone());
+                }
+                request = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.tables.conversations))
+                    .filter(|k| !k.keys().is_empty())
+                    .cloned();
+            }
+            if request.is_some() {
+                return Err(StoreError::Unavailable("DynamoDB left conversation reads unprocessed".into()));
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -382,5 +455,151 @@ impl Store for DynamoStore {
             }
         }
         Ok(users.into_iter().collect())
+    }
+
+    async fn history(&self, conversation_id: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.tables.messages)
+            .consistent_read(true)
+            .scan_index_forward(query.direction == Direction::Forward)
+            .expression_attribute_values(":c", s(conversation_id));
+        request = match (query.direction, query.from_seq) {
+            (_, None) => request.key_condition_expression("conversation_id = :c"),
+            (Direction::Forward, Some(from)) => request
+                .key_condition_expression("conversation_id = :c AND seq > :s")
+                .expression_attribute_values(":s", AttributeValue::N(from.to_string())),
+            (Direction::Backward, Some(from)) => request
+                .key_condition_expression("conversation_id = :c AND seq < :s")
+                .expression_attribute_values(":s", AttributeValue::N(from.to_string())),
+        };
+        let mut out = Vec::new();
+        let mut start = None;
+        while out.len() < query.limit {
+            let page = request
+                .clone()
+                .limit(i32::try_from(query.limit - out.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("reading history", e))?;
+            for item in page.items() {
+                out.push(stored_message(item)?);
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_message(&self, conversation_id: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.tables.messages)
+            .index_name("by_message_id")
+            .key_condition_expression("message_id = :m")
+            .expression_attribute_values(":m", s(message_id))
+            .send()
+            .await
+            .map_err(|e| unavailable("reading a message", e))?;
+        for item in out.items() {
+            let message = stored_message(item)?;
+            if message.conversation_id == conversation_id {
+                return Ok(Some(message));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn conversations(
+        &self,
+        user_id: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<ConversationInfo>, bool), StoreError> {
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.tables.members)
+            .index_name("by_user")
+            .key_condition_expression("user_id = :u")
+            .expression_attribute_values(":u", s(user_id));
+        if let Some(after) = after {
+            request = request
+                .key_condition_expression("user_id = :u AND conversation_id > :after")
+                .expression_attribute_values(":after", s(after));
+        }
+        // One more than asked tells whether another page follows.
+        let mut members = Vec::new();
+        let mut start = None;
+        while members.len() <= limit {
+            let page = request
+                .clone()
+                .limit(i32::try_from(limit + 1 - members.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("listing conversations", e))?;
+            for item in page.items() {
+                let read = item.get("last_read_seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
+                members.push((get_s(item, "conversation_id")?, read.unwrap_or(0)));
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        let more = members.len() > limit;
+        members.truncate(limit);
+        let ids: Vec<String> = members.iter().map(|(c, _)| c.clone()).collect();
+        let items = self.conversation_items(&ids).await?;
+        let page = members
+            .into_iter()
+            .map(|(conversation_id, last_read_seq)| ConversationInfo {
+                last_message: items.get(&conversation_id).and_then(|item| last_message(&conversation_id, item)),
+                conversation_id,
+                last_read_seq,
+            })
+            .collect();
+        Ok((page, more))
+    }
+
+    async fn mark_read(&self, conversation_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.members)
+            .key("conversation_id", s(conversation_id))
+            .key("user_id", s(user_id))
+            .update_expression("SET last_read_seq = :s")
+            .condition_expression(
+                "attribute_exists(user_id) AND (attribute_not_exists(last_read_seq) OR last_read_seq < :s)",
+            )
+            .expression_attribute_values(":s", AttributeValue::N(seq.to_string()))
+            .send()
+            .await;
+        match update {
+            Ok(_) => Ok(seq),
+            Err(e) if is_condition_failure(&e) => {
+                // Not a member, or the marker is already at or past `seq`.
+                let out = self
+                    .client
+                    .get_item()
+                    .table_name(&self.tables.members)
+                    .key("conversation_id", s(conversation_id))
+                    .key("user_id", s(user_id))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("reading a read marker", e))?;
+                let item = out.item().ok_or(StoreError::NotMember)?;
+                Ok(item.get("last_read_seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0))
+            }
+            Err(e) => Err(unavailable("moving a read marker", e)),
+        }
     }
 }

@@ -1,12 +1,15 @@
 //! [`Store`] in process memory, for the embedded single-gateway mode. Same
 //! rules as the DynamoDB store; nothing survives a restart.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Accepted, Joined, PresenceKey, SendRequest, Store, StoreError, body_digest, idempotency_key};
+use super::{
+    Accepted, ConversationInfo, Direction, HistoryQuery, Joined, PREVIEW_CHARS, PresenceKey, SendRequest, Store,
+    StoreError, StoredMessage, body_digest, idempotency_key,
+};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -16,7 +19,11 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct State {
     last_seq: HashMap<String, u64>,
-    members: HashMap<String, BTreeSet<String>>,
+    /// conversation → member → read marker
+    members: HashMap<String, BTreeMap<String, u64>>,
+    /// conversation → seq → message: embedded mode has no `persist`, the
+    /// store keeps what it accepts.
+    messages: HashMap<String, BTreeMap<u64, StoredMessage>>,
     sends: HashMap<String, (Accepted, String)>,
     /// conversation → (user, session) → expires_at_ms
     presence: HashMap<String, HashMap<(String, String), i64>>,
@@ -56,23 +63,37 @@ impl Store for MemoryStore {
         if let Some(key) = key {
             state.sends.insert(key, (accepted.clone(), digest));
         }
+        state.messages.entry(req.conversation_id.to_owned()).or_default().insert(
+            accepted.seq,
+            StoredMessage {
+                conversation_id: req.conversation_id.to_owned(),
+                seq: accepted.seq,
+                message_id: accepted.message_id.clone(),
+                sender: req.sender.to_owned(),
+                body: req.body.to_owned(),
+                sent_at_ms: req.now_ms,
+                client_message_id: req.client_message_id.to_owned(),
+            },
+        );
         Ok(accepted)
     }
 
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError> {
         let mut state = self.state();
-        let newly_member = state.members.entry(conversation_id.to_owned()).or_default().insert(user_id.to_owned());
+        let members = state.members.entry(conversation_id.to_owned()).or_default();
+        let newly_member = !members.contains_key(user_id);
+        members.entry(user_id.to_owned()).or_insert(0);
         let last_seq = state.last_seq.get(conversation_id).copied().unwrap_or(0);
         Ok(Joined { newly_member, last_seq })
     }
 
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
         let mut state = self.state();
-        Ok(state.members.get_mut(conversation_id).is_some_and(|m| m.remove(user_id)))
+        Ok(state.members.get_mut(conversation_id).is_some_and(|m| m.remove(user_id).is_some()))
     }
 
     async fn is_member(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
-        Ok(self.state().members.get(conversation_id).is_some_and(|m| m.contains(user_id)))
+        Ok(self.state().members.get(conversation_id).is_some_and(|m| m.contains_key(user_id)))
     }
 
     async fn presence_online(&self, key: &PresenceKey, now_ms: i64, expires_at_ms: i64) -> Result<bool, StoreError> {
@@ -115,6 +136,69 @@ impl Store for MemoryStore {
             .map(|s| s.iter().filter(|(_, exp)| **exp > now_ms).map(|((u, _), _)| u.clone()).collect())
             .unwrap_or_default();
         Ok(users.into_iter().collect())
+    }
+
+    async fn history(&self, conversation_id: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
+        let state = self.state();
+        let Some(log) = state.messages.get(conversation_id) else { return Ok(Vec::new()) };
+        let page = match (query.direction, query.from_seq) {
+            (Direction::Forward, from) => {
+                log.range(from.map_or(0, |s| s.saturating_add(1))..).take(query.limit).map(|(_, m)| m.clone()).collect()
+            }
+            (Direction::Backward, None) => log.values().rev().take(query.limit).cloned().collect(),
+            (Direction::Backward, Some(from)) => {
+                log.range(..from).rev().take(query.limit).map(|(_, m)| m.clone()).collect()
+            }
+        };
+        Ok(page)
+    }
+
+    async fn get_message(&self, conversation_id: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .messages
+            .get(conversation_id)
+            .and_then(|log| log.values().find(|m| m.message_id == message_id))
+            .cloned())
+    }
+
+    async fn conversations(
+        &self,
+        user_id: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<ConversationInfo>, bool), StoreError> {
+        let state = self.state();
+        let mut mine: Vec<(&String, u64)> = state
+            .members
+            .iter()
+            .filter_map(|(c, members)| members.get(user_id).map(|read| (c, *read)))
+            .filter(|(c, _)| after.is_none_or(|a| c.as_str() > a))
+            .collect();
+        mine.sort();
+        let more = mine.len() > limit;
+        let page = mine
+            .into_iter()
+            .take(limit)
+            .map(|(c, read)| ConversationInfo {
+                conversation_id: c.clone(),
+                last_message: state
+                    .messages
+                    .get(c)
+                    .and_then(|log| log.values().next_back())
+                    .map(|m| StoredMessage { body: m.body.chars().take(PREVIEW_CHARS).collect(), ..m.clone() }),
+                last_read_seq: read,
+            })
+            .collect();
+        Ok((page, more))
+    }
+
+    async fn mark_read(&self, conversation_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
+        let mut state = self.state();
+        let marker =
+            state.members.get_mut(conversation_id).and_then(|m| m.get_mut(user_id)).ok_or(StoreError::NotMember)?;
+        *marker = (*marker).max(seq);
+        Ok(*marker)
     }
 }
 

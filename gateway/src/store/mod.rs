@@ -20,7 +20,58 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored data is malformed: {0}")]
     Corrupt(String),
+    #[error("not a member of the conversation")]
+    NotMember,
 }
+
+/// A message as stored (by `persist` on AWS, by the memory store itself in
+/// embedded mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub conversation_id: String,
+    pub seq: u64,
+    pub message_id: String,
+    pub sender: String,
+    pub body: String,
+    pub sent_at_ms: i64,
+    pub client_message_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Oldest first.
+    Forward,
+    /// Newest first.
+    Backward,
+}
+
+/// One page of history: up to `limit` messages strictly after (forward) or
+/// before (backward) `from_seq`; `None` starts at the beginning or the latest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub direction: Direction,
+    pub from_seq: Option<u64>,
+    pub limit: usize,
+}
+
+/// A user's view of one conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationInfo {
+    pub conversation_id: String,
+    /// The latest stored message; its body is a preview.
+    pub last_message: Option<StoredMessage>,
+    pub last_read_seq: u64,
+}
+
+impl ConversationInfo {
+    /// Stored messages after the read marker.
+    pub fn unread(&self) -> u64 {
+        self.last_message.as_ref().map_or(0, |m| m.seq.saturating_sub(self.last_read_seq))
+    }
+}
+
+/// Characters of the last message kept as a conversation's preview.
+pub const PREVIEW_CHARS: usize = 120;
 
 /// The identity and position a send was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +143,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Users online in a conversation, sorted and deduplicated.
     async fn online_users(&self, conversation_id: &str, now_ms: i64) -> Result<Vec<String>, StoreError>;
+
+    /// A page of stored messages, in the query's direction.
+    async fn history(&self, conversation_id: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// A stored message of a conversation by id.
+    async fn get_message(&self, conversation_id: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError>;
+
+    /// The user's conversations in `conversation_id` order, up to `limit`,
+    /// after the conversation `after`; and whether more follow.
+    async fn conversations(
+        &self,
+        user_id: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<ConversationInfo>, bool), StoreError>;
+
+    /// Moves the user's read marker forward to `seq` (never backward);
+    /// returns the marker. [`StoreError::NotMember`] for non-members.
+    async fn mark_read(&self, conversation_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError>;
 }
 
 /// A digest of a message body, stored with idempotency records to detect a
