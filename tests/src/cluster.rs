@@ -211,6 +211,33 @@ impl Cluster {
         Ok(index)
     }
 
+    /// Stored seqs of a conversation, every item (duplicates included).
+    pub async fn stored_seqs(&self, conversation: &str) -> anyhow::Result<Vec<u64>> {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let sdk = self.emulator.as_ref().context("emulator")?.sdk_config().await;
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let mut seqs = Vec::new();
+        let mut start = None;
+        loop {
+            let out = dynamo
+                .query()
+                .table_name(self.output("CHAT_MESSAGES_TABLE")?)
+                .key_condition_expression("conversation_id = :c")
+                .expression_attribute_values(":c", AttributeValue::S(conversation.into()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await?;
+            for item in out.items() {
+                seqs.push(item.get("seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).context("seq")?);
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(seqs),
+            }
+        }
+    }
+
     /// Where runner `index` logs.
     pub fn runner_log(&self, index: usize) -> Option<PathBuf> {
         self.runners.get(index).map(|(_, log)| log.clone())

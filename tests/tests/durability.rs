@@ -6,8 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
-use aws_sdk_dynamodb::types::AttributeValue;
+use anyhow::ensure;
 use chat_e2e::checker::{self, Received};
 use chat_e2e::client::TestClient;
 use chat_e2e::cluster::Cluster;
@@ -19,36 +18,10 @@ async fn aws_with_persist(gateways: usize) -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
-/// Stored seqs of a conversation (every item, duplicates included).
-async fn stored_seqs(cluster: &Cluster, conversation: &str) -> anyhow::Result<Vec<u64>> {
-    let sdk = cluster.emulator.as_ref().context("emulator")?.sdk_config().await;
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let mut seqs = Vec::new();
-    let mut start = None;
-    loop {
-        let out = dynamo
-            .query()
-            .table_name(cluster.output("CHAT_MESSAGES_TABLE")?)
-            .key_condition_expression("conversation_id = :c")
-            .expression_attribute_values(":c", AttributeValue::S(conversation.into()))
-            .consistent_read(true)
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await?;
-        for item in out.items() {
-            seqs.push(item.get("seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).context("seq")?);
-        }
-        match out.last_evaluated_key() {
-            Some(key) if !key.is_empty() => start = Some(key.clone()),
-            _ => return Ok(seqs),
-        }
-    }
-}
-
 async fn wait_all_stored(cluster: &Cluster, conversation: &str, accepted: &BTreeSet<u64>) -> anyhow::Result<Vec<u64>> {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let seqs = stored_seqs(cluster, conversation).await?;
+        let seqs = cluster.stored_seqs(conversation).await?;
         if accepted.iter().all(|s| seqs.contains(s)) || Instant::now() > deadline {
             return Ok(seqs);
         }
@@ -174,7 +147,7 @@ async fn persist_stopped_and_restarted_drains_its_backlog() -> anyhow::Result<()
         alice.send(&room, &format!("b-{i}"), "while stopped").await?;
     }
     accepted.extend(scenarios::accepted(&mut alice, 60).await?.into_iter().map(|a| a.seq));
-    let meanwhile = stored_seqs(&cluster, &room).await?;
+    let meanwhile = cluster.stored_seqs(&room).await?;
     ensure!(meanwhile.len() == 40, "stored {} while persist was stopped", meanwhile.len());
     cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?;
     let stored = wait_all_stored(&cluster, &room, &accepted).await?;

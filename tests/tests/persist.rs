@@ -14,38 +14,11 @@ use chat_e2e::{DEADLINE, scenarios, unique};
 /// Short visibility and two receives, so redrive happens within a test.
 const FAST_REDRIVE: &[&str] = &["PersistVisibilityTimeoutSeconds=2", "PersistMaxReceiveCount=2"];
 
-async fn persisted_seqs(cluster: &Cluster, conversation: &str) -> anyhow::Result<BTreeSet<u64>> {
-    let sdk = cluster.emulator.as_ref().context("emulator")?.sdk_config().await;
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let table = cluster.output("CHAT_MESSAGES_TABLE")?;
-    let mut seqs = BTreeSet::new();
-    let mut start = None;
-    loop {
-        let out = dynamo
-            .query()
-            .table_name(&table)
-            .key_condition_expression("conversation_id = :c")
-            .expression_attribute_values(":c", AttributeValue::S(conversation.into()))
-            .consistent_read(true)
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await?;
-        for item in out.items() {
-            let seq = item.get("seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
-            seqs.insert(seq.context("item without seq")?);
-        }
-        match out.last_evaluated_key() {
-            Some(key) if !key.is_empty() => start = Some(key.clone()),
-            _ => return Ok(seqs),
-        }
-    }
-}
-
 /// Polls until `conversation` has exactly `expected` persisted.
 async fn wait_persisted(cluster: &Cluster, conversation: &str, expected: &BTreeSet<u64>) -> anyhow::Result<()> {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let seqs = persisted_seqs(cluster, conversation).await?;
+        let seqs: BTreeSet<u64> = cluster.stored_seqs(conversation).await?.into_iter().collect();
         if &seqs == expected {
             return Ok(());
         }

@@ -208,6 +208,24 @@ fn last_message(conversation_id: &str, item: &HashMap<String, AttributeValue>) -
 }
 
 impl DynamoStore {
+    async fn member_item(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.members)
+            .key("conversation_id", s(conversation_id))
+            .key("user_id", s(user_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("reading membership", e))?;
+        Ok(out.item)
+    }
+
     /// Conversation items by id (BatchGetItem, unprocessed keys retried).
     async fn conversation_items(
         &self,
@@ -382,17 +400,7 @@ impl Store for DynamoStore {
     }
 
     async fn is_member(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.tables.members)
-            .key("conversation_id", s(conversation_id))
-            .key("user_id", s(user_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable("reading membership", e))?;
-        Ok(out.item().is_some())
+        Ok(self.member_item(conversation_id, user_id).await?.is_some())
     }
 
     async fn presence_online(&self, key: &PresenceKey, now_ms: i64, expires_at_ms: i64) -> Result<bool, StoreError> {
@@ -586,17 +594,7 @@ impl Store for DynamoStore {
             Ok(_) => Ok(seq),
             Err(e) if is_condition_failure(&e) => {
                 // Not a member, or the marker is already at or past `seq`.
-                let out = self
-                    .client
-                    .get_item()
-                    .table_name(&self.tables.members)
-                    .key("conversation_id", s(conversation_id))
-                    .key("user_id", s(user_id))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("reading a read marker", e))?;
-                let item = out.item().ok_or(StoreError::NotMember)?;
+                let item = self.member_item(conversation_id, user_id).await?.ok_or(StoreError::NotMember)?;
                 Ok(item.get("last_read_seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0))
             }
             Err(e) => Err(unavailable("moving a read marker", e)),
