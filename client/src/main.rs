@@ -4,6 +4,7 @@
 //! - `chat connect --user alice --conversation room1` is an interactive
 //!   terminal chat (lines are messages; `/help` lists commands);
 //! - `chat send ...` sends one message (scripts);
+//! - `chat history` and `chat conversations` read what is stored;
 //! - `chat echo` checks connectivity.
 
 mod connect;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::echo_service_client::EchoServiceClient;
-use chat_proto::pb::{EchoRequest, SendMessageRequest};
+use chat_proto::pb::{EchoRequest, GetHistoryRequest, ListConversationsRequest, SendMessageRequest};
 use clap::{Args, Parser, Subcommand};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -60,6 +61,21 @@ enum Command {
         /// message.
         #[arg(long, default_value = "")]
         client_message_id: String,
+    },
+    /// Print a conversation's stored messages, newest last.
+    History {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, short = 'c')]
+        conversation: String,
+        /// How many of the latest messages (pages of up to 200 are read).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// List your conversations with their last message and unread count.
+    Conversations {
+        #[command(flatten)]
+        conn: ConnArgs,
     },
     /// Connectivity check (no authentication).
     Echo {
@@ -184,6 +200,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 reply.message_id,
                 if reply.duplicate { " (duplicate)" } else { "" }
             );
+        }
+        Command::History { conn, conversation, limit } => {
+            let (_, bearer) = conn.bearer()?;
+            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let mut messages = Vec::new();
+            let mut cursor = String::new();
+            while messages.len() < limit {
+                let page = client
+                    .get_history(GetHistoryRequest {
+                        conversation_id: conversation.clone(),
+                        page_size: u32::try_from((limit - messages.len()).min(200)).unwrap_or(200),
+                        cursor: std::mem::take(&mut cursor),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                messages.extend(page.messages);
+                if page.next_cursor.is_empty() {
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
+            for m in messages.iter().rev() {
+                println!("[{} #{}] {}: {}", m.conversation_id, m.seq, m.sender, m.body);
+            }
+        }
+        Command::Conversations { conn } => {
+            let (_, bearer) = conn.bearer()?;
+            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let mut cursor = String::new();
+            loop {
+                let page = client
+                    .list_conversations(ListConversationsRequest { page_size: 100, cursor })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                for c in &page.conversations {
+                    let last = c
+                        .last_message
+                        .as_ref()
+                        .map(|m| format!("#{} {}: {}", m.seq, m.sender, m.body))
+                        .unwrap_or_else(|| "(no messages)".into());
+                    println!("{} — {} unread — {last}", c.conversation_id, c.unread);
+                }
+                if page.next_cursor.is_empty() {
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
         }
         Command::Connect { conn, conversations } => {
             let (user, bearer) = conn.bearer()?;

@@ -112,6 +112,23 @@ pub async fn history_paging_and_authorisation(cluster: &Cluster) -> anyhow::Resu
     let first = &page.messages[0];
     ensure!(first.body == "history 1" && first.sender == "alice" && first.message_id == acks[0].message_id);
 
+    // A retried send (same client_message_id, other gateway, unary) returns
+    // the first identity and adds nothing to history.
+    let retry = ChatServiceClient::new(cluster.channel(1).await?)
+        .send_message(with_token(
+            chat_proto::pb::SendMessageRequest {
+                conversation_id: room.clone(),
+                client_message_id: "h-5".into(),
+                body: "history 5".into(),
+            },
+            &cluster.token("alice")?,
+        )?)
+        .await?
+        .into_inner();
+    ensure!(retry.duplicate && retry.seq == 5 && retry.message_id == acks[4].message_id, "{retry:?}");
+    let (all, _) = reader.seqs(req(Direction::Forward, 200, 0, "")).await?;
+    ensure!(all == (1..=25).collect::<Vec<_>>(), "history after a retried send {all:?}");
+
     // Empty conversation.
     let nothing = reader.history(GetHistoryRequest { conversation_id: empty.clone(), ..Default::default() }).await?;
     ensure!(nothing.messages.is_empty() && nothing.next_cursor.is_empty() && nothing.prev_cursor.is_empty());

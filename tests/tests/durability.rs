@@ -94,8 +94,11 @@ async fn gateway_killed_mid_stream_clients_resume_on_the_other() -> anyhow::Resu
     cluster.kill_gateway(1);
     let before: Vec<u64> = seqs(&bob, &room);
     let resume_from = before.iter().copied().max().unwrap_or(0);
+    let killed_at = Instant::now();
     let mut bob2 = cluster.connect(0, "bob").await?;
     bob2.join_resume(&room, resume_from).await?;
+    let caught_up_to = |c: &TestClient| seqs(c, &room).last().copied().unwrap_or(0);
+    let resumed_in = killed_at.elapsed();
 
     let accepted: BTreeSet<u64> = sender.await??.into_iter().collect();
     let last = accepted.iter().copied().max().unwrap_or(0);
@@ -122,7 +125,13 @@ async fn gateway_killed_mid_stream_clients_resume_on_the_other() -> anyhow::Resu
         ],
     );
     ensure!(report.is_clean(), "{report:?}");
-    eprintln!("resume after SIGKILL: bob resumed after seq {resume_from} of {last}; checker {report:?}");
+    eprintln!(
+        "resume after SIGKILL: bob resumed after seq {resume_from} (rejoined {:.0} ms after the kill, first resumed seq {:?}); {} messages; last {last} (bob at {}); checker {report:?}",
+        resumed_in.as_secs_f64() * 1000.0,
+        seqs(&bob2, &room).first(),
+        accepted.len(),
+        caught_up_to(&bob2),
+    );
     Ok(())
 }
 

@@ -126,7 +126,10 @@ async fn every_record_delivered_twice_still_makes_one_message_each() -> anyhow::
         }
     }
     cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?;
-    wait_persisted(&cluster, &room, &(1..=20).collect()).await?;
+    let accepted: BTreeSet<u64> = (1..=20).collect();
+    wait_persisted(&cluster, &room, &accepted).await?;
+    let report = chat_e2e::checker::check(&accepted, Some(&cluster.stored_seqs(&room).await?), &[]);
+    ensure!(report.is_clean(), "{report:?}");
     // Everything drained: nothing left in flight, nothing dead-lettered.
     let attrs = sqs
         .get_queue_attributes()
