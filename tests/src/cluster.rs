@@ -1,5 +1,5 @@
 //! A set of gateway processes (and the emulator they use) owned by one test.
-//! Everything is killed on drop; a failing test prints the gateways' logs.
+//! Everything is killed on drop; a failing test shows the processes' logs.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -323,15 +323,16 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if std::thread::panicking() {
-            for i in 0..self.gateways.len() {
-                eprintln!("---- gateway {i} ({}) log tail ----\n{}", self.gateways[i].instance_id, self.log_tail(i));
-            }
-            for (_, log) in &self.runners {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!("---- {} ----\n{}", log.display(), lines[lines.len().saturating_sub(40)..].join("\n"));
-            }
+        // Always printed: the test harness shows a test's output only when
+        // it fails (by panic or by returning an error), which is when the
+        // logs are wanted; they are deleted below.
+        for i in 0..self.gateways.len() {
+            eprintln!("---- gateway {i} ({}) log tail ----\n{}", self.gateways[i].instance_id, self.log_tail(i));
+        }
+        for (_, log) in &self.runners {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("---- {} ----\n{}", log.display(), lines[lines.len().saturating_sub(40)..].join("\n"));
         }
         let _ = std::fs::remove_dir_all(&self.logs);
     }
