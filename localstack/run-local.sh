@@ -27,6 +27,7 @@ export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"
 export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
 
 pids=()
+declare -A names
 emulator_pid=""
 stop() {
     trap - INT TERM EXIT
@@ -80,6 +81,7 @@ done <<<"$outputs"
 echo "==> starting function persist behind its local event source mapping (log: .run/persist.log)"
 CHAT_QUEUE_URL="$CHAT_PERSIST_QUEUE_URL" "$BIN/local-runner" --function persist >"$RUN_DIR/persist.log" 2>&1 &
 pids+=($!)
+names[$!]="function persist"
 
 export CHAT_JWT_SECRET_FILE="$RUN_DIR/jwt-secret"
 export CHAT_BUS=sns-sqs
@@ -88,6 +90,7 @@ start_gateway() { # name port
     CHAT_INSTANCE_ID="local-$1" CHAT_LISTEN="127.0.0.1:$2" \
         "$BIN/gateway" >"$RUN_DIR/gateway-$1.log" 2>&1 &
     pids+=($!)
+    names[$!]="gateway $1"
 }
 start_gateway a "$GATEWAY_A_PORT"
 wait_for_port 127.0.0.1 "$GATEWAY_A_PORT" "gateway a"
@@ -121,7 +124,14 @@ Type a line to send it; /help lists commands. Any gRPC client works too: the API
 Press Ctrl-C to stop everything.
 EOF
 
-# Stop when any process dies, or on Ctrl-C.
-wait -n "${pids[@]}"
-echo "error: a gateway or function runner exited; see .run/*.log" >&2
+# Run until Ctrl-C. A process that dies (a crashed or killed gateway) is
+# reported and the rest keep running: clients move to the other gateway.
+while ((${#pids[@]} > 0)); do
+    wait -n -p exited "${pids[@]}" || true
+    echo "warning: process $exited (${names[$exited]:-?}) exited; see .run/*.log; the rest keep running" >&2
+    remaining=()
+    for pid in "${pids[@]}"; do [[ "$pid" != "$exited" ]] && remaining+=("$pid"); done
+    pids=("${remaining[@]}")
+done
+echo "error: every gateway and function runner has exited; see .run/*.log" >&2
 exit 1

@@ -1,16 +1,20 @@
 //! The interactive terminal chat: stdin lines become frames, server events
 //! become lines on stdout.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use anyhow::Context;
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::{
-    AckFrame, ClientFrame, JoinFrame, LeaveFrame, SendFrame, TypingFrame, client_frame::Frame, server_event::Event,
+    AckFrame, ClientFrame, JoinFrame, LeaveFrame, SendFrame, ServerEvent, TypingFrame, client_frame::Frame,
+    server_event::Event,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -56,61 +60,192 @@ fn parse(line: &str) -> Input {
     }
 }
 
-pub(crate) async fn interactive(mut client: Client, user: String, conversations: Vec<String>) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel::<ClientFrame>(64);
-    for c in &conversations {
-        tx.send(frame(Frame::Join(JoinFrame { conversation_id: c.clone(), resume_after_seq: None }))).await?;
+/// What the chat keeps across reconnections: the conversations joined and,
+/// per conversation, the last seq shown (the resume point).
+#[derive(Debug, Default)]
+struct Chat {
+    joined: BTreeSet<String>,
+    last_seq: HashMap<String, u64>,
+    current: Option<String>,
+}
+
+impl Chat {
+    fn saw(&mut self, conversation_id: &str, seq: u64) {
+        let last = self.last_seq.entry(conversation_id.to_owned()).or_insert(0);
+        *last = (*last).max(seq);
     }
-    let mut current = conversations.first().cloned();
-    let mut events = client.connect(ReceiverStream::new(rx)).await.context("opening the chat stream")?.into_inner();
-    println!("connected as {user}. {HELP}");
+
+    /// The join frames that restore this chat on a new stream.
+    fn rejoin_frames(&self) -> Vec<ClientFrame> {
+        self.joined
+            .iter()
+            .map(|c| {
+                frame(Frame::Join(JoinFrame {
+                    conversation_id: c.clone(),
+                    resume_after_seq: self.last_seq.get(c).copied(),
+                }))
+            })
+            .collect()
+    }
+}
+
+/// How a stream ended.
+enum Ended {
+    Quit,
+    /// Reconnect after this long.
+    Reconnect(Duration),
+}
+
+/// An interactive chat that survives its gateway: when the stream ends (a
+/// gateway stopping or dying, a network drop, a slow read) it reconnects,
+/// trying the gateways in turn, and rejoins every conversation resuming
+/// after the last seq it showed, so nothing is missed or shown twice.
+pub(crate) async fn interactive(
+    gateways: Vec<String>,
+    bearer: MetadataValue<Ascii>,
+    user: String,
+    conversations: Vec<String>,
+) -> anyhow::Result<()> {
+    let mut chat = Chat {
+        current: conversations.first().cloned(),
+        joined: conversations.into_iter().collect(),
+        ..Default::default()
+    };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
-    let mut names: HashMap<String, String> = HashMap::new();
+    let mut attempt = 0usize;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let gateway = &gateways[attempt % gateways.len()];
+        attempt += 1;
+        let ended = match connect_once(gateway, &bearer).await {
+            Ok((tx, events)) => {
+                backoff = Duration::from_millis(250);
+                println!("* connected to {gateway} as {user}. {HELP}");
+                for join in chat.rejoin_frames() {
+                    tx.send(join).await.context("stream closed")?;
+                }
+                session(&mut chat, &user, tx, events, &mut lines, &mut stdin_open).await?
+            }
+            Err(e) => {
+                println!("! {e:#}");
+                Ended::Reconnect(backoff)
+            }
+        };
+        match ended {
+            Ended::Quit => return Ok(()),
+            Ended::Reconnect(wait) => {
+                println!("* reconnecting in {} ms", wait.as_millis());
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn connect_once(
+    gateway: &str,
+    bearer: &MetadataValue<Ascii>,
+) -> anyhow::Result<(mpsc::Sender<ClientFrame>, Streaming<ServerEvent>)> {
+    let mut client = crate::authed(crate::channel(gateway).await?, bearer.clone());
+    let (tx, rx) = mpsc::channel::<ClientFrame>(64);
+    let events = client.connect(ReceiverStream::new(rx)).await.context("opening the chat stream")?.into_inner();
+    Ok((tx, events))
+}
+
+type Lines = tokio::io::Lines<BufReader<tokio::io::Stdin>>;
+
+async fn session(
+    chat: &mut Chat,
+    user: &str,
+    tx: mpsc::Sender<ClientFrame>,
+    mut events: Streaming<ServerEvent>,
+    lines: &mut Lines,
+    stdin_open: &mut bool,
+) -> anyhow::Result<Ended> {
     loop {
         tokio::select! {
-            line = lines.next_line(), if stdin_open => {
-                let Some(line) = line? else { stdin_open = false; continue };
+            line = lines.next_line(), if *stdin_open => {
+                let Some(line) = line? else { *stdin_open = false; continue };
                 let out = match parse(&line) {
-                    Input::Join(c) => { current.get_or_insert(c.clone()); Some(Frame::Join(JoinFrame { conversation_id: c, resume_after_seq: None })) }
-                    Input::Leave(c) => Some(Frame::Leave(LeaveFrame { conversation_id: c })),
-                    Input::Switch(c) => { println!("* now talking in {c}"); current = Some(c); None }
-                    Input::Typing => current.clone().map(|c| Frame::Typing(TypingFrame { conversation_id: c, typing: true })),
-                    Input::Quit => break,
+                    Input::Join(c) => {
+                        chat.current.get_or_insert(c.clone());
+                        chat.joined.insert(c.clone());
+                        Some(Frame::Join(JoinFrame { conversation_id: c, resume_after_seq: None }))
+                    }
+                    Input::Leave(c) => {
+                        chat.joined.remove(&c);
+                        Some(Frame::Leave(LeaveFrame { conversation_id: c }))
+                    }
+                    Input::Switch(c) => { println!("* now talking in {c}"); chat.current = Some(c); None }
+                    Input::Typing => chat.current.clone().map(|c| Frame::Typing(TypingFrame { conversation_id: c, typing: true })),
+                    Input::Quit => return Ok(Ended::Quit),
                     Input::Help => { println!("{HELP}"); None }
                     Input::Nothing => None,
-                    Input::Say(body) => match &current {
+                    Input::Say(body) => match &chat.current {
                         Some(c) => Some(Frame::Send(SendFrame { conversation_id: c.clone(), client_message_id: ulid::Ulid::new().to_string(), body })),
                         None => { println!("! join a room first: /join ROOM"); None }
                     },
                 };
-                if let Some(f) = out {
-                    tx.send(frame(f)).await.context("stream closed")?;
+                if let Some(f) = out
+                    && tx.send(frame(f)).await.is_err()
+                {
+                    println!("! not sent: the stream is closed");
                 }
             }
             event = events.message() => {
-                let Some(event) = event.map_err(|s| anyhow::anyhow!("stream ended: {:?}: {}", s.code(), s.message()))? else {
-                    println!("* stream closed by the gateway");
-                    break;
+                let event = match event {
+                    Ok(Some(ServerEvent { event: Some(event) })) => event,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Ok(Ended::Reconnect(Duration::from_millis(250))),
+                    Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                        anyhow::bail!("the gateway refused the token: {}", status.message())
+                    }
+                    Err(status) => {
+                        println!("* stream ended: {:?}: {}", status.code(), status.message());
+                        return Ok(Ended::Reconnect(Duration::from_millis(250)));
+                    }
                 };
-                let Some(event) = event.event else { continue };
-                if let Event::Message(m) = &event {
-                    names.insert(m.sender.clone(), m.sender.clone());
-                    // Acknowledge what was shown (delivery receipts).
-                    let _ = tx.try_send(frame(Frame::Ack(AckFrame { conversation_id: m.conversation_id.clone(), seq: m.seq })));
+                match &event {
+                    Event::Message(m) => {
+                        chat.saw(&m.conversation_id, m.seq);
+                        // Acknowledge what was shown (delivery receipts).
+                        let _ = tx.try_send(frame(Frame::Ack(AckFrame { conversation_id: m.conversation_id.clone(), seq: m.seq })));
+                    }
+                    Event::Disconnect(d) => {
+                        for point in &d.resume {
+                            chat.saw(&point.conversation_id, point.last_seq);
+                        }
+                    }
+                    _ => {}
                 }
-                if let Some(line) = render(&event, &user) {
+                if let Some(line) = render(&event, user) {
                     println!("{line}");
                 }
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejoins_resume_after_the_last_seq_shown() {
+        let mut chat = Chat { joined: ["a".to_string(), "b".to_string()].into(), ..Default::default() };
+        chat.saw("a", 7);
+        chat.saw("a", 5);
+        let joins: Vec<(String, Option<u64>)> = chat
+            .rejoin_frames()
+            .into_iter()
+            .filter_map(|f| match f.frame {
+                Some(Frame::Join(j)) => Some((j.conversation_id, j.resume_after_seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(joins, vec![("a".to_string(), Some(7)), ("b".to_string(), None)]);
+    }
 
     #[test]
     fn parses_commands_and_messages() {

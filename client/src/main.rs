@@ -102,7 +102,8 @@ struct SecretArgs {
 
 #[derive(Debug, Args)]
 struct ConnArgs {
-    /// Gateway URL.
+    /// Gateway URL; `connect` takes several, comma-separated, and moves to
+    /// the next when its gateway goes away.
     #[arg(long, short = 'g', env = "CHAT_GATEWAY", default_value = "http://127.0.0.1:50051")]
     gateway: String,
     /// User to act as (a token is minted for it unless `--token` is given).
@@ -145,7 +146,7 @@ impl ConnArgs {
     }
 }
 
-async fn channel(gateway: &str) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(gateway: &str) -> anyhow::Result<Channel> {
     Endpoint::from_shared(gateway.to_owned())
         .with_context(|| format!("bad gateway URL {gateway}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -156,7 +157,7 @@ async fn channel(gateway: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("cannot reach gateway {gateway}"))
 }
 
-fn authed(channel: Channel, bearer: MetadataValue<tonic::metadata::Ascii>) -> connect::Client {
+pub(crate) fn authed(channel: Channel, bearer: MetadataValue<tonic::metadata::Ascii>) -> connect::Client {
     let attach: connect::Interceptor = Box::new(move |mut req: tonic::Request<()>| {
         req.metadata_mut().insert("authorization", bearer.clone());
         Ok(req)
@@ -253,8 +254,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Connect { conn, conversations } => {
             let (user, bearer) = conn.bearer()?;
-            let client = authed(channel(&conn.gateway).await?, bearer);
-            connect::interactive(client, user, conversations).await?;
+            let gateways: Vec<String> =
+                conn.gateway.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_owned).collect();
+            anyhow::ensure!(!gateways.is_empty(), "--gateway names no gateway");
+            connect::interactive(gateways, bearer, user, conversations).await?;
         }
     }
     Ok(())
