@@ -212,6 +212,11 @@ async fn session(
                         // Acknowledge what was shown (delivery receipts).
                         let _ = tx.try_send(frame(Frame::Ack(AckFrame { conversation_id: m.conversation_id.clone(), seq: m.seq })));
                     }
+                    // A first join starts the resume point at the join: what
+                    // came before is history, not missed.
+                    Event::PresenceSnapshot(p) => {
+                        chat.last_seq.entry(p.conversation_id.clone()).or_insert(p.last_seq);
+                    }
                     Event::Disconnect(d) => {
                         for point in &d.resume {
                             chat.saw(&point.conversation_id, point.last_seq);
