@@ -24,19 +24,20 @@ help:
 	@echo "make test   rustfmt check, clippy -D warnings, template lint, unit and end-to-end tests"
 	@echo "make chat NAME=alice PORT=50051 ROOM=room1   an interactive client against a running 'make run'"
 
+# $(call install_venv,DIR,REQUIREMENTS,WHAT): a pinned Python environment.
+define install_venv
+	@echo "==> installing $(3) into $(1) (first run only)"
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --no-input -r $(2)
+	touch $(1)/.installed
+endef
+
 $(MOTO_VENV)/.installed: $(MOTO_REQ)
-	@echo "==> installing the emulator's pinned Python environment into $(MOTO_VENV) (first run only)"
-	rm -rf $(MOTO_VENV)
-	$(PYTHON) -m venv $(MOTO_VENV)
-	$(MOTO_VENV)/bin/python -m pip install --quiet --no-input -r $(MOTO_REQ)
-	touch $@
+	$(call install_venv,$(MOTO_VENV),$(MOTO_REQ),the pinned emulator environment)
 
 $(GRPC_VENV)/.installed: $(GRPC_REQ)
-	@echo "==> installing the generic Python gRPC client's environment into $(GRPC_VENV) (first run only)"
-	rm -rf $(GRPC_VENV)
-	$(PYTHON) -m venv $(GRPC_VENV)
-	$(GRPC_VENV)/bin/python -m pip install --quiet --no-input -r $(GRPC_REQ)
-	touch $@
+	$(call install_venv,$(GRPC_VENV),$(GRPC_REQ),the generic Python gRPC client environment)
 
 venv: $(MOTO_VENV)/.installed $(GRPC_VENV)/.installed
 
