@@ -63,9 +63,6 @@ pub struct Summary {
     pub sent_at_ms: i64,
 }
 
-/// Characters of the last message kept on the conversation item.
-const PREVIEW_CHARS: usize = 120;
-
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
@@ -122,7 +119,7 @@ pub fn plan(event: &SqsEvent) -> Plan {
                         seq: m.seq,
                         message_id: m.message_id.clone(),
                         sender: m.sender.clone(),
-                        preview: m.body.chars().take(PREVIEW_CHARS).collect(),
+                        preview: chat_proto::envelope::preview(&m.body),
                         sent_at_ms: envelope.at_ms,
                     },
                 );
@@ -318,7 +315,7 @@ mod tests {
         assert_eq!(plan.failed[0].0, "2");
         assert_eq!(plan.ignored, 1);
         assert_eq!(plan.summaries["r"].seq, 3, "the newest, not the last in the batch");
-        assert_eq!(plan.summaries["q"].preview.chars().count(), PREVIEW_CHARS);
+        assert_eq!(plan.summaries["q"].preview.chars().count(), chat_proto::envelope::PREVIEW_CHARS);
     }
 
     #[test]

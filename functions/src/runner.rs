@@ -8,7 +8,7 @@
 //! them to its DLQ after `maxReceiveCount`); the rest are deleted. A handler
 //! error fails the whole batch, as on Lambda.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -241,18 +241,6 @@ async fn poll<H, Fut, E>(
     }
 }
 
-/// Counts records by their receive count, for logs and tests.
-pub fn receive_counts(event: &SqsEvent) -> HashMap<String, u32> {
-    event
-        .records
-        .iter()
-        .filter_map(|r| {
-            let count = r.attributes.get("ApproximateReceiveCount")?.parse().ok()?;
-            Some((r.message_id.clone()?, count))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,7 +272,6 @@ mod tests {
         assert_eq!(first["eventSourceARN"], "arn:aws:sqs:us-east-1:1:q");
         assert_eq!(first["attributes"]["ApproximateReceiveCount"], "2");
         assert_eq!(first["messageAttributes"]["kind"]["stringValue"], "message");
-        assert_eq!(receive_counts(&event)["b"], 2);
     }
 
     #[test]

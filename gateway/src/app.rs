@@ -171,14 +171,11 @@ impl App {
             self.hub.subscribe(conversation_id, outbox.clone());
         }
         let result = self.join_subscribed(conversation_id, outbox).await;
-        if result.is_err() && !already_subscribed {
-            self.hub.unsubscribe(conversation_id, &outbox.session_id);
-            let key = self.presence_key(conversation_id, outbox);
-            if self.presence_set().remove(&key)
-                && let Err(e) = self.store.presence_offline(&key, crate::clock::now_ms()).await
-            {
-                tracing::warn!(conversation_id, error = %e, "presence left behind by a failed join expires with its lease");
-            }
+        if result.is_err()
+            && !already_subscribed
+            && let Err(e) = self.unsubscribe(conversation_id, outbox).await
+        {
+            tracing::warn!(conversation_id, error = %e, "presence left behind by a failed join expires with its lease");
         }
         result
     }

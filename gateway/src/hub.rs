@@ -126,10 +126,6 @@ impl Hub {
         self.state().conversations.contains_key(conversation_id)
     }
 
-    pub fn conversation_count(&self) -> usize {
-        self.state().conversations.len()
-    }
-
     /// Delivers one bus event to the local members of its conversation.
     pub fn dispatch(&self, envelope: Envelope, now: Instant) {
         self.counters.dispatched.fetch_add(1, Ordering::Relaxed);
@@ -228,19 +224,6 @@ impl Hub {
         for session_id in gone {
             conversation.members.remove(&session_id);
         }
-    }
-
-    /// Every stream on this gateway, for shutdown.
-    pub fn outboxes(&self) -> Vec<Arc<Outbox>> {
-        let state = self.state();
-        let mut seen = HashSet::new();
-        state
-            .conversations
-            .values()
-            .flat_map(|c| c.members.values())
-            .filter(|o| seen.insert(o.session_id.clone()))
-            .cloned()
-            .collect()
     }
 }
 

@@ -174,11 +174,6 @@ impl Outbox {
         Ok(())
     }
 
-    /// The last message seq given to this stream in a conversation.
-    pub fn last_seq(&self, conversation_id: &str) -> Option<u64> {
-        self.state().last_seq.get(conversation_id).copied()
-    }
-
     /// Ends the stream after what is buffered; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         let mut state = self.state();

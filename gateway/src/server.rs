@@ -116,11 +116,7 @@ struct AwsParts {
     sqs: aws_sdk_sqs::Client,
 }
 
-async fn aws_backend(
-    config: &Config,
-    gateway_id: &str,
-    hub: &Arc<Hub>,
-) -> Result<(Arc<dyn Store>, Arc<dyn Bus>, AwsParts), RunError> {
+async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Arc<dyn Store>, Arc<dyn Bus>, AwsParts), RunError> {
     let topic_arn = config
         .topic_arn
         .clone()
@@ -157,13 +153,12 @@ async fn aws_backend(
     let queue_name = format!("{}{}", config.queue_prefix, gateway_id);
     let queue = GatewayQueue::create(sqs.clone(), sns.clone(), &topic_arn, &queue_name, gateway_id).await?;
     tracing::info!(queue_url = queue.queue_url, subscription_arn = queue.subscription_arn, "gateway queue subscribed");
-    let _ = hub;
     let publisher = SnsPublisher::new(sns, topic_arn);
     Ok((Arc::new(store), Arc::new(publisher), AwsParts { queue, sqs }))
 }
 
 /// Runs a gateway on `listener` until `shutdown` is cancelled, then stops in
-/// order. `ready` is called with the instance id once clients can connect.
+/// order.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
     let gateway_id = instance_id(&config)?;
     let secret = load_secret(&config)?;
@@ -173,7 +168,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let bus_kind = config.effective_bus();
     let (store, bus, aws): (Arc<dyn Store>, Arc<dyn Bus>, Option<AwsParts>) = match bus_kind {
         BusKind::SnsSqs => {
-            let (store, bus, parts) = aws_backend(&config, &gateway_id, &hub).await?;
+            let (store, bus, parts) = aws_backend(&config, &gateway_id).await?;
             (store, bus, Some(parts))
         }
         _ => (Arc::new(MemoryStore::new()), Arc::new(MemoryBus::new(hub.clone())), None),
@@ -217,16 +212,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChatServiceServer<ChatApi>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| RunError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| RunError::Reflection(e.to_string()))?;
+    // Both reflection versions: grpcurl and older clients still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| RunError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| RunError::Reflection(e.to_string()))?;
 
     let sessions = TaskTracker::new();
     let chat = ChatServiceServer::new(ChatApi::new(app.clone(), sessions.clone()))
@@ -292,6 +285,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         deliveries = c.deliveries.load(std::sync::atomic::Ordering::Relaxed),
         duplicates = c.duplicates.load(std::sync::atomic::Ordering::Relaxed),
         late = c.late.load(std::sync::atomic::Ordering::Relaxed),
+        stale = c.stale.load(std::sync::atomic::Ordering::Relaxed),
         slow_consumers = c.slow_consumers.load(std::sync::atomic::Ordering::Relaxed),
         "gateway stopped"
     );

@@ -12,6 +12,15 @@ use serde::{Deserialize, Serialize};
 /// The version written by this code and the only one it reads.
 pub const ENVELOPE_VERSION: u32 = 1;
 
+/// Characters of a message body kept as its conversation's "last message"
+/// preview: written by `persist`, mirrored by the gateway's memory store.
+pub const PREVIEW_CHARS: usize = 120;
+
+/// The preview of a message body.
+pub fn preview(body: &str) -> String {
+    body.chars().take(PREVIEW_CHARS).collect()
+}
+
 /// Message attribute names set on every published event.
 pub mod attr {
     pub const KIND: &str = "kind";

@@ -1,16 +1,18 @@
 //! A set of gateway processes (and the emulator they use) owned by one test.
 //! Everything is killed on drop; a failing test shows the processes' logs.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chat_proto::pb::EchoRequest;
+use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::echo_service_client::EchoServiceClient;
+use chat_proto::pb::{EchoRequest, SendMessageRequest, SendMessageResponse};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::client::TestClient;
+use crate::client::{TestClient, with_token};
 use crate::emulator::Emulator;
 use crate::{free_port, unique, workspace_bin};
 
@@ -236,6 +238,37 @@ impl Cluster {
                 _ => return Ok(seqs),
             }
         }
+    }
+
+    /// Waits until every seq of `expected` is stored (or the deadline
+    /// passes) and returns what is stored, for the checker to judge.
+    pub async fn wait_stored(&self, conversation: &str, expected: &BTreeSet<u64>) -> anyhow::Result<Vec<u64>> {
+        let deadline = Instant::now() + crate::DEADLINE;
+        loop {
+            let seqs = self.stored_seqs(conversation).await?;
+            if expected.iter().all(|s| seqs.contains(s)) || Instant::now() > deadline {
+                return Ok(seqs);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One unary `SendMessage` as `user` on gateway `index`.
+    pub async fn send_unary(
+        &self,
+        index: usize,
+        user: &str,
+        conversation: &str,
+        client_message_id: &str,
+        body: &str,
+    ) -> anyhow::Result<Result<SendMessageResponse, tonic::Status>> {
+        let request = SendMessageRequest {
+            conversation_id: conversation.into(),
+            client_message_id: client_message_id.into(),
+            body: body.into(),
+        };
+        let mut client = ChatServiceClient::new(self.channel(index).await?);
+        Ok(client.send_message(with_token(request, &self.token(user)?)?).await.map(tonic::Response::into_inner))
     }
 
     /// Where runner `index` logs.

@@ -190,18 +190,7 @@ pub async fn idempotent_send(cluster: &Cluster) -> anyhow::Result<()> {
     // original, one the duplicate.
     ensure!(acks[0].duplicate != acks[1].duplicate, "duplicate flags wrong: {acks:?}");
 
-    let mut unary = ChatServiceClient::new(cluster.channel(1).await?);
-    let reply = unary
-        .send_message(with_token(
-            SendMessageRequest {
-                conversation_id: room.clone(),
-                client_message_id: "same-id".into(),
-                body: "only once".into(),
-            },
-            &cluster.token("alice")?,
-        )?)
-        .await?
-        .into_inner();
+    let reply = cluster.send_unary(1, "alice", &room, "same-id", "only once").await??;
     ensure!(
         reply.message_id == acks[0].message_id && reply.seq == acks[0].seq && reply.duplicate,
         "unary retry: {reply:?}"
@@ -292,23 +281,9 @@ pub async fn bad_input_gets_precise_statuses(cluster: &Cluster) -> anyhow::Resul
     accepted(&mut alice, 1).await?;
 
     // Unary: membership and validation.
-    let mut unary = ChatServiceClient::new(cluster.channel(1).await?);
-    let token = cluster.token("mallory")?;
-    let denied = unary
-        .send_message(with_token(
-            SendMessageRequest {
-                conversation_id: room.clone(),
-                client_message_id: String::new(),
-                body: "let me in".into(),
-            },
-            &token,
-        )?)
-        .await;
+    let denied = cluster.send_unary(1, "mallory", &room, "", "let me in").await?;
     ensure!(denied.as_ref().err().map(|s| s.code()) == Some(Code::PermissionDenied), "non-member: {denied:?}");
-    let token = cluster.token("alice")?;
-    let empty = unary
-        .send_message(with_token(SendMessageRequest { conversation_id: room.clone(), ..Default::default() }, &token)?)
-        .await;
+    let empty = cluster.send_unary(1, "alice", &room, "", "").await?;
     ensure!(empty.as_ref().err().map(|s| s.code()) == Some(Code::InvalidArgument), "empty body: {empty:?}");
 
     // A frame over the gRPC size limit ends that stream with a status, and
@@ -368,13 +343,7 @@ pub async fn flood_is_rate_limited(cluster: &Cluster) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     ensure!(msg.contains("rate limit"), "message does not say why: {msg}");
-    let mut unary = ChatServiceClient::new(cluster.channel(0).await?);
-    let reply = unary
-        .send_message(with_token(
-            SendMessageRequest { conversation_id: room.clone(), client_message_id: String::new(), body: "more".into() },
-            &cluster.token("alice")?,
-        )?)
-        .await;
+    let reply = cluster.send_unary(0, "alice", &room, "", "more").await?;
     ensure!(reply.as_ref().err().map(|s| s.code()) == Some(Code::ResourceExhausted), "unary flood: {reply:?}");
     Ok(())
 }

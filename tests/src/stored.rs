@@ -114,17 +114,7 @@ pub async fn history_paging_and_authorisation(cluster: &Cluster) -> anyhow::Resu
 
     // A retried send (same client_message_id, other gateway, unary) returns
     // the first identity and adds nothing to history.
-    let retry = ChatServiceClient::new(cluster.channel(1).await?)
-        .send_message(with_token(
-            chat_proto::pb::SendMessageRequest {
-                conversation_id: room.clone(),
-                client_message_id: "h-5".into(),
-                body: "history 5".into(),
-            },
-            &cluster.token("alice")?,
-        )?)
-        .await?
-        .into_inner();
+    let retry = cluster.send_unary(1, "alice", &room, "h-5", "history 5").await??;
     ensure!(retry.duplicate && retry.seq == 5 && retry.message_id == acks[4].message_id, "{retry:?}");
     let (all, _) = reader.seqs(req(Direction::Forward, 200, 0, "")).await?;
     ensure!(all == (1..=25).collect::<Vec<_>>(), "history after a retried send {all:?}");

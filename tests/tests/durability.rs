@@ -10,23 +10,12 @@ use anyhow::ensure;
 use chat_e2e::checker::{self, Received};
 use chat_e2e::client::TestClient;
 use chat_e2e::cluster::Cluster;
-use chat_e2e::{DEADLINE, scenarios, stored, unique};
+use chat_e2e::{scenarios, stored, unique};
 
 async fn aws_with_persist(gateways: usize) -> anyhow::Result<Cluster> {
     let mut cluster = Cluster::aws(gateways).await?;
     cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?;
     Ok(cluster)
-}
-
-async fn wait_all_stored(cluster: &Cluster, conversation: &str, accepted: &BTreeSet<u64>) -> anyhow::Result<Vec<u64>> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let seqs = cluster.stored_seqs(conversation).await?;
-        if accepted.iter().all(|s| seqs.contains(s)) || Instant::now() > deadline {
-            return Ok(seqs);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Sends `count` messages and returns the client with the accepted seqs.
@@ -69,7 +58,7 @@ async fn thousand_messages_from_several_users_on_two_gateways() -> anyhow::Resul
     for listener in &mut listeners {
         scenarios::messages(listener, &room, 1000).await?;
     }
-    let stored = wait_all_stored(&cluster, &room, &accepted).await?;
+    let stored = cluster.wait_stored(&room, &accepted).await?;
     let received: Vec<(Received, u64)> =
         listeners.iter().map(|l| (Received { member: l.user.clone(), seqs: seqs(l, &room) }, 0)).collect();
     let report = checker::check(&accepted, Some(&stored), &received);
@@ -113,7 +102,7 @@ async fn gateway_killed_mid_stream_clients_resume_on_the_other() -> anyhow::Resu
                 .then_some(())
         })
         .await?;
-    let stored = wait_all_stored(&cluster, &room, &accepted).await?;
+    let stored = cluster.wait_stored(&room, &accepted).await?;
     let mut bob_all = before;
     bob_all.extend(seqs(&bob2, &room));
     let report = checker::check(
@@ -150,7 +139,7 @@ async fn persist_stopped_and_restarted_drains_its_backlog() -> anyhow::Result<()
         alice.send(&room, &format!("a-{i}"), "while running").await?;
     }
     accepted.extend(scenarios::accepted(&mut alice, 40).await?.into_iter().map(|a| a.seq));
-    wait_all_stored(&cluster, &room, &accepted).await?;
+    cluster.wait_stored(&room, &accepted).await?;
     cluster.kill_runner(runner);
     for i in 0..60 {
         alice.send(&room, &format!("b-{i}"), "while stopped").await?;
@@ -159,7 +148,7 @@ async fn persist_stopped_and_restarted_drains_its_backlog() -> anyhow::Result<()
     let meanwhile = cluster.stored_seqs(&room).await?;
     ensure!(meanwhile.len() == 40, "stored {} while persist was stopped", meanwhile.len());
     cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?;
-    let stored = wait_all_stored(&cluster, &room, &accepted).await?;
+    let stored = cluster.wait_stored(&room, &accepted).await?;
     let report = checker::check(&accepted, Some(&stored), &[]);
     ensure!(report.is_clean() && stored.len() == 100, "{report:?}");
     Ok(())

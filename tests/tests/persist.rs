@@ -4,7 +4,7 @@
 //! while its batch-mates are persisted.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -14,17 +14,11 @@ use chat_e2e::{DEADLINE, scenarios, unique};
 /// Short visibility and two receives, so redrive happens within a test.
 const FAST_REDRIVE: &[&str] = &["PersistVisibilityTimeoutSeconds=2", "PersistMaxReceiveCount=2"];
 
-/// Polls until `conversation` has exactly `expected` persisted.
+/// Waits until `conversation` has `expected` persisted, and exactly that.
 async fn wait_persisted(cluster: &Cluster, conversation: &str, expected: &BTreeSet<u64>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let seqs: BTreeSet<u64> = cluster.stored_seqs(conversation).await?.into_iter().collect();
-        if &seqs == expected {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "persisted {seqs:?}, expected {expected:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seqs: BTreeSet<u64> = cluster.wait_stored(conversation, expected).await?.into_iter().collect();
+    ensure!(&seqs == expected, "persisted {seqs:?}, expected {expected:?}");
+    Ok(())
 }
 
 #[tokio::test]

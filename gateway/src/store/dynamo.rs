@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Select};
 use futures::StreamExt;
 
@@ -296,6 +297,38 @@ fn get_n<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &st
         .ok_or_else(|| StoreError::Corrupt(format!("attribute {name} missing or not a number")))
 }
 
+/// A numeric attribute, 0 when absent (a marker never set).
+fn number_or_zero(item: &HashMap<String, AttributeValue>, name: &str) -> u64 {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Runs a query across pages until `limit` items are read (all of them when
+/// `None`).
+async fn query_items(
+    request: QueryFluentBuilder,
+    limit: Option<usize>,
+    what: &str,
+) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let mut page = request.clone().set_exclusive_start_key(start.take());
+        if let Some(limit) = limit {
+            if items.len() >= limit {
+                break;
+            }
+            page = page.limit(i32::try_from(limit - items.len()).unwrap_or(i32::MAX));
+        }
+        let out = page.send().await.map_err(|e| unavailable(what, e))?;
+        items.extend(out.items.unwrap_or_default());
+        match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => break,
+        }
+    }
+    Ok(items)
+}
+
 fn unavailable<E, R>(what: &str, err: SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::fmt::Debug,
@@ -437,31 +470,21 @@ impl Store for DynamoStore {
     }
 
     async fn online_users(&self, conversation_id: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
-        let mut users = BTreeSet::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.tables.presence)
-                .key_condition_expression("conversation_id = :c")
-                .filter_expression("expires_at_ms > :now")
-                .expression_attribute_values(":c", s(conversation_id))
-                .expression_attribute_values(":now", n(now_ms))
-                .projection_expression("user_id")
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("querying presence", e))?;
-            for item in out.items() {
-                users.insert(get_s(item, "user_id")?);
-            }
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => break,
-            }
-        }
+        let request = self
+            .client
+            .query()
+            .table_name(&self.tables.presence)
+            .key_condition_expression("conversation_id = :c")
+            .filter_expression("expires_at_ms > :now")
+            .expression_attribute_values(":c", s(conversation_id))
+            .expression_attribute_values(":now", n(now_ms))
+            .projection_expression("user_id")
+            .consistent_read(true);
+        let users = query_items(request, None, "querying presence")
+            .await?
+            .iter()
+            .map(|item| get_s(item, "user_id"))
+            .collect::<Result<BTreeSet<_>, _>>()?;
         Ok(users.into_iter().collect())
     }
 
@@ -482,25 +505,7 @@ impl Store for DynamoStore {
                 .key_condition_expression("conversation_id = :c AND seq < :s")
                 .expression_attribute_values(":s", AttributeValue::N(from.to_string())),
         };
-        let mut out = Vec::new();
-        let mut start = None;
-        while out.len() < query.limit {
-            let page = request
-                .clone()
-                .limit(i32::try_from(query.limit - out.len()).unwrap_or(i32::MAX))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("reading history", e))?;
-            for item in page.items() {
-                out.push(stored_message(item)?);
-            }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => break,
-            }
-        }
-        Ok(out)
+        query_items(request, Some(query.limit), "reading history").await?.iter().map(stored_message).collect()
     }
 
     async fn get_message(&self, conversation_id: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
@@ -542,25 +547,11 @@ impl Store for DynamoStore {
                 .expression_attribute_values(":after", s(after));
         }
         // One more than asked tells whether another page follows.
-        let mut members = Vec::new();
-        let mut start = None;
-        while members.len() <= limit {
-            let page = request
-                .clone()
-                .limit(i32::try_from(limit + 1 - members.len()).unwrap_or(i32::MAX))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("listing conversations", e))?;
-            for item in page.items() {
-                let read = item.get("last_read_seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
-                members.push((get_s(item, "conversation_id")?, read.unwrap_or(0)));
-            }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => break,
-            }
-        }
+        let mut members = query_items(request, Some(limit + 1), "listing conversations")
+            .await?
+            .iter()
+            .map(|item| Ok((get_s(item, "conversation_id")?, number_or_zero(item, "last_read_seq"))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let more = members.len() > limit;
         members.truncate(limit);
         let ids: Vec<String> = members.iter().map(|(c, _)| c.clone()).collect();
@@ -595,7 +586,7 @@ impl Store for DynamoStore {
             Err(e) if is_condition_failure(&e) => {
                 // Not a member, or the marker is already at or past `seq`.
                 let item = self.member_item(conversation_id, user_id).await?.ok_or(StoreError::NotMember)?;
-                Ok(item.get("last_read_seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0))
+                Ok(number_or_zero(&item, "last_read_seq"))
             }
             Err(e) => Err(unavailable("moving a read marker", e)),
         }

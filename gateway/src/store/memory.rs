@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Accepted, ConversationInfo, Direction, HistoryQuery, Joined, PREVIEW_CHARS, PresenceKey, SendRequest, Store,
-    StoreError, StoredMessage, body_digest, idempotency_key,
+    Accepted, ConversationInfo, Direction, HistoryQuery, Joined, PresenceKey, SendRequest, Store, StoreError,
+    StoredMessage, body_digest, idempotency_key,
 };
 
 #[derive(Debug, Default)]
@@ -186,7 +186,7 @@ impl Store for MemoryStore {
                     .messages
                     .get(c)
                     .and_then(|log| log.values().next_back())
-                    .map(|m| StoredMessage { body: m.body.chars().take(PREVIEW_CHARS).collect(), ..m.clone() }),
+                    .map(|m| StoredMessage { body: chat_proto::envelope::preview(&m.body), ..m.clone() }),
                 last_read_seq: read,
             })
             .collect();

@@ -70,9 +70,6 @@ impl ConversationInfo {
     }
 }
 
-/// Characters of the last message kept as a conversation's preview.
-pub const PREVIEW_CHARS: usize = 120;
-
 /// The identity and position a send was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
