@@ -4,7 +4,10 @@
 # 1. an AWS emulator: the one AWS_ENDPOINT_URL names (e.g. LocalStack from
 #    localstack/compose.yaml), or else moto server on 127.0.0.1:$EMULATOR_PORT;
 # 2. provisioning of template.yaml's resources on it (localstack/provision.py);
-# 3. the functions behind local event source mappings (local-runner);
+# 3. the functions behind local event source mappings (local-runner): persist,
+#    fallback and one connector per channel; the webhook behind a local
+#    function URL; the channel simulator standing in for WhatsApp, Instagram
+#    and Telegram;
 # 4. two gateways on the sns-sqs bus, on $GATEWAY_A_PORT and $GATEWAY_B_PORT.
 # Ctrl-C stops the gateways gracefully (their queues are deleted), then the
 # emulator. Logs are under .run/.
@@ -18,6 +21,8 @@ RUN_DIR="$ROOT/.run"
 EMULATOR_PORT="${EMULATOR_PORT:-4566}"
 GATEWAY_A_PORT="${GATEWAY_A_PORT:-50051}"
 GATEWAY_B_PORT="${GATEWAY_B_PORT:-50052}"
+WEBHOOK_PORT="${WEBHOOK_PORT:-8091}"
+SIMULATOR_PORT="${SIMULATOR_PORT:-8090}"
 STACK="${CHAT_STACK_NAME:-chat}"
 mkdir -p "$RUN_DIR"
 
@@ -78,10 +83,29 @@ while IFS='=' read -r key value; do
     [[ -n "$key" ]] && export "$key=$value"
 done <<<"$outputs"
 
-echo "==> starting function persist behind its local event source mapping (log: .run/persist.log)"
-CHAT_QUEUE_URL="$CHAT_PERSIST_QUEUE_URL" "$BIN/local-runner" --function persist >"$RUN_DIR/persist.log" 2>&1 &
+start_function() { # name queue-url [args...]
+    local name="$1" queue="$2"
+    shift 2
+    echo "==> starting function $name (log: .run/$name.log)"
+    CHAT_QUEUE_URL="$queue" "$BIN/local-runner" "$@" >"$RUN_DIR/$name.log" 2>&1 &
+    pids+=($!)
+    names[$!]="function $name"
+}
+start_function persist "$CHAT_PERSIST_QUEUE_URL" persist
+start_function fallback "$CHAT_FALLBACK_QUEUE_URL" fallback
+# The external channels: a local simulator of their APIs, the webhook it
+# calls back (a local function URL), and one connector per channel.
+export CHAT_WEBHOOK_LISTEN="127.0.0.1:$WEBHOOK_PORT"
+start_function webhook "" webhook
+echo "==> starting the channel simulator on 127.0.0.1:$SIMULATOR_PORT (log: .run/channel-sim.log)"
+CHAT_SIM_LISTEN="127.0.0.1:$SIMULATOR_PORT" CHAT_SIM_WEBHOOK_URL="http://127.0.0.1:$WEBHOOK_PORT" \
+    "$BIN/channel-sim" >"$RUN_DIR/channel-sim.log" 2>&1 &
 pids+=($!)
-names[$!]="function persist"
+names[$!]="channel simulator"
+for api in WHATSAPP INSTAGRAM TELEGRAM; do export "CHAT_${api}_API_URL=http://127.0.0.1:$SIMULATOR_PORT"; done
+start_function connector-whatsapp "$CHAT_CONNECTOR_WHATSAPP_QUEUE_URL" connector --channel whatsapp
+start_function connector-instagram "$CHAT_CONNECTOR_INSTAGRAM_QUEUE_URL" connector --channel instagram
+start_function connector-telegram "$CHAT_CONNECTOR_TELEGRAM_QUEUE_URL" connector --channel telegram
 
 export CHAT_JWT_SECRET_FILE="$RUN_DIR/jwt-secret"
 export CHAT_BUS=sns-sqs

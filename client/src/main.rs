@@ -5,6 +5,8 @@
 //!   terminal chat (lines are messages; `/help` lists commands);
 //! - `chat send ...` sends one message (scripts);
 //! - `chat history` and `chat conversations` read what is stored;
+//! - `chat add-member`, `chat link`, `chat status` and `chat read` manage
+//!   external members, offline fallback and receipts;
 //! - `chat echo` checks connectivity.
 
 mod connect;
@@ -16,7 +18,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::echo_service_client::EchoServiceClient;
-use chat_proto::pb::{EchoRequest, GetHistoryRequest, ListConversationsRequest, SendMessageRequest};
+use chat_proto::pb::{
+    AddMemberRequest, EchoRequest, GetHistoryRequest, GetMessageStatusRequest, LinkChannelRequest,
+    ListConversationsRequest, MarkReadRequest, MessageStatus, SendMessageRequest,
+};
 use clap::{Args, Parser, Subcommand};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -76,6 +81,42 @@ enum Command {
     Conversations {
         #[command(flatten)]
         conn: ConnArgs,
+    },
+    /// Add a member to a conversation you are in: a user, or an external
+    /// identity such as whatsapp:+5511999990000 or telegram:123456.
+    AddMember {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, short = 'c')]
+        conversation: String,
+        #[arg(long)]
+        member: String,
+    },
+    /// Link your account to an external identity for offline fallback
+    /// (empty to unlink).
+    Link {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, default_value = "")]
+        external_id: String,
+    },
+    /// Where one of your messages stands with each recipient.
+    Status {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, short = 'c')]
+        conversation: String,
+        #[arg(long)]
+        message_id: String,
+    },
+    /// Mark a conversation read up to a seq (a READ receipt for the others).
+    Read {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, short = 'c')]
+        conversation: String,
+        #[arg(long)]
+        seq: u64,
     },
     /// Connectivity check (no authentication).
     Echo {
@@ -165,6 +206,11 @@ pub(crate) fn authed(channel: Channel, bearer: MetadataValue<tonic::metadata::As
     ChatServiceClient::with_interceptor(channel, attach)
 }
 
+/// A failed call as an error that says its code.
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run(Cli::parse()).await {
@@ -192,7 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let reply = client
                 .send_message(SendMessageRequest { conversation_id: conversation, client_message_id, body })
                 .await
-                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                .map_err(rpc_error)?
                 .into_inner();
             println!(
                 "{} seq={} message_id={}{}",
@@ -216,7 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ..Default::default()
                     })
                     .await
-                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                    .map_err(rpc_error)?
                     .into_inner();
                 messages.extend(page.messages);
                 if page.next_cursor.is_empty() {
@@ -236,7 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let page = client
                     .list_conversations(ListConversationsRequest { page_size: 100, cursor })
                     .await
-                    .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+                    .map_err(rpc_error)?
                     .into_inner();
                 for c in &page.conversations {
                     let last = c
@@ -251,6 +297,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 cursor = page.next_cursor;
             }
+        }
+        Command::AddMember { conn, conversation, member } => {
+            let (_, bearer) = conn.bearer()?;
+            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let added = client
+                .add_member(AddMemberRequest { conversation_id: conversation.clone(), member_id: member.clone() })
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .added;
+            println!("{member} {} {conversation}", if added { "added to" } else { "was already in" });
+        }
+        Command::Link { conn, external_id } => {
+            let (user, bearer) = conn.bearer()?;
+            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            client.link_channel(LinkChannelRequest { external_id: external_id.clone() }).await.map_err(rpc_error)?;
+            if external_id.is_empty() {
+                println!("{user}: no fallback channel");
+            } else {
+                println!("{user}: messages you do not acknowledge in time go to {external_id}");
+            }
+        }
+        Command::Status { conn, conversation, message_id } => {
+            let (_, bearer) = conn.bearer()?;
+            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let status = client
+                .get_message_status(GetMessageStatusRequest { conversation_id: conversation, message_id })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("#{} by {}:", status.seq, status.sender);
+            for r in status.recipients {
+                let name = MessageStatus::try_from(r.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+                let reason = if r.reason.is_empty() { String::new() } else { format!(" — {}", r.reason) };
+                println!("  {:<28} {name}{reason}", r.user_id);
+            }
+        }
+        Command::Read { conn, conversation, seq } => {
+            let (_, bearer) = conn.bearer()?;
+            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let marker = client
+                .mark_read(MarkReadRequest { conversation_id: conversation.clone(), seq })
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .last_read_seq;
+            println!("{conversation}: read up to #{marker}");
         }
         Command::Connect { conn, conversations } => {
             let (user, bearer) = conn.bearer()?;

@@ -1,6 +1,6 @@
 //! How server events look in the terminal.
 
-use chat_proto::pb::server_event::Event;
+use chat_proto::pb::{self, server_event::Event};
 
 /// One line for an event, or nothing for events not worth a line.
 pub(crate) fn render(event: &Event, me: &str) -> Option<String> {
@@ -21,6 +21,22 @@ pub(crate) fn render(event: &Event, me: &str) -> Option<String> {
         Event::Typing(t) if t.typing => format!("* {} is typing in {}…", t.user_id, t.conversation_id),
         Event::Typing(_) => return None,
         Event::SendAccepted(_) => return None,
+        Event::Receipt(r) if r.user_id == me => return None,
+        Event::Receipt(r) => {
+            let via = if r.via.is_empty() { String::new() } else { format!(" (via {})", r.via) };
+            match pb::MessageStatus::try_from(r.status) {
+                Ok(pb::MessageStatus::Delivered) => {
+                    format!("✓ {} received {} up to #{}{via}", r.user_id, r.conversation_id, r.up_to_seq)
+                }
+                Ok(pb::MessageStatus::Read) => {
+                    format!("✓✓ {} read {} up to #{}{via}", r.user_id, r.conversation_id, r.up_to_seq)
+                }
+                Ok(pb::MessageStatus::Failed) => {
+                    format!("! {} did not get {} #{}{via}: {}", r.user_id, r.conversation_id, r.up_to_seq, r.reason)
+                }
+                _ => return None,
+            }
+        }
         Event::Error(e) => format!(
             "! {} ({}){}",
             e.message,
@@ -38,7 +54,6 @@ pub(crate) fn render(event: &Event, me: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_proto::pb;
 
     #[test]
     fn renders_messages_and_hides_own_presence() {

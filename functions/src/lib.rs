@@ -3,5 +3,8 @@
 //! them in `lambda_runtime` (on AWS) or in [`runner`], the local stand-in for
 //! Lambda's SQS event source mapping.
 
+pub mod connector;
+pub mod fallback;
 pub mod persist;
 pub mod runner;
+pub mod webhook;

@@ -1,8 +1,10 @@
-//! Function `persist`: writes the messages of a batch of bus events to
-//! DynamoDB.
+//! Function `persist`: writes the messages and receipts of a batch of bus
+//! events to DynamoDB.
 //!
 //! Triggered by the persist queue (raw delivery from the topic, filtered to
-//! messages). Message items are keyed by (`conversation_id`, `seq`), which
+//! messages and receipts). Receipts go through the store's
+//! `record_receipt` (a conditional watermark move and its logged step in one
+//! transaction), so redelivered or reordered receipts change nothing. Message items are keyed by (`conversation_id`, `seq`), which
 //! the gateway made unique, so a redelivered record rewrites the identical
 //! item: a duplicate is a success, never a second message. Items go out in
 //! `BatchWriteItem` calls of 25; the conversation's summary (last message)
@@ -18,25 +20,35 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
-use chat_proto::envelope::{Envelope, Event};
+use chat_proto::envelope::{Envelope, Event, ReceiptEvent};
+use futures::StreamExt;
+use gateway::store::Store;
+use gateway::store::dynamo::{DynamoStore, Tables};
 
 /// `BatchWriteItem` takes at most 25 requests.
 pub const WRITE_BATCH_MAX: usize = 25;
 /// Attempts at writing items DynamoDB returned as unprocessed.
 const UNPROCESSED_ATTEMPTS: u32 = 5;
 
-#[derive(Debug, Clone)]
-pub struct Tables {
-    pub messages: String,
-    pub conversations: String,
-}
+/// Receipts recorded at once.
+const RECEIPTS_IN_FLIGHT: usize = 16;
 
 /// What `persist` needs: built once per process, shared by invocations.
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub dynamo: Client,
     pub tables: Tables,
+    pub store: DynamoStore,
 }
+
+impl Clients {
+    pub fn new(dynamo: Client, tables: Tables) -> Self {
+        Self { store: DynamoStore::new(dynamo.clone(), tables.clone()), dynamo, tables }
+    }
+}
+
+/// A receipt to record: (record id, conversation, receipt, time).
+pub type PlannedReceipt = (String, String, ReceiptEvent, i64);
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -49,6 +61,7 @@ pub struct Plan {
     pub failed: Vec<(String, String)>,
     /// Per conversation: the newest message of the batch.
     pub summaries: BTreeMap<String, Summary>,
+    pub receipts: Vec<PlannedReceipt>,
     /// Records acknowledged without a write (events persist does not keep).
     pub ignored: usize,
 }
@@ -105,6 +118,10 @@ pub fn plan(event: &SqsEvent) -> Plan {
                 continue;
             }
         };
+        if let Event::Receipt(receipt) = envelope.event {
+            plan.receipts.push((id, envelope.conversation_id, receipt, envelope.at_ms));
+            continue;
+        }
         let Some(item) = message_item(&envelope) else {
             plan.ignored += 1;
             continue;
@@ -249,9 +266,37 @@ pub async fn handle(clients: &Clients, event: SqsEvent) -> SqsBatchResponse {
             failed.push(summary.record_id.clone());
         }
     }
+    // One member's receipts in the order they happened (a watermark takes
+    // the first step covering a seq, so an earlier receipt recorded after a
+    // later one would lose its time); members in parallel.
+    let mut by_member: BTreeMap<(&str, &str), Vec<&PlannedReceipt>> = BTreeMap::new();
+    for planned in &plan.receipts {
+        by_member.entry((planned.1.as_str(), planned.2.user_id.as_str())).or_default().push(planned);
+    }
+    let receipts: Vec<Vec<(&String, Result<bool, gateway::store::StoreError>)>> =
+        futures::stream::iter(by_member.into_values())
+            .map(|mut receipts| async move {
+                receipts.sort_by_key(|(_, _, receipt, at_ms)| (*at_ms, receipt.up_to_seq));
+                let mut results = Vec::with_capacity(receipts.len());
+                for (id, conversation_id, receipt, at_ms) in receipts {
+                    results.push((id, clients.store.record_receipt(conversation_id, receipt, *at_ms).await));
+                }
+                results
+            })
+            .buffer_unordered(RECEIPTS_IN_FLIGHT)
+            .collect()
+            .await;
+    for (id, result) in receipts.into_iter().flatten() {
+        write_calls += 1;
+        if let Err(e) = result {
+            tracing::warn!(record_id = id, error = %e, "recording a receipt failed");
+            failed.push(id.clone());
+        }
+    }
     tracing::info!(
         records = event.records.len(),
         written = plan.items.len() - unwritten.len(),
+        receipts = plan.receipts.len(),
         failed = failed.len() + unwritten.len(),
         ignored = plan.ignored,
         write_calls,
@@ -286,6 +331,7 @@ mod tests {
                 sender: "alice".into(),
                 body: body.into(),
                 client_message_id: String::new(),
+                external_recipients: Vec::new(),
             }),
         )
         .encode()

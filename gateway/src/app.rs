@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat_proto::envelope::{Envelope, Event, MessageEvent};
+use chat_proto::envelope::{Envelope, Event, MessageEvent, ReceiptEvent, ReceiptStatus};
+use chat_proto::external::ExternalId;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,7 +16,7 @@ use crate::error::GatewayError;
 use crate::hub::Hub;
 use crate::limits::{self, Limits, RateLimiter};
 use crate::outbox::Outbox;
-use crate::store::{Accepted, PresenceKey, SendRequest, Store};
+use crate::store::{Accepted, MemberState, PresenceKey, RecipientStatus, SendRequest, Store, StoredMessage};
 
 /// How long a stream's presence lasts without a refresh; a crashed gateway's
 /// users drop out of presence after at most this.
@@ -54,6 +55,26 @@ pub struct Send<'a> {
 pub struct JoinOutcome {
     pub online: Vec<String>,
     pub last_seq: u64,
+    pub members: Vec<MemberState>,
+}
+
+/// The bus event of an accepted message; its event id is the message id, so
+/// a republished message is the same event.
+pub fn message_envelope(origin: &str, sender: &str, send: &Send<'_>, accepted: &Accepted) -> Envelope {
+    Envelope::new(
+        accepted.message_id.clone(),
+        send.conversation_id.to_owned(),
+        origin.to_owned(),
+        accepted.accepted_at_ms,
+        Event::Message(MessageEvent {
+            message_id: accepted.message_id.clone(),
+            seq: accepted.seq,
+            sender: sender.to_owned(),
+            body: send.body.to_owned(),
+            client_message_id: send.client_message_id.to_owned(),
+            external_recipients: accepted.external_recipients.clone(),
+        }),
+    )
 }
 
 fn presence_expiry(now_ms: i64) -> i64 {
@@ -127,19 +148,7 @@ impl App {
         send: &Send<'_>,
         accepted: &Accepted,
     ) -> Result<(), GatewayError> {
-        let envelope = Envelope::new(
-            accepted.message_id.clone(),
-            send.conversation_id.to_owned(),
-            self.gateway_id.clone(),
-            accepted.accepted_at_ms,
-            Event::Message(MessageEvent {
-                message_id: accepted.message_id.clone(),
-                seq: accepted.seq,
-                sender: sender.to_owned(),
-                body: send.body.to_owned(),
-                client_message_id: send.client_message_id.to_owned(),
-            }),
-        );
+        let envelope = message_envelope(&self.gateway_id, sender, send, accepted);
         self.bus.publish(std::slice::from_ref(&envelope)).await?;
         tracing::debug!(
             conversation_id = send.conversation_id,
@@ -189,6 +198,7 @@ impl App {
         self.presence_set().insert(key.clone());
         let came_online = self.store.presence_online(&key, now_ms, presence_expiry(now_ms)).await?;
         let online = self.store.online_users(conversation_id, now_ms).await?;
+        let members = self.store.members(conversation_id).await?;
         let mut events = Vec::new();
         if joined.newly_member {
             events.push(self.envelope(conversation_id, Event::MemberJoined { user_id: user.to_owned() }));
@@ -197,7 +207,7 @@ impl App {
             events.push(self.envelope(conversation_id, Event::Presence { user_id: user.to_owned(), online: true }));
         }
         self.bus.publish(&events).await?;
-        Ok(JoinOutcome { online, last_seq: joined.last_seq })
+        Ok(JoinOutcome { online, last_seq: joined.last_seq, members })
     }
 
     /// Takes a stream out of a conversation it had joined; announces the user
@@ -228,6 +238,83 @@ impl App {
             self.bus.publish(&[event]).await?;
         }
         Ok(was_member)
+    }
+
+    /// Tells the conversation that `user` has received (DELIVERED) or read
+    /// (READ) everything up to `up_to_seq`; `persist` records it.
+    pub async fn publish_receipt(
+        &self,
+        conversation_id: &str,
+        user: &str,
+        status: ReceiptStatus,
+        up_to_seq: u64,
+    ) -> Result<(), GatewayError> {
+        let receipt = ReceiptEvent {
+            user_id: user.to_owned(),
+            status,
+            up_to_seq,
+            message_id: String::new(),
+            reason: String::new(),
+            via: String::new(),
+        };
+        self.bus.publish(&[self.envelope(conversation_id, Event::Receipt(receipt))]).await?;
+        Ok(())
+    }
+
+    /// Moves the user's read marker to `seq` (recorded at once, so the
+    /// caller's next `ListConversations` sees it) and publishes the READ
+    /// receipt when the marker moved there.
+    pub async fn mark_read(&self, conversation_id: &str, user: &str, seq: u64) -> Result<u64, GatewayError> {
+        let marker = self.store.mark_read(conversation_id, user, seq, crate::clock::now_ms()).await?;
+        if marker == seq && seq > 0 {
+            self.publish_receipt(conversation_id, user, ReceiptStatus::Read, seq).await?;
+        }
+        Ok(marker)
+    }
+
+    /// Adds `member` (a user or an external identity) to a conversation the
+    /// caller is a member of; true when newly added.
+    pub async fn add_member(&self, conversation_id: &str, caller: &str, member: &str) -> Result<bool, GatewayError> {
+        limits::conversation_id(conversation_id)?;
+        limits::member_id(member)?;
+        if ExternalId::has_channel_prefix(member) {
+            ExternalId::parse(member).map_err(|e| GatewayError::InvalidArgument(format!("member_id: {e}")))?;
+        }
+        self.require_member(conversation_id, caller).await?;
+        let added = self.store.add_member(conversation_id, member, crate::clock::now_ms()).await?;
+        if added {
+            let event = self.envelope(conversation_id, Event::MemberJoined { user_id: member.to_owned() });
+            self.bus.publish(&[event]).await?;
+        }
+        Ok(added)
+    }
+
+    /// Where a stored message stands with each recipient; members only.
+    pub async fn message_status(
+        &self,
+        conversation_id: &str,
+        caller: &str,
+        message_id: &str,
+    ) -> Result<(StoredMessage, Vec<RecipientStatus>), GatewayError> {
+        limits::message_id(message_id)?;
+        self.require_member(conversation_id, caller).await?;
+        let message = self.store.get_message(conversation_id, message_id).await?.ok_or_else(|| {
+            GatewayError::NotFound(format!(
+                "no stored message {message_id} in conversation {conversation_id} (messages are stored within about a second of being sent)"
+            ))
+        })?;
+        let statuses = self.store.message_status(&message).await?;
+        Ok((message, statuses))
+    }
+
+    /// Members only: `PERMISSION_DENIED` otherwise.
+    pub async fn require_member(&self, conversation_id: &str, user: &str) -> Result<(), GatewayError> {
+        limits::conversation_id(conversation_id)?;
+        if self.store.is_member(conversation_id, user).await? {
+            Ok(())
+        } else {
+            Err(GatewayError::PermissionDenied(format!("{user} is not a member of conversation {conversation_id}")))
+        }
     }
 
     pub async fn typing(&self, conversation_id: &str, user: &str, typing: bool) -> Result<(), GatewayError> {
@@ -276,7 +363,7 @@ mod tests {
     use super::*;
     use crate::bus::memory::MemoryBus;
     use crate::store::memory::MemoryStore;
-    use crate::store::{ConversationInfo, HistoryQuery, Joined, StoreError, StoredMessage};
+    use crate::store::{ConversationInfo, Failure, HistoryQuery, Joined, StoreError};
     use async_trait::async_trait;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -330,14 +417,38 @@ mod tests {
         ) -> Result<(Vec<ConversationInfo>, bool), StoreError> {
             self.inner.conversations(u, limit, after).await
         }
-        async fn mark_read(&self, c: &str, u: &str, seq: u64) -> Result<u64, StoreError> {
-            self.inner.mark_read(c, u, seq).await
+        async fn add_member(&self, c: &str, m: &str, now: i64) -> Result<bool, StoreError> {
+            self.inner.add_member(c, m, now).await
+        }
+        async fn members(&self, c: &str) -> Result<Vec<MemberState>, StoreError> {
+            self.inner.members(c).await
+        }
+        async fn member(&self, c: &str, u: &str) -> Result<Option<MemberState>, StoreError> {
+            self.inner.member(c, u).await
+        }
+        async fn record_receipt(&self, c: &str, r: &ReceiptEvent, at: i64) -> Result<bool, StoreError> {
+            self.inner.record_receipt(c, r, at).await
+        }
+        async fn failures(&self, c: &str, seq: u64) -> Result<Vec<Failure>, StoreError> {
+            self.inner.failures(c, seq).await
+        }
+        async fn step_time(&self, c: &str, u: &str, st: ReceiptStatus, seq: u64) -> Result<Option<i64>, StoreError> {
+            self.inner.step_time(c, u, st, seq).await
+        }
+        async fn link_channel(&self, u: &str, e: Option<&str>) -> Result<(), StoreError> {
+            self.inner.link_channel(u, e).await
+        }
+        async fn linked_channels(&self, u: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError> {
+            self.inner.linked_channels(u).await
+        }
+        async fn bound_conversation(&self, m: &str) -> Result<Option<String>, StoreError> {
+            self.inner.bound_conversation(m).await
         }
     }
 
     fn app(store: Arc<FlakyStore>) -> App {
         let hub = Arc::new(Hub::new(Duration::from_secs(1)));
-        App::new("gw".into(), store, Arc::new(MemoryBus::new(hub.clone())), hub, Limits::default(), 16)
+        App::new("gw".into(), store.clone(), Arc::new(MemoryBus::new(hub.clone(), store)), hub, Limits::default(), 16)
     }
 
     #[tokio::test]

@@ -67,25 +67,9 @@ pub struct Config {
     #[arg(long, env = "CHAT_QUEUE_PREFIX", default_value = "chat-gw-")]
     pub queue_prefix: String,
 
-    /// DynamoDB table of stored messages (written by function `persist`).
-    #[arg(long, env = "CHAT_MESSAGES_TABLE", default_value = "chat-messages")]
-    pub messages_table: String,
-
-    /// DynamoDB table holding each conversation's `last_seq` counter.
-    #[arg(long, env = "CHAT_CONVERSATIONS_TABLE", default_value = "chat-conversations")]
-    pub conversations_table: String,
-
-    /// DynamoDB table of conversation members.
-    #[arg(long, env = "CHAT_MEMBERS_TABLE", default_value = "chat-members")]
-    pub members_table: String,
-
-    /// DynamoDB table of online sessions per conversation (TTL'd).
-    #[arg(long, env = "CHAT_PRESENCE_TABLE", default_value = "chat-presence")]
-    pub presence_table: String,
-
-    /// DynamoDB table of send idempotency records (TTL'd).
-    #[arg(long, env = "CHAT_SEND_DEDUP_TABLE", default_value = "chat-send-dedup")]
-    pub send_dedup_table: String,
+    /// DynamoDB table names.
+    #[command(flatten)]
+    pub tables: crate::store::dynamo::Tables,
 
     /// Concurrent long-polls on this gateway's queue.
     #[arg(long, env = "CHAT_POLLERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]

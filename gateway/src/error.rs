@@ -19,6 +19,8 @@ pub enum GatewayError {
     FailedPrecondition(String),
     #[error("{0}")]
     AlreadyExists(String),
+    #[error("{0}")]
+    NotFound(String),
     /// A dependency (bus, store) failed in a way a retry may fix.
     #[error("{0}")]
     Unavailable(String),
@@ -35,6 +37,7 @@ impl GatewayError {
             GatewayError::PermissionDenied(_) => Code::PermissionDenied,
             GatewayError::FailedPrecondition(_) => Code::FailedPrecondition,
             GatewayError::AlreadyExists(_) => Code::AlreadyExists,
+            GatewayError::NotFound(_) => Code::NotFound,
             GatewayError::Unavailable(_) => Code::Unavailable,
             GatewayError::Internal(_) => Code::Internal,
         }

@@ -6,7 +6,9 @@
 //! bookkeeping), then duplicates by `event_id` (SQS is at-least-once), then
 //! messages are put in `seq` order by the conversation's [`Reorderer`] and
 //! each released event is converted to protobuf once and queued to every
-//! local member's [`Outbox`].
+//! local member's [`Outbox`]. Receipts that would move a member backwards
+//! (a DELIVERED below what they already read, a reordered older ack) are
+//! dropped, so a stream never sees a status regress.
 //!
 //! The state lives behind one mutex that is never held across an `.await`:
 //! every operation on it is a non-blocking in-memory update.
@@ -16,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat_proto::envelope::{Envelope, Event};
+use chat_proto::envelope::{Envelope, Event, ReceiptStatus};
 use chat_proto::pb::{self, ServerEvent, server_event::Event as PbEvent};
 
 use crate::outbox::{Outbox, Undeliverable};
@@ -41,6 +43,10 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     pub late: AtomicU64,
     pub stale: AtomicU64,
+    /// Receipts that would not move their member forward.
+    pub stale_receipts: AtomicU64,
+    /// Events meant for functions only (fallback requests).
+    pub not_for_streams: AtomicU64,
     pub deliveries: AtomicU64,
     pub slow_consumers: AtomicU64,
 }
@@ -55,6 +61,30 @@ struct State {
 struct Conversation {
     members: HashMap<String, Arc<Outbox>>,
     order: Reorderer<ServerEvent>,
+    /// (member, DELIVERED or READ) → the highest receipt passed on.
+    receipts: HashMap<(String, ReceiptStatus), u64>,
+}
+
+impl Conversation {
+    /// Whether a receipt moves its member forward (and records it if so).
+    /// FAILED names one message and always passes (duplicates are caught by
+    /// event id); READ implies DELIVERED.
+    fn receipt_advances(&mut self, user_id: &str, status: ReceiptStatus, seq: u64) -> bool {
+        let key = |s| (user_id.to_owned(), s);
+        let read = self.receipts.get(&key(ReceiptStatus::Read)).copied().unwrap_or(0);
+        let floor = match status {
+            ReceiptStatus::Failed => return true,
+            ReceiptStatus::Read => read,
+            ReceiptStatus::Delivered => {
+                read.max(self.receipts.get(&key(ReceiptStatus::Delivered)).copied().unwrap_or(0))
+            }
+        };
+        if seq <= floor {
+            return false;
+        }
+        self.receipts.insert(key(status), seq);
+        true
+    }
 }
 
 /// A bounded set of recently seen ids, oldest evicted first.
@@ -98,6 +128,7 @@ impl Hub {
         let conversation = state.conversations.entry(conversation_id.to_owned()).or_insert_with(|| Conversation {
             members: HashMap::new(),
             order: Reorderer::unanchored(self.reorder_window),
+            receipts: HashMap::new(),
         });
         conversation.members.insert(outbox.session_id.clone(), outbox);
     }
@@ -139,12 +170,22 @@ impl Hub {
             self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        match &envelope.event {
+            Event::Receipt(r) if !conversation.receipt_advances(&r.user_id, r.status, r.up_to_seq) => {
+                self.counters.stale_receipts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            _ => {}
+        }
         let conversation_id = envelope.conversation_id.clone();
         let left = match &envelope.event {
             Event::MemberLeft { user_id } => Some(user_id.clone()),
             _ => None,
         };
-        let (event, seq, skip_user) = to_server_event(envelope);
+        let Some((event, seq, skip_user)) = to_server_event(envelope) else {
+            self.counters.not_for_streams.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         let released = match seq {
             None => vec![event],
             Some(seq) => match conversation.order.push(seq, event, now) {
@@ -227,10 +268,21 @@ impl Hub {
     }
 }
 
+/// The protobuf form of a receipt status.
+pub fn receipt_status(status: ReceiptStatus) -> pb::MessageStatus {
+    match status {
+        ReceiptStatus::Delivered => pb::MessageStatus::Delivered,
+        ReceiptStatus::Read => pb::MessageStatus::Read,
+        ReceiptStatus::Failed => pb::MessageStatus::Failed,
+    }
+}
+
 /// The protobuf form of a bus event, its seq if it is a message, and the user
-/// who should not receive it (a typist does not see their own typing).
-fn to_server_event(envelope: Envelope) -> (ServerEvent, Option<u64>, Option<String>) {
+/// who should not receive it (a typist does not see their own typing);
+/// `None` for events meant for functions only.
+fn to_server_event(envelope: Envelope) -> Option<(ServerEvent, Option<u64>, Option<String>)> {
     let conversation_id = envelope.conversation_id;
+    let at_ms = envelope.at_ms;
     let (event, seq, skip) = match envelope.event {
         Event::Message(m) => {
             let seq = m.seq;
@@ -256,8 +308,22 @@ fn to_server_event(envelope: Envelope) -> (ServerEvent, Option<u64>, Option<Stri
             let skip = Some(user_id.clone());
             (PbEvent::Typing(pb::Typing { conversation_id, user_id, typing }), None, skip)
         }
+        Event::Receipt(r) => {
+            let receipt = pb::Receipt {
+                conversation_id,
+                user_id: r.user_id,
+                status: receipt_status(r.status) as i32,
+                up_to_seq: r.up_to_seq,
+                message_id: r.message_id,
+                reason: r.reason,
+                via: r.via,
+                at_ms,
+            };
+            (PbEvent::Receipt(receipt), None, None)
+        }
+        Event::Fallback(_) => return None,
     };
-    (ServerEvent { event: Some(event) }, seq, skip)
+    Some((ServerEvent { event: Some(event) }, seq, skip))
 }
 
 #[cfg(test)]
@@ -279,6 +345,7 @@ mod tests {
                 sender: "alice".into(),
                 body: "hi".into(),
                 client_message_id: String::new(),
+                external_recipients: Vec::new(),
             }),
         )
     }
@@ -399,6 +466,59 @@ mod tests {
         assert!(!hub.has_local_members("r"));
         assert_eq!(drain(&alice, alice_stream).await.len(), 0);
         assert_eq!(drain(&bob, bob_stream).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn receipts_only_move_forward_and_fallbacks_stay_off_streams() {
+        use chat_proto::envelope::{FallbackEvent, ReceiptEvent};
+        let hub = Hub::new(Duration::from_secs(1));
+        let (alice, stream) = Outbox::new("s-a".into(), "alice".into(), 16);
+        hub.subscribe("r", alice.clone());
+        hub.anchor("r", 0);
+        let receipt = |id: &str, status, seq| {
+            let event = ReceiptEvent {
+                user_id: "bob".into(),
+                status,
+                up_to_seq: seq,
+                message_id: String::new(),
+                reason: String::new(),
+                via: String::new(),
+            };
+            Envelope::new(id.into(), "r".into(), "gw".into(), 1, Event::Receipt(event))
+        };
+        let now = Instant::now();
+        hub.dispatch(receipt("1", ReceiptStatus::Read, 3), now);
+        hub.dispatch(receipt("2", ReceiptStatus::Delivered, 2), now);
+        hub.dispatch(receipt("3", ReceiptStatus::Delivered, 3), now);
+        hub.dispatch(receipt("4", ReceiptStatus::Delivered, 4), now);
+        hub.dispatch(receipt("5", ReceiptStatus::Read, 2), now);
+        hub.dispatch(receipt("6", ReceiptStatus::Failed, 1), now);
+        let fallback = Event::Fallback(FallbackEvent {
+            user_id: "alice".into(),
+            to: "telegram:1".into(),
+            message: MessageEvent {
+                message_id: "m".into(),
+                seq: 1,
+                sender: "bob".into(),
+                body: "x".into(),
+                client_message_id: String::new(),
+                external_recipients: Vec::new(),
+            },
+        });
+        hub.dispatch(Envelope::new("7".into(), "r".into(), "fallback".into(), 1, fallback), now);
+        let seen: Vec<(i32, u64)> = drain(&alice, stream)
+            .await
+            .into_iter()
+            .filter_map(|e| match e {
+                Ok(ServerEvent { event: Some(PbEvent::Receipt(r)) }) => Some((r.status, r.up_to_seq)),
+                _ => None,
+            })
+            .collect();
+        let (read, delivered, failed) =
+            (pb::MessageStatus::Read as i32, pb::MessageStatus::Delivered as i32, pb::MessageStatus::Failed as i32);
+        assert_eq!(seen, vec![(read, 3), (delivered, 4), (failed, 1)]);
+        assert_eq!(hub.counters.stale_receipts.load(Ordering::Relaxed), 3);
+        assert_eq!(hub.counters.not_for_streams.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -51,9 +51,26 @@ pub fn conversation_id(value: &str) -> Result<(), GatewayError> {
     check_id("conversation_id", value).map_err(GatewayError::InvalidArgument)
 }
 
-/// The `sub` of an otherwise valid token must also be a usable user id.
+/// The `sub` of an otherwise valid token must also be a usable user id, and
+/// not an external identity: those are reached through their channel and
+/// never connect.
 pub fn user_id(value: &str) -> Result<(), GatewayError> {
-    check_id("token subject (user id)", value).map_err(GatewayError::Unauthenticated)
+    check_id("token subject (user id)", value).map_err(GatewayError::Unauthenticated)?;
+    if chat_proto::external::ExternalId::has_channel_prefix(value) {
+        return Err(GatewayError::Unauthenticated(format!(
+            "token subject {value:?} names an external identity; external members cannot connect"
+        )));
+    }
+    Ok(())
+}
+
+/// A member to add: a user id or an external identity.
+pub fn member_id(value: &str) -> Result<(), GatewayError> {
+    check_id("member_id", value).map_err(GatewayError::InvalidArgument)
+}
+
+pub fn message_id(value: &str) -> Result<(), GatewayError> {
+    check_id("message_id", value).map_err(GatewayError::InvalidArgument)
 }
 
 /// Empty means "not idempotent"; otherwise 1..=128 printable characters.

@@ -208,6 +208,11 @@ impl Outbox {
         self.tx.closed().await;
     }
 
+    /// The seq of the last message of a conversation given to this stream.
+    pub fn last_seq(&self, conversation_id: &str) -> u64 {
+        self.state().last_seq.get(conversation_id).copied().unwrap_or(0)
+    }
+
     pub fn resume_points(&self) -> Vec<pb::ResumePoint> {
         let mut points: Vec<_> = self
             .state()

@@ -29,7 +29,7 @@ use crate::bus::{Bus, BusError};
 use crate::config::{BusKind, Config};
 use crate::hub::Hub;
 use crate::service::{ChatApi, EchoApi};
-use crate::store::dynamo::{DynamoStore, Tables};
+use crate::store::dynamo::DynamoStore;
 use crate::store::memory::MemoryStore;
 use crate::store::{Store, StoreError};
 
@@ -139,16 +139,7 @@ async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Arc<dyn Store
     let sns = aws_sdk_sns::Client::from_conf(aws_sdk_sns::config::Builder::from(&sdk).timeout_config(quick).build());
     let sqs = aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(&sdk).timeout_config(polling).build());
 
-    let store = DynamoStore::new(
-        dynamo,
-        Tables {
-            messages: config.messages_table.clone(),
-            conversations: config.conversations_table.clone(),
-            members: config.members_table.clone(),
-            presence: config.presence_table.clone(),
-            send_dedup: config.send_dedup_table.clone(),
-        },
-    );
+    let store = DynamoStore::new(dynamo, config.tables.clone());
     store.check_tables().await?;
     let queue_name = format!("{}{}", config.queue_prefix, gateway_id);
     let queue = GatewayQueue::create(sqs.clone(), sns.clone(), &topic_arn, &queue_name, gateway_id).await?;
@@ -171,7 +162,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             let (store, bus, parts) = aws_backend(&config, &gateway_id).await?;
             (store, bus, Some(parts))
         }
-        _ => (Arc::new(MemoryStore::new()), Arc::new(MemoryBus::new(hub.clone())), None),
+        _ => {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            (store.clone(), Arc::new(MemoryBus::new(hub.clone(), store)), None)
+        }
     };
     let app = Arc::new(App::new(gateway_id.clone(), store, bus, hub.clone(), config.limits(), config.outbound_buffer));
 

@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
+use chat_proto::external::ExternalId;
 use chat_proto::pb::{
-    self, ClientFrame, EchoRequest, EchoResponse, GetHistoryRequest, GetHistoryResponse, GetMessageRequest,
-    GetMessageResponse, ListConversationsRequest, ListConversationsResponse, MarkReadRequest, MarkReadResponse,
-    SendMessageRequest, SendMessageResponse, chat_service_server::ChatService, echo_service_server::EchoService,
+    self, AddMemberRequest, AddMemberResponse, ClientFrame, EchoRequest, EchoResponse, GetHistoryRequest,
+    GetHistoryResponse, GetMessageRequest, GetMessageResponse, GetMessageStatusRequest, GetMessageStatusResponse,
+    LinkChannelRequest, LinkChannelResponse, ListConversationsRequest, ListConversationsResponse, MarkReadRequest,
+    MarkReadResponse, SendMessageRequest, SendMessageResponse, chat_service_server::ChatService,
+    echo_service_server::EchoService,
 };
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -19,7 +22,7 @@ use crate::history;
 use crate::limits;
 use crate::outbox::{EventStream, Outbox};
 use crate::session::Session;
-use crate::store::StoredMessage;
+use crate::store::{DeliveryStatus, StoredMessage};
 
 #[derive(Debug, Clone)]
 pub struct ChatApi {
@@ -149,9 +152,67 @@ impl ChatService for ChatApi {
         let user = caller(&request)?;
         let req = request.into_inner();
         limits::conversation_id(&req.conversation_id)?;
-        let last_read_seq =
-            self.app.store.mark_read(&req.conversation_id, &user.0, req.seq).await.map_err(GatewayError::from)?;
+        let last_read_seq = self.app.mark_read(&req.conversation_id, &user.0, req.seq).await?;
         Ok(Response::new(MarkReadResponse { last_read_seq }))
+    }
+
+    async fn get_message_status(
+        &self,
+        request: Request<GetMessageStatusRequest>,
+    ) -> Result<Response<GetMessageStatusResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        let (message, statuses) = self.app.message_status(&req.conversation_id, &user.0, &req.message_id).await?;
+        let recipients = statuses
+            .into_iter()
+            .map(|r| pb::RecipientStatus {
+                user_id: r.user_id,
+                status: message_status(r.status) as i32,
+                delivered_at_ms: r.delivered_at_ms.unwrap_or(0),
+                read_at_ms: r.read_at_ms.unwrap_or(0),
+                failed_at_ms: r.failed_at_ms.unwrap_or(0),
+                reason: r.reason,
+            })
+            .collect();
+        Ok(Response::new(GetMessageStatusResponse {
+            message_id: message.message_id,
+            seq: message.seq,
+            sender: message.sender,
+            sent_at_ms: message.sent_at_ms,
+            recipients,
+        }))
+    }
+
+    async fn add_member(&self, request: Request<AddMemberRequest>) -> Result<Response<AddMemberResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        let added = self.app.add_member(&req.conversation_id, &user.0, &req.member_id).await?;
+        Ok(Response::new(AddMemberResponse { added }))
+    }
+
+    async fn link_channel(
+        &self,
+        request: Request<LinkChannelRequest>,
+    ) -> Result<Response<LinkChannelResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        let external = if req.external_id.is_empty() {
+            None
+        } else {
+            match ExternalId::parse(&req.external_id) {
+                Ok(Some(id)) => Some(id.to_string()),
+                Ok(None) => {
+                    return Err(GatewayError::InvalidArgument(format!(
+                        "external_id {:?} names no channel: use whatsapp:+<number>, instagram:<id> or telegram:<chat id>",
+                        req.external_id
+                    ))
+                    .into());
+                }
+                Err(e) => return Err(GatewayError::InvalidArgument(format!("external_id: {e}")).into()),
+            }
+        };
+        self.app.store.link_channel(&user.0, external.as_deref()).await.map_err(GatewayError::from)?;
+        Ok(Response::new(LinkChannelResponse {}))
     }
 }
 
@@ -169,14 +230,17 @@ pub fn to_pb(m: StoredMessage) -> pb::Message {
 }
 
 impl ChatApi {
-    /// Members only: `PERMISSION_DENIED` otherwise.
     async fn require_member(&self, conversation_id: &str, user: &str) -> Result<(), GatewayError> {
-        limits::conversation_id(conversation_id)?;
-        if self.app.store.is_member(conversation_id, user).await? {
-            Ok(())
-        } else {
-            Err(GatewayError::PermissionDenied(format!("{user} is not a member of conversation {conversation_id}")))
-        }
+        self.app.require_member(conversation_id, user).await
+    }
+}
+
+fn message_status(status: DeliveryStatus) -> pb::MessageStatus {
+    match status {
+        DeliveryStatus::Sent => pb::MessageStatus::Sent,
+        DeliveryStatus::Delivered => pb::MessageStatus::Delivered,
+        DeliveryStatus::Read => pb::MessageStatus::Read,
+        DeliveryStatus::Failed => pb::MessageStatus::Failed,
     }
 }
 

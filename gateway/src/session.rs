@@ -6,7 +6,7 @@
 //! ends when the client goes away, when its outbox overflows, or when the
 //! gateway shuts down (after a `Disconnect` with resume points).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chat_proto::pb::{self, ClientFrame, ServerEvent, client_frame::Frame, server_event::Event};
@@ -19,6 +19,7 @@ use crate::error::GatewayError;
 use crate::limits;
 use crate::outbox::{CloseReason, Outbox};
 use crate::store::{Direction, HistoryQuery};
+use chat_proto::envelope::ReceiptStatus;
 
 /// Sends of one stream being published at once. Acceptance (seq) stays
 /// sequential; publishing overlaps so a sender is not held back by the bus.
@@ -38,11 +39,24 @@ pub struct Session {
     outbox: Arc<Outbox>,
     joined: BTreeSet<String>,
     publishing: Arc<Semaphore>,
+    /// Per conversation: the latest seq this stream has learnt of (the join
+    /// snapshot's, or a message's since): acks and reads may not go past it.
+    known_seq: HashMap<String, u64>,
+    /// Per conversation and receipt kind: the highest this stream reported,
+    /// so a repeated ack publishes nothing.
+    reported: HashMap<(String, ReceiptStatus), u64>,
 }
 
 impl Session {
     pub fn new(app: Arc<App>, outbox: Arc<Outbox>) -> Self {
-        Self { app, outbox, joined: BTreeSet::new(), publishing: Arc::new(Semaphore::new(PUBLISHES_IN_FLIGHT)) }
+        Self {
+            app,
+            outbox,
+            joined: BTreeSet::new(),
+            publishing: Arc::new(Semaphore::new(PUBLISHES_IN_FLIGHT)),
+            known_seq: HashMap::new(),
+            reported: HashMap::new(),
+        }
     }
 
     fn user(&self) -> &str {
@@ -102,7 +116,7 @@ impl Session {
                 &request_id,
                 "",
                 "",
-                GatewayError::InvalidArgument("frame is empty: set one of join, leave, send, typing, ack".into()),
+                GatewayError::InvalidArgument("frame is empty: set one of join, leave, send, typing, ack, read".into()),
             );
             return;
         };
@@ -124,7 +138,11 @@ impl Session {
                 (f.conversation_id, String::new(), r)
             }
             Frame::Ack(f) => {
-                let r = self.joined_conversation(&f.conversation_id).await;
+                let r = self.receipt(&f.conversation_id, ReceiptStatus::Delivered, f.seq).await;
+                (f.conversation_id, String::new(), r)
+            }
+            Frame::Read(f) => {
+                let r = self.receipt(&f.conversation_id, ReceiptStatus::Read, f.seq).await;
                 (f.conversation_id, String::new(), r)
             }
         };
@@ -182,10 +200,21 @@ impl Session {
             }
         };
         self.joined.insert(conversation_id.to_owned());
+        let known = self.known_seq.entry(conversation_id.to_owned()).or_default();
+        *known = (*known).max(outcome.last_seq);
         self.deliver(Event::PresenceSnapshot(pb::PresenceSnapshot {
             conversation_id: conversation_id.to_owned(),
             online: outcome.online,
             last_seq: outcome.last_seq,
+            receipts: outcome
+                .members
+                .into_iter()
+                .map(|m| pb::ReceiptState {
+                    delivered_seq: m.delivered_up_to(),
+                    read_seq: m.read_seq,
+                    user_id: m.user_id,
+                })
+                .collect(),
         }));
         if let Some(after) = resume_after {
             let backfilled = self.backfill(conversation_id, after, outcome.last_seq).await;
@@ -318,6 +347,32 @@ impl Session {
             };
             let _ = outbox.deliver(ServerEvent { event: Some(event) });
         });
+        Ok(())
+    }
+
+    /// An ack (DELIVERED) or read frame: cumulative up to `seq`, which may
+    /// not pass the latest seq this stream knows of. Repeats do nothing.
+    async fn receipt(&mut self, conversation_id: &str, status: ReceiptStatus, seq: u64) -> Result<(), GatewayError> {
+        self.joined_conversation(conversation_id).await?;
+        let known =
+            self.known_seq.get(conversation_id).copied().unwrap_or(0).max(self.outbox.last_seq(conversation_id));
+        if seq == 0 || seq > known {
+            return Err(GatewayError::InvalidArgument(format!(
+                "{} seq {seq} of {conversation_id} is out of range: this stream knows messages 1..={known}",
+                status.as_str()
+            )));
+        }
+        let reported = self.reported.entry((conversation_id.to_owned(), status)).or_default();
+        if seq <= *reported {
+            return Ok(());
+        }
+        match status {
+            ReceiptStatus::Read => {
+                self.app.mark_read(conversation_id, &self.outbox.user_id, seq).await?;
+            }
+            _ => self.app.publish_receipt(conversation_id, &self.outbox.user_id, status, seq).await?,
+        }
+        self.reported.insert((conversation_id.to_owned(), status), seq);
         Ok(())
     }
 

@@ -21,11 +21,43 @@ pub fn preview(body: &str) -> String {
     body.chars().take(PREVIEW_CHARS).collect()
 }
 
-/// Message attribute names set on every published event.
+/// Message attribute names set on published events.
 pub mod attr {
     pub const KIND: &str = "kind";
     pub const CONVERSATION_ID: &str = "conversation_id";
     pub const ORIGIN: &str = "origin";
+    /// `String.Array` of the external channels an event must reach (absent
+    /// when none): SNS filter policies route on it to the per-channel
+    /// connector queues.
+    pub const CHANNELS: &str = "channels";
+}
+
+/// One message attribute of a published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttributeValue {
+    String(String),
+    /// Published with data type `String.Array`, the value a JSON array.
+    StringArray(Vec<String>),
+}
+
+impl AttributeValue {
+    /// The SNS data type.
+    pub fn data_type(&self) -> &'static str {
+        match self {
+            AttributeValue::String(_) => "String",
+            AttributeValue::StringArray(_) => "String.Array",
+        }
+    }
+
+    /// The SNS string value.
+    pub fn string_value(&self) -> String {
+        match self {
+            AttributeValue::String(s) => s.clone(),
+            AttributeValue::StringArray(values) => {
+                serde_json::to_string(values).unwrap_or_else(|e| unreachable!("strings encode: {e}"))
+            }
+        }
+    }
 }
 
 /// One event on the bus.
@@ -54,6 +86,8 @@ pub enum Event {
     MemberLeft { user_id: String },
     Presence { user_id: String, online: bool },
     Typing { user_id: String, typing: bool },
+    Receipt(ReceiptEvent),
+    Fallback(FallbackEvent),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +98,60 @@ pub struct MessageEvent {
     pub body: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_message_id: String,
+    /// The conversation's external members when the message was accepted
+    /// (the sender excluded): the connector delivers to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_recipients: Vec<String>,
+}
+
+/// How far a message got with a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    /// Reached a device (or channel) of the recipient.
+    Delivered,
+    /// Seen by the recipient.
+    Read,
+    /// Could not be delivered to the recipient; terminal for that message.
+    Failed,
+}
+
+impl ReceiptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptStatus::Delivered => "delivered",
+            ReceiptStatus::Read => "read",
+            ReceiptStatus::Failed => "failed",
+        }
+    }
+}
+
+/// A recipient's receipt. DELIVERED and READ are cumulative: every message
+/// of the conversation up to `up_to_seq` (not sent by `user_id`) has that
+/// status for `user_id`. FAILED names one message (`up_to_seq` is its seq).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptEvent {
+    pub user_id: String,
+    pub status: ReceiptStatus,
+    pub up_to_seq: u64,
+    /// The message the receipt was reported for, when known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message_id: String,
+    /// Why delivery failed (FAILED only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The external channel that reported it, when one did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub via: String,
+}
+
+/// A message an internal member did not acknowledge in time, to be
+/// delivered to them through their linked external identity `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackEvent {
+    pub user_id: String,
+    pub to: String,
+    pub message: MessageEvent,
 }
 
 impl Event {
@@ -75,7 +163,24 @@ impl Event {
             Event::MemberLeft { .. } => "member_left",
             Event::Presence { .. } => "presence",
             Event::Typing { .. } => "typing",
+            Event::Receipt(_) => "receipt",
+            Event::Fallback(_) => "fallback",
         }
+    }
+
+    /// The external channels this event must reach, sorted and unique.
+    pub fn channels(&self) -> Vec<String> {
+        let targets: Vec<&str> = match self {
+            Event::Message(m) => m.external_recipients.iter().map(String::as_str).collect(),
+            Event::Fallback(f) => vec![f.to.as_str()],
+            _ => Vec::new(),
+        };
+        let channels: std::collections::BTreeSet<String> = targets
+            .into_iter()
+            .filter_map(|id| crate::external::ExternalId::parse(id).ok().flatten())
+            .map(|id| id.channel.as_str().to_owned())
+            .collect();
+        channels.into_iter().collect()
     }
 }
 
@@ -112,9 +217,18 @@ impl Envelope {
         Ok(serde_json::from_str(body)?)
     }
 
-    /// Routing attributes as (name, value) pairs, all of type String.
-    pub fn attributes(&self) -> [(&'static str, &str); 3] {
-        [(attr::KIND, self.event.kind()), (attr::CONVERSATION_ID, &self.conversation_id), (attr::ORIGIN, &self.origin)]
+    /// Routing attributes as (name, value) pairs.
+    pub fn attributes(&self) -> Vec<(&'static str, AttributeValue)> {
+        let mut attrs = vec![
+            (attr::KIND, AttributeValue::String(self.event.kind().to_owned())),
+            (attr::CONVERSATION_ID, AttributeValue::String(self.conversation_id.clone())),
+            (attr::ORIGIN, AttributeValue::String(self.origin.clone())),
+        ];
+        let channels = self.event.channels();
+        if !channels.is_empty() {
+            attrs.push((attr::CHANNELS, AttributeValue::StringArray(channels)));
+        }
+        attrs
     }
 }
 
@@ -134,6 +248,7 @@ mod tests {
                 sender: "alice".into(),
                 body: "hello \u{1F600} \"quoted\"".into(),
                 client_message_id: "c-1".into(),
+                external_recipients: Vec::new(),
             }),
         )
     }
@@ -146,6 +261,26 @@ mod tests {
             Event::MemberLeft { user_id: "bob".into() },
             Event::Presence { user_id: "bob".into(), online: true },
             Event::Typing { user_id: "bob".into(), typing: false },
+            Event::Receipt(ReceiptEvent {
+                user_id: "whatsapp:+5511999990000".into(),
+                status: ReceiptStatus::Failed,
+                up_to_seq: 4,
+                message_id: "m4".into(),
+                reason: "number not on WhatsApp".into(),
+                via: "whatsapp".into(),
+            }),
+            Event::Fallback(FallbackEvent {
+                user_id: "bob".into(),
+                to: "telegram:42".into(),
+                message: MessageEvent {
+                    message_id: "m".into(),
+                    seq: 1,
+                    sender: "alice".into(),
+                    body: "b".into(),
+                    client_message_id: String::new(),
+                    external_recipients: Vec::new(),
+                },
+            }),
         ];
         for event in events {
             let env = Envelope { event, ..message() };
@@ -167,9 +302,24 @@ mod tests {
     fn attributes_name_kind_conversation_and_origin() {
         let env = message();
         let attrs = env.attributes();
-        assert_eq!(attrs[0], ("kind", "message"));
-        assert_eq!(attrs[1], ("conversation_id", "room1"));
-        assert_eq!(attrs[2], ("origin", "gw-a"));
+        assert_eq!(attrs[0], ("kind", AttributeValue::String("message".into())));
+        assert_eq!(attrs[1], ("conversation_id", AttributeValue::String("room1".into())));
+        assert_eq!(attrs[2], ("origin", AttributeValue::String("gw-a".into())));
+        assert_eq!(attrs.len(), 3, "no channels attribute without external recipients");
+    }
+
+    #[test]
+    fn channels_attribute_lists_each_external_channel_once() {
+        let mut env = message();
+        if let Event::Message(m) = &mut env.event {
+            m.external_recipients =
+                vec!["whatsapp:+5511999990000".into(), "telegram:1".into(), "whatsapp:+5511999990001".into()];
+        }
+        let attrs = env.attributes();
+        let (name, value) = &attrs[3];
+        assert_eq!(*name, "channels");
+        assert_eq!(value.data_type(), "String.Array");
+        assert_eq!(value.string_value(), r#"["telegram","whatsapp"]"#);
     }
 
     #[test]

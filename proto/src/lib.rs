@@ -7,6 +7,7 @@
 //! the bus carries [`envelope::Envelope`], a serde type with its own version.
 
 pub mod envelope;
+pub mod external;
 pub mod token;
 
 /// Generated prost types and tonic stubs for `chat.v1`.

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::{
-    AckFrame, ClientFrame, JoinFrame, LeaveFrame, PresenceSnapshot, SendFrame, ServerEvent, TypingFrame,
-    client_frame::Frame, server_event::Event,
+    AckFrame, ClientFrame, JoinFrame, LeaveFrame, MessageStatus, PresenceSnapshot, ReadFrame, Receipt, SendFrame,
+    ServerEvent, TypingFrame, client_frame::Frame, server_event::Event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -118,6 +118,33 @@ impl TestClient {
 
     pub async fn ack(&self, conversation: &str, seq: u64) -> anyhow::Result<()> {
         self.frame("ack", Frame::Ack(AckFrame { conversation_id: conversation.into(), seq })).await
+    }
+
+    pub async fn read(&self, conversation: &str, seq: u64) -> anyhow::Result<()> {
+        self.frame("read", Frame::Read(ReadFrame { conversation_id: conversation.into(), seq })).await
+    }
+
+    /// Waits for a receipt of `user` with `status` covering `seq`.
+    pub async fn wait_receipt(&mut self, user: &str, status: MessageStatus, seq: u64) -> anyhow::Result<Receipt> {
+        self.wait_for(|e| match e {
+            Event::Receipt(r) if r.user_id == user && r.status == status as i32 && r.up_to_seq >= seq => {
+                Some(r.clone())
+            }
+            _ => None,
+        })
+        .await
+        .with_context(|| format!("waiting for {status:?} of {user} up to {seq}"))
+    }
+
+    /// Every receipt received so far, in arrival order.
+    pub fn receipts(&self) -> Vec<Receipt> {
+        self.received
+            .iter()
+            .filter_map(|e| match e {
+                Event::Receipt(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The next event, or `None` when the stream ended (see `ended`).

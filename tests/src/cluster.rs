@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::echo_service_client::EchoServiceClient;
-use chat_proto::pb::{EchoRequest, SendMessageRequest, SendMessageResponse};
+use chat_proto::pb::{
+    AddMemberRequest, EchoRequest, GetMessageStatusRequest, GetMessageStatusResponse, LinkChannelRequest,
+    SendMessageRequest, SendMessageResponse,
+};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::client::{TestClient, with_token};
@@ -188,29 +191,80 @@ impl Cluster {
             .ok_or_else(|| anyhow::anyhow!("stack has no output {name}"))
     }
 
-    /// Starts `local-runner --function <function>` on `queue_output`'s queue.
+    /// Starts `local-runner <function>` on `queue_output`'s queue.
     pub fn start_runner(&mut self, function: &str, queue_output: &str, env: &[(&str, &str)]) -> anyhow::Result<usize> {
-        let emulator = self.emulator.as_ref().context("runners need the emulator")?;
+        let queue = self.output(queue_output)?;
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.insert(0, ("CHAT_QUEUE_URL", &queue));
+        self.spawn_helper("local-runner", &[function], &env)
+    }
+
+    /// Starts a helper process (function runner, simulator) with the
+    /// emulator's environment and the stack's outputs; killed on drop.
+    fn spawn_helper(&mut self, binary: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<usize> {
+        let emulator = self.emulator.as_ref().context("helpers need the emulator")?;
         let index = self.runners.len();
-        let log = self.logs.join(format!("runner-{function}-{index}.log"));
+        let log = self.logs.join(format!("{binary}-{}-{index}.log", args.first().copied().unwrap_or("")));
         let file = std::fs::File::create(&log)?;
-        let child = Command::new(workspace_bin("local-runner")?)
+        let child = Command::new(workspace_bin(binary)?)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .envs(emulator.aws_env())
             .envs(self.outputs.iter().cloned())
-            .env("CHAT_QUEUE_URL", self.output(queue_output)?)
             .envs(env.iter().copied())
-            .args(["--function", function])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
-            .context("starting local-runner")?;
+            .with_context(|| format!("starting {binary}"))?;
         self.runners.push((child, log));
         Ok(index)
+    }
+
+    /// The external channels of a test: the channel simulator, the webhook
+    /// (local function URL) it calls back, and one connector runner per
+    /// channel in `channels`, pointed at the simulator. `connector_env` goes
+    /// to the connectors.
+    pub async fn start_channels(
+        &mut self,
+        channels: &[&str],
+        connector_env: &[(&str, &str)],
+    ) -> anyhow::Result<crate::channels::SimClient> {
+        let webhook_port = free_port()?;
+        let sim_port = free_port()?;
+        let webhook_listen = format!("127.0.0.1:{webhook_port}");
+        let sim_listen = format!("127.0.0.1:{sim_port}");
+        let webhook_url = format!("http://{webhook_listen}");
+        let sim_url = format!("http://{sim_listen}");
+        self.spawn_helper("local-runner", &["webhook"], &[("CHAT_WEBHOOK_LISTEN", &webhook_listen)])?;
+        self.spawn_helper(
+            "channel-sim",
+            &[],
+            &[
+                ("CHAT_SIM_LISTEN", &sim_listen),
+                ("CHAT_SIM_WEBHOOK_URL", &webhook_url),
+                ("CHAT_SIM_RECEIPT_DELAY_MS", "50"),
+            ],
+        )?;
+        for channel in channels {
+            let queue_output = format!("CHAT_CONNECTOR_{}_QUEUE_URL", channel.to_uppercase());
+            let mut env = vec![
+                ("CHAT_CHANNEL", *channel),
+                ("CHAT_WHATSAPP_API_URL", sim_url.as_str()),
+                ("CHAT_INSTAGRAM_API_URL", sim_url.as_str()),
+                ("CHAT_TELEGRAM_API_URL", sim_url.as_str()),
+                ("CHAT_BATCHING_WINDOW_MS", "0"),
+            ];
+            env.extend_from_slice(connector_env);
+            self.start_runner("connector", &queue_output, &env)?;
+        }
+        for (what, port) in [("webhook", webhook_port), ("channel simulator", sim_port)] {
+            crate::wait_listening(port).await.with_context(|| format!("{what} did not start"))?;
+        }
+        Ok(crate::channels::SimClient::new(sim_url, webhook_url))
     }
 
     /// Stored seqs of a conversation, every item (duplicates included).
@@ -269,6 +323,68 @@ impl Cluster {
         };
         let mut client = ChatServiceClient::new(self.channel(index).await?);
         Ok(client.send_message(with_token(request, &self.token(user)?)?).await.map(tonic::Response::into_inner))
+    }
+
+    /// `AddMember` as `user` on gateway `index`.
+    pub async fn add_member(
+        &self,
+        index: usize,
+        user: &str,
+        conversation: &str,
+        member: &str,
+    ) -> anyhow::Result<Result<bool, tonic::Status>> {
+        let request = AddMemberRequest { conversation_id: conversation.into(), member_id: member.into() };
+        let mut client = ChatServiceClient::new(self.channel(index).await?);
+        Ok(client.add_member(with_token(request, &self.token(user)?)?).await.map(|r| r.into_inner().added))
+    }
+
+    /// `LinkChannel` as `user` on gateway `index`.
+    pub async fn link_channel(
+        &self,
+        index: usize,
+        user: &str,
+        external_id: &str,
+    ) -> anyhow::Result<Result<(), tonic::Status>> {
+        let request = LinkChannelRequest { external_id: external_id.into() };
+        let mut client = ChatServiceClient::new(self.channel(index).await?);
+        Ok(client.link_channel(with_token(request, &self.token(user)?)?).await.map(|_| ()))
+    }
+
+    /// `GetMessageStatus` as `user` on gateway `index`.
+    pub async fn message_status(
+        &self,
+        index: usize,
+        user: &str,
+        conversation: &str,
+        message_id: &str,
+    ) -> anyhow::Result<Result<GetMessageStatusResponse, tonic::Status>> {
+        let request = GetMessageStatusRequest { conversation_id: conversation.into(), message_id: message_id.into() };
+        let mut client = ChatServiceClient::new(self.channel(index).await?);
+        Ok(client.get_message_status(with_token(request, &self.token(user)?)?).await.map(|r| r.into_inner()))
+    }
+
+    /// Polls `GetMessageStatus` until `done` accepts it (statuses are
+    /// recorded asynchronously by `persist`).
+    pub async fn wait_message_status(
+        &self,
+        user: &str,
+        conversation: &str,
+        message_id: &str,
+        mut done: impl FnMut(&GetMessageStatusResponse) -> bool,
+    ) -> anyhow::Result<GetMessageStatusResponse> {
+        let deadline = Instant::now() + crate::DEADLINE;
+        loop {
+            let last = self.message_status(0, user, conversation, message_id).await?;
+            if let Ok(status) = &last
+                && done(status)
+            {
+                return Ok(status.clone());
+            }
+            if Instant::now() > deadline {
+                bail!("message status never reached the expected state; last: {last:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Where runner `index` logs.

@@ -13,6 +13,7 @@
 //! - [`scenarios`] are the chat tests, written once and run on both the AWS
 //!   path and the embedded memory mode.
 
+pub mod channels;
 pub mod checker;
 pub mod client;
 pub mod cluster;
@@ -35,6 +36,16 @@ pub fn workspace_root() -> PathBuf {
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits (bounded) until something listens on a loopback port.
+pub async fn wait_listening(port: u16) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "nothing listens on port {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// A binary of this workspace in `target/<profile>/`,

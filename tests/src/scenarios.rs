@@ -347,3 +347,90 @@ pub async fn flood_is_rate_limited(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(reply.as_ref().err().map(|s| s.code()) == Some(Code::ResourceExhausted), "unary flood: {reply:?}");
     Ok(())
 }
+
+/// Receipts from acks and reads reach the sender live, only move forward,
+/// are validated, and are what `GetMessageStatus` reports. On AWS the
+/// cluster needs a `persist` runner (it records statuses).
+pub async fn receipts_flow_live_and_only_forward(cluster: &Cluster) -> anyhow::Result<()> {
+    use chat_proto::pb::MessageStatus;
+    let room = unique("receipts-");
+    let mut alice = cluster.connect(0, "alice").await?;
+    let mut bob = cluster.connect(1, "bob").await?;
+    let mut carol = cluster.connect(1, "carol").await?;
+    alice.join(&room).await?;
+    bob.join(&room).await?;
+    carol.join(&room).await?;
+    for i in 1..=3 {
+        alice.send(&room, &format!("r-{i}"), &format!("receipt me {i}")).await?;
+    }
+    let sent = accepted(&mut alice, 3).await?;
+    let first = sent.iter().find(|a| a.seq == 1).context("seq 1 accepted")?.message_id.clone();
+    messages(&mut bob, &room, 3).await?;
+
+    bob.ack(&room, 3).await?;
+    let delivered = alice.wait_receipt("bob", MessageStatus::Delivered, 3).await?;
+    ensure!(delivered.up_to_seq == 3 && delivered.at_ms > 0, "delivered receipt {delivered:?}");
+    bob.read(&room, 2).await?;
+    alice.wait_receipt("bob", MessageStatus::Read, 2).await?;
+    // Bob's other streams and the other members hear it too (read sync).
+    carol.wait_receipt("bob", MessageStatus::Read, 2).await?;
+
+    // Repeats and acks past what the stream knows do nothing / are refused.
+    bob.ack(&room, 2).await?;
+    bob.frame(
+        "too-far",
+        chat_proto::pb::client_frame::Frame::Ack(chat_proto::pb::AckFrame { conversation_id: room.clone(), seq: 99 }),
+    )
+    .await?;
+    let (code, message) = error_for(&mut bob, "too-far").await?;
+    ensure!(code == Code::InvalidArgument && message.contains("1..=3"), "ack past the end: {code:?} {message}");
+    bob.frame(
+        "unjoined",
+        chat_proto::pb::client_frame::Frame::Read(chat_proto::pb::ReadFrame {
+            conversation_id: unique("elsewhere-"),
+            seq: 1,
+        }),
+    )
+    .await?;
+    let (code, _) = error_for(&mut bob, "unjoined").await?;
+    ensure!(code == Code::FailedPrecondition, "read of an unjoined conversation: {code:?}");
+
+    // A sentinel message: every receipt published before it has arrived.
+    flush(&mut alice, &mut bob, &room).await?;
+    let bobs: Vec<(i32, u64)> =
+        alice.receipts().iter().filter(|r| r.user_id == "bob").map(|r| (r.status, r.up_to_seq)).collect();
+    ensure!(
+        bobs == vec![(MessageStatus::Delivered as i32, 3), (MessageStatus::Read as i32, 2)],
+        "bob's receipts as alice saw them: {bobs:?}"
+    );
+
+    let status = cluster
+        .wait_message_status("alice", &room, &first, |s| {
+            s.recipients.iter().any(|r| r.user_id == "bob" && r.status == MessageStatus::Read as i32)
+        })
+        .await?;
+    let of = |user: &str| status.recipients.iter().find(|r| r.user_id == user).cloned();
+    let bob_status = of("bob").context("bob listed")?;
+    ensure!(
+        bob_status.delivered_at_ms > 0 && bob_status.read_at_ms >= bob_status.delivered_at_ms,
+        "bob's timestamps: {bob_status:?}"
+    );
+    let carol_status = of("carol").context("carol listed")?;
+    ensure!(carol_status.status == MessageStatus::Sent as i32, "carol never acked: {carol_status:?}");
+    ensure!(of("alice").is_none(), "the sender is not a recipient: {status:?}");
+
+    // Only members may ask; unknown messages are NOT_FOUND.
+    let stranger = cluster.message_status(0, "mallory", &room, &first).await?;
+    ensure!(stranger.as_ref().err().map(tonic::Status::code) == Some(Code::PermissionDenied), "{stranger:?}");
+    let missing = cluster.message_status(0, "alice", &room, "01J00000000000000000000000").await?;
+    ensure!(missing.as_ref().err().map(tonic::Status::code) == Some(Code::NotFound), "{missing:?}");
+    let bad = cluster.message_status(0, "alice", &room, "").await?;
+    ensure!(bad.as_ref().err().map(tonic::Status::code) == Some(Code::InvalidArgument), "{bad:?}");
+
+    // A later join sees everyone's position in its snapshot.
+    let mut dave = cluster.connect(0, "dave").await?;
+    let snapshot = dave.join(&room).await?;
+    let bob_state = snapshot.receipts.iter().find(|r| r.user_id == "bob").context("bob in the snapshot")?;
+    ensure!((bob_state.delivered_seq, bob_state.read_seq) == (3, 2), "snapshot receipts {:?}", snapshot.receipts);
+    Ok(())
+}

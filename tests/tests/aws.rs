@@ -94,3 +94,10 @@ async fn graceful_stop_tells_clients_and_removes_queue_and_subscription() -> any
     anyhow::ensure!(m[0].body == "after the stop" && m[0].seq == seq + 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn receipts_flow_live_and_only_forward() -> anyhow::Result<()> {
+    let mut cluster = Cluster::aws(2).await?;
+    cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[("CHAT_BATCHING_WINDOW_MS", "50")])?;
+    scenarios::receipts_flow_live_and_only_forward(&cluster).await
+}

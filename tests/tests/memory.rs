@@ -137,3 +137,9 @@ async fn resume_after_reconnect_has_no_gap_and_no_duplicate() -> anyhow::Result<
     let cluster = Cluster::memory().await?;
     chat_e2e::stored::resume_after_reconnect(&cluster).await
 }
+
+#[tokio::test]
+async fn receipts_flow_live_and_only_forward() -> anyhow::Result<()> {
+    let cluster = Cluster::new(Mode::Memory, 1).await?;
+    scenarios::receipts_flow_live_and_only_forward(&cluster).await
+}

@@ -17,6 +17,8 @@ async fn dynamodb_store_follows_the_store_rules() -> anyhow::Result<()> {
         members: table("CHAT_MEMBERS_TABLE")?,
         presence: table("CHAT_PRESENCE_TABLE")?,
         send_dedup: table("CHAT_SEND_DEDUP_TABLE")?,
+        receipts: table("CHAT_RECEIPTS_TABLE")?,
+        users: table("CHAT_USERS_TABLE")?,
     };
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&emulator.sdk_config().await), tables);
     store.check_tables().await?;

@@ -1,44 +1,71 @@
-//! `local-runner`: runs a function's handler locally behind the SQS event
-//! source mapping stand-in (`functions::runner`), for `make run` and tests.
+//! `local-runner`: runs a function's handler locally the way Lambda would
+//! invoke it, for `make run` and tests: queue-triggered functions behind the
+//! SQS event source mapping stand-in (`functions::runner`), the webhook
+//! behind a local HTTP server shaped like a Lambda function URL.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
-use functions::persist::{self, Clients, Tables};
+use clap::{Parser, Subcommand};
+use functions::connector::{self, ConnectorArgs};
+use functions::fallback::FallbackArgs;
+use functions::persist::{self, Clients};
 use functions::runner::{self, RunnerConfig};
+use functions::webhook::{self, Webhook, WebhookArgs, WebhookRequest};
+use gateway::store::dynamo::Tables;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Function {
-    Persist,
-}
-
 #[derive(Debug, Parser)]
-#[command(name = "local-runner", about = "Run a chat function locally behind an SQS poller with Lambda's semantics.")]
+#[command(name = "local-runner", about = "Run a chat function locally with Lambda's invocation semantics.")]
 struct Config {
-    /// Which function to run.
-    #[arg(long, value_enum)]
+    #[command(subcommand)]
     function: Function,
-    /// The queue its event source mapping reads.
-    #[arg(long, env = "CHAT_QUEUE_URL")]
-    queue_url: String,
+    /// The queue a queue-triggered function's event source mapping reads.
+    #[arg(long, env = "CHAT_QUEUE_URL", global = true)]
+    queue_url: Option<String>,
     /// Records per invocation (Lambda's BatchSize).
-    #[arg(long, env = "CHAT_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    #[arg(long, env = "CHAT_BATCH_SIZE", default_value_t = 100, global = true, value_parser = clap::value_parser!(u16).range(1..=10000))]
     batch_size: u16,
     /// How long to gather a batch once its first record arrived
     /// (MaximumBatchingWindowInSeconds, in milliseconds).
-    #[arg(long, env = "CHAT_BATCHING_WINDOW_MS", default_value_t = 500)]
+    #[arg(long, env = "CHAT_BATCHING_WINDOW_MS", default_value_t = 500, global = true)]
     batching_window_ms: u64,
     /// Batches in flight at once (pollers).
-    #[arg(long, env = "CHAT_RUNNER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "CHAT_RUNNER_CONCURRENCY", default_value_t = 4, global = true, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    /// An invocation's time limit (the function's Timeout), in seconds.
+    #[arg(long, env = "CHAT_FUNCTION_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    timeout_secs: u64,
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1", global = true)]
     region: String,
-    #[arg(long, env = "CHAT_MESSAGES_TABLE", default_value = "chat-messages")]
-    messages_table: String,
-    #[arg(long, env = "CHAT_CONVERSATIONS_TABLE", default_value = "chat-conversations")]
-    conversations_table: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Function {
+    /// Messages and receipts to DynamoDB.
+    Persist {
+        #[command(flatten)]
+        tables: Tables,
+    },
+    /// Messages to one external channel.
+    Connector {
+        #[command(flatten)]
+        connector: ConnectorArgs,
+    },
+    /// The offline-delivery deadline: members who did not acknowledge.
+    Fallback {
+        #[command(flatten)]
+        fallback: FallbackArgs,
+    },
+    /// The channels' callbacks, on a local HTTP server standing in for the
+    /// function URL.
+    Webhook {
+        #[command(flatten)]
+        webhook: WebhookArgs,
+        /// Address to serve on.
+        #[arg(long, env = "CHAT_WEBHOOK_LISTEN", default_value = "127.0.0.1:8091")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[tokio::main]
@@ -53,7 +80,97 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::parse();
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let stop = stop_on_signals()?;
+    if let Function::Webhook { webhook, listen } = config.function {
+        return serve_webhook(webhook.build(&sdk), listen, stop).await;
+    }
+    let queue_url = config
+        .queue_url
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--queue-url (CHAT_QUEUE_URL) names the queue this function reads"))?;
+    let runner_config = RunnerConfig {
+        queue_url,
+        batch_size: usize::from(config.batch_size),
+        batching_window: Duration::from_millis(config.batching_window_ms),
+        region: config.region.clone(),
+        concurrency: usize::from(config.concurrency),
+    };
     let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let timeout = Duration::from_secs(config.timeout_secs);
+    match config.function {
+        Function::Persist { tables } => {
+            let clients = Clients::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
+            let clients = &clients;
+            runner::run(
+                sqs,
+                runner_config,
+                |event| async move { Ok::<_, Infallible>(persist::handle(clients, event).await) },
+                stop,
+            )
+            .await
+        }
+        Function::Connector { connector } => {
+            let connector = connector.build(&sdk)?;
+            let connector = &connector;
+            runner::run(
+                sqs,
+                runner_config,
+                |event| async move {
+                    Ok::<_, Infallible>(connector::handle(connector, event, Instant::now() + timeout).await)
+                },
+                stop,
+            )
+            .await
+        }
+        Function::Fallback { fallback } => {
+            let fallback = fallback.build(&sdk);
+            let fallback = &fallback;
+            runner::run(
+                sqs,
+                runner_config,
+                |event| async move { Ok::<_, Infallible>(functions::fallback::handle(fallback, event).await) },
+                stop,
+            )
+            .await
+        }
+        Function::Webhook { .. } => unreachable!("served above"),
+    }
+}
+
+/// Serves the webhook handler over HTTP: each request becomes the
+/// `WebhookRequest` a function URL would have produced.
+async fn serve_webhook(webhook: Webhook, listen: std::net::SocketAddr, stop: CancellationToken) -> anyhow::Result<()> {
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    let webhook = std::sync::Arc::new(webhook);
+    let route = |State(webhook): State<std::sync::Arc<Webhook>>,
+                 method: Method,
+                 uri: Uri,
+                 Query(query): Query<std::collections::HashMap<String, String>>,
+                 headers: HeaderMap,
+                 body: axum::body::Bytes| async move {
+        let request = WebhookRequest {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            query,
+            headers: headers
+                .iter()
+                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_owned())))
+                .collect(),
+            body: body.to_vec(),
+        };
+        let answer = webhook::handle(&webhook, request).await;
+        (StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), answer.body)
+    };
+    let app = axum::Router::new().fallback(route).with_state(webhook);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "webhook listening (local function URL)");
+    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+    Ok(())
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+fn stop_on_signals() -> anyhow::Result<CancellationToken> {
     let stop = CancellationToken::new();
     let signal = stop.clone();
     tokio::spawn(async move {
@@ -69,27 +186,5 @@ async fn main() -> anyhow::Result<()> {
             signal.cancel();
         });
     }
-    let runner_config = RunnerConfig {
-        queue_url: config.queue_url.clone(),
-        batch_size: usize::from(config.batch_size),
-        batching_window: Duration::from_millis(config.batching_window_ms),
-        region: config.region.clone(),
-        concurrency: usize::from(config.concurrency),
-    };
-    match config.function {
-        Function::Persist => {
-            let clients = Clients {
-                dynamo: aws_sdk_dynamodb::Client::new(&sdk),
-                tables: Tables { messages: config.messages_table, conversations: config.conversations_table },
-            };
-            let clients = &clients;
-            runner::run(
-                sqs,
-                runner_config,
-                |event| async move { Ok::<_, Infallible>(persist::handle(clients, event).await) },
-                stop,
-            )
-            .await
-        }
-    }
+    Ok(stop)
 }

@@ -3,15 +3,14 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use clap::Parser;
-use functions::persist::{self, Clients, Tables};
+use functions::persist::{self, Clients};
+use gateway::store::dynamo::Tables;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[derive(Debug, Parser)]
 struct Config {
-    #[arg(long, env = "CHAT_MESSAGES_TABLE")]
-    messages_table: String,
-    #[arg(long, env = "CHAT_CONVERSATIONS_TABLE")]
-    conversations_table: String,
+    #[command(flatten)]
+    tables: Tables,
 }
 
 #[tokio::main]
@@ -19,10 +18,7 @@ async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let config = Config::parse();
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let clients = Clients {
-        dynamo: aws_sdk_dynamodb::Client::new(&sdk),
-        tables: Tables { messages: config.messages_table, conversations: config.conversations_table },
-    };
+    let clients = Clients::new(aws_sdk_dynamodb::Client::new(&sdk), config.tables);
     let clients = &clients;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(persist::handle(clients, event.payload).await)

@@ -8,6 +8,14 @@
 //! - Membership: one item per (conversation, user).
 //! - Presence: one TTL'd item per (conversation, user#session), refreshed
 //!   while the stream lives, so a crashed gateway's sessions expire.
+//! - Receipts: each member item carries the member's watermarks
+//!   (`delivered_seq`, `last_read_seq`); the receipts table logs each step a
+//!   watermark took (for the time a message got each status) and each
+//!   failure. A watermark move and its step are one transaction, conditional
+//!   on moving forward, so a late or repeated receipt changes nothing.
+//! - External members: the conversation item's `externals` string set, read
+//!   back by the seq counter update, names a send's external recipients.
+//! - Links for offline fallback: the users table.
 //!
 //! Table and attribute names match `template.yaml`.
 
@@ -17,12 +25,14 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, Select};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, Select, TransactWriteItem, Update};
+use chat_proto::envelope::{ReceiptEvent, ReceiptStatus};
+use chat_proto::external::ExternalId;
 use futures::StreamExt;
 
 use super::{
-    Accepted, ConversationInfo, Direction, HistoryQuery, Joined, PresenceKey, SendRequest, Store, StoreError,
-    StoredMessage, body_digest, idempotency_key,
+    Accepted, ConversationInfo, Direction, Failure, HistoryQuery, Joined, MemberState, PresenceKey, SendRequest, Store,
+    StoreError, StoredMessage, body_digest, failure_key, failure_prefix, idempotency_key, step_key, step_range,
 };
 
 /// Presence refreshes in flight at once.
@@ -31,13 +41,31 @@ const PRESENCE_REFRESH_CONCURRENCY: usize = 16;
 /// How long a send stays idempotent.
 const SEND_DEDUP_TTL_SECS: i64 = 24 * 3600;
 
-#[derive(Debug, Clone)]
+/// The tables' names, as flags with environment fallbacks (the stack's
+/// outputs); shared by the gateway and the functions.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Tables {
+    /// DynamoDB table of stored messages (written by function `persist`).
+    #[arg(long = "messages-table", env = "CHAT_MESSAGES_TABLE", default_value = "chat-messages")]
     pub messages: String,
+    /// DynamoDB table holding each conversation's `last_seq` counter.
+    #[arg(long = "conversations-table", env = "CHAT_CONVERSATIONS_TABLE", default_value = "chat-conversations")]
     pub conversations: String,
+    /// DynamoDB table of conversation members and their receipt watermarks.
+    #[arg(long = "members-table", env = "CHAT_MEMBERS_TABLE", default_value = "chat-members")]
     pub members: String,
+    /// DynamoDB table of online sessions per conversation (TTL'd).
+    #[arg(long = "presence-table", env = "CHAT_PRESENCE_TABLE", default_value = "chat-presence")]
     pub presence: String,
+    /// DynamoDB table of send idempotency records (TTL'd).
+    #[arg(long = "send-dedup-table", env = "CHAT_SEND_DEDUP_TABLE", default_value = "chat-send-dedup")]
     pub send_dedup: String,
+    /// DynamoDB table of receipt steps and delivery failures.
+    #[arg(long = "receipts-table", env = "CHAT_RECEIPTS_TABLE", default_value = "chat-receipts")]
+    pub receipts: String,
+    /// DynamoDB table of users' linked external identities.
+    #[arg(long = "users-table", env = "CHAT_USERS_TABLE", default_value = "chat-users")]
+    pub users: String,
 }
 
 #[derive(Debug, Clone)]
@@ -53,8 +81,15 @@ impl DynamoStore {
 
     /// Fails fast at start-up when a table is missing or unreachable.
     pub async fn check_tables(&self) -> Result<(), StoreError> {
-        for table in [&self.tables.conversations, &self.tables.members, &self.tables.presence, &self.tables.send_dedup]
-        {
+        let tables = [
+            &self.tables.conversations,
+            &self.tables.members,
+            &self.tables.presence,
+            &self.tables.send_dedup,
+            &self.tables.receipts,
+            &self.tables.users,
+        ];
+        for table in tables {
             self.client
                 .describe_table()
                 .table_name(table)
@@ -65,7 +100,9 @@ impl DynamoStore {
         Ok(())
     }
 
-    async fn next_seq(&self, conversation_id: &str, now_ms: i64) -> Result<u64, StoreError> {
+    /// Allocates the next seq; also returns the conversation's external
+    /// members, read in the same call.
+    async fn next_seq(&self, conversation_id: &str, now_ms: i64) -> Result<(u64, Vec<String>), StoreError> {
         let out = self
             .client
             .update_item()
@@ -74,15 +111,12 @@ impl DynamoStore {
             .update_expression("ADD last_seq :one SET updated_at_ms = :now")
             .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .expression_attribute_values(":now", n(now_ms))
-            .return_values(ReturnValue::UpdatedNew)
+            .return_values(ReturnValue::AllNew)
             .send()
             .await
             .map_err(|e| unavailable("allocating seq", e))?;
-        out.attributes()
-            .and_then(|a| a.get("last_seq"))
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| StoreError::Corrupt("last_seq missing from counter update".into()))
+        let item = out.attributes().ok_or_else(|| StoreError::Corrupt("counter update returned nothing".into()))?;
+        Ok((get_n(item, "last_seq")?, string_set(item, "externals")))
     }
 
     async fn read_send(&self, key: &str) -> Result<Option<(Accepted, String)>, StoreError> {
@@ -103,6 +137,7 @@ impl DynamoStore {
             seq: get_n(item, "seq")?,
             accepted_at_ms: get_n(item, "accepted_at_ms")?,
             duplicate: true,
+            external_recipients: string_set(item, "externals"),
         };
         Ok(Some((accepted, get_s(item, "body_digest")?)))
     }
@@ -227,16 +262,19 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// Conversation items by id (BatchGetItem, unprocessed keys retried).
-    async fn conversation_items(
+    /// Items of `table` by their one-attribute key `key_name` (BatchGetItem,
+    /// unprocessed keys retried), by key value.
+    async fn batch_get(
         &self,
+        table: &str,
+        key_name: &str,
         ids: &[String],
     ) -> Result<HashMap<String, HashMap<String, AttributeValue>>, StoreError> {
         use aws_sdk_dynamodb::types::KeysAndAttributes;
         let mut found = HashMap::new();
         for chunk in ids.chunks(100) {
             let keys: Vec<HashMap<String, AttributeValue>> =
-                chunk.iter().map(|id| HashMap::from([("conversation_id".to_owned(), s(id))])).collect();
+                chunk.iter().map(|id| HashMap::from([(key_name.to_owned(), s(id))])).collect();
             let mut request = Some(
                 KeysAndAttributes::builder()
                     .set_keys(Some(keys))
@@ -249,21 +287,17 @@ impl DynamoStore {
                 let out = self
                     .client
                     .batch_get_item()
-                    .request_items(&self.tables.conversations, keys)
+                    .request_items(table, keys)
                     .send()
                     .await
-                    .map_err(|e| unavailable("reading conversations", e))?;
-                for item in out.responses().and_then(|r| r.get(&self.tables.conversations)).into_iter().flatten() {
-                    found.insert(get_s(item, "conversation_id")?, item.clone());
+                    .map_err(|e| unavailable(&format!("reading {table}"), e))?;
+                for item in out.responses().and_then(|r| r.get(table)).into_iter().flatten() {
+                    found.insert(get_s(item, key_name)?, item.clone());
                 }
-                request = out
-                    .unprocessed_keys()
-                    .and_then(|u| u.get(&self.tables.conversations))
-                    .filter(|k| !k.keys().is_empty())
-                    .cloned();
+                request = out.unprocessed_keys().and_then(|u| u.get(table)).filter(|k| !k.keys().is_empty()).cloned();
             }
             if request.is_some() {
-                return Err(StoreError::Unavailable("DynamoDB left conversation reads unprocessed".into()));
+                return Err(StoreError::Unavailable(format!("DynamoDB left reads of {table} unprocessed")));
             }
         }
         Ok(found)
@@ -295,6 +329,29 @@ fn get_n<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &st
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| StoreError::Corrupt(format!("attribute {name} missing or not a number")))
+}
+
+/// A string set attribute's members, sorted; empty when absent.
+fn string_set(item: &HashMap<String, AttributeValue>, name: &str) -> Vec<String> {
+    let mut values = item.get(name).and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default();
+    values.sort();
+    values
+}
+
+fn member_state(item: &HashMap<String, AttributeValue>) -> Result<MemberState, StoreError> {
+    Ok(MemberState {
+        user_id: get_s(item, "user_id")?,
+        delivered_seq: number_or_zero(item, "delivered_seq"),
+        read_seq: number_or_zero(item, "last_read_seq"),
+    })
+}
+
+/// The member item attributes of a watermark.
+fn watermark_attributes(status: ReceiptStatus) -> (&'static str, &'static str) {
+    match status {
+        ReceiptStatus::Read => ("last_read_seq", "read_at_ms"),
+        _ => ("delivered_seq", "delivered_at_ms"),
+    }
 }
 
 /// A numeric attribute, 0 when absent (a marker never set).
@@ -347,13 +404,34 @@ fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> boo
     err.as_service_error().and_then(|e| e.code()).is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
+/// A transaction cancelled because one of its conditions failed.
+fn is_transaction_condition_failure<R>(
+    err: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> bool {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match err.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(e)) => {
+            e.cancellation_reasons().iter().any(|r| r.code() == Some("ConditionalCheckFailed"))
+        }
+        _ => false,
+    }
+}
+
 #[async_trait]
 impl Store for DynamoStore {
     async fn accept_send(&self, req: SendRequest<'_>) -> Result<Accepted, StoreError> {
         let digest = body_digest(req.body);
+        let recipients =
+            |externals: Vec<String>| -> Vec<String> { externals.into_iter().filter(|id| id != req.sender).collect() };
         if req.client_message_id.is_empty() {
-            let seq = self.next_seq(req.conversation_id, req.now_ms).await?;
-            return Ok(Accepted { message_id: req.new_message_id, seq, accepted_at_ms: req.now_ms, duplicate: false });
+            let (seq, externals) = self.next_seq(req.conversation_id, req.now_ms).await?;
+            return Ok(Accepted {
+                message_id: req.new_message_id,
+                seq,
+                accepted_at_ms: req.now_ms,
+                duplicate: false,
+                external_recipients: recipients(externals),
+            });
         }
         let key = idempotency_key(req.conversation_id, req.sender, req.client_message_id);
         let check = |(first, first_digest): (Accepted, String)| {
@@ -364,11 +442,20 @@ impl Store for DynamoStore {
         if let Some(found) = self.read_send(&key).await? {
             return check(found);
         }
-        let seq = self.next_seq(req.conversation_id, req.now_ms).await?;
-        let accepted = Accepted { message_id: req.new_message_id, seq, accepted_at_ms: req.now_ms, duplicate: false };
-        let put = self
-            .client
-            .put_item()
+        let (seq, externals) = self.next_seq(req.conversation_id, req.now_ms).await?;
+        let accepted = Accepted {
+            message_id: req.new_message_id,
+            seq,
+            accepted_at_ms: req.now_ms,
+            duplicate: false,
+            external_recipients: recipients(externals),
+        };
+        let mut put = self.client.put_item();
+        if !accepted.external_recipients.is_empty() {
+            // DynamoDB has no empty sets: the attribute is absent instead.
+            put = put.item("externals", AttributeValue::Ss(accepted.external_recipients.clone()));
+        }
+        let put = put
             .table_name(&self.tables.send_dedup)
             .item("idem_key", s(&key))
             .item("message_id", s(&accepted.message_id))
@@ -419,6 +506,17 @@ impl Store for DynamoStore {
     }
 
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        if matches!(ExternalId::parse(user_id), Ok(Some(_))) {
+            self.client
+                .update_item()
+                .table_name(&self.tables.conversations)
+                .key("conversation_id", s(conversation_id))
+                .update_expression("DELETE externals :m")
+                .expression_attribute_values(":m", AttributeValue::Ss(vec![user_id.to_owned()]))
+                .send()
+                .await
+                .map_err(|e| unavailable("removing an external member", e))?;
+        }
         let out = self
             .client
             .delete_item()
@@ -555,7 +653,7 @@ impl Store for DynamoStore {
         let more = members.len() > limit;
         members.truncate(limit);
         let ids: Vec<String> = members.iter().map(|(c, _)| c.clone()).collect();
-        let items = self.conversation_items(&ids).await?;
+        let items = self.batch_get(&self.tables.conversations, "conversation_id", &ids).await?;
         let page = members
             .into_iter()
             .map(|(conversation_id, last_read_seq)| ConversationInfo {
@@ -567,28 +665,207 @@ impl Store for DynamoStore {
         Ok((page, more))
     }
 
-    async fn mark_read(&self, conversation_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
-        let update = self
+    async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        // Recorded on the conversation first: a send accepted after the
+        // member exists then always names them.
+        if matches!(ExternalId::parse(member_id), Ok(Some(_))) {
+            self.client
+                .update_item()
+                .table_name(&self.tables.conversations)
+                .key("conversation_id", s(conversation_id))
+                .update_expression("ADD externals :m")
+                .expression_attribute_values(":m", AttributeValue::Ss(vec![member_id.to_owned()]))
+                .send()
+                .await
+                .map_err(|e| unavailable("recording an external member", e))?;
+        }
+        let put = self
             .client
-            .update_item()
+            .put_item()
             .table_name(&self.tables.members)
-            .key("conversation_id", s(conversation_id))
-            .key("user_id", s(user_id))
-            .update_expression("SET last_read_seq = :s")
-            .condition_expression(
-                "attribute_exists(user_id) AND (attribute_not_exists(last_read_seq) OR last_read_seq < :s)",
-            )
-            .expression_attribute_values(":s", AttributeValue::N(seq.to_string()))
+            .item("conversation_id", s(conversation_id))
+            .item("user_id", s(member_id))
+            .item("joined_at_ms", n(now_ms))
+            .condition_expression("attribute_not_exists(user_id)")
             .send()
             .await;
-        match update {
-            Ok(_) => Ok(seq),
-            Err(e) if is_condition_failure(&e) => {
-                // Not a member, or the marker is already at or past `seq`.
-                let item = self.member_item(conversation_id, user_id).await?.ok_or(StoreError::NotMember)?;
-                Ok(number_or_zero(&item, "last_read_seq"))
-            }
-            Err(e) => Err(unavailable("moving a read marker", e)),
+        match put {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("adding a member", e)),
         }
+    }
+
+    async fn members(&self, conversation_id: &str) -> Result<Vec<MemberState>, StoreError> {
+        let request = self
+            .client
+            .query()
+            .table_name(&self.tables.members)
+            .key_condition_expression("conversation_id = :c")
+            .expression_attribute_values(":c", s(conversation_id))
+            .consistent_read(true);
+        query_items(request, None, "listing members").await?.iter().map(member_state).collect()
+    }
+
+    async fn member(&self, conversation_id: &str, user_id: &str) -> Result<Option<MemberState>, StoreError> {
+        self.member_item(conversation_id, user_id).await?.as_ref().map(member_state).transpose()
+    }
+
+    async fn record_receipt(
+        &self,
+        conversation_id: &str,
+        receipt: &ReceiptEvent,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let seq = i64::try_from(receipt.up_to_seq).unwrap_or(i64::MAX);
+        if receipt.status == ReceiptStatus::Failed {
+            let mut put = self
+                .client
+                .put_item()
+                .table_name(&self.tables.receipts)
+                .item("conversation_id", s(conversation_id))
+                .item("receipt_key", s(&failure_key(receipt.up_to_seq, &receipt.user_id)))
+                .item("user_id", s(&receipt.user_id))
+                .item("at_ms", n(at_ms))
+                .condition_expression("attribute_not_exists(receipt_key)");
+            if !receipt.reason.is_empty() {
+                put = put.item("reason", s(&receipt.reason));
+            }
+            return match put.send().await {
+                Ok(_) => Ok(true),
+                Err(e) if is_condition_failure(&e) => Ok(false),
+                Err(e) => Err(unavailable("recording a failure", e)),
+            };
+        }
+        let (seq_attr, at_attr) = watermark_attributes(receipt.status);
+        let watermark = Update::builder()
+            .table_name(&self.tables.members)
+            .key("conversation_id", s(conversation_id))
+            .key("user_id", s(&receipt.user_id))
+            .update_expression(format!("SET {seq_attr} = :s, {at_attr} = :t"))
+            .condition_expression(format!(
+                "attribute_exists(user_id) AND (attribute_not_exists({seq_attr}) OR {seq_attr} < :s)"
+            ))
+            .expression_attribute_values(":s", n(seq))
+            .expression_attribute_values(":t", n(at_ms))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("building a watermark update: {e}")))?;
+        let step = Put::builder()
+            .table_name(&self.tables.receipts)
+            .item("conversation_id", s(conversation_id))
+            .item("receipt_key", s(&step_key(&receipt.user_id, receipt.status, receipt.up_to_seq)))
+            .item("at_ms", n(at_ms))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("building a receipt step: {e}")))?;
+        let out = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(watermark).build())
+            .transact_items(TransactWriteItem::builder().put(step).build())
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            // Not a member, or the watermark is already there.
+            Err(e) if is_transaction_condition_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("recording a receipt", e)),
+        }
+    }
+
+    async fn failures(&self, conversation_id: &str, seq: u64) -> Result<Vec<Failure>, StoreError> {
+        let request = self
+            .client
+            .query()
+            .table_name(&self.tables.receipts)
+            .key_condition_expression("conversation_id = :c AND begins_with(receipt_key, :p)")
+            .expression_attribute_values(":c", s(conversation_id))
+            .expression_attribute_values(":p", s(&failure_prefix(seq)))
+            .consistent_read(true);
+        query_items(request, None, "reading failures")
+            .await?
+            .iter()
+            .map(|item| {
+                Ok(Failure {
+                    user_id: get_s(item, "user_id")?,
+                    at_ms: get_n(item, "at_ms")?,
+                    reason: item.get("reason").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn step_time(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        status: ReceiptStatus,
+        seq: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (from, to) = step_range(user_id, status, seq);
+        let out = self
+            .client
+            .query()
+            .table_name(&self.tables.receipts)
+            .key_condition_expression("conversation_id = :c AND receipt_key BETWEEN :from AND :to")
+            .expression_attribute_values(":c", s(conversation_id))
+            .expression_attribute_values(":from", s(&from))
+            .expression_attribute_values(":to", s(&to))
+            .limit(1)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("reading a receipt step", e))?;
+        out.items().first().map(|item| get_n(item, "at_ms")).transpose()
+    }
+
+    async fn link_channel(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError> {
+        match external_id {
+            Some(external_id) => self
+                .client
+                .put_item()
+                .table_name(&self.tables.users)
+                .item("user_id", s(user_id))
+                .item("fallback_to", s(external_id))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("linking a channel", e)),
+            None => self
+                .client
+                .delete_item()
+                .table_name(&self.tables.users)
+                .key("user_id", s(user_id))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("unlinking a channel", e)),
+        }
+    }
+
+    async fn linked_channels(&self, user_ids: &[String]) -> Result<HashMap<String, String>, StoreError> {
+        let items = self.batch_get(&self.tables.users, "user_id", user_ids).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|(user, item)| item.get("fallback_to").and_then(|v| v.as_s().ok()).map(|to| (user, to.clone())))
+            .collect())
+    }
+
+    async fn bound_conversation(&self, member_id: &str) -> Result<Option<String>, StoreError> {
+        let request = self
+            .client
+            .query()
+            .table_name(&self.tables.members)
+            .index_name("by_user")
+            .key_condition_expression("user_id = :u")
+            .expression_attribute_values(":u", s(member_id));
+        let items = query_items(request, None, "finding an external member's conversation").await?;
+        let mut newest: Option<(i64, String)> = None;
+        for item in &items {
+            let candidate = (number_or_zero(item, "joined_at_ms") as i64, get_s(item, "conversation_id")?);
+            if newest.as_ref().is_none_or(|n| candidate > *n) {
+                newest = Some(candidate);
+            }
+        }
+        Ok(newest.map(|(_, c)| c))
     }
 }

@@ -5,10 +5,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chat_proto::envelope::{ReceiptEvent, ReceiptStatus};
+use chat_proto::external::ExternalId;
 
 use super::{
-    Accepted, ConversationInfo, Direction, HistoryQuery, Joined, PresenceKey, SendRequest, Store, StoreError,
-    StoredMessage, body_digest, idempotency_key,
+    Accepted, ConversationInfo, Direction, Failure, HistoryQuery, Joined, MemberState, PresenceKey, SendRequest, Store,
+    StoreError, StoredMessage, body_digest, idempotency_key,
 };
 
 #[derive(Debug, Default)]
@@ -16,11 +18,26 @@ pub struct MemoryStore {
     state: Mutex<State>,
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+struct Member {
+    delivered_seq: u64,
+    read_seq: u64,
+    joined_at_ms: i64,
+}
+
 #[derive(Debug, Default)]
 struct State {
     last_seq: HashMap<String, u64>,
-    /// conversation → member → read marker
-    members: HashMap<String, BTreeMap<String, u64>>,
+    /// conversation → member → receipt positions
+    members: HashMap<String, BTreeMap<String, Member>>,
+    /// conversation → its external members
+    externals: HashMap<String, BTreeSet<String>>,
+    /// (conversation, user, status) → seq → when the watermark reached it
+    steps: HashMap<(String, String, ReceiptStatus), BTreeMap<u64, i64>>,
+    /// (conversation, seq) → user → failure
+    failures: HashMap<(String, u64), BTreeMap<String, Failure>>,
+    /// user → linked external identity
+    links: HashMap<String, String>,
     /// conversation → seq → message: embedded mode has no `persist`, the
     /// store keeps what it accepts.
     messages: HashMap<String, BTreeMap<u64, StoredMessage>>,
@@ -39,6 +56,15 @@ impl MemoryStore {
     }
 }
 
+impl State {
+    fn record_member(&mut self, conversation_id: &str, member_id: &str, now_ms: i64) -> bool {
+        let members = self.members.entry(conversation_id.to_owned()).or_default();
+        let newly = !members.contains_key(member_id);
+        members.entry(member_id.to_owned()).or_insert(Member { joined_at_ms: now_ms, ..Member::default() });
+        newly
+    }
+}
+
 fn user_online(sessions: Option<&HashMap<(String, String), i64>>, user: &str, now_ms: i64) -> bool {
     sessions.is_some_and(|s| s.iter().any(|((u, _), exp)| u == user && *exp > now_ms))
 }
@@ -50,6 +76,11 @@ impl Store for MemoryStore {
         let key = (!req.client_message_id.is_empty())
             .then(|| idempotency_key(req.conversation_id, req.sender, req.client_message_id));
         let digest = body_digest(req.body);
+        let external_recipients: Vec<String> = state
+            .externals
+            .get(req.conversation_id)
+            .map(|e| e.iter().filter(|id| *id != req.sender).cloned().collect())
+            .unwrap_or_default();
         if let Some((first, first_digest)) = key.as_ref().and_then(|k| state.sends.get(k)) {
             if *first_digest != digest {
                 return Err(StoreError::ClientMessageIdReused);
@@ -58,8 +89,13 @@ impl Store for MemoryStore {
         }
         let seq = state.last_seq.entry(req.conversation_id.to_owned()).or_insert(0);
         *seq += 1;
-        let accepted =
-            Accepted { message_id: req.new_message_id, seq: *seq, accepted_at_ms: req.now_ms, duplicate: false };
+        let accepted = Accepted {
+            message_id: req.new_message_id,
+            seq: *seq,
+            accepted_at_ms: req.now_ms,
+            duplicate: false,
+            external_recipients,
+        };
         if let Some(key) = key {
             state.sends.insert(key, (accepted.clone(), digest));
         }
@@ -80,15 +116,16 @@ impl Store for MemoryStore {
 
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError> {
         let mut state = self.state();
-        let members = state.members.entry(conversation_id.to_owned()).or_default();
-        let newly_member = !members.contains_key(user_id);
-        members.entry(user_id.to_owned()).or_insert(0);
+        let newly_member = state.record_member(conversation_id, user_id, crate::clock::now_ms());
         let last_seq = state.last_seq.get(conversation_id).copied().unwrap_or(0);
         Ok(Joined { newly_member, last_seq })
     }
 
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
         let mut state = self.state();
+        if let Some(externals) = state.externals.get_mut(conversation_id) {
+            externals.remove(user_id);
+        }
         Ok(state.members.get_mut(conversation_id).is_some_and(|m| m.remove(user_id).is_some()))
     }
 
@@ -172,7 +209,7 @@ impl Store for MemoryStore {
         let mut mine: Vec<(&String, u64)> = state
             .members
             .iter()
-            .filter_map(|(c, members)| members.get(user_id).map(|read| (c, *read)))
+            .filter_map(|(c, members)| members.get(user_id).map(|m| (c, m.read_seq)))
             .filter(|(c, _)| after.is_none_or(|a| c.as_str() > a))
             .collect();
         mine.sort();
@@ -193,13 +230,109 @@ impl Store for MemoryStore {
         Ok((page, more))
     }
 
-    async fn mark_read(&self, conversation_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError> {
+    async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let mut state = self.state();
-        let marker =
-            state.members.get_mut(conversation_id).and_then(|m| m.get_mut(user_id)).ok_or(StoreError::NotMember)?;
-        *marker = (*marker).max(seq);
-        Ok(*marker)
+        if matches!(ExternalId::parse(member_id), Ok(Some(_))) {
+            state.externals.entry(conversation_id.to_owned()).or_default().insert(member_id.to_owned());
+        }
+        Ok(state.record_member(conversation_id, member_id, now_ms))
     }
+
+    async fn members(&self, conversation_id: &str) -> Result<Vec<MemberState>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .members
+            .get(conversation_id)
+            .map(|members| members.iter().map(|(user, m)| member_state(user, m)).collect())
+            .unwrap_or_default())
+    }
+
+    async fn member(&self, conversation_id: &str, user_id: &str) -> Result<Option<MemberState>, StoreError> {
+        let state = self.state();
+        Ok(state.members.get(conversation_id).and_then(|m| m.get(user_id)).map(|m| member_state(user_id, m)))
+    }
+
+    async fn record_receipt(
+        &self,
+        conversation_id: &str,
+        receipt: &ReceiptEvent,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let seq = receipt.up_to_seq;
+        if receipt.status == ReceiptStatus::Failed {
+            let failures = state.failures.entry((conversation_id.to_owned(), seq)).or_default();
+            if failures.contains_key(&receipt.user_id) {
+                return Ok(false);
+            }
+            let failure = Failure { user_id: receipt.user_id.clone(), at_ms, reason: receipt.reason.clone() };
+            failures.insert(receipt.user_id.clone(), failure);
+            return Ok(true);
+        }
+        let Some(member) = state.members.get_mut(conversation_id).and_then(|m| m.get_mut(&receipt.user_id)) else {
+            return Ok(false);
+        };
+        let watermark = match receipt.status {
+            ReceiptStatus::Read => &mut member.read_seq,
+            _ => &mut member.delivered_seq,
+        };
+        if *watermark >= seq {
+            return Ok(false);
+        }
+        *watermark = seq;
+        let key = (conversation_id.to_owned(), receipt.user_id.clone(), receipt.status);
+        state.steps.entry(key).or_default().insert(seq, at_ms);
+        Ok(true)
+    }
+
+    async fn failures(&self, conversation_id: &str, seq: u64) -> Result<Vec<Failure>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .failures
+            .get(&(conversation_id.to_owned(), seq))
+            .map(|f| f.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn step_time(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        status: ReceiptStatus,
+        seq: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        let state = self.state();
+        let key = (conversation_id.to_owned(), user_id.to_owned(), status);
+        Ok(state.steps.get(&key).and_then(|steps| steps.range(seq..).next()).map(|(_, at)| *at))
+    }
+
+    async fn link_channel(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError> {
+        let mut state = self.state();
+        match external_id {
+            Some(id) => state.links.insert(user_id.to_owned(), id.to_owned()),
+            None => state.links.remove(user_id),
+        };
+        Ok(())
+    }
+
+    async fn linked_channels(&self, user_ids: &[String]) -> Result<HashMap<String, String>, StoreError> {
+        let state = self.state();
+        Ok(user_ids.iter().filter_map(|u| state.links.get(u).map(|l| (u.clone(), l.clone()))).collect())
+    }
+
+    async fn bound_conversation(&self, member_id: &str) -> Result<Option<String>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .members
+            .iter()
+            .filter_map(|(c, members)| members.get(member_id).map(|m| (m.joined_at_ms, c)))
+            .max()
+            .map(|(_, c)| c.clone()))
+    }
+}
+
+fn member_state(user_id: &str, m: &Member) -> MemberState {
+    MemberState { user_id: user_id.to_owned(), delivered_seq: m.delivered_seq, read_seq: m.read_seq }
 }
 
 #[cfg(test)]

@@ -6,7 +6,10 @@
 //! (embedded mode). The rules both follow, such as what a retried
 //! `client_message_id` returns, are stated on the trait.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
+use chat_proto::envelope::{ReceiptEvent, ReceiptStatus};
 
 pub mod conformance;
 pub mod dynamo;
@@ -79,6 +82,9 @@ pub struct Accepted {
     pub accepted_at_ms: i64,
     /// This send repeats an earlier one with the same `client_message_id`.
     pub duplicate: bool,
+    /// The conversation's external members when the message was first
+    /// accepted, the sender excluded: the connector delivers to them.
+    pub external_recipients: Vec<String>,
 }
 
 /// A send waiting for its identity.
@@ -156,9 +162,200 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         after: Option<&str>,
     ) -> Result<(Vec<ConversationInfo>, bool), StoreError>;
 
-    /// Moves the user's read marker forward to `seq` (never backward);
-    /// returns the marker. [`StoreError::NotMember`] for non-members.
-    async fn mark_read(&self, conversation_id: &str, user_id: &str, seq: u64) -> Result<u64, StoreError>;
+    /// Adds a member (a user or an external identity) without them joining
+    /// on a stream; true when they were not a member. External members are
+    /// also recorded on the conversation, so sends name them as recipients.
+    async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Every member and their receipt positions, by user id.
+    async fn members(&self, conversation_id: &str) -> Result<Vec<MemberState>, StoreError>;
+
+    /// One member's receipt positions; `None` for a non-member.
+    async fn member(&self, conversation_id: &str, user_id: &str) -> Result<Option<MemberState>, StoreError>;
+
+    /// Records a receipt: DELIVERED/READ move the member's watermark forward
+    /// (never back) and log the step with its time; FAILED records the first
+    /// failure of one message. True when something moved; a non-member's
+    /// watermark receipt, or a repeated one, moves nothing.
+    async fn record_receipt(
+        &self,
+        conversation_id: &str,
+        receipt: &ReceiptEvent,
+        at_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// The failures recorded for message `seq`.
+    async fn failures(&self, conversation_id: &str, seq: u64) -> Result<Vec<Failure>, StoreError>;
+
+    /// When `user_id`'s `status` watermark first covered `seq`.
+    async fn step_time(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        status: ReceiptStatus,
+        seq: u64,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Links a user to an external identity for offline fallback (`None`
+    /// removes the link).
+    async fn link_channel(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError>;
+
+    /// The linked external identities of those `user_ids` that have one.
+    async fn linked_channels(&self, user_ids: &[String]) -> Result<HashMap<String, String>, StoreError>;
+
+    /// The conversation an external identity's inbound messages go to: the
+    /// one it was most recently added to.
+    async fn bound_conversation(&self, member_id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Moves the user's read marker forward to `seq` (never backward), as a
+    /// READ receipt; returns the marker. [`StoreError::NotMember`] for
+    /// non-members.
+    async fn mark_read(&self, conversation_id: &str, user_id: &str, seq: u64, at_ms: i64) -> Result<u64, StoreError> {
+        let receipt = ReceiptEvent {
+            user_id: user_id.to_owned(),
+            status: ReceiptStatus::Read,
+            up_to_seq: seq,
+            message_id: String::new(),
+            reason: String::new(),
+            via: String::new(),
+        };
+        self.record_receipt(conversation_id, &receipt, at_ms).await?;
+        Ok(self.member(conversation_id, user_id).await?.ok_or(StoreError::NotMember)?.read_seq)
+    }
+
+    /// Where a stored message stands with every current member but its
+    /// sender.
+    async fn message_status(&self, message: &StoredMessage) -> Result<Vec<RecipientStatus>, StoreError> {
+        let conversation_id = message.conversation_id.as_str();
+        let failures: HashMap<String, Failure> =
+            self.failures(conversation_id, message.seq).await?.into_iter().map(|f| (f.user_id.clone(), f)).collect();
+        let recipients: Vec<MemberState> =
+            self.members(conversation_id).await?.into_iter().filter(|m| m.user_id != message.sender).collect();
+        let statuses = recipients.into_iter().map(|member| {
+            let failure = failures.get(&member.user_id).cloned();
+            async move {
+                let status = status_of(message.seq, &member, failure.as_ref());
+                let read_at_ms = if status == DeliveryStatus::Read {
+                    self.step_time(conversation_id, &member.user_id, ReceiptStatus::Read, message.seq).await?
+                } else {
+                    None
+                };
+                let delivered_at_ms = if matches!(status, DeliveryStatus::Delivered | DeliveryStatus::Read) {
+                    // Read without a delivery ack first: delivered then.
+                    match self
+                        .step_time(conversation_id, &member.user_id, ReceiptStatus::Delivered, message.seq)
+                        .await?
+                    {
+                        Some(at) => Some(read_at_ms.map_or(at, |r| r.min(at))),
+                        None => read_at_ms,
+                    }
+                } else {
+                    None
+                };
+                Ok::<_, StoreError>(RecipientStatus {
+                    user_id: member.user_id,
+                    status,
+                    delivered_at_ms,
+                    read_at_ms,
+                    failed_at_ms: failure.as_ref().map(|f| f.at_ms),
+                    reason: failure.map(|f| f.reason).unwrap_or_default(),
+                })
+            }
+        });
+        use futures::{StreamExt, TryStreamExt};
+        futures::stream::iter(statuses).buffered(STATUS_QUERIES_IN_FLIGHT).try_collect().await
+    }
+}
+
+/// Step lookups of one `message_status` in flight at once.
+const STATUS_QUERIES_IN_FLIGHT: usize = 16;
+
+/// A member's receipt positions in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberState {
+    pub user_id: String,
+    /// Every message up to this seq reached the member (or `read_seq` does).
+    pub delivered_seq: u64,
+    /// The member's read marker.
+    pub read_seq: u64,
+}
+
+impl MemberState {
+    /// Read implies delivered.
+    pub fn delivered_up_to(&self) -> u64 {
+        self.delivered_seq.max(self.read_seq)
+    }
+}
+
+/// A message that could not be delivered to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub user_id: String,
+    pub at_ms: i64,
+    pub reason: String,
+}
+
+/// Where a message stands with one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeliveryStatus {
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientStatus {
+    pub user_id: String,
+    pub status: DeliveryStatus,
+    pub delivered_at_ms: Option<i64>,
+    pub read_at_ms: Option<i64>,
+    pub failed_at_ms: Option<i64>,
+    pub reason: String,
+}
+
+/// A recipient's status for message `seq`: FAILED is terminal (the message
+/// never reached them, whatever later messages did); otherwise the furthest
+/// watermark covering it.
+pub fn status_of(seq: u64, member: &MemberState, failure: Option<&Failure>) -> DeliveryStatus {
+    if failure.is_some() {
+        DeliveryStatus::Failed
+    } else if member.read_seq >= seq {
+        DeliveryStatus::Read
+    } else if member.delivered_up_to() >= seq {
+        DeliveryStatus::Delivered
+    } else {
+        DeliveryStatus::Sent
+    }
+}
+
+/// The sort key of a receipt step: the time a member's `status` watermark
+/// first covered a seq is that of the step with the smallest seq at or
+/// above it. Seqs are zero-padded so keys sort numerically.
+pub fn step_key(user_id: &str, status: ReceiptStatus, seq: u64) -> String {
+    format!("s#{user_id}#{}#{seq:020}", step_letter(status))
+}
+
+/// The sort key range holding `user_id`'s `status` steps at or above `seq`.
+pub fn step_range(user_id: &str, status: ReceiptStatus, seq: u64) -> (String, String) {
+    (step_key(user_id, status, seq), format!("s#{user_id}#{}#~", step_letter(status)))
+}
+
+fn step_letter(status: ReceiptStatus) -> char {
+    match status {
+        ReceiptStatus::Delivered => 'd',
+        ReceiptStatus::Read => 'r',
+        ReceiptStatus::Failed => 'f',
+    }
+}
+
+/// The sort key of a failure, grouped by message.
+pub fn failure_key(seq: u64, user_id: &str) -> String {
+    format!("{}{user_id}", failure_prefix(seq))
+}
+
+pub fn failure_prefix(seq: u64) -> String {
+    format!("f#{seq:020}#")
 }
 
 /// A digest of a message body, stored with idempotency records to detect a

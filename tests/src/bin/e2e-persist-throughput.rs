@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
                 sender: "probe".into(),
                 body: "x".repeat(100),
                 client_message_id: String::new(),
+                external_recipients: Vec::new(),
             }),
         );
         entries

@@ -1,0 +1,34 @@
+//! Lambda `connector` on AWS (one function per channel, `CHAT_CHANNEL`):
+//! builds its clients once and runs the handler under `lambda_runtime`, with
+//! the invocation's own deadline as the retry budget.
+
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use clap::Parser;
+use functions::connector::{self, ConnectorArgs};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[derive(Debug, Parser)]
+struct Config {
+    #[command(flatten)]
+    connector: ConnectorArgs,
+}
+
+/// Left for reporting the batch after the last attempt.
+const MARGIN: Duration = Duration::from_millis(500);
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let config = Config::parse();
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let connector = config.connector.build(&sdk)?;
+    let connector = &connector;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let left_ms = event.context.deadline.saturating_sub(connector::now_ms().max(0) as u64);
+        let deadline = Instant::now() + Duration::from_millis(left_ms).saturating_sub(MARGIN);
+        Ok::<SqsBatchResponse, Error>(connector::handle(connector, event.payload, deadline).await)
+    }))
+    .await
+}

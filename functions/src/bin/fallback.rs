@@ -1,0 +1,26 @@
+//! Lambda `fallback` on AWS: builds its clients once and runs the handler
+//! under `lambda_runtime`.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use clap::Parser;
+use functions::fallback::{self, FallbackArgs};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[derive(Debug, Parser)]
+struct Config {
+    #[command(flatten)]
+    fallback: FallbackArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let config = Config::parse();
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let fallback = config.fallback.build(&sdk);
+    let fallback = &fallback;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<SqsBatchResponse, Error>(fallback::handle(fallback, event.payload).await)
+    }))
+    .await
+}

@@ -1,0 +1,30 @@
+//! Lambda `webhook` on AWS, behind a function URL: builds its clients once
+//! and answers each call with the handler.
+
+use aws_lambda_events::event::lambda_function_urls::{LambdaFunctionUrlRequest, LambdaFunctionUrlResponse};
+use clap::Parser;
+use functions::webhook::{self, WebhookArgs};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[derive(Debug, Parser)]
+struct Config {
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let config = Config::parse();
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let webhook = config.webhook.build(&sdk);
+    let webhook = &webhook;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<LambdaFunctionUrlRequest>| async move {
+        let answer = webhook::handle(webhook, webhook::from_function_url(event.payload)).await;
+        let mut response = LambdaFunctionUrlResponse::default();
+        response.status_code = i64::from(answer.status);
+        response.body = Some(answer.body);
+        Ok::<_, Error>(response)
+    }))
+    .await
+}

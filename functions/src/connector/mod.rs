@@ -1,0 +1,484 @@
+//! Function `connector`: delivers messages to members on an external channel
+//! (WhatsApp, Instagram, Telegram) through that channel's HTTP API.
+//!
+//! One function per channel, each behind its own queue: the topic's filter
+//! policy on the `channels` attribute sends a channel's queue only the
+//! events with a recipient on it, so a slow or failing channel backs up its
+//! own queue and never delays the others (no shared pollers, no shared
+//! concurrency).
+//!
+//! Per record: one send per external recipient on this channel (or the one
+//! recipient of a fallback request). Sends to one address go in `seq` order;
+//! different addresses are sent concurrently. Each send is idempotent: an
+//! IN_PROGRESS claim in DynamoDB, then COMPLETED with its outcome, so a
+//! redelivered record never sends twice (a crash between the channel
+//! accepting and the record completing can still, at worst, send twice after
+//! the claim expires: no channel API offers an idempotency key). Throttling,
+//! 5xx and timeouts are retried with exponential backoff and full jitter
+//! while the invocation's budget lasts, then the record is reported failed
+//! (the queue redelivers it and, after `maxReceiveCount`, dead-letters it).
+//! A permanent refusal completes the send as FAILED and tells the sender.
+
+pub mod adapters;
+pub mod records;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use chat_proto::envelope::{Envelope, Event, MessageEvent, ReceiptEvent, ReceiptStatus};
+use chat_proto::external::{Channel, ExternalId};
+use futures::StreamExt;
+use gateway::bus::Bus;
+
+use adapters::{Adapter, ApiRequest, SendError, Sent};
+use records::{Begin, Records, Reference};
+
+/// Addresses served at once in one invocation.
+const ADDRESSES_IN_FLIGHT: usize = 16;
+
+/// Backoff between attempts at one send.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+    /// Longest a single API call may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { base: Duration::from_millis(200), cap: Duration::from_secs(5), request_timeout: Duration::from_secs(5) }
+    }
+}
+
+impl RetryPolicy {
+    /// Full jitter: a random wait up to the exponential bound, or the
+    /// channel's `retry_after` when it named one (capped).
+    pub fn wait(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(wait) = retry_after {
+            return wait.min(self.cap);
+        }
+        let bound = self.base.saturating_mul(2u32.saturating_pow(attempt.min(16))).min(self.cap);
+        bound.mul_f64(fastrand::f64())
+    }
+}
+
+/// The connector's configuration, shared by its Lambda binary and the local
+/// runner.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectorArgs {
+    /// The channel this function instance serves.
+    #[arg(long, env = "CHAT_CHANNEL", value_parser = parse_channel)]
+    pub channel: Channel,
+    #[command(flatten)]
+    pub apis: adapters::ChannelApis,
+    /// DynamoDB table of idempotency records and channel message ids.
+    #[arg(long, env = "CHAT_CONNECTOR_TABLE", default_value = "chat-connector")]
+    pub connector_table: String,
+    /// The topic receipts are published to.
+    #[arg(long, env = "CHAT_TOPIC_ARN")]
+    pub topic_arn: String,
+    /// Longest one API call may take, in milliseconds.
+    #[arg(long, env = "CHAT_CONNECTOR_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+}
+
+pub fn parse_channel(name: &str) -> Result<Channel, String> {
+    Channel::parse(name).ok_or_else(|| format!("unknown channel {name:?}: use whatsapp, instagram or telegram"))
+}
+
+impl ConnectorArgs {
+    pub fn build(self, sdk: &aws_config::SdkConfig) -> anyhow::Result<Connector> {
+        let retry =
+            RetryPolicy { request_timeout: Duration::from_millis(self.request_timeout_ms), ..RetryPolicy::default() };
+        Ok(Connector {
+            adapter: Adapter::new(self.channel, self.apis),
+            http: reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?,
+            records: Records::new(aws_sdk_dynamodb::Client::new(sdk), self.connector_table),
+            bus: Arc::new(gateway::bus::sns_sqs::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
+            retry,
+        })
+    }
+}
+
+/// What `connector` needs: built once per process.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub adapter: Adapter,
+    pub http: reqwest::Client,
+    pub records: Records,
+    pub bus: Arc<dyn Bus>,
+    pub retry: RetryPolicy,
+}
+
+/// One send to one external address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub record_id: String,
+    pub conversation_id: String,
+    pub message: MessageEvent,
+    /// The external identity sent to (`whatsapp:+55...`).
+    pub recipient: String,
+    /// Its address on the channel.
+    pub address: String,
+    /// Whose receipts the outcome is: the external member, or the internal
+    /// user a fallback is for.
+    pub receipt_user: String,
+    pub text: String,
+}
+
+/// A batch turned into sends, before any I/O.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub jobs: Vec<Job>,
+    pub failed: Vec<(String, String)>,
+    /// Records with nothing for this channel.
+    pub ignored: usize,
+}
+
+/// Decodes every record into the sends this channel owes.
+pub fn plan(event: &SqsEvent, channel: Channel) -> Plan {
+    let mut plan = Plan::default();
+    for (index, record) in event.records.iter().enumerate() {
+        let id = record.message_id.clone().unwrap_or_else(|| format!("record-{index}"));
+        let envelope = match record.body.as_deref().map(Envelope::decode) {
+            Some(Ok(envelope)) => envelope,
+            Some(Err(e)) => {
+                plan.failed.push((id, e.to_string()));
+                continue;
+            }
+            None => {
+                plan.failed.push((id, "record has no body".into()));
+                continue;
+            }
+        };
+        let targets: Vec<(String, String, MessageEvent, String)> = match envelope.event {
+            Event::Message(m) => m
+                .external_recipients
+                .iter()
+                .map(|to| (to.clone(), to.clone(), m.clone(), format!("{}: {}", m.sender, m.body)))
+                .collect(),
+            Event::Fallback(f) => {
+                let text = format!("{} in {}: {}", f.message.sender, envelope.conversation_id, f.message.body);
+                vec![(f.to, f.user_id, f.message, text)]
+            }
+            _ => Vec::new(),
+        };
+        let before = plan.jobs.len();
+        for (recipient, receipt_user, message, text) in targets {
+            match ExternalId::parse(&recipient) {
+                Ok(Some(external)) if external.channel == channel => plan.jobs.push(Job {
+                    record_id: id.clone(),
+                    conversation_id: envelope.conversation_id.clone(),
+                    message,
+                    recipient,
+                    address: external.address,
+                    receipt_user,
+                    text,
+                }),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(recipient, error = e, "malformed external recipient skipped"),
+            }
+        }
+        if plan.jobs.len() == before {
+            plan.ignored += 1;
+        }
+    }
+    plan
+}
+
+/// How one send ended for this invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Done {
+    /// Sent, or failed for good and reported: the record may go.
+    Settled,
+    /// Try the record again later.
+    Retry(String),
+}
+
+/// The `connector` handler: a plain function of (connector, event,
+/// invocation deadline).
+pub async fn handle(connector: &Connector, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+    let channel = connector.adapter.channel;
+    let plan = plan(&event, channel);
+    for (id, reason) in &plan.failed {
+        tracing::error!(record_id = id, reason, "record cannot be delivered; it will be retried, then dead-lettered");
+    }
+    let mut by_address: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+    for job in plan.jobs {
+        by_address.entry(job.address.clone()).or_default().push(job);
+    }
+    let sends = by_address.values_mut().count();
+    let results: Vec<Vec<(String, Done)>> = futures::stream::iter(by_address.into_values())
+        .map(|mut jobs| async move {
+            jobs.sort_by_key(|j| j.message.seq);
+            let mut results = Vec::with_capacity(jobs.len());
+            let mut blocked: Option<String> = None;
+            for job in jobs {
+                // A later message never overtakes an earlier one to the same
+                // address: after one must be retried, the rest wait too.
+                let done = match &blocked {
+                    Some(reason) => Done::Retry(format!("an earlier message to this address is pending: {reason}")),
+                    None => deliver(connector, &job, deadline).await,
+                };
+                if let Done::Retry(reason) = &done {
+                    blocked.get_or_insert_with(|| reason.clone());
+                }
+                results.push((job.record_id, done));
+            }
+            results
+        })
+        .buffer_unordered(ADDRESSES_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut failed: Vec<String> = plan.failed.into_iter().map(|(id, _)| id).collect();
+    let mut retried = 0;
+    for (record_id, done) in results.into_iter().flatten() {
+        if let Done::Retry(reason) = done {
+            tracing::warn!(record_id, reason, channel = channel.as_str(), "send left for a retry");
+            retried += 1;
+            failed.push(record_id);
+        }
+    }
+    tracing::info!(
+        channel = channel.as_str(),
+        records = event.records.len(),
+        addresses = sends,
+        retried,
+        ignored = plan.ignored,
+        "connector batch done"
+    );
+    crate::persist::response(failed)
+}
+
+async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
+    let channel = connector.adapter.channel.as_str();
+    let key = records::idempotency_key(channel, &job.message.message_id, &job.recipient);
+    let now_ms = now_ms();
+    let lock_until =
+        now_ms + i64::try_from(deadline.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(0);
+    match connector.records.begin(&key, now_ms, lock_until).await {
+        Err(e) => return Done::Retry(e),
+        Ok(Begin::InProgress) => return Done::Retry("another invocation is sending it".into()),
+        // Sent before; its receipt may not have gone out: say it again
+        // (receipts are idempotent).
+        Ok(Begin::Completed { outcome }) => {
+            let result = match outcome.strip_prefix("failed: ") {
+                Some(reason) => publish(connector, job, ReceiptStatus::Failed, reason).await,
+                None if connector.adapter.delivered_on_accept() => {
+                    publish(connector, job, ReceiptStatus::Delivered, "").await
+                }
+                None => Ok(()),
+            };
+            return result.map_or_else(Done::Retry, |()| Done::Settled);
+        }
+        Ok(Begin::Acquired) => {}
+    }
+    let outcome = match connector.adapter.request(&job.address, &job.text, &job.message.message_id) {
+        Ok(request) => send_with_retries(connector, &request, deadline).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(sent) => {
+            let reference = Reference {
+                conversation_id: job.conversation_id.clone(),
+                seq: job.message.seq,
+                message_id: job.message.message_id.clone(),
+                user_id: job.receipt_user.clone(),
+            };
+            let recorded = async {
+                connector.records.put_reference(channel, &sent.channel_message_id, &reference, now_ms).await?;
+                connector.records.complete(&key, "sent", &sent.channel_message_id, crate::connector::now_ms()).await
+            };
+            if let Err(e) = recorded.await {
+                // The channel has it: keep the claim (it expires), so a
+                // retry soon after does not send again.
+                return Done::Retry(e);
+            }
+            tracing::info!(
+                channel,
+                conversation_id = job.conversation_id,
+                seq = job.message.seq,
+                recipient = job.recipient,
+                channel_message_id = sent.channel_message_id,
+                "delivered to channel"
+            );
+            if connector.adapter.delivered_on_accept() {
+                return publish(connector, job, ReceiptStatus::Delivered, "")
+                    .await
+                    .map_or_else(Done::Retry, |()| Done::Settled);
+            }
+            Done::Settled
+        }
+        Err(SendError::Permanent { reason }) => {
+            tracing::warn!(
+                channel,
+                recipient = job.recipient,
+                seq = job.message.seq,
+                reason,
+                "channel refused the message"
+            );
+            if let Err(e) = connector.records.complete(&key, &format!("failed: {reason}"), "", now_ms).await {
+                return Done::Retry(e);
+            }
+            publish(connector, job, ReceiptStatus::Failed, &reason).await.map_or_else(Done::Retry, |()| Done::Settled)
+        }
+        Err(SendError::Retryable { reason, .. }) => {
+            if let Err(e) = connector.records.release(&key).await {
+                tracing::warn!(error = e, "releasing a send failed; it is retried once its claim expires");
+            }
+            Done::Retry(reason)
+        }
+    }
+}
+
+/// Calls the channel until it answers for good or the budget runs out.
+async fn send_with_retries(connector: &Connector, request: &ApiRequest, deadline: Instant) -> Result<Sent, SendError> {
+    let retry = connector.retry;
+    let mut attempt = 0;
+    loop {
+        let result = call(connector, request).await;
+        let (reason, retry_after) = match result {
+            Err(SendError::Retryable { reason, retry_after }) => (reason, retry_after),
+            other => return other,
+        };
+        let wait = retry.wait(attempt, retry_after);
+        attempt += 1;
+        // Another attempt only if it can finish inside the invocation.
+        if Instant::now() + wait + retry.request_timeout >= deadline {
+            return Err(SendError::Retryable {
+                reason: format!("{reason} (gave up after {attempt} attempts: invocation budget)"),
+                retry_after,
+            });
+        }
+        tracing::debug!(attempt, reason, wait_ms = wait.as_millis() as u64, "retrying a send");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn call(connector: &Connector, request: &ApiRequest) -> Result<Sent, SendError> {
+    let mut builder = connector
+        .http
+        .post(&request.url)
+        .timeout(connector.retry.request_timeout)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(request.body.clone());
+    if let Some(token) = &request.bearer {
+        builder = builder.bearer_auth(token);
+    }
+    let response = builder.send().await.map_err(|e| SendError::Retryable {
+        reason: if e.is_timeout() {
+            "the channel did not answer in time".into()
+        } else {
+            format!("request failed: {e}")
+        },
+        retry_after: None,
+    })?;
+    let status = response.status().as_u16();
+    let retry_after =
+        response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| SendError::Retryable { reason: format!("reading the answer failed: {e}"), retry_after: None })?;
+    connector.adapter.outcome(status, &body, retry_after.as_deref())
+}
+
+async fn publish(connector: &Connector, job: &Job, status: ReceiptStatus, reason: &str) -> Result<(), String> {
+    let channel = connector.adapter.channel.as_str();
+    let receipt = ReceiptEvent {
+        user_id: job.receipt_user.clone(),
+        status,
+        up_to_seq: job.message.seq,
+        message_id: job.message.message_id.clone(),
+        reason: reason.to_owned(),
+        via: channel.to_owned(),
+    };
+    let envelope = Envelope::new(
+        ulid::Ulid::new().to_string(),
+        job.conversation_id.clone(),
+        format!("connector-{channel}"),
+        now_ms(),
+        Event::Receipt(receipt),
+    );
+    connector.bus.publish(&[envelope]).await.map_err(|e| format!("publishing a receipt: {e}"))
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lambda_events::event::sqs::SqsMessage;
+    use chat_proto::envelope::FallbackEvent;
+
+    fn record(id: &str, envelope: &Envelope) -> SqsMessage {
+        let mut m = SqsMessage::default();
+        m.message_id = Some(id.into());
+        m.body = Some(envelope.encode());
+        m
+    }
+
+    fn message(seq: u64, recipients: &[&str]) -> MessageEvent {
+        MessageEvent {
+            message_id: format!("m{seq}"),
+            seq,
+            sender: "alice".into(),
+            body: "hello".into(),
+            client_message_id: String::new(),
+            external_recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    fn envelope(event: Event) -> Envelope {
+        Envelope::new("e".into(), "room".into(), "gw".into(), 1, event)
+    }
+
+    #[test]
+    fn plan_takes_only_this_channels_recipients() {
+        let mut event = SqsEvent::default();
+        event.records = vec![
+            record("1", &envelope(Event::Message(message(1, &["whatsapp:+5511999990000", "telegram:42"])))),
+            record("2", &envelope(Event::Message(message(2, &["telegram:42"])))),
+            record(
+                "3",
+                &envelope(Event::Fallback(FallbackEvent {
+                    user_id: "bob".into(),
+                    to: "whatsapp:+5511999990001".into(),
+                    message: message(3, &[]),
+                })),
+            ),
+            {
+                let mut poison = SqsMessage::default();
+                poison.message_id = Some("4".into());
+                poison.body = Some("{not json".into());
+                poison
+            },
+        ];
+        let plan = plan(&event, Channel::WhatsApp);
+        let jobs: Vec<(&str, &str, &str)> =
+            plan.jobs.iter().map(|j| (j.record_id.as_str(), j.address.as_str(), j.receipt_user.as_str())).collect();
+        assert_eq!(jobs, vec![("1", "+5511999990000", "whatsapp:+5511999990000"), ("3", "+5511999990001", "bob")]);
+        assert_eq!(plan.jobs[0].text, "alice: hello");
+        assert_eq!(plan.jobs[1].text, "alice in room: hello");
+        assert_eq!(plan.ignored, 1);
+        assert_eq!(plan.failed.len(), 1);
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_honours_retry_after() {
+        let policy = RetryPolicy::default();
+        for attempt in 0..20 {
+            assert!(policy.wait(attempt, None) <= policy.cap);
+        }
+        assert_eq!(policy.wait(0, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(policy.wait(0, Some(Duration::from_secs(60))), policy.cap);
+    }
+}
