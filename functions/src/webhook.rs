@@ -90,15 +90,43 @@ pub struct WebhookArgs {
     pub topic_arn: String,
 }
 
+impl WebhookSecrets {
+    /// Every secret must be set and non-empty (an empty one would match an
+    /// empty header).
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (name, value) in [
+            ("CHAT_META_APP_SECRET", &self.meta_app_secret),
+            ("CHAT_META_VERIFY_TOKEN", &self.meta_verify_token),
+            ("CHAT_TELEGRAM_SECRET_TOKEN", &self.telegram_secret_token),
+        ] {
+            anyhow::ensure!(!value.trim().is_empty(), "{name} is empty: the webhook would accept forged calls");
+        }
+        Ok(())
+    }
+
+    /// On AWS the secrets must come from the environment, never from the
+    /// local defaults (which are public).
+    pub fn require_from_environment() -> anyhow::Result<()> {
+        for name in ["CHAT_META_APP_SECRET", "CHAT_META_VERIFY_TOKEN", "CHAT_TELEGRAM_SECRET_TOKEN"] {
+            anyhow::ensure!(
+                std::env::var(name).is_ok_and(|v| !v.trim().is_empty()),
+                "{name} must be set (the local default is public)"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl WebhookArgs {
-    pub fn build(self, sdk: &aws_config::SdkConfig) -> Webhook {
+    pub fn build(self, sdk: &aws_config::SdkConfig) -> anyhow::Result<Webhook> {
+        self.secrets.check()?;
         let dynamo = aws_sdk_dynamodb::Client::new(sdk);
-        Webhook {
+        Ok(Webhook {
             store: Arc::new(gateway::store::dynamo::DynamoStore::new(dynamo.clone(), self.tables)),
             records: Records::new(dynamo, self.connector_table),
             bus: Arc::new(gateway::bus::sns_sqs::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
             secrets: self.secrets,
-        }
+        })
     }
 }
 
@@ -280,8 +308,7 @@ async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), String> {
         }
         Notice::Inbound { from, channel_message_id, text } => {
             let sender = from.to_string();
-            let Some(conversation_id) = webhook.store.bound_conversation(&sender).await.map_err(|e| e.to_string())?
-            else {
+            let Some(conversation_id) = reply_conversation(webhook, &sender).await? else {
                 tracing::warn!(sender, "message from an identity in no conversation ignored");
                 return Ok(());
             };
@@ -312,6 +339,18 @@ async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Where an external identity's message goes: the conversation we last
+/// delivered to it (so it answers what it was sent), while it is still a
+/// member there; else the conversation it was most recently added to.
+async fn reply_conversation(webhook: &Webhook, sender: &str) -> Result<Option<String>, String> {
+    if let Some(conversation_id) = webhook.records.binding(sender).await?
+        && webhook.store.is_member(&conversation_id, sender).await.map_err(|e| e.to_string())?
+    {
+        return Ok(Some(conversation_id));
+    }
+    webhook.store.bound_conversation(sender).await.map_err(|e| e.to_string())
 }
 
 /// A Lambda function URL event as a [`WebhookRequest`].

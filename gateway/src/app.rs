@@ -261,6 +261,18 @@ impl App {
         Ok(())
     }
 
+    /// Unary `MarkRead`: `seq` may not pass the conversation's latest (a
+    /// stream's read frame is checked against what the stream knows).
+    pub async fn mark_read_checked(&self, conversation_id: &str, user: &str, seq: u64) -> Result<u64, GatewayError> {
+        let latest = self.store.latest_seq(conversation_id).await?;
+        if seq > latest {
+            return Err(GatewayError::InvalidArgument(format!(
+                "seq {seq} is beyond the latest seq {latest} of conversation {conversation_id}"
+            )));
+        }
+        self.mark_read(conversation_id, user, seq).await
+    }
+
     /// Moves the user's read marker to `seq` (recorded at once, so the
     /// caller's next `ListConversations` sees it) and publishes the READ
     /// receipt when the marker moved there.
@@ -416,6 +428,9 @@ mod tests {
             after: Option<&str>,
         ) -> Result<(Vec<ConversationInfo>, bool), StoreError> {
             self.inner.conversations(u, limit, after).await
+        }
+        async fn latest_seq(&self, c: &str) -> Result<u64, StoreError> {
+            self.inner.latest_seq(c).await
         }
         async fn add_member(&self, c: &str, m: &str, now: i64) -> Result<bool, StoreError> {
             self.inner.add_member(c, m, now).await

@@ -22,6 +22,7 @@ use chat_proto::envelope::{Envelope, Event, ReceiptStatus};
 use chat_proto::pb::{self, ServerEvent, server_event::Event as PbEvent};
 
 use crate::outbox::{Outbox, Undeliverable};
+use crate::receipts::ReceiptPositions;
 use crate::reorder::{Pushed, Reorderer};
 
 /// Event ids remembered for deduplication. At-least-once redeliveries come
@@ -61,30 +62,8 @@ struct State {
 struct Conversation {
     members: HashMap<String, Arc<Outbox>>,
     order: Reorderer<ServerEvent>,
-    /// (member, DELIVERED or READ) → the highest receipt passed on.
-    receipts: HashMap<(String, ReceiptStatus), u64>,
-}
-
-impl Conversation {
-    /// Whether a receipt moves its member forward (and records it if so).
-    /// FAILED names one message and always passes (duplicates are caught by
-    /// event id); READ implies DELIVERED.
-    fn receipt_advances(&mut self, user_id: &str, status: ReceiptStatus, seq: u64) -> bool {
-        let key = |s| (user_id.to_owned(), s);
-        let read = self.receipts.get(&key(ReceiptStatus::Read)).copied().unwrap_or(0);
-        let floor = match status {
-            ReceiptStatus::Failed => return true,
-            ReceiptStatus::Read => read,
-            ReceiptStatus::Delivered => {
-                read.max(self.receipts.get(&key(ReceiptStatus::Delivered)).copied().unwrap_or(0))
-            }
-        };
-        if seq <= floor {
-            return false;
-        }
-        self.receipts.insert(key(status), seq);
-        true
-    }
+    /// What this gateway has passed on.
+    receipts: ReceiptPositions,
 }
 
 /// A bounded set of recently seen ids, oldest evicted first.
@@ -128,7 +107,7 @@ impl Hub {
         let conversation = state.conversations.entry(conversation_id.to_owned()).or_insert_with(|| Conversation {
             members: HashMap::new(),
             order: Reorderer::unanchored(self.reorder_window),
-            receipts: HashMap::new(),
+            receipts: ReceiptPositions::default(),
         });
         conversation.members.insert(outbox.session_id.clone(), outbox);
     }
@@ -171,7 +150,9 @@ impl Hub {
             return;
         }
         match &envelope.event {
-            Event::Receipt(r) if !conversation.receipt_advances(&r.user_id, r.status, r.up_to_seq) => {
+            Event::Receipt(r)
+                if !conversation.receipts.advance(&envelope.conversation_id, &r.user_id, r.status, r.up_to_seq) =>
+            {
                 self.counters.stale_receipts.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -245,6 +226,9 @@ impl Hub {
                 continue;
             }
             for event in events {
+                if !outbox.receipt_is_news(event) {
+                    continue;
+                }
                 match outbox.deliver(event.clone()) {
                     Ok(()) => {
                         self.counters.deliveries.fetch_add(1, Ordering::Relaxed);

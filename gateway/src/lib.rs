@@ -24,6 +24,7 @@ pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod outbox;
+pub mod receipts;
 pub mod reorder;
 pub mod server;
 pub mod service;

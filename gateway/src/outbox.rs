@@ -55,6 +55,8 @@ struct OutboxState {
     /// Conversations being resumed: their live messages wait here until the
     /// stored ones have been delivered.
     held: HashMap<String, Vec<ServerEvent>>,
+    /// Receipts this stream has been shown (its join snapshots included).
+    receipts: crate::receipts::ReceiptPositions,
 }
 
 impl Outbox {
@@ -206,6 +208,24 @@ impl Outbox {
     /// Resolves when the client's receiving side is gone.
     pub async fn gone(&self) {
         self.tx.closed().await;
+    }
+
+    /// Whether an event is news to this stream: false for a receipt that
+    /// would move a user backwards from what the stream has seen.
+    pub fn receipt_is_news(&self, event: &ServerEvent) -> bool {
+        use chat_proto::envelope::ReceiptStatus;
+        let Some(pb::server_event::Event::Receipt(r)) = &event.event else { return true };
+        let status = match pb::MessageStatus::try_from(r.status) {
+            Ok(pb::MessageStatus::Delivered) => ReceiptStatus::Delivered,
+            Ok(pb::MessageStatus::Read) => ReceiptStatus::Read,
+            _ => return true,
+        };
+        self.state().receipts.advance(&r.conversation_id, &r.user_id, status, r.up_to_seq)
+    }
+
+    /// Records the receipt positions a join snapshot showed this stream.
+    pub fn seed_receipts(&self, conversation_id: &str, members: &[crate::store::MemberState]) {
+        self.state().receipts.seed(conversation_id, members);
     }
 
     /// The seq of the last message of a conversation given to this stream.

@@ -152,7 +152,7 @@ impl ChatService for ChatApi {
         let user = caller(&request)?;
         let req = request.into_inner();
         limits::conversation_id(&req.conversation_id)?;
-        let last_read_seq = self.app.mark_read(&req.conversation_id, &user.0, req.seq).await?;
+        let last_read_seq = self.app.mark_read_checked(&req.conversation_id, &user.0, req.seq).await?;
         Ok(Response::new(MarkReadResponse { last_read_seq }))
     }
 

@@ -202,6 +202,8 @@ impl Session {
         self.joined.insert(conversation_id.to_owned());
         let known = self.known_seq.entry(conversation_id.to_owned()).or_default();
         *known = (*known).max(outcome.last_seq);
+        // Receipts older than the snapshot must not reach the stream after it.
+        self.outbox.seed_receipts(conversation_id, &outcome.members);
         self.deliver(Event::PresenceSnapshot(pb::PresenceSnapshot {
             conversation_id: conversation_id.to_owned(),
             online: outcome.online,

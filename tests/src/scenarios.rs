@@ -365,6 +365,7 @@ pub async fn receipts_flow_live_and_only_forward(cluster: &Cluster) -> anyhow::R
     }
     let sent = accepted(&mut alice, 3).await?;
     let first = sent.iter().find(|a| a.seq == 1).context("seq 1 accepted")?.message_id.clone();
+    let third = sent.iter().find(|a| a.seq == 3).context("seq 3 accepted")?.message_id.clone();
     messages(&mut bob, &room, 3).await?;
 
     bob.ack(&room, 3).await?;
@@ -427,7 +428,19 @@ pub async fn receipts_flow_live_and_only_forward(cluster: &Cluster) -> anyhow::R
     let bad = cluster.message_status(0, "alice", &room, "").await?;
     ensure!(bad.as_ref().err().map(tonic::Status::code) == Some(Code::InvalidArgument), "{bad:?}");
 
-    // A later join sees everyone's position in its snapshot.
+    // Unary MarkRead past the conversation's end is refused.
+    let mut unary = ChatServiceClient::new(cluster.channel(0).await?);
+    let request = chat_proto::pb::MarkReadRequest { conversation_id: room.clone(), seq: 1_000_000 };
+    let beyond = unary.mark_read(with_token(request, &cluster.token("bob")?)?).await;
+    ensure!(beyond.as_ref().err().map(tonic::Status::code) == Some(Code::InvalidArgument), "{beyond:?}");
+
+    // A later join sees everyone's position in its snapshot (once `persist`
+    // has recorded bob's DELIVERED 3).
+    cluster
+        .wait_message_status("alice", &room, &third, |s| {
+            s.recipients.iter().any(|r| r.user_id == "bob" && r.status == MessageStatus::Delivered as i32)
+        })
+        .await?;
     let mut dave = cluster.connect(0, "dave").await?;
     let snapshot = dave.join(&room).await?;
     let bob_state = snapshot.receipts.iter().find(|r| r.user_id == "bob").context("bob in the snapshot")?;

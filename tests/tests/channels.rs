@@ -24,7 +24,7 @@ async fn cluster_with(channels: &[&str], parameters: &[&str]) -> anyhow::Result<
     Ok((cluster, sim))
 }
 
-/// alice in a new room with `members` added; returns the room.
+/// `alice` (any member) in a new room with `members` added; returns the room.
 async fn room_with(
     cluster: &Cluster,
     alice: &mut chat_e2e::client::TestClient,
@@ -33,7 +33,7 @@ async fn room_with(
     let room = unique("ext-");
     alice.join(&room).await?;
     for member in members {
-        let added = cluster.add_member(0, "alice", &room, member).await?;
+        let added = cluster.add_member(0, &alice.user, &room, member).await?;
         ensure!(matches!(added, Ok(true)), "adding {member}: {added:?}");
     }
     Ok(room)
@@ -67,6 +67,22 @@ async fn whatsapp_member_gets_the_message_once_and_receipts_flow_back() -> anyho
         .await?;
     let wa = status.recipients.iter().find(|r| r.user_id == WA).context("whatsapp member listed")?;
     ensure!(wa.delivered_at_ms > 0 && wa.read_at_ms >= wa.delivered_at_ms, "{wa:?}");
+
+    // Someone else adding the same number to their room later does not
+    // capture its replies: they go where we last delivered to it.
+    let mut mallory = cluster.connect(0, "mallory").await?;
+    let trap = room_with(&cluster, &mut mallory, &[WA]).await?;
+    let reply = sim.inbound("whatsapp", "5511999990000", "obrigado!").await?;
+    ensure!(reply.webhook_status == 200, "webhook answered {}", reply.webhook_status);
+    let message = alice
+        .wait_for(|e| match e {
+            PbEvent::Message(m) if m.conversation_id == room && m.sender == WA => Some(m.clone()),
+            _ => None,
+        })
+        .await?;
+    // One reply is one message, in one conversation: alice's, not the trap.
+    ensure!(message.body == "obrigado!", "{message:?}");
+    ensure!(trap != room, "distinct rooms");
     Ok(())
 }
 
@@ -181,6 +197,35 @@ async fn poison_record_reaches_the_connector_dead_letter_queue() -> anyhow::Resu
 }
 
 #[tokio::test]
+async fn a_channel_that_keeps_failing_is_failed_for_the_sender_and_dead_lettered() -> anyhow::Result<()> {
+    let mut cluster =
+        Cluster::aws_custom(1, &[], &["ConnectorVisibilityTimeoutSeconds=1", "ConnectorMaxReceiveCount=2"]).await?;
+    // Short invocations, and the queue's maxReceiveCount as on AWS.
+    let env = [("CHAT_FUNCTION_TIMEOUT_SECS", "2"), ("CHAT_CONNECTOR_MAX_RECEIVE_COUNT", "2")];
+    let sim = cluster.start_channels(&["telegram"], &env).await?;
+    sim.faults(chat_e2e::channels::Faults { fail_next: Some(vec![503; 200]), ..faults("telegram") }).await?;
+    let mut alice = cluster.connect(0, "alice").await?;
+    let room = room_with(&cluster, &mut alice, &[TG]).await?;
+    alice.send(&room, "down-1", "into the void").await?;
+    scenarios::accepted(&mut alice, 1).await?;
+    let failed = alice.wait_receipt(TG, MessageStatus::Failed, 1).await?;
+    ensure!(failed.reason.contains("gave up after 2 deliveries"), "reason {:?}", failed.reason);
+    let sdk = cluster.emulator.as_ref().context("emulator")?.sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let dlq = cluster.output("CHAT_CONNECTOR_TELEGRAM_DEAD_LETTER_QUEUE_URL")?;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let out = sqs.receive_message().queue_url(&dlq).wait_time_seconds(1).send().await?;
+        if !out.messages().is_empty() {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the failing record never reached the dead-letter queue");
+    }
+    ensure!(sim.delivered("telegram").await?.is_empty(), "nothing got through");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_stuck_channel_does_not_delay_another() -> anyhow::Result<()> {
     let (cluster, sim) = cluster_with(&["whatsapp", "telegram"], &[]).await?;
     sim.faults(chat_e2e::channels::Faults { latency_ms: Some(10_000), ..faults("whatsapp") }).await?;
@@ -260,7 +305,7 @@ async fn receipts_never_move_backwards_under_reordering() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn offline_fallback_fires_once_and_only_without_an_ack() -> anyhow::Result<()> {
-    let (mut cluster, sim) = cluster_with(&["telegram"], &["FallbackDelaySeconds=2"]).await?;
+    let (mut cluster, sim) = cluster_with(&["telegram"], &["FallbackDelaySeconds=3"]).await?;
     cluster.start_runner("fallback", "CHAT_FALLBACK_QUEUE_URL", &[("CHAT_BATCHING_WINDOW_MS", "0")])?;
     for (user, link) in [("bob", "telegram:777"), ("carol", "telegram:888")] {
         let linked = cluster.link_channel(0, user, link).await?;
@@ -289,9 +334,17 @@ async fn offline_fallback_fires_once_and_only_without_an_ack() -> anyhow::Result
     let via = alice.wait_receipt("bob", MessageStatus::Delivered, 1).await?;
     ensure!(via.via == "telegram", "bob's delivery came through telegram: {via:?}");
     // The deadline is the queue's delivery delay: never before it.
-    ensure!(via.at_ms - message.sent_at_ms >= 2000, "fell back after {} ms", via.at_ms - message.sent_at_ms);
+    ensure!(via.at_ms - message.sent_at_ms >= 3000, "fell back after {} ms", via.at_ms - message.sent_at_ms);
+    // A second round: once its fallback is through, the first round's
+    // deadlines have all been handled, so what carol did not get is final.
+    alice.send(&room, "fb-2", "still there?").await?;
+    scenarios::accepted(&mut alice, 1).await?;
+    scenarios::messages(&mut carol, &room, 1).await?;
+    carol.ack(&room, 2).await?;
+    alice.wait_receipt("bob", MessageStatus::Delivered, 2).await?;
     let sent = sim.delivered("telegram").await?;
-    ensure!(sent.len() == 1, "one fallback send: {sent:?}");
-    ensure!(sent[0].to == "777" && sent[0].text == format!("alice in {room}: are you there?"), "{:?}", sent[0]);
+    let to: Vec<&str> = sent.iter().map(|s| s.to.as_str()).collect();
+    ensure!(to == ["777", "777"], "one fallback per message, to bob only: {sent:?}");
+    ensure!(sent[0].text == format!("alice in {room}: are you there?"), "{:?}", sent[0]);
     Ok(())
 }

@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let stop = stop_on_signals()?;
     if let Function::Webhook { webhook, listen } = config.function {
-        return serve_webhook(webhook.build(&sdk), listen, stop).await;
+        return serve_webhook(webhook.build(&sdk)?, listen, stop).await;
     }
     let queue_url = config
         .queue_url

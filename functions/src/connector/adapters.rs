@@ -136,8 +136,11 @@ fn join(base: &str, path: &str) -> String {
     format!("{}{path}", base.trim_end_matches('/'))
 }
 
+/// Throttling, timeouts and server errors pass; so do 401/403: a rejected
+/// credential is an operator's problem (an expired or rotated token), and
+/// the messages must survive until it is fixed, not be declared FAILED.
 fn is_retryable_status(status: u16) -> bool {
-    status == 429 || status == 408 || status >= 500
+    matches!(status, 401 | 403 | 408 | 429) || status >= 500
 }
 
 fn meta_outcome(
@@ -147,9 +150,13 @@ fn meta_outcome(
     message_id: impl Fn(&[u8]) -> Option<String>,
 ) -> Result<Sent, SendError> {
     if (200..300).contains(&status) {
-        return message_id(body).map(|channel_message_id| Sent { channel_message_id }).ok_or_else(|| {
-            SendError::Retryable { reason: format!("HTTP {status} without a message id"), retry_after: None }
+        // Accepted: never sent again, even if the id is missing (its
+        // receipts then cannot be matched, a lesser harm than a duplicate).
+        let channel_message_id = message_id(body).unwrap_or_else(|| {
+            tracing::warn!(status, "the channel accepted a send without a message id");
+            String::new()
         });
+        return Ok(Sent { channel_message_id });
     }
     let error = serde_json::from_slice::<meta::ErrorResponse>(body).ok().map(|e| e.error);
     let reason = match &error {
@@ -166,8 +173,9 @@ fn meta_outcome(
 
 fn telegram_outcome(status: u16, body: &[u8], retry_after: Option<Duration>) -> Result<Sent, SendError> {
     let answer = serde_json::from_slice::<telegram::ApiResponse<telegram::Message>>(body).ok();
-    if let Some(telegram::ApiResponse { ok: true, result: Some(message), .. }) = &answer {
-        return Ok(Sent { channel_message_id: format!("{}:{}", message.chat.id, message.message_id) });
+    if let Some(telegram::ApiResponse { ok: true, result, .. }) = &answer {
+        let channel_message_id = result.as_ref().map(|m| format!("{}:{}", m.chat.id, m.message_id)).unwrap_or_default();
+        return Ok(Sent { channel_message_id });
     }
     let description = answer.as_ref().and_then(|a| a.description.clone()).unwrap_or_else(|| {
         format!("HTTP {status}: {}", String::from_utf8_lossy(body).chars().take(200).collect::<String>())
@@ -179,7 +187,7 @@ fn telegram_outcome(status: u16, body: &[u8], retry_after: Option<Duration>) -> 
         .and_then(|p| p.retry_after)
         .map(Duration::from_secs)
         .or(retry_after);
-    if is_retryable_status(code) || (200..300).contains(&status) {
+    if is_retryable_status(code) || (200..300).contains(&status) && answer.is_none() {
         Err(SendError::Retryable { reason: description, retry_after: wait })
     } else {
         Err(SendError::Permanent { reason: description })
@@ -234,6 +242,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(wa.outcome(502, b"<html>bad gateway</html>", None), Err(SendError::Retryable { .. })));
+        let expired = br#"{"error":{"message":"Invalid OAuth access token.","code":190}}"#;
+        assert!(matches!(wa.outcome(401, expired, None), Err(SendError::Retryable { .. })), "credentials are fixable");
+        assert_eq!(wa.outcome(200, b"{}", None), Ok(Sent { channel_message_id: String::new() }), "accepted is sent");
     }
 
     #[test]

@@ -83,6 +83,11 @@ pub struct ConnectorArgs {
     /// Longest one API call may take, in milliseconds.
     #[arg(long, env = "CHAT_CONNECTOR_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
+    /// The queue's `maxReceiveCount`: on a record's last receive, a send
+    /// that still fails is reported FAILED before the record is
+    /// dead-lettered.
+    #[arg(long, env = "CHAT_CONNECTOR_MAX_RECEIVE_COUNT", default_value_t = 5)]
+    pub max_receive_count: u32,
 }
 
 pub fn parse_channel(name: &str) -> Result<Channel, String> {
@@ -99,6 +104,7 @@ impl ConnectorArgs {
             records: Records::new(aws_sdk_dynamodb::Client::new(sdk), self.connector_table),
             bus: Arc::new(gateway::bus::sns_sqs::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
             retry,
+            max_receive_count: self.max_receive_count,
         })
     }
 }
@@ -111,6 +117,7 @@ pub struct Connector {
     pub records: Records,
     pub bus: Arc<dyn Bus>,
     pub retry: RetryPolicy,
+    pub max_receive_count: u32,
 }
 
 /// One send to one external address.
@@ -127,6 +134,11 @@ pub struct Job {
     /// user a fallback is for.
     pub receipt_user: String,
     pub text: String,
+    /// A fallback for an internal member: its failure is not theirs to
+    /// see as FAILED (they may still read it in the app).
+    pub fallback: bool,
+    /// How many times the queue has handed this record out.
+    pub receive_count: u32,
 }
 
 /// A batch turned into sends, before any I/O.
@@ -154,20 +166,21 @@ pub fn plan(event: &SqsEvent, channel: Channel) -> Plan {
                 continue;
             }
         };
-        let targets: Vec<(String, String, MessageEvent, String)> = match envelope.event {
+        let receive_count = record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
+        let targets: Vec<(String, String, MessageEvent, String, bool)> = match envelope.event {
             Event::Message(m) => m
                 .external_recipients
                 .iter()
-                .map(|to| (to.clone(), to.clone(), m.clone(), format!("{}: {}", m.sender, m.body)))
+                .map(|to| (to.clone(), to.clone(), m.clone(), format!("{}: {}", m.sender, m.body), false))
                 .collect(),
             Event::Fallback(f) => {
                 let text = format!("{} in {}: {}", f.message.sender, envelope.conversation_id, f.message.body);
-                vec![(f.to, f.user_id, f.message, text)]
+                vec![(f.to, f.user_id, f.message, text, true)]
             }
             _ => Vec::new(),
         };
         let before = plan.jobs.len();
-        for (recipient, receipt_user, message, text) in targets {
+        for (recipient, receipt_user, message, text, fallback) in targets {
             match ExternalId::parse(&recipient) {
                 Ok(Some(external)) if external.channel == channel => plan.jobs.push(Job {
                     record_id: id.clone(),
@@ -177,6 +190,8 @@ pub fn plan(event: &SqsEvent, channel: Channel) -> Plan {
                     address: external.address,
                     receipt_user,
                     text,
+                    fallback,
+                    receive_count,
                 }),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(recipient, error = e, "malformed external recipient skipped"),
@@ -221,7 +236,15 @@ pub async fn handle(connector: &Connector, event: SqsEvent, deadline: Instant) -
                 // address: after one must be retried, the rest wait too.
                 let done = match &blocked {
                     Some(reason) => Done::Retry(format!("an earlier message to this address is pending: {reason}")),
+                    // Never start a send the invocation may not finish.
+                    None if Instant::now() + connector.retry.request_timeout >= deadline => {
+                        Done::Retry("invocation budget spent before this send".into())
+                    }
                     None => deliver(connector, &job, deadline).await,
+                };
+                let done = match done {
+                    Done::Retry(reason) => give_up_on_last_receive(connector, &job, reason).await,
+                    settled => settled,
                 };
                 if let Done::Retry(reason) = &done {
                     blocked.get_or_insert_with(|| reason.clone());
@@ -253,9 +276,36 @@ pub async fn handle(connector: &Connector, event: SqsEvent, deadline: Instant) -
     crate::persist::response(failed)
 }
 
+/// A send that will be retried, unless this was the record's last receive:
+/// then the sender learns it FAILED (the record still goes to the
+/// dead-letter queue, where an operator may redrive it).
+async fn give_up_on_last_receive(connector: &Connector, job: &Job, reason: String) -> Done {
+    if job.receive_count < connector.max_receive_count || job.fallback {
+        return Done::Retry(reason);
+    }
+    let reason = format!("gave up after {} deliveries: {reason}", job.receive_count);
+    if let Err(e) = publish(connector, job, ReceiptStatus::Failed, &reason).await {
+        tracing::warn!(error = e, "reporting a final failure failed");
+    }
+    Done::Retry(reason)
+}
+
+/// The outcome of a send that is settled: DELIVERED when the channel
+/// reports no deliveries itself, FAILED (external members only: a failed
+/// fallback leaves the member's own status alone).
+async fn report(connector: &Connector, job: &Job, failure: Option<&str>) -> Done {
+    let result = match failure {
+        Some(_) if job.fallback => Ok(()),
+        Some(reason) => publish(connector, job, ReceiptStatus::Failed, reason).await,
+        None if connector.adapter.delivered_on_accept() => publish(connector, job, ReceiptStatus::Delivered, "").await,
+        None => Ok(()),
+    };
+    result.map_or_else(Done::Retry, |()| Done::Settled)
+}
+
 async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
     let channel = connector.adapter.channel.as_str();
-    let key = records::idempotency_key(channel, &job.message.message_id, &job.recipient);
+    let key = records::idempotency_key(channel, &job.message.message_id, &job.recipient, &job.receipt_user);
     let now_ms = now_ms();
     let lock_until =
         now_ms + i64::try_from(deadline.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(0);
@@ -264,16 +314,7 @@ async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
         Ok(Begin::InProgress) => return Done::Retry("another invocation is sending it".into()),
         // Sent before; its receipt may not have gone out: say it again
         // (receipts are idempotent).
-        Ok(Begin::Completed { outcome }) => {
-            let result = match outcome.strip_prefix("failed: ") {
-                Some(reason) => publish(connector, job, ReceiptStatus::Failed, reason).await,
-                None if connector.adapter.delivered_on_accept() => {
-                    publish(connector, job, ReceiptStatus::Delivered, "").await
-                }
-                None => Ok(()),
-            };
-            return result.map_or_else(Done::Retry, |()| Done::Settled);
-        }
+        Ok(Begin::Completed { outcome }) => return report(connector, job, outcome.strip_prefix("failed: ")).await,
         Ok(Begin::Acquired) => {}
     }
     let outcome = match connector.adapter.request(&job.address, &job.text, &job.message.message_id) {
@@ -288,14 +329,11 @@ async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
                 message_id: job.message.message_id.clone(),
                 user_id: job.receipt_user.clone(),
             };
-            let recorded = async {
-                connector.records.put_reference(channel, &sent.channel_message_id, &reference, now_ms).await?;
-                connector.records.complete(&key, "sent", &sent.channel_message_id, crate::connector::now_ms()).await
-            };
-            if let Err(e) = recorded.await {
-                // The channel has it: keep the claim (it expires), so a
-                // retry soon after does not send again.
-                return Done::Retry(e);
+            // The channel has the message: whatever happens to the
+            // bookkeeping, it is never sent again (a failure here costs
+            // receipts for this message, not a duplicate).
+            if let Err(e) = connector.records.complete_sent(&key, &job.recipient, &sent, &reference, now_ms).await {
+                tracing::error!(channel, recipient = job.recipient, error = e, "sent, but recording it failed");
             }
             tracing::info!(
                 channel,
@@ -305,12 +343,7 @@ async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
                 channel_message_id = sent.channel_message_id,
                 "delivered to channel"
             );
-            if connector.adapter.delivered_on_accept() {
-                return publish(connector, job, ReceiptStatus::Delivered, "")
-                    .await
-                    .map_or_else(Done::Retry, |()| Done::Settled);
-            }
-            Done::Settled
+            report(connector, job, None).await
         }
         Err(SendError::Permanent { reason }) => {
             tracing::warn!(
@@ -323,7 +356,7 @@ async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
             if let Err(e) = connector.records.complete(&key, &format!("failed: {reason}"), "", now_ms).await {
                 return Done::Retry(e);
             }
-            publish(connector, job, ReceiptStatus::Failed, &reason).await.map_or_else(Done::Retry, |()| Done::Settled)
+            report(connector, job, Some(&reason)).await
         }
         Err(SendError::Retryable { reason, .. }) => {
             if let Err(e) = connector.records.release(&key).await {

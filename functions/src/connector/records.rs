@@ -55,8 +55,15 @@ fn text(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
     item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
 
-pub fn idempotency_key(channel: &str, message_id: &str, recipient: &str) -> String {
-    format!("idem#{channel}#{message_id}#{recipient}")
+/// One send: a message to an identity on behalf of a receipt user (the
+/// identity itself, or the internal member a fallback is for).
+pub fn idempotency_key(channel: &str, message_id: &str, recipient: &str, receipt_user: &str) -> String {
+    format!("idem#{channel}#{message_id}#{recipient}#{receipt_user}")
+}
+
+/// Where an identity's replies go: the conversation we last delivered to it.
+pub fn binding_key(recipient: &str) -> String {
+    format!("bind#{recipient}")
 }
 
 pub fn reference_key(channel: &str, channel_message_id: &str) -> String {
@@ -143,6 +150,83 @@ impl Records {
         Ok(())
     }
 
+    /// Records a send the channel accepted, in one call: the idempotency
+    /// record COMPLETED, the channel message id → our message (for its
+    /// receipts), and the recipient's reply binding.
+    pub async fn complete_sent(
+        &self,
+        key: &str,
+        recipient: &str,
+        sent: &super::adapters::Sent,
+        reference: &Reference,
+        now_ms: i64,
+    ) -> Result<(), String> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        let channel = key.split('#').nth(1).unwrap_or_default();
+        let mut items = vec![HashMap::from([
+            ("pk".to_owned(), s(key)),
+            ("state".to_owned(), s("COMPLETED")),
+            ("outcome".to_owned(), s("sent")),
+            ("completed_at_ms".to_owned(), n(now_ms)),
+            ("expires_at".to_owned(), n(now_ms / 1000 + COMPLETED_TTL_SECS)),
+        ])];
+        if !sent.channel_message_id.is_empty() {
+            items.push(HashMap::from([
+                ("pk".to_owned(), s(&reference_key(channel, &sent.channel_message_id))),
+                ("conversation_id".to_owned(), s(&reference.conversation_id)),
+                ("seq".to_owned(), n(i64::try_from(reference.seq).unwrap_or(i64::MAX))),
+                ("message_id".to_owned(), s(&reference.message_id)),
+                ("user_id".to_owned(), s(&reference.user_id)),
+                ("expires_at".to_owned(), n(now_ms / 1000 + REFERENCE_TTL_SECS)),
+            ]));
+        }
+        items.push(HashMap::from([
+            ("pk".to_owned(), s(&binding_key(recipient))),
+            ("conversation_id".to_owned(), s(&reference.conversation_id)),
+            ("bound_at_ms".to_owned(), n(now_ms)),
+            ("expires_at".to_owned(), n(now_ms / 1000 + REFERENCE_TTL_SECS)),
+        ]));
+        let requests = items
+            .into_iter()
+            .map(|item| {
+                PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .map(|put| WriteRequest::builder().put_request(put).build())
+                    .map_err(|e| failure("building a record", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut pending = requests;
+        for _attempt in 0..3 {
+            let out = self
+                .dynamo
+                .batch_write_item()
+                .request_items(&self.table, pending.clone())
+                .send()
+                .await
+                .map_err(|e| failure("recording a send", e))?;
+            pending = out.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default();
+            if pending.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(format!("{} records of a send left unprocessed", pending.len()))
+    }
+
+    /// The conversation we last delivered to `recipient`, if any.
+    pub async fn binding(&self, recipient: &str) -> Result<Option<String>, String> {
+        let out = self
+            .dynamo
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&binding_key(recipient)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failure("reading a reply binding", e))?;
+        Ok(out.item.as_ref().and_then(|item| text(item, "conversation_id")))
+    }
+
     /// Gives a claim up, so a retry may send.
     pub async fn release(&self, key: &str) -> Result<(), String> {
         self.dynamo
@@ -156,28 +240,6 @@ impl Records {
             .await
             .map(|_| ())
             .or_else(|e| if is_condition_failure(&e) { Ok(()) } else { Err(failure("releasing a send", e)) })
-    }
-
-    pub async fn put_reference(
-        &self,
-        channel: &str,
-        channel_message_id: &str,
-        reference: &Reference,
-        now_ms: i64,
-    ) -> Result<(), String> {
-        self.dynamo
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(&reference_key(channel, channel_message_id)))
-            .item("conversation_id", s(&reference.conversation_id))
-            .item("seq", n(i64::try_from(reference.seq).unwrap_or(i64::MAX)))
-            .item("message_id", s(&reference.message_id))
-            .item("user_id", s(&reference.user_id))
-            .item("expires_at", n(now_ms / 1000 + REFERENCE_TTL_SECS))
-            .send()
-            .await
-            .map_err(|e| failure("recording a channel message id", e))?;
-        Ok(())
     }
 
     pub async fn reference(&self, channel: &str, channel_message_id: &str) -> Result<Option<Reference>, String> {

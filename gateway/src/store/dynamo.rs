@@ -665,6 +665,10 @@ impl Store for DynamoStore {
         Ok((page, more))
     }
 
+    async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {
+        self.last_seq(conversation_id).await
+    }
+
     async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         // Recorded on the conversation first: a send accepted after the
         // member exists then always names them.

@@ -230,6 +230,10 @@ impl Store for MemoryStore {
         Ok((page, more))
     }
 
+    async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {
+        Ok(self.state().last_seq.get(conversation_id).copied().unwrap_or(0))
+    }
+
     async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let mut state = self.state();
         if matches!(ExternalId::parse(member_id), Ok(Some(_))) {

@@ -162,6 +162,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         after: Option<&str>,
     ) -> Result<(Vec<ConversationInfo>, bool), StoreError>;
 
+    /// The conversation's latest seq (0 before its first message).
+    async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError>;
+
     /// Adds a member (a user or an external identity) without them joining
     /// on a stream; true when they were not a member. External members are
     /// also recorded on the conversation, so sends name them as recipients.
