@@ -293,6 +293,9 @@ impl App {
             ExternalId::parse(member).map_err(|e| GatewayError::InvalidArgument(format!("member_id: {e}")))?;
         }
         self.require_member(conversation_id, caller).await?;
+        // Adding members (external ones cost a channel send each) shares the
+        // sender's token bucket.
+        self.rate.check(caller, Instant::now())?;
         let added = self.store.add_member(conversation_id, member, crate::clock::now_ms()).await?;
         if added {
             let event = self.envelope(conversation_id, Event::MemberJoined { user_id: member.to_owned() });

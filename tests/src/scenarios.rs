@@ -428,6 +428,20 @@ pub async fn receipts_flow_live_and_only_forward(cluster: &Cluster) -> anyhow::R
     let bad = cluster.message_status(0, "alice", &room, "").await?;
     ensure!(bad.as_ref().err().map(tonic::Status::code) == Some(Code::InvalidArgument), "{bad:?}");
 
+    // AddMember: members only, well-formed ids only; external identities
+    // never connect.
+    let code = |r: Result<bool, tonic::Status>| r.err().map(|s| s.code());
+    ensure!(code(cluster.add_member(0, "alice", &room, "whatsapp:12345").await?) == Some(Code::InvalidArgument));
+    ensure!(code(cluster.add_member(0, "alice", &room, "").await?) == Some(Code::InvalidArgument));
+    ensure!(code(cluster.add_member(0, "alice", &room, "has space").await?) == Some(Code::InvalidArgument));
+    ensure!(code(cluster.add_member(0, "mallory", &room, "eve").await?) == Some(Code::PermissionDenied));
+    ensure!(matches!(cluster.add_member(0, "alice", &room, "erin").await?, Ok(true)), "alice adds erin");
+    let impostor = cluster.connect(0, "telegram:123456").await;
+    ensure!(
+        impostor.as_ref().err().is_some_and(|e| e.to_string().contains("Unauthenticated")),
+        "an external identity connected: {impostor:?}"
+    );
+
     // Unary MarkRead past the conversation's end is refused.
     let mut unary = ChatServiceClient::new(cluster.channel(0).await?);
     let request = chat_proto::pb::MarkReadRequest { conversation_id: room.clone(), seq: 1_000_000 };

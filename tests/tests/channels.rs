@@ -298,6 +298,14 @@ async fn receipts_never_move_backwards_under_reordering() -> anyhow::Result<()> 
         })
         .await?;
     let bob_status = status.recipients.iter().find(|r| r.user_id == "bob").context("bob")?;
+    // Plain messages and receipts reach no connector queue (no runner reads
+    // them in this test, so whatever was routed there would still be there).
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    for channel in ["WHATSAPP", "INSTAGRAM", "TELEGRAM"] {
+        let queue = cluster.output(&format!("CHAT_CONNECTOR_{channel}_QUEUE_URL"))?;
+        let out = sqs.receive_message().queue_url(&queue).max_number_of_messages(10).send().await?;
+        ensure!(out.messages().is_empty(), "{channel} connector queue got {:?}", out.messages());
+    }
     // Read when a READ covering it was recorded: never a DELIVERED's time.
     ensure!([1000, 3000].contains(&bob_status.read_at_ms), "read time of seq 1: {bob_status:?}");
     Ok(())

@@ -40,7 +40,7 @@ struct Config {
     region: String,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Function {
     /// Messages and receipts to DynamoDB.
     Persist {
@@ -81,29 +81,29 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let stop = stop_on_signals()?;
-    if let Function::Webhook { webhook, listen } = config.function {
-        return serve_webhook(webhook.build(&sdk)?, listen, stop).await;
-    }
-    let queue_url = config
-        .queue_url
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("--queue-url (CHAT_QUEUE_URL) names the queue this function reads"))?;
-    let runner_config = RunnerConfig {
-        queue_url,
-        batch_size: usize::from(config.batch_size),
-        batching_window: Duration::from_millis(config.batching_window_ms),
-        region: config.region.clone(),
-        concurrency: usize::from(config.concurrency),
+    let runner_config = || -> anyhow::Result<RunnerConfig> {
+        let queue_url = config
+            .queue_url
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--queue-url (CHAT_QUEUE_URL) names the queue this function reads"))?;
+        Ok(RunnerConfig {
+            queue_url,
+            batch_size: usize::from(config.batch_size),
+            batching_window: Duration::from_millis(config.batching_window_ms),
+            region: config.region.clone(),
+            concurrency: usize::from(config.concurrency),
+        })
     };
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let timeout = Duration::from_secs(config.timeout_secs);
-    match config.function {
+    match config.function.clone() {
+        Function::Webhook { webhook, listen } => serve_webhook(webhook.build(&sdk)?, listen, stop).await,
         Function::Persist { tables } => {
             let clients = Clients::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
             let clients = &clients;
             runner::run(
                 sqs,
-                runner_config,
+                runner_config()?,
                 |event| async move { Ok::<_, Infallible>(persist::handle(clients, event).await) },
                 stop,
             )
@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
             let connector = &connector;
             runner::run(
                 sqs,
-                runner_config,
+                runner_config()?,
                 |event| async move {
                     Ok::<_, Infallible>(connector::handle(connector, event, Instant::now() + timeout).await)
                 },
@@ -127,13 +127,12 @@ async fn main() -> anyhow::Result<()> {
             let fallback = &fallback;
             runner::run(
                 sqs,
-                runner_config,
+                runner_config()?,
                 |event| async move { Ok::<_, Infallible>(functions::fallback::handle(fallback, event).await) },
                 stop,
             )
             .await
         }
-        Function::Webhook { .. } => unreachable!("served above"),
     }
 }
 
