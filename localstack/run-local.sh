@@ -93,6 +93,7 @@ start_function() { # name queue-url [args...]
 }
 start_function persist "$CHAT_PERSIST_QUEUE_URL" persist
 start_function fallback "$CHAT_FALLBACK_QUEUE_URL" fallback
+CHAT_QUEUE_PREFIX="$STACK-gw-" start_function janitor "" janitor
 # The external channels: a local simulator of their APIs, the webhook it
 # calls back (a local function URL), and one connector per channel.
 export CHAT_WEBHOOK_LISTEN="127.0.0.1:$WEBHOOK_PORT"
@@ -109,6 +110,7 @@ start_function connector-telegram "$CHAT_CONNECTOR_TELEGRAM_QUEUE_URL" connector
 
 export CHAT_JWT_SECRET_FILE="$RUN_DIR/jwt-secret"
 export CHAT_BUS=sns-sqs
+export CHAT_QUEUE_PREFIX="$STACK-gw-"
 start_gateway() { # name port
     echo "==> starting gateway $1 on 127.0.0.1:$2 (log: .run/gateway-$1.log)"
     CHAT_INSTANCE_ID="local-$1" CHAT_LISTEN="127.0.0.1:$2" \

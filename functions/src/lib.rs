@@ -5,6 +5,14 @@
 
 pub mod connector;
 pub mod fallback;
+pub mod janitor;
 pub mod persist;
 pub mod runner;
 pub mod webhook;
+
+/// What every Lambda binary does first: JSON logs filtered by `RUST_LOG`,
+/// and the AWS configuration from the standard environment.
+pub async fn lambda_setup() -> aws_config::SdkConfig {
+    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}

@@ -71,6 +71,12 @@ pub struct Config {
     #[command(flatten)]
     pub tables: crate::store::dynamo::Tables,
 
+    /// How often this gateway's queue heartbeat tag is refreshed, in
+    /// seconds; the janitor reaps queues whose heartbeat is older than its
+    /// threshold (keep that several heartbeats long).
+    #[arg(long, env = "CHAT_HEARTBEAT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_secs: u64,
+
     /// Concurrent long-polls on this gateway's queue.
     #[arg(long, env = "CHAT_POLLERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub pollers: u16,

@@ -35,8 +35,6 @@ use crate::store::{Store, StoreError};
 
 /// How long streams get to end after the shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the queue's heartbeat tag is refreshed.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
 /// How often reorder gaps are checked.
 const GAP_TICK: Duration = Duration::from_millis(50);
 
@@ -181,7 +179,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             ));
         }
         let queue = parts.queue.clone();
-        background.spawn(every(HEARTBEAT_EVERY, stop_background.clone(), move || {
+        background.spawn(every(Duration::from_secs(config.heartbeat_secs), stop_background.clone(), move || {
             let queue = queue.clone();
             async move {
                 if let Err(e) = queue.heartbeat().await {

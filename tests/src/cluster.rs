@@ -199,6 +199,23 @@ impl Cluster {
         self.spawn_helper("local-runner", &[function], &env)
     }
 
+    /// Starts the janitor on this cluster's gateway queues: a sweep every
+    /// `every_secs`, reaping queues whose heartbeat is older than
+    /// `stale_after_secs`.
+    pub fn start_janitor(&mut self, stale_after_secs: u64, every_secs: u64) -> anyhow::Result<usize> {
+        let prefix = self.queue_prefix();
+        let (stale, every) = (stale_after_secs.to_string(), every_secs.to_string());
+        self.spawn_helper(
+            "local-runner",
+            &["janitor"],
+            &[
+                ("CHAT_QUEUE_PREFIX", &prefix),
+                ("CHAT_JANITOR_STALE_AFTER_SECS", &stale),
+                ("CHAT_JANITOR_EVERY_SECS", &every),
+            ],
+        )
+    }
+
     /// Starts a helper process (function runner, simulator) with the
     /// emulator's environment and the stack's outputs; killed on drop.
     fn spawn_helper(&mut self, binary: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<usize> {

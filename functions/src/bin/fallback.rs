@@ -14,9 +14,8 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let config = Config::parse();
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = functions::lambda_setup().await;
     let fallback = config.fallback.build(&sdk);
     let fallback = &fallback;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use functions::connector::{self, ConnectorArgs};
 use functions::fallback::FallbackArgs;
+use functions::janitor::JanitorArgs;
 use functions::persist::{self, Clients};
 use functions::runner::{self, RunnerConfig};
 use functions::webhook::{self, Webhook, WebhookArgs, WebhookRequest};
@@ -57,6 +58,14 @@ enum Function {
         #[command(flatten)]
         fallback: FallbackArgs,
     },
+    /// Reaps orphaned gateway queues, on a timer standing in for the schedule.
+    Janitor {
+        #[command(flatten)]
+        janitor: JanitorArgs,
+        /// Seconds between sweeps.
+        #[arg(long, env = "CHAT_JANITOR_EVERY_SECS", default_value_t = 60)]
+        every_secs: u64,
+    },
     /// The channels' callbacks, on a local HTTP server standing in for the
     /// function URL.
     Webhook {
@@ -98,6 +107,18 @@ async fn main() -> anyhow::Result<()> {
     let timeout = Duration::from_secs(config.timeout_secs);
     match config.function.clone() {
         Function::Webhook { webhook, listen } => serve_webhook(webhook.build(&sdk)?, listen, stop).await,
+        Function::Janitor { janitor, every_secs } => {
+            let janitor = janitor.build(&sdk);
+            let mut tick = tokio::time::interval(Duration::from_secs(every_secs.max(1)));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    _ = tick.tick() => {
+                        functions::janitor::sweep(&janitor, functions::connector::now_ms() / 1000).await;
+                    }
+                }
+            }
+        }
         Function::Persist { tables } => {
             let clients = Clients::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
             let clients = &clients;

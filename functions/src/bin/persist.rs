@@ -15,9 +15,8 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let config = Config::parse();
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = functions::lambda_setup().await;
     let clients = Clients::new(aws_sdk_dynamodb::Client::new(&sdk), config.tables);
     let clients = &clients;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {

@@ -14,10 +14,9 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     webhook::WebhookSecrets::require_from_environment()?;
     let config = Config::parse();
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = functions::lambda_setup().await;
     let webhook = config.webhook.build(&sdk)?;
     let webhook = &webhook;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<LambdaFunctionUrlRequest>| async move {

@@ -1,0 +1,34 @@
+//! Lambda `janitor` on AWS, run by a schedule: one sweep per invocation.
+//! Failures are logged and retried by the next sweep, so the invocation
+//! itself only fails when nothing could be listed.
+
+use clap::Parser;
+use functions::janitor::{self, JanitorArgs};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[derive(Debug, Parser)]
+struct Config {
+    #[command(flatten)]
+    janitor: JanitorArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let config = Config::parse();
+    let sdk = functions::lambda_setup().await;
+    let janitor = config.janitor.build(&sdk);
+    let janitor = &janitor;
+    lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
+        let report = janitor::sweep(janitor, functions::connector::now_ms() / 1000).await;
+        if report.listing_failed {
+            return Err(Error::from(report.errors.join("; ")));
+        }
+        Ok::<_, Error>(serde_json::json!({
+            "reaped_queues": report.reaped_queues,
+            "reaped_subscriptions": report.reaped_subscriptions,
+            "live": report.live,
+            "errors": report.errors,
+        }))
+    }))
+    .await
+}
