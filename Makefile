@@ -17,7 +17,7 @@ MOTO_VENV ?= $(CACHE_DIR)/venv-moto-$(shell sha256sum $(MOTO_REQ) | cut -c1-16)
 GRPC_VENV ?= $(CACHE_DIR)/venv-grpc-$(shell sha256sum $(GRPC_REQ) | cut -c1-16)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-.PHONY: help run test build venv lint fmt-check clippy test-rust chat
+.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust chat
 
 help:
 	@echo "make run    start the emulator, provision it, run two gateways (Ctrl-C stops all)"
@@ -57,12 +57,16 @@ lint: $(MOTO_VENV)/.installed
 	@echo "==> cfn-lint template.yaml"
 	$(MOTO_VENV)/bin/cfn-lint template.yaml
 
+test-provision: $(MOTO_VENV)/.installed
+	@echo "==> the emulator's resources agree with template.yaml"
+	cd localstack && $(MOTO_VENV)/bin/python -m unittest test_provision
+
 test-rust: build venv
 	@echo "==> unit and end-to-end tests (moto on loopback, or AWS_ENDPOINT_URL when set)"
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_GRPC_PYTHON=$(GRPC_VENV)/bin/python \
 		$(CARGO) test --workspace --locked
 
-test: fmt-check clippy lint test-rust
+test: fmt-check clippy lint test-provision test-rust
 
 run: $(MOTO_VENV)/.installed build
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_BIN_DIR=$(TARGET_DIR)/debug bash localstack/run-local.sh
