@@ -13,15 +13,17 @@ PYTHON ?= python3
 CACHE_DIR ?= $(HOME)/.cache/chat-platform
 MOTO_REQ := localstack/requirements-moto.txt
 GRPC_REQ := tests/python/requirements-grpc.txt
+LOCALSTACK_REQ := localstack/requirements-localstack.txt
 MOTO_VENV ?= $(CACHE_DIR)/venv-moto-$(shell sha256sum $(MOTO_REQ) | cut -c1-16)
 GRPC_VENV ?= $(CACHE_DIR)/venv-grpc-$(shell sha256sum $(GRPC_REQ) | cut -c1-16)
+LOCALSTACK_VENV ?= $(CACHE_DIR)/venv-localstack-$(shell sha256sum $(LOCALSTACK_REQ) | cut -c1-16)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust chat
+.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack chat
 
 help:
 	@echo "make run    start the emulator, provision it, run two gateways (Ctrl-C stops all)"
-	@echo "make test   rustfmt check, clippy -D warnings, template lint, unit and end-to-end tests"
+	@echo "make test   rustfmt check, clippy -D warnings, template lint, provisioning check, unit and end-to-end tests (on moto, then on LocalStack)"
 	@echo "make chat NAME=alice PORT=50051 ROOM=room1   an interactive client against a running 'make run'"
 
 # $(call install_venv,DIR,REQUIREMENTS,WHAT): a pinned Python environment.
@@ -38,6 +40,9 @@ $(MOTO_VENV)/.installed: $(MOTO_REQ)
 
 $(GRPC_VENV)/.installed: $(GRPC_REQ)
 	$(call install_venv,$(GRPC_VENV),$(GRPC_REQ),the generic Python gRPC client environment)
+
+$(LOCALSTACK_VENV)/.installed: $(LOCALSTACK_REQ)
+	$(call install_venv,$(LOCALSTACK_VENV),$(LOCALSTACK_REQ),LocalStack 4.9.2 for host mode)
 
 venv: $(MOTO_VENV)/.installed $(GRPC_VENV)/.installed
 
@@ -66,7 +71,12 @@ test-rust: build venv
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_GRPC_PYTHON=$(GRPC_VENV)/bin/python \
 		$(CARGO) test --workspace --locked
 
-test: fmt-check clippy lint test-provision test-rust
+test-localstack: build venv $(LOCALSTACK_VENV)/.installed
+	@echo "==> the SNS/SQS end-to-end suite on LocalStack (host mode), DynamoDB on moto"
+	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_GRPC_PYTHON=$(GRPC_VENV)/bin/python \
+		LOCALSTACK_PYTHON=$(LOCALSTACK_VENV)/bin/python CARGO=$(CARGO) bash localstack/test-localstack.sh
+
+test: fmt-check clippy lint test-provision test-rust test-localstack
 
 run: $(MOTO_VENV)/.installed build
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_BIN_DIR=$(TARGET_DIR)/debug bash localstack/run-local.sh

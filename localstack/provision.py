@@ -530,8 +530,10 @@ class Provisioner:
     def client(self, service: str, region: str | None = None):
         key = (service, region or self.stack.region)
         if key not in self._clients:
+            # A per-service endpoint wins (SNS/SQS on LocalStack, DynamoDB on moto).
+            endpoint = os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or self.endpoint
             self._clients[key] = self.session.client(
-                service, region_name=key[1], endpoint_url=self.endpoint, config=self._config)
+                service, region_name=key[1], endpoint_url=endpoint, config=self._config)
         return self._clients[key]
 
     def default_name(self, logical_id: str, suffix: str = "") -> str:

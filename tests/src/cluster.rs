@@ -138,11 +138,6 @@ impl Cluster {
             Mode::Aws => {
                 let emulator = self.emulator.as_ref().context("AWS mode without emulator")?;
                 cmd.env("CHAT_BUS", "sns-sqs").envs(emulator.aws_env()).envs(self.outputs.iter().cloned());
-                // Per-service endpoints (LocalStack for SNS/SQS, moto for
-                // DynamoDB) pass through.
-                for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_ENDPOINT_URL_")) {
-                    cmd.env(k, v);
-                }
             }
             Mode::Memory => {
                 cmd.env("CHAT_BUS", "memory");
@@ -287,8 +282,7 @@ impl Cluster {
     /// Stored seqs of a conversation, every item (duplicates included).
     pub async fn stored_seqs(&self, conversation: &str) -> anyhow::Result<Vec<u64>> {
         use aws_sdk_dynamodb::types::AttributeValue;
-        let sdk = self.emulator.as_ref().context("emulator")?.sdk_config().await;
-        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let dynamo = self.emulator.as_ref().context("emulator")?.dynamodb().await;
         let mut seqs = Vec::new();
         let mut start = None;
         loop {

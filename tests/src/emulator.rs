@@ -63,16 +63,18 @@ impl Emulator {
         bail!("moto server did not listen on port {port} within 30 s")
     }
 
-    /// The AWS environment for a process that should use this emulator.
+    /// The AWS environment for a process that should use this emulator;
+    /// per-service endpoints (`AWS_ENDPOINT_URL_DYNAMODB` when SNS/SQS are
+    /// LocalStack and DynamoDB is moto) pass through.
     pub fn aws_env(&self) -> Vec<(String, String)> {
-        let has_creds = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
         let mut env = vec![
             ("AWS_ENDPOINT_URL".to_owned(), self.endpoint.clone()),
             ("AWS_REGION".to_owned(), std::env::var("AWS_REGION").unwrap_or_else(|_| REGION.into())),
         ];
-        if !has_creds {
-            env.push(("AWS_ACCESS_KEY_ID".into(), KEY.into()));
-            env.push(("AWS_SECRET_ACCESS_KEY".into(), KEY.into()));
+        env.extend(std::env::vars().filter(|(k, _)| k.starts_with("AWS_ENDPOINT_URL_")));
+        // Credentials in this environment pass through; else any will do.
+        for (name, fallback) in [("AWS_ACCESS_KEY_ID", KEY), ("AWS_SECRET_ACCESS_KEY", KEY)] {
+            env.push((name.to_owned(), std::env::var(name).unwrap_or_else(|_| fallback.to_owned())));
         }
         env
     }
@@ -110,6 +112,17 @@ impl Emulator {
             .collect();
         anyhow::ensure!(vars.contains_key("CHAT_TOPIC_ARN"), "provisioning printed no CHAT_TOPIC_ARN: {text}");
         Ok(vars.into_iter().collect())
+    }
+
+    /// A DynamoDB client for assertions (on `AWS_ENDPOINT_URL_DYNAMODB` when
+    /// DynamoDB is served apart from SNS/SQS).
+    pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        let sdk = self.sdk_config().await;
+        let mut config = aws_sdk_dynamodb::config::Builder::from(&sdk);
+        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL_DYNAMODB") {
+            config = config.endpoint_url(endpoint);
+        }
+        aws_sdk_dynamodb::Client::from_conf(config.build())
     }
 
     /// SDK configuration for assertions made directly against the emulator.

@@ -37,8 +37,7 @@ async fn messages_are_persisted_once() -> anyhow::Result<()> {
     wait_persisted(&cluster, &room, &(1..=60).collect()).await?;
 
     // The conversation's summary points at the newest message.
-    let sdk = cluster.emulator.as_ref().context("emulator")?.sdk_config().await;
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let dynamo = cluster.emulator.as_ref().context("emulator")?.dynamodb().await;
     let item = dynamo
         .get_item()
         .table_name(cluster.output("CHAT_CONVERSATIONS_TABLE")?)

@@ -20,7 +20,7 @@ async fn dynamodb_store_follows_the_store_rules() -> anyhow::Result<()> {
         receipts: table("CHAT_RECEIPTS_TABLE")?,
         users: table("CHAT_USERS_TABLE")?,
     };
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&emulator.sdk_config().await), tables);
+    let store = DynamoStore::new(emulator.dynamodb().await, tables);
     store.check_tables().await?;
     gateway::store::conformance::check(&store, &stack).await.map_err(anyhow::Error::msg)
 }

@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let sdk = cluster.emulator.as_ref().context("emulator")?.sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let dynamo = cluster.emulator.as_ref().context("emulator")?.dynamodb().await;
     let queue = cluster.output("CHAT_PERSIST_QUEUE_URL")?;
     let table = cluster.output("CHAT_MESSAGES_TABLE")?;
     let prefix = chat_e2e::unique("tp-");
