@@ -27,6 +27,9 @@ help:
 	@echo "make chat NAME=alice PORT=50051 ROOM=room1   an interactive client against a running 'make run'"
 
 # $(call install_venv,DIR,REQUIREMENTS,WHAT): a pinned Python environment.
+# The directory is named by the requirements' hash, so an environment is
+# installed once per content (order-only prerequisites: a fresh clone's newer
+# file times do not reinstall it).
 define install_venv
 	@echo "==> installing $(3) into $(1) (first run only)"
 	rm -rf $(1)
@@ -35,13 +38,13 @@ define install_venv
 	touch $(1)/.installed
 endef
 
-$(MOTO_VENV)/.installed: $(MOTO_REQ)
+$(MOTO_VENV)/.installed: | $(MOTO_REQ)
 	$(call install_venv,$(MOTO_VENV),$(MOTO_REQ),the pinned emulator environment)
 
-$(GRPC_VENV)/.installed: $(GRPC_REQ)
+$(GRPC_VENV)/.installed: | $(GRPC_REQ)
 	$(call install_venv,$(GRPC_VENV),$(GRPC_REQ),the generic Python gRPC client environment)
 
-$(LOCALSTACK_VENV)/.installed: $(LOCALSTACK_REQ)
+$(LOCALSTACK_VENV)/.installed: | $(LOCALSTACK_REQ)
 	$(call install_venv,$(LOCALSTACK_VENV),$(LOCALSTACK_REQ),LocalStack 4.9.2 for host mode)
 
 venv: $(MOTO_VENV)/.installed $(GRPC_VENV)/.installed
