@@ -14,17 +14,20 @@ CACHE_DIR ?= $(HOME)/.cache/chat-platform
 MOTO_REQ := localstack/requirements-moto.txt
 GRPC_REQ := tests/python/requirements-grpc.txt
 LOCALSTACK_REQ := localstack/requirements-localstack.txt
+DEPLOY_REQ := tools/requirements-deploy.txt
 MOTO_VENV ?= $(CACHE_DIR)/venv-moto-$(shell sha256sum $(MOTO_REQ) | cut -c1-16)
 GRPC_VENV ?= $(CACHE_DIR)/venv-grpc-$(shell sha256sum $(GRPC_REQ) | cut -c1-16)
 LOCALSTACK_VENV ?= $(CACHE_DIR)/venv-localstack-$(shell sha256sum $(LOCALSTACK_REQ) | cut -c1-16)
+DEPLOY_VENV ?= $(CACHE_DIR)/venv-deploy-$(shell sha256sum $(DEPLOY_REQ) | cut -c1-16)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack chat
+.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack chat deploy destroy
 
 help:
 	@echo "make run    start the emulator, provision it, run two gateways (Ctrl-C stops all)"
 	@echo "make test   rustfmt check, clippy -D warnings, template lint, provisioning check, unit and end-to-end tests (on moto, then on LocalStack)"
 	@echo "make chat NAME=alice PORT=50051 ROOM=room1   an interactive client against a running 'make run'"
+	@echo "make deploy / make destroy   the stack on AWS with SAM (first deploy guided)"
 
 # $(call install_venv,DIR,REQUIREMENTS,WHAT): a pinned Python environment.
 # The directory is named by the requirements' hash, so an environment is
@@ -47,6 +50,9 @@ $(GRPC_VENV)/.installed: | $(GRPC_REQ)
 $(LOCALSTACK_VENV)/.installed: | $(LOCALSTACK_REQ)
 	$(call install_venv,$(LOCALSTACK_VENV),$(LOCALSTACK_REQ),LocalStack 4.9.2 for host mode)
 
+$(DEPLOY_VENV)/.installed: | $(DEPLOY_REQ)
+	$(call install_venv,$(DEPLOY_VENV),$(DEPLOY_REQ),the pinned deployment tools (SAM CLI, cargo-lambda, zig))
+
 venv: $(MOTO_VENV)/.installed $(GRPC_VENV)/.installed
 
 build:
@@ -61,9 +67,11 @@ clippy:
 	@echo "==> clippy"
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-lint: $(MOTO_VENV)/.installed
+lint: $(MOTO_VENV)/.installed $(DEPLOY_VENV)/.installed
 	@echo "==> cfn-lint template.yaml"
 	$(MOTO_VENV)/bin/cfn-lint template.yaml
+	@echo "==> sam validate --lint"
+	SAM_CLI_TELEMETRY=0 $(DEPLOY_VENV)/bin/sam validate --lint --template template.yaml --region $${AWS_REGION:-us-east-1}
 
 test-provision: $(MOTO_VENV)/.installed
 	@echo "==> the emulator's resources agree with template.yaml"
@@ -83,6 +91,18 @@ test: fmt-check clippy lint test-provision test-rust test-localstack
 
 run: $(MOTO_VENV)/.installed build
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_BIN_DIR=$(TARGET_DIR)/debug bash localstack/run-local.sh
+
+# AWS: the first deploy asks for the stack's settings (sam deploy --guided)
+# and saves them in samconfig.toml; later ones reuse it. Functions are built
+# with cargo-lambda and zig from the pinned deployment environment.
+SAM := PATH=$(DEPLOY_VENV)/bin:$$PATH SAM_CLI_TELEMETRY=0 $(DEPLOY_VENV)/bin/sam
+deploy: $(DEPLOY_VENV)/.installed
+	$(SAM) build --beta-features --template template.yaml
+	if [ -f samconfig.toml ]; then $(SAM) deploy; \
+	else $(SAM) deploy --guided --capabilities CAPABILITY_IAM CAPABILITY_NAMED_IAM CAPABILITY_AUTO_EXPAND; fi
+
+destroy: $(DEPLOY_VENV)/.installed
+	$(SAM) delete
 
 NAME ?= alice
 PORT ?= 50051
