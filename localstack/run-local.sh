@@ -68,7 +68,7 @@ if [[ -z "${AWS_ENDPOINT_URL:-}" ]]; then
     echo "==> starting moto server on 127.0.0.1:$EMULATOR_PORT (log: .run/emulator.log)"
     # Its own session: Ctrl-C reaches the gateways first; the emulator is
     # stopped after they have deleted their queues.
-    setsid "$PY" -m moto.server -H 127.0.0.1 -p "$EMULATOR_PORT" >"$RUN_DIR/emulator.log" 2>&1 &
+    setsid "$PY" localstack/moto_server.py -H 127.0.0.1 -p "$EMULATOR_PORT" >"$RUN_DIR/emulator.log" 2>&1 &
     emulator_pid=$!
     export AWS_ENDPOINT_URL="http://127.0.0.1:$EMULATOR_PORT"
     wait_for_port 127.0.0.1 "$EMULATOR_PORT" "moto server"

@@ -39,7 +39,7 @@ setsid env GATEWAY_LISTEN="127.0.0.1:$ls_port" SERVICES=sns,sqs DNS_ADDRESS=0 SK
     DISABLE_EVENTS=1 LOCALSTACK_VOLUME_DIR="$work/volume" TMPDIR="$work" \
     "$LS_PY" -m localstack.runtime.main >"$work/localstack.log" 2>&1 &
 pids+=($!)
-setsid "$MOTO_PY" -m moto.server -H 127.0.0.1 -p "$ddb_port" >"$work/moto.log" 2>&1 &
+setsid "$MOTO_PY" localstack/moto_server.py -H 127.0.0.1 -p "$ddb_port" >"$work/moto.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$ls_port/_localstack/health" LocalStack "$work/localstack.log"
 wait_http "http://127.0.0.1:$ddb_port/moto-api/" moto "$work/moto.log"

@@ -41,7 +41,8 @@ impl Emulator {
         );
         let port = free_port()?;
         let process = Command::new(&python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .arg(workspace_root().join("localstack/moto_server.py"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
