@@ -83,6 +83,28 @@ while IFS='=' read -r key value; do
     [[ -n "$key" ]] && export "$key=$value"
 done <<<"$outputs"
 
+export CHAT_JWT_SECRET_FILE="$RUN_DIR/jwt-secret"
+export CHAT_BUS=sns-sqs
+export CHAT_QUEUE_PREFIX="$STACK-gw-"
+# The shared development secret exists before either gateway starts.
+if [[ ! -s "$CHAT_JWT_SECRET_FILE" ]]; then
+    (umask 077 && "$PY" -c 'import secrets; print(secrets.token_urlsafe(48))' >"$CHAT_JWT_SECRET_FILE")
+fi
+start_gateway() { # name port
+    echo "==> starting gateway $1 on 127.0.0.1:$2 (log: .run/gateway-$1.log)"
+    CHAT_INSTANCE_ID="local-$1" CHAT_LISTEN="127.0.0.1:$2" \
+        "$BIN/gateway" >"$RUN_DIR/gateway-$1.log" 2>&1 &
+    pids+=($!)
+    names[$!]="gateway $1"
+}
+# Gateways first, back to back: each binds its port as it starts, before it
+# or the function runners open connections whose ephemeral local ports
+# (32768-60999 on Linux) could take 50051/50052.
+start_gateway a "$GATEWAY_A_PORT"
+start_gateway b "$GATEWAY_B_PORT"
+wait_for_port 127.0.0.1 "$GATEWAY_A_PORT" "gateway a"
+wait_for_port 127.0.0.1 "$GATEWAY_B_PORT" "gateway b"
+
 start_function() { # name queue-url [args...]
     local name="$1" queue="$2"
     shift 2
@@ -108,21 +130,6 @@ start_function connector-whatsapp "$CHAT_CONNECTOR_WHATSAPP_QUEUE_URL" connector
 start_function connector-instagram "$CHAT_CONNECTOR_INSTAGRAM_QUEUE_URL" connector --channel instagram
 start_function connector-telegram "$CHAT_CONNECTOR_TELEGRAM_QUEUE_URL" connector --channel telegram
 
-export CHAT_JWT_SECRET_FILE="$RUN_DIR/jwt-secret"
-export CHAT_BUS=sns-sqs
-export CHAT_QUEUE_PREFIX="$STACK-gw-"
-start_gateway() { # name port
-    echo "==> starting gateway $1 on 127.0.0.1:$2 (log: .run/gateway-$1.log)"
-    CHAT_INSTANCE_ID="local-$1" CHAT_LISTEN="127.0.0.1:$2" \
-        "$BIN/gateway" >"$RUN_DIR/gateway-$1.log" 2>&1 &
-    pids+=($!)
-    names[$!]="gateway $1"
-}
-start_gateway a "$GATEWAY_A_PORT"
-wait_for_port 127.0.0.1 "$GATEWAY_A_PORT" "gateway a"
-# The second gateway starts after the first has created the shared secret.
-start_gateway b "$GATEWAY_B_PORT"
-wait_for_port 127.0.0.1 "$GATEWAY_B_PORT" "gateway b"
 for port in "$GATEWAY_A_PORT" "$GATEWAY_B_PORT"; do
     deadline=$((SECONDS + 60))
     until "$BIN/chat" echo --gateway "http://127.0.0.1:$port" >/dev/null 2>&1; do
