@@ -21,11 +21,11 @@ LOCALSTACK_VENV ?= $(CACHE_DIR)/venv-localstack-$(shell sha256sum $(LOCALSTACK_R
 DEPLOY_VENV ?= $(CACHE_DIR)/venv-deploy-$(shell sha256sum $(DEPLOY_REQ) | cut -c1-16)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack chat deploy destroy
+.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack build-functions chat deploy destroy
 
 help:
-	@echo "make run    start the emulator, provision it, run two gateways (Ctrl-C stops all)"
-	@echo "make test   rustfmt check, clippy -D warnings, template lint, provisioning check, unit and end-to-end tests (on moto, then on LocalStack)"
+	@echo "make run    start the emulator, provision it, run the functions, the channel simulator and two gateways (Ctrl-C stops all)"
+	@echo "make test   rustfmt check, clippy -D warnings, template lint, provisioning check, unit and end-to-end tests (on moto, then on LocalStack), the functions' Lambda build"
 	@echo "make chat NAME=alice PORT=50051 ROOM=room1   an interactive client against a running 'make run'"
 	@echo "make deploy / make destroy   the stack on AWS with SAM (first deploy guided)"
 
@@ -87,7 +87,19 @@ test-localstack: build venv $(LOCALSTACK_VENV)/.installed
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_GRPC_PYTHON=$(GRPC_VENV)/bin/python \
 		LOCALSTACK_PYTHON=$(LOCALSTACK_VENV)/bin/python CARGO=$(CARGO) bash localstack/test-localstack.sh
 
-test: fmt-check clippy lint test-provision test-rust test-localstack
+# The functions as Lambda runs them: release `bootstrap` binaries for
+# provided.al2023 built by cargo-lambda with zig, as `sam build` does; every
+# function the template names must come out.
+LAMBDA_FUNCTIONS := $(shell sed -n 's/^ *Binary: *//p' template.yaml | sort -u)
+build-functions: $(DEPLOY_VENV)/.installed
+	@echo "==> cargo lambda build --release: $(LAMBDA_FUNCTIONS)"
+	PATH=$(DEPLOY_VENV)/bin:$$PATH $(CARGO) lambda build --release --locked -p chat-functions \
+		$(addprefix --bin ,$(LAMBDA_FUNCTIONS))
+	for f in $(LAMBDA_FUNCTIONS); do \
+		test -x $(TARGET_DIR)/lambda/$$f/bootstrap || { echo "no bootstrap built for function $$f" >&2; exit 1; }; \
+	done
+
+test: fmt-check clippy lint test-provision test-rust test-localstack build-functions
 
 run: $(MOTO_VENV)/.installed build
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_BIN_DIR=$(TARGET_DIR)/debug bash localstack/run-local.sh
