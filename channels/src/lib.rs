@@ -9,10 +9,13 @@
 //! Only the fields this platform uses are modelled; unknown fields are
 //! ignored when reading, as the real APIs add fields over time.
 
+mod channel;
 pub mod instagram;
 pub mod meta;
 pub mod telegram;
 pub mod whatsapp;
+
+pub use channel::{Channel, UnknownChannel};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

@@ -10,9 +10,9 @@ pub mod persist;
 pub mod runner;
 pub mod webhook;
 
-/// What every Lambda binary does first: JSON logs filtered by `RUST_LOG`,
-/// and the AWS configuration from the standard environment.
+/// What every Lambda binary does first: JSON logs (CloudWatch) filtered by
+/// `RUST_LOG`, and the AWS configuration from the standard environment.
 pub async fn lambda_setup() -> aws_config::SdkConfig {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    service::init_logging(true);
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }

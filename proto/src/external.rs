@@ -9,66 +9,36 @@
 
 use std::fmt;
 
-/// A messaging channel the platform has an adapter for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Channel {
-    WhatsApp,
-    Instagram,
-    Telegram,
-}
+pub use channels::Channel;
 
-impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::WhatsApp, Channel::Instagram, Channel::Telegram];
-
-    /// The lowercase name used in identities, routing attributes and queue
-    /// names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::WhatsApp => "whatsapp",
-            Channel::Instagram => "instagram",
-            Channel::Telegram => "telegram",
+/// Whether an address is well formed for this channel.
+fn check_address(channel: Channel, address: &str) -> Result<(), String> {
+    let ok = match channel {
+        // E.164: '+' and 8 to 15 digits.
+        Channel::WhatsApp => address
+            .strip_prefix('+')
+            .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())),
+        // An Instagram-scoped id or a username.
+        Channel::Instagram => {
+            (1..=64).contains(&address.len())
+                && address.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
         }
-    }
-
-    pub fn parse(name: &str) -> Option<Channel> {
-        Channel::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-
-    /// Whether an address is well formed for this channel.
-    fn check_address(self, address: &str) -> Result<(), String> {
-        let ok = match self {
-            // E.164: '+' and 8 to 15 digits.
-            Channel::WhatsApp => address
-                .strip_prefix('+')
-                .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())),
-            // An Instagram-scoped id or a username.
-            Channel::Instagram => {
-                (1..=64).contains(&address.len())
-                    && address.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
-            }
-            // A chat id: an integer, negative for groups.
-            Channel::Telegram => {
-                let digits = address.strip_prefix('-').unwrap_or(address);
-                (1..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
-            }
-        };
-        if ok {
-            return Ok(());
+        // A chat id: an integer, negative for groups.
+        Channel::Telegram => {
+            let digits = address.strip_prefix('-').unwrap_or(address);
+            (1..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
         }
-        Err(match self {
-            Channel::WhatsApp => format!("{address:?} is not a WhatsApp number: use + and 8 to 15 digits (E.164)"),
-            Channel::Instagram => {
-                format!("{address:?} is not an Instagram id: use 1 to 64 letters, digits, '.' or '_'")
-            }
-            Channel::Telegram => format!("{address:?} is not a Telegram chat id: use an integer"),
-        })
+    };
+    if ok {
+        return Ok(());
     }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+    Err(match channel {
+        Channel::WhatsApp => format!("{address:?} is not a WhatsApp number: use + and 8 to 15 digits (E.164)"),
+        Channel::Instagram => {
+            format!("{address:?} is not an Instagram id: use 1 to 64 letters, digits, '.' or '_'")
+        }
+        Channel::Telegram => format!("{address:?} is not a Telegram chat id: use an integer"),
+    })
 }
 
 /// A member on an external channel.
@@ -84,7 +54,7 @@ impl ExternalId {
     pub fn parse(id: &str) -> Result<Option<ExternalId>, String> {
         let Some((name, address)) = id.split_once(':') else { return Ok(None) };
         let Some(channel) = Channel::parse(name) else { return Ok(None) };
-        channel.check_address(address)?;
+        check_address(channel, address)?;
         Ok(Some(ExternalId { channel, address: address.to_owned() }))
     }
 
@@ -94,7 +64,7 @@ impl ExternalId {
     }
 
     pub fn new(channel: Channel, address: &str) -> Result<ExternalId, String> {
-        channel.check_address(address)?;
+        check_address(channel, address)?;
         Ok(ExternalId { channel, address: address.to_owned() })
     }
 }

@@ -1,62 +1,10 @@
-//! The three simulated channels and their receipt modes, parsed from the
-//! names the control API uses.
+//! The receipt modes of the simulated channels, parsed from the names the
+//! control API uses.
 
 use std::fmt;
 use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    WhatsApp,
-    Instagram,
-    Telegram,
-}
-
-impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::WhatsApp, Channel::Instagram, Channel::Telegram];
-
-    /// The name in control bodies, records and webhook paths.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::WhatsApp => "whatsapp",
-            Channel::Instagram => "instagram",
-            Channel::Telegram => "telegram",
-        }
-    }
-
-    /// Position in per-channel arrays.
-    pub(crate) fn index(self) -> usize {
-        match self {
-            Channel::WhatsApp => 0,
-            Channel::Instagram => 1,
-            Channel::Telegram => 2,
-        }
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownChannel(pub String);
-
-impl fmt::Display for UnknownChannel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown channel {:?}: expected whatsapp, instagram or telegram", self.0)
-    }
-}
-
-impl std::error::Error for UnknownChannel {}
-
-impl FromStr for Channel {
-    type Err = UnknownChannel;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Channel::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| UnknownChannel(s.to_owned()))
-    }
-}
+pub use channels::{Channel, UnknownChannel};
 
 /// Which receipts the simulated recipient produces after a successful send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,16 +68,6 @@ impl FromStr for ReceiptMode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn channel_names_round_trip() {
-        for channel in Channel::ALL {
-            assert_eq!(channel.as_str().parse::<Channel>(), Ok(channel));
-        }
-        assert!("WhatsApp".parse::<Channel>().is_err());
-        assert!("sms".parse::<Channel>().is_err());
-        assert_eq!(Channel::ALL.map(Channel::index), [0, 1, 2]);
-    }
 
     #[test]
     fn receipt_statuses_follow_each_channel() {

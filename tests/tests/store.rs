@@ -5,11 +5,9 @@
 use chat_e2e::emulator::Emulator;
 use gateway::store::dynamo::{DynamoStore, Tables};
 
-#[tokio::test]
-async fn dynamodb_store_follows_the_store_rules() -> anyhow::Result<()> {
-    let emulator = Emulator::start()?;
-    let stack = chat_e2e::unique("store");
-    let outputs: std::collections::HashMap<String, String> = emulator.provision(&stack)?.into_iter().collect();
+/// A store on the tables `provision.py` made for `stack`.
+async fn provisioned_store(emulator: &Emulator, stack: &str) -> anyhow::Result<DynamoStore> {
+    let outputs: std::collections::HashMap<String, String> = emulator.provision(stack)?.into_iter().collect();
     let table = |key: &str| outputs.get(key).cloned().ok_or_else(|| anyhow::anyhow!("no output {key}"));
     let tables = Tables {
         messages: table("CHAT_MESSAGES_TABLE")?,
@@ -20,7 +18,14 @@ async fn dynamodb_store_follows_the_store_rules() -> anyhow::Result<()> {
         receipts: table("CHAT_RECEIPTS_TABLE")?,
         users: table("CHAT_USERS_TABLE")?,
     };
-    let store = DynamoStore::new(emulator.dynamodb().await, tables);
+    Ok(DynamoStore::new(emulator.dynamodb().await, tables))
+}
+
+#[tokio::test]
+async fn dynamodb_store_follows_the_store_rules() -> anyhow::Result<()> {
+    let emulator = Emulator::start()?;
+    let stack = chat_e2e::unique("store");
+    let store = provisioned_store(&emulator, &stack).await?;
     store.check_tables().await?;
     gateway::store::conformance::check(&store, &stack).await.map_err(anyhow::Error::msg)
 }
@@ -34,18 +39,7 @@ async fn concurrent_sends_get_distinct_dense_seqs() -> anyhow::Result<()> {
     use gateway::store::{SendRequest, Store};
     let emulator = Emulator::start()?;
     let stack = chat_e2e::unique("seq");
-    let outputs: std::collections::HashMap<String, String> = emulator.provision(&stack)?.into_iter().collect();
-    let table = |key: &str| outputs.get(key).cloned().ok_or_else(|| anyhow::anyhow!("no output {key}"));
-    let tables = Tables {
-        messages: table("CHAT_MESSAGES_TABLE")?,
-        conversations: table("CHAT_CONVERSATIONS_TABLE")?,
-        members: table("CHAT_MEMBERS_TABLE")?,
-        presence: table("CHAT_PRESENCE_TABLE")?,
-        send_dedup: table("CHAT_SEND_DEDUP_TABLE")?,
-        receipts: table("CHAT_RECEIPTS_TABLE")?,
-        users: table("CHAT_USERS_TABLE")?,
-    };
-    let store = DynamoStore::new(emulator.dynamodb().await, tables);
+    let store = provisioned_store(&emulator, &stack).await?;
     let store = &store;
     let seqs: Vec<u64> = futures::stream::iter(0..200)
         .map(|i| async move {

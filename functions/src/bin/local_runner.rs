@@ -79,17 +79,10 @@ enum Function {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_ansi(ansi)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    service::init_logging(false);
     let config = Config::parse();
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let stop = stop_on_signals()?;
+    let stop = service::stop_on_signals();
     let runner_config = || -> anyhow::Result<RunnerConfig> {
         let queue_url = config
             .queue_url
@@ -187,24 +180,4 @@ async fn serve_webhook(webhook: Webhook, listen: std::net::SocketAddr, stop: Can
     tracing::info!(addr = %listener.local_addr()?, "webhook listening (local function URL)");
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
     Ok(())
-}
-
-/// Cancelled on Ctrl-C or SIGTERM.
-fn stop_on_signals() -> anyhow::Result<CancellationToken> {
-    let stop = CancellationToken::new();
-    let signal = stop.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        signal.cancel();
-    });
-    #[cfg(unix)]
-    {
-        let signal = stop.clone();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::spawn(async move {
-            term.recv().await;
-            signal.cancel();
-        });
-    }
-    Ok(stop)
 }

@@ -1,0 +1,70 @@
+//! The edge of every long-running process (gateway, local function runner,
+//! channel simulator): logging and graceful shutdown, set up one way.
+
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber: `RUST_LOG` filtering (default `info`),
+/// JSON lines for log pipelines or text, coloured only on a terminal.
+pub fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
+    }
+}
+
+/// A token cancelled on the first SIGINT (Ctrl-C) or SIGTERM (what ECS and
+/// `make run` send). Must be called inside a Tokio runtime; the SIGTERM
+/// handler is in place when it returns.
+pub fn stop_on_signals() -> CancellationToken {
+    let stop = CancellationToken::new();
+    #[cfg(unix)]
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .inspect_err(|error| tracing::error!(%error, "cannot listen for SIGTERM; stopping on Ctrl-C only"))
+        .ok();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            match term {
+                Some(mut term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {}
+            () = term => {}
+        }
+        tracing::info!("signal received; stopping");
+        cancel.cancel();
+    });
+    stop
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::time::Duration;
+
+    /// SIGTERM to this process cancels the token instead of killing it.
+    #[tokio::test]
+    async fn sigterm_cancels_the_token() {
+        let stop = super::stop_on_signals();
+        assert!(!stop.is_cancelled());
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(10), stop.cancelled()).await.expect("cancelled within 10 s");
+    }
+}
