@@ -21,13 +21,14 @@ LOCALSTACK_VENV ?= $(CACHE_DIR)/venv-localstack-$(shell sha256sum $(LOCALSTACK_R
 DEPLOY_VENV ?= $(CACHE_DIR)/venv-deploy-$(shell sha256sum $(DEPLOY_REQ) | cut -c1-16)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack build-functions chat deploy destroy
+.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack build-functions chat deploy destroy localstack localstack-down
 
 help:
 	@echo "make run    start the emulator, provision it, run the functions, the channel simulator and two gateways (Ctrl-C stops all)"
 	@echo "make test   rustfmt check, clippy -D warnings, template lint, provisioning check, unit and end-to-end tests (on moto, then on LocalStack), the functions' Lambda build"
 	@echo "make chat NAME=alice PORT=50051 ROOM=room1   an interactive client against a running 'make run'"
 	@echo "make deploy / make destroy   the stack on AWS with SAM (first deploy guided)"
+	@echo "make localstack / make localstack-down   LocalStack 4.14.0 in Docker on :4566, provisioned (needs a Docker engine)"
 
 # $(call install_venv,DIR,REQUIREMENTS,WHAT): a pinned Python environment.
 # The directory is named by the requirements' hash, so an environment is
@@ -83,7 +84,7 @@ test-rust: build venv
 		$(CARGO) test --workspace --locked
 
 test-localstack: build venv $(LOCALSTACK_VENV)/.installed
-	@echo "==> the SNS/SQS end-to-end suite on LocalStack (host mode), DynamoDB on moto"
+	@echo "==> the end-to-end suite on LocalStack (in Docker where an engine runs, else host mode with DynamoDB on moto)"
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_GRPC_PYTHON=$(GRPC_VENV)/bin/python \
 		LOCALSTACK_PYTHON=$(LOCALSTACK_VENV)/bin/python CARGO=$(CARGO) bash localstack/test-localstack.sh
 
@@ -100,6 +101,14 @@ build-functions: $(DEPLOY_VENV)/.installed
 	done
 
 test: fmt-check clippy lint test-provision test-rust test-localstack build-functions
+
+# LocalStack in Docker for developers who have an engine: provisioned from
+# template.yaml by the ready.d hook; healthy only once that succeeded.
+# Endpoint http://127.0.0.1:4566 (AWS_ENDPOINT_URL), any credentials.
+localstack:
+	docker compose -f localstack/compose.yaml up -d --wait
+localstack-down:
+	docker compose -f localstack/compose.yaml down
 
 run: $(MOTO_VENV)/.installed build
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_BIN_DIR=$(TARGET_DIR)/debug bash localstack/run-local.sh

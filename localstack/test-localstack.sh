@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# `make test-localstack`: the SNS/SQS end-to-end suite against LocalStack
-# itself (host mode, no Docker: `python -m localstack.runtime.main` with
-# SERVICES=sns,sqs), DynamoDB served by moto through AWS_ENDPOINT_URL_DYNAMODB.
-# Both run on free loopback ports and are stopped on exit.
+# `make test-localstack`: the end-to-end suite against LocalStack.
+# - With a Docker engine: every test starts its own pinned LocalStack
+#   container (SNS, SQS and DynamoDB) through testcontainers.
+# - Without one (CI here): LocalStack itself in host mode
+#   (`python -m localstack.runtime.main` with SERVICES=sns,sqs), DynamoDB
+#   served by moto through AWS_ENDPOINT_URL_DYNAMODB. Both run on free
+#   loopback ports and are stopped on exit.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -10,6 +13,13 @@ cd "$ROOT"
 LS_PY="${LOCALSTACK_PYTHON:?set LOCALSTACK_PYTHON to the python of the LocalStack environment (make does)}"
 MOTO_PY="${CHAT_PYTHON:?set CHAT_PYTHON to the python of the moto environment (make does)}"
 CARGO="${CARGO:-cargo}"
+SUITE=(--test aws --test persist --test channels --test janitor --test generic_client --test store --test durability)
+
+if [[ "${CHAT_LOCALSTACK_MODE:-auto}" != host ]] && docker info >/dev/null 2>&1; then
+    echo "==> LocalStack 4.14.0 in Docker (testcontainers), one container per test"
+    exec env CHAT_EMULATOR=localstack-docker "$CARGO" test -p chat-e2e --locked "${SUITE[@]}"
+fi
+
 work="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -46,5 +56,4 @@ wait_http "http://127.0.0.1:$ddb_port/moto-api/" moto "$work/moto.log"
 
 AWS_ENDPOINT_URL="http://127.0.0.1:$ls_port" AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$ddb_port" \
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
-    "$CARGO" test -p chat-e2e --locked \
-    --test aws --test persist --test channels --test janitor --test generic_client --test store --test durability
+    "$CARGO" test -p chat-e2e --locked "${SUITE[@]}"

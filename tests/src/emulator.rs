@@ -20,6 +20,9 @@ pub struct Emulator {
     pub endpoint: String,
     /// The moto server this harness started, if it started one.
     process: Option<Child>,
+    /// The LocalStack container this harness started, if it started one
+    /// (held for its drop, which removes it).
+    _container: Option<crate::localstack::Container>,
 }
 
 /// The Python interpreter of the project's pinned environment.
@@ -28,10 +31,19 @@ pub fn python() -> PathBuf {
 }
 
 impl Emulator {
-    /// `AWS_ENDPOINT_URL` when set, else a fresh moto server.
+    /// `AWS_ENDPOINT_URL` when set; else a fresh LocalStack container when
+    /// `CHAT_EMULATOR=localstack-docker`; else a fresh moto server.
     pub fn start() -> anyhow::Result<Self> {
         if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
-            return Ok(Self { endpoint, process: None });
+            return Ok(Self { endpoint, process: None, _container: None });
+        }
+        match std::env::var("CHAT_EMULATOR").as_deref() {
+            Ok("localstack-docker") => {
+                let container = crate::localstack::Container::start()?;
+                return Ok(Self { endpoint: container.endpoint.clone(), process: None, _container: Some(container) });
+            }
+            Ok("moto") | Err(_) => {}
+            Ok(other) => bail!("CHAT_EMULATOR={other:?}: expected moto (the default) or localstack-docker"),
         }
         let python = python();
         anyhow::ensure!(
@@ -48,7 +60,7 @@ impl Emulator {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting moto server with {}", python.display()))?;
-        let emulator = Self { endpoint: format!("http://127.0.0.1:{port}"), process: Some(process) };
+        let emulator = Self { endpoint: format!("http://127.0.0.1:{port}"), process: Some(process), _container: None };
         emulator.wait_listening(port)?;
         Ok(emulator)
     }

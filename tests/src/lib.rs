@@ -18,6 +18,7 @@ pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod emulator;
+pub mod localstack;
 pub mod scenarios;
 pub mod stored;
 
