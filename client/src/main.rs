@@ -10,6 +10,7 @@
 //! - `chat echo` checks connectivity.
 
 mod connect;
+
 mod render;
 
 use std::path::PathBuf;
@@ -125,6 +126,12 @@ enum Command {
         #[arg(long, default_value = "ping")]
         message: String,
     },
+    /// AWS cost per million messages on the deployed stack, line by line
+    /// (the model and its price sources: client/src/cost.rs).
+    Cost {
+        #[command(flatten)]
+        workload: chat_client::cost::Workload,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +233,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Token { user, ttl_secs, secret } => {
             println!("{}", secret.mint(&user, Duration::from_secs(ttl_secs))?);
+        }
+        Command::Cost { workload } => {
+            let estimate = chat_client::cost::estimate(&workload)?;
+            print!("{}", chat_client::cost::render(&workload, &estimate));
         }
         Command::Echo { gateway, message } => {
             let mut client = EchoServiceClient::new(channel(&gateway).await?);

@@ -66,9 +66,8 @@ impl Container {
                     let container = match request().start().await {
                         Ok(container) => container,
                         Err(e) => {
-                            let _ = ready_tx.send(Err(anyhow::Error::new(e).context(format!(
-                                "starting {IMAGE}:{TAG} (is a Docker engine running?)"
-                            ))));
+                            let _ = ready_tx.send(Err(anyhow::Error::new(e)
+                                .context(format!("starting {IMAGE}:{TAG} (is a Docker engine running?)"))));
                             return;
                         }
                     };

@@ -1,0 +1,4 @@
+//! The `chat` command-line client's library: the pieces with logic worth
+//! testing on their own (the AWS cost model).
+
+pub mod cost;
