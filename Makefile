@@ -21,13 +21,14 @@ LOCALSTACK_VENV ?= $(CACHE_DIR)/venv-localstack-$(shell sha256sum $(LOCALSTACK_R
 DEPLOY_VENV ?= $(CACHE_DIR)/venv-deploy-$(shell sha256sum $(DEPLOY_REQ) | cut -c1-16)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack build-functions chat deploy destroy localstack localstack-down
+.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack build-functions chat deploy destroy localstack localstack-down bench
 
 help:
 	@echo "make run    start the emulator, provision it, run the functions, the channel simulator and two gateways (Ctrl-C stops all)"
 	@echo "make test   rustfmt check, clippy -D warnings, template lint, provisioning check, unit and end-to-end tests (on moto, then on LocalStack), the functions' Lambda build"
 	@echo "make chat NAME=alice PORT=50051 ROOM=room1   an interactive client against a running 'make run'"
 	@echo "make deploy / make destroy   the stack on AWS with SAM (first deploy guided)"
+	@echo "make bench  the benchmark matrix (release builds): CSV, PNG plots and ratios in bench/results/"
 	@echo "make localstack / make localstack-down   LocalStack 4.14.0 in Docker on :4566, provisioned (needs a Docker engine)"
 
 # $(call install_venv,DIR,REQUIREMENTS,WHAT): a pinned Python environment.
@@ -101,6 +102,17 @@ build-functions: $(DEPLOY_VENV)/.installed
 	done
 
 test: fmt-check clippy lint test-provision test-rust test-localstack build-functions
+
+# The benchmark matrix from release builds: memory bus and the raw tonic
+# baseline side by side per user count, then the emulator path with 1, 2 and
+# 4 gateways beside the emulator's raw SNS -> SQS capacity. Writes CSV, PNG
+# plots and a ratios table into bench/results/. Not part of `make test`
+# (which runs a smoke step: tests/tests/bench.rs). BENCH_ARGS passes flags,
+# e.g. BENCH_ARGS="--users 50,500 --skip-aws".
+BENCH_ARGS ?=
+bench: $(MOTO_VENV)/.installed
+	$(CARGO) build --release --locked -p chat-gateway -p chat-client -p chat-e2e --bins
+	CHAT_PYTHON=$(MOTO_VENV)/bin/python $(TARGET_DIR)/release/bench --out bench/results $(BENCH_ARGS)
 
 # LocalStack in Docker for developers who have an engine: provisioned from
 # template.yaml by the ready.d hook; healthy only once that succeeded.

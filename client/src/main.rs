@@ -126,12 +126,75 @@ enum Command {
         #[arg(long, default_value = "ping")]
         message: String,
     },
+    /// Load generator: a sweep of users streaming through gateways, with
+    /// latency at every recipient, completeness, and the gateways' CPU and
+    /// memory; appends to a CSV (see client/src/bench/mod.rs).
+    Bench {
+        #[command(flatten)]
+        bench: BenchArgs,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// The raw tonic baseline server the bench compares gateways with.
+    BenchBaseline {
+        #[arg(long, default_value = "127.0.0.1:50061")]
+        listen: std::net::SocketAddr,
+    },
+    /// PNG plots (latency.png, throughput.png) from bench CSV files.
+    BenchPlot {
+        #[arg(long = "csv", required = true)]
+        csv: Vec<PathBuf>,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        #[arg(long, default_value = "chat bench")]
+        title: String,
+    },
     /// AWS cost per million messages on the deployed stack, line by line
     /// (the model and its price sources: client/src/cost.rs).
     Cost {
         #[command(flatten)]
         workload: chat_client::cost::Workload,
     },
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Gateway URLs (repeatable); users are spread over them round-robin.
+    #[arg(long = "gateway", short = 'g', required = true)]
+    gateways: Vec<String>,
+    /// The gateways' process ids, in the same order, to sample CPU and
+    /// memory from /proc (optional).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Users per step of the sweep.
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200,500,1000,2000,5000")]
+    users: Vec<usize>,
+    /// Members per conversation.
+    #[arg(long, default_value_t = 5)]
+    conversation_size: usize,
+    /// Users whose streams share one HTTP/2 connection.
+    #[arg(long, default_value_t = 1)]
+    streams_per_connection: usize,
+    /// Sends per second per user.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Seconds of sending per step.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Seconds to wait for in-flight deliveries after sending stops.
+    #[arg(long, default_value_t = 15.0)]
+    drain_secs: f64,
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    /// Series name in the CSV and plots.
+    #[arg(long, default_value = "gateway")]
+    label: String,
+    /// CSV file the steps are appended to.
+    #[arg(long, default_value = "bench/results/bench.csv")]
+    csv: PathBuf,
+    /// Send no token (for the baseline server).
+    #[arg(long)]
+    no_auth: bool,
 }
 
 #[derive(Debug, Args)]
@@ -166,7 +229,20 @@ struct ConnArgs {
 
 impl SecretArgs {
     fn mint(&self, user: &str, ttl: Duration) -> anyhow::Result<String> {
-        let secret = match &self.secret {
+        let secret = self.secret()?;
+        Ok(chat_proto::token::mint(secret.as_bytes(), user, &self.issuer, &self.audience, ttl)?)
+    }
+
+    fn auth(&self) -> anyhow::Result<chat_client::bench::Auth> {
+        Ok(chat_client::bench::Auth {
+            secret: self.secret()?.into_bytes(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+        })
+    }
+
+    fn secret(&self) -> anyhow::Result<String> {
+        Ok(match &self.secret {
             Some(s) => s.clone(),
             None => std::fs::read_to_string(&self.secret_file)
                 .with_context(|| {
@@ -177,8 +253,7 @@ impl SecretArgs {
                 })?
                 .trim()
                 .to_owned(),
-        };
-        Ok(chat_proto::token::mint(secret.as_bytes(), user, &self.issuer, &self.audience, ttl)?)
+        })
     }
 }
 
@@ -233,6 +308,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Token { user, ttl_secs, secret } => {
             println!("{}", secret.mint(&user, Duration::from_secs(ttl_secs))?);
+        }
+        Command::Bench { bench, secret } => {
+            service::init_logging(false);
+            let auth = if bench.no_auth { None } else { Some(secret.auth()?) };
+            let seconds = |s: f64, what: &str| {
+                Duration::try_from_secs_f64(s)
+                    .with_context(|| format!("{what} must be a non-negative number of seconds"))
+            };
+            let (duration, drain) =
+                (seconds(bench.duration_secs, "--duration-secs")?, seconds(bench.drain_secs, "--drain-secs")?);
+            let run_id = ulid::Ulid::new().to_string().to_lowercase();
+            for (step, users) in bench.users.iter().enumerate() {
+                let plan = chat_client::bench::Plan {
+                    label: bench.label.clone(),
+                    gateways: bench.gateways.clone(),
+                    pids: bench.pids.clone(),
+                    users: *users,
+                    streams_per_connection: bench.streams_per_connection,
+                    conversation_size: bench.conversation_size,
+                    rate: bench.rate,
+                    duration,
+                    drain,
+                    body_bytes: bench.body_bytes,
+                    auth: auth.clone(),
+                    run_id: format!("{run_id}-{step}"),
+                };
+                let result = chat_client::bench::run(plan).await?;
+                println!("{}", result.summary());
+                chat_client::bench::append_csv(&bench.csv, std::slice::from_ref(&result))
+                    .with_context(|| format!("writing {}", bench.csv.display()))?;
+            }
+        }
+        Command::BenchBaseline { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            eprintln!("baseline listening on {}", listener.local_addr()?);
+            tonic::transport::Server::builder()
+                .add_service(chat_client::bench::baseline::Baseline::default().server())
+                .serve_with_incoming_shutdown(
+                    service::grpc_incoming(listener),
+                    service::stop_on_signals().cancelled_owned(),
+                )
+                .await?;
+        }
+        Command::BenchPlot { csv, out, title } => {
+            let mut points = Vec::new();
+            for path in &csv {
+                points.extend(chat_client::bench::plot::read_points(path)?);
+            }
+            for path in chat_client::bench::plot::plot(&points, &out, &title)? {
+                println!("{}", path.display());
+            }
         }
         Command::Cost { workload } => {
             let estimate = chat_client::cost::estimate(&workload)?;

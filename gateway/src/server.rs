@@ -17,7 +17,6 @@ use chat_proto::pb::chat_service_server::ChatServiceServer;
 use chat_proto::pb::echo_service_server::EchoServiceServer;
 use chat_proto::token::Verifier;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
@@ -234,14 +233,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_secs.max(1))))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(echo)
         .add_service(chat)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped);
+        .serve_with_incoming_shutdown(service::grpc_incoming(listener), stopped);
     // Draining is bounded: a stream that will not end must not keep the
     // gateway (and its queue) alive.
     let drained = async {

@@ -418,6 +418,24 @@ impl Cluster {
         &self.gateways[i].url
     }
 
+    /// The process id of gateway `index`, while it runs.
+    pub fn gateway_pid(&self, index: usize) -> Option<u32> {
+        self.gateways.get(index)?.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// What the bench needs to reach every gateway: URLs, pids and the
+    /// signing secret.
+    pub fn bench_target(&self) -> (Vec<String>, Vec<u32>, chat_client::bench::Auth) {
+        let urls = self.gateways.iter().map(|g| g.url.clone()).collect();
+        let pids = (0..self.gateways.len()).filter_map(|i| self.gateway_pid(i)).collect();
+        let auth = chat_client::bench::Auth {
+            secret: self.secret.as_bytes().to_vec(),
+            issuer: chat_proto::token::DEFAULT_ISSUER.into(),
+            audience: chat_proto::token::DEFAULT_AUDIENCE.into(),
+        };
+        (urls, pids, auth)
+    }
+
     pub fn token(&self, user: &str) -> anyhow::Result<String> {
         Ok(chat_proto::token::mint(
             self.secret.as_bytes(),

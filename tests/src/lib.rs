@@ -19,6 +19,7 @@ pub mod client;
 pub mod cluster;
 pub mod emulator;
 pub mod localstack;
+pub mod raw_bus;
 pub mod scenarios;
 pub mod stored;
 

@@ -1,0 +1,300 @@
+//! `make bench`: the standard matrix, side by side in one run so ratios
+//! hold on a noisy machine.
+//!
+//! - For each user count: the memory-bus gateway, then the raw tonic
+//!   baseline (`chat bench-baseline`), under the same load; then a ceiling
+//!   step (many sends per user) on each.
+//! - The emulator path with 1, 2 and 4 gateways, each followed by the
+//!   emulator's raw SNS → SQS capacity at the same message rate.
+//!
+//! Writes `bench.csv`, `emulator.csv`, `latency.png`, `throughput.png` and
+//! `ratios.md` into `--out`. Run it from release builds (the Makefile does).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chat_client::bench::{self, Plan, StepResult};
+use chat_e2e::cluster::Cluster;
+use chat_e2e::raw_bus::{self, RAW_CSV_HEADER, RawResult};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Where results and plots go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// User counts for the memory bus and the baseline.
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200,500,1000,2000,5000")]
+    users: Vec<usize>,
+    /// Sends per second per user in the sweep.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Users and per-user rate of the ceiling step.
+    #[arg(long, default_value_t = 500)]
+    ceiling_users: usize,
+    #[arg(long, default_value_t = 40.0)]
+    ceiling_rate: f64,
+    /// Streams connected to fresh processes to measure memory per idle
+    /// stream.
+    #[arg(long, default_value_t = 2000)]
+    idle_users: usize,
+    /// User counts on the emulator path (the emulator, not the gateway,
+    /// bounds these).
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200")]
+    aws_users: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    aws_gateways: Vec<usize>,
+    #[arg(long, default_value_t = 0.2)]
+    aws_rate: f64,
+    #[arg(long, default_value_t = 5)]
+    conversation_size: usize,
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    #[arg(long, default_value_t = 30.0)]
+    drain_secs: f64,
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    /// Only the memory bus and the baseline.
+    #[arg(long)]
+    skip_aws: bool,
+}
+
+/// The baseline server as its own process, so its CPU is its own.
+struct BaselineProcess {
+    child: Child,
+    url: String,
+}
+
+impl BaselineProcess {
+    fn start() -> anyhow::Result<Self> {
+        let port = chat_e2e::free_port()?;
+        let child = Command::new(chat_e2e::workspace_bin("chat")?)
+            .args(["bench-baseline", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the baseline server")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the baseline server did not listen within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, url: format!("http://127.0.0.1:{port}") })
+    }
+}
+
+impl Drop for BaselineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Args {
+    fn plan(&self, label: &str, gateways: Vec<String>, pids: Vec<u32>, users: usize, rate: f64) -> Plan {
+        Plan {
+            label: label.into(),
+            gateways,
+            pids,
+            users,
+            streams_per_connection: 1,
+            conversation_size: self.conversation_size,
+            rate,
+            duration: Duration::from_secs_f64(self.duration_secs),
+            drain: Duration::from_secs_f64(self.drain_secs),
+            body_bytes: self.body_bytes,
+            auth: None,
+            run_id: chat_e2e::unique(label),
+        }
+    }
+}
+
+async fn step(plan: Plan, results: &mut Vec<StepResult>) -> anyhow::Result<()> {
+    let label = plan.label.clone();
+    let users = plan.users;
+    let result = bench::run(plan).await.with_context(|| format!("{label} with {users} users"))?;
+    println!("{}", result.summary());
+    results.push(result);
+    Ok(())
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 { format!("{:.2}", a / b) } else { "–".into() }
+}
+
+/// The side-by-side table of the run, in Markdown.
+fn ratios(results: &[StepResult], raw: &[(String, RawResult)]) -> String {
+    let find = |label: &str, users: usize| results.iter().find(|r| r.label == label && r.users == users);
+    let mut md = String::new();
+    let labelled = |label: &str| results.iter().find(|r| r.label == label);
+    for (suffix, how) in [("", "each on its own connection"), ("-mux", "100 per connection")] {
+        if let (Some(g), Some(b)) =
+            (labelled(&format!("memory-idle{suffix}")), labelled(&format!("baseline-idle{suffix}")))
+        {
+            let _ = writeln!(
+                md,
+                "Resident memory per idle joined stream ({} streams {how}, fresh processes): gateway {:.1} KB, baseline {:.1} KB.\n",
+                g.users, g.rss_kb_per_stream, b.rss_kb_per_stream
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "| users | deliveries/s gateway / baseline | p99 ms gateway / baseline | deliveries per gateway CPU-s (baseline) | complete |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
+    let mut users: Vec<usize> =
+        results.iter().filter(|r| r.label == "memory" || r.label == "memory-ceiling").map(|r| r.users).collect();
+    users.sort_unstable();
+    users.dedup();
+    for label in ["memory", "memory-ceiling"] {
+        for &n in &users {
+            let (Some(g), Some(b)) = (find(label, n), find(&label.replace("memory", "baseline"), n)) else { continue };
+            let _ = writeln!(
+                md,
+                "| {n}{} | {:.0} / {:.0} = {} | {:.2} / {:.2} = {} | {:.0} ({:.0}) | {} |",
+                if label.ends_with("ceiling") { format!(" at {}/s each", g.rate_per_user) } else { String::new() },
+                g.deliveries_per_s,
+                b.deliveries_per_s,
+                ratio(g.deliveries_per_s, b.deliveries_per_s),
+                g.p99_ms,
+                b.p99_ms,
+                ratio(g.p99_ms, b.p99_ms),
+                g.deliveries_per_gateway_cpu_s,
+                b.deliveries_per_gateway_cpu_s,
+                if g.complete() && b.complete() { "yes" } else { "NO" },
+            );
+        }
+    }
+    if !raw.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n| emulator path | users | p50 ms gateway / raw SNS→SQS | p99 ms gateway / raw | deliveries/s | complete |"
+        );
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
+        for (label, r) in raw {
+            for g in results.iter().filter(|g| &g.label == label) {
+                let _ = writeln!(
+                    md,
+                    "| {label} | {} | {:.2} / {:.2} = {} | {:.2} / {:.2} = {} | {:.0} | {} |",
+                    g.users,
+                    g.p50_ms,
+                    r.p50_ms,
+                    ratio(g.p50_ms, r.p50_ms),
+                    g.p99_ms,
+                    r.p99_ms,
+                    ratio(g.p99_ms, r.p99_ms),
+                    g.deliveries_per_s,
+                    if g.complete() && r.received == r.expected { "yes" } else { "NO" },
+                );
+            }
+        }
+    }
+    md
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut results = Vec::new();
+    let mut raw = Vec::new();
+
+    {
+        // Resident memory per idle joined stream, on fresh processes each
+        // time (later steps reuse what the allocator kept): every stream on
+        // its own connection, then 100 to a connection, which leaves what a
+        // stream costs beyond its HTTP/2 connection's buffers.
+        for (suffix, streams_per_connection) in [("", 1), ("-mux", 100)] {
+            let memory = Cluster::memory().await?;
+            let (urls, pids, auth) = memory.bench_target();
+            let baseline = BaselineProcess::start()?;
+            let idle = |label: String, urls: Vec<String>, pids: Vec<u32>| Plan {
+                streams_per_connection,
+                duration: Duration::from_secs(1),
+                ..args.plan(&label, urls, pids, args.idle_users, 0.1)
+            };
+            let mut gateway = idle(format!("memory-idle{suffix}"), urls, pids);
+            gateway.auth = Some(auth);
+            step(gateway, &mut results).await?;
+            let plan = idle(format!("baseline-idle{suffix}"), vec![baseline.url.clone()], vec![baseline.child.id()]);
+            step(plan, &mut results).await?;
+        }
+    }
+
+    {
+        let memory = Cluster::memory().await?;
+        let (urls, pids, auth) = memory.bench_target();
+        let baseline = BaselineProcess::start()?;
+        let baseline_target = (vec![baseline.url.clone()], vec![baseline.child.id()]);
+        let mut sweep: Vec<(String, usize, f64)> = args.users.iter().map(|&n| (String::new(), n, args.rate)).collect();
+        sweep.push(("-ceiling".into(), args.ceiling_users, args.ceiling_rate));
+        for (suffix, users, rate) in sweep {
+            let mut gateway = args.plan(&format!("memory{suffix}"), urls.clone(), pids.clone(), users, rate);
+            gateway.auth = Some(auth.clone());
+            step(gateway, &mut results).await?;
+            let plan = args.plan(
+                &format!("baseline{suffix}"),
+                baseline_target.0.clone(),
+                baseline_target.1.clone(),
+                users,
+                rate,
+            );
+            step(plan, &mut results).await?;
+        }
+    }
+
+    if !args.skip_aws {
+        for &gateways in &args.aws_gateways {
+            let label = format!("aws-{gateways}gw");
+            let mut cluster = Cluster::aws(gateways).await?;
+            let (urls, pids, auth) = cluster.bench_target();
+            for &users in &args.aws_users {
+                let mut plan = args.plan(&label, urls.clone(), pids.clone(), users, args.aws_rate);
+                plan.auth = Some(auth.clone());
+                step(plan, &mut results).await?;
+            }
+            // The same message rate as the largest step, without gateways
+            // (stopped first: their queues would get the raw messages too).
+            for index in 0..gateways {
+                cluster.stop_gateway(index).await?;
+            }
+            let emulator = cluster.emulator.as_ref().context("aws cluster without emulator")?;
+            let rate = args.aws_users.iter().max().copied().unwrap_or(50) as f64 * args.aws_rate;
+            let messages = (rate * args.duration_secs).ceil().max(1.0) as u64;
+            let topic = cluster.output("CHAT_TOPIC_ARN")?;
+            let r = raw_bus::measure(emulator, &topic, &cluster.queue_prefix(), gateways, 4, messages, rate).await?;
+            println!("{}", r.summary());
+            raw.push((label, r));
+        }
+    }
+
+    let csv = args.out.join("bench.csv");
+    let _ = std::fs::remove_file(&csv);
+    bench::append_csv(&csv, &results).with_context(|| format!("writing {}", csv.display()))?;
+    let raw_csv = args.out.join("emulator.csv");
+    let mut text = format!("{RAW_CSV_HEADER}\n");
+    for (_, r) in &raw {
+        text.push_str(&r.csv_row());
+        text.push('\n');
+    }
+    std::fs::write(&raw_csv, text).with_context(|| format!("writing {}", raw_csv.display()))?;
+    let points = bench::plot::read_points(&csv)?;
+    let sweep_points: Vec<_> =
+        points.into_iter().filter(|p| !p.label.contains("-ceiling") && !p.label.contains("-idle")).collect();
+    let plots = bench::plot::plot(&sweep_points, &args.out, "chat bench")?;
+    let table = ratios(&results, &raw);
+    std::fs::write(args.out.join("ratios.md"), &table)?;
+    println!("\n{table}");
+    println!(
+        "wrote {}, {} and {}",
+        csv.display(),
+        raw_csv.display(),
+        plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
