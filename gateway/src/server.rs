@@ -111,6 +111,7 @@ fn read_or_create_secret(path: &Path) -> Result<Vec<u8>, RunError> {
 struct AwsParts {
     queue: GatewayQueue,
     sqs: aws_sdk_sqs::Client,
+    counters: Arc<sns_sqs::AwsCounters>,
 }
 
 async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Arc<dyn Store>, Arc<dyn Bus>, AwsParts), RunError> {
@@ -141,8 +142,9 @@ async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Arc<dyn Store
     let queue_name = format!("{}{}", config.queue_prefix, gateway_id);
     let queue = GatewayQueue::create(sqs.clone(), sns.clone(), &topic_arn, &queue_name, gateway_id).await?;
     tracing::info!(queue_url = queue.queue_url, subscription_arn = queue.subscription_arn, "gateway queue subscribed");
-    let publisher = SnsPublisher::new(sns, topic_arn);
-    Ok((Arc::new(store), Arc::new(publisher), AwsParts { queue, sqs }))
+    let counters = Arc::new(sns_sqs::AwsCounters::default());
+    let publisher = SnsPublisher::new(sns, topic_arn).counting(counters.clone());
+    Ok((Arc::new(store), Arc::new(publisher), AwsParts { queue, sqs, counters }))
 }
 
 /// Runs a gateway on `listener` until `shutdown` is cancelled, then stops in
@@ -174,6 +176,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
                 parts.sqs.clone(),
                 parts.queue.queue_url.clone(),
                 hub.clone(),
+                parts.counters.clone(),
                 stop_background.clone(),
             ));
         }
@@ -265,9 +268,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     stop_background.cancel();
     background.close();
     background.wait().await;
+    let aws_counters = aws.as_ref().map(|parts| parts.counters.clone()).unwrap_or_default();
     if let Some(parts) = aws {
         parts.queue.delete().await;
     }
+    let a = &aws_counters;
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        sns_publishes = load(&a.sns_publishes),
+        sqs_receives = load(&a.sqs_receives),
+        sqs_empty_receives = load(&a.sqs_empty_receives),
+        sqs_messages = load(&a.sqs_messages),
+        sqs_delete_batches = load(&a.sqs_delete_batches),
+        "aws calls"
+    );
     let c = &hub.counters;
     tracing::info!(
         dispatched = c.dispatched.load(std::sync::atomic::Ordering::Relaxed),

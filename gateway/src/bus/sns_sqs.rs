@@ -11,6 +11,7 @@
 //! - [`poll`] is one long-poll loop feeding the hub; a gateway runs several.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -37,6 +38,23 @@ const RETENTION_SECS: i32 = 300;
 pub const TAG_GATEWAY_ID: &str = "chat:gateway-id";
 pub const TAG_HEARTBEAT: &str = "chat:heartbeat";
 
+/// AWS calls this gateway made, for the totals it logs when it stops (the
+/// benchmark reads them to report SQS calls per delivered event).
+#[derive(Debug, Default)]
+pub struct AwsCounters {
+    pub sns_publishes: AtomicU64,
+    pub sqs_receives: AtomicU64,
+    pub sqs_empty_receives: AtomicU64,
+    pub sqs_messages: AtomicU64,
+    pub sqs_delete_batches: AtomicU64,
+}
+
+impl AwsCounters {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
 fn sdk_error<E: std::fmt::Debug>(what: &str, err: E) -> BusError {
     let detail: String = format!("{err:?}").chars().take(400).collect();
     BusError::Publish(format!("{what}: {detail}"))
@@ -61,14 +79,21 @@ fn attributes(envelope: &Envelope) -> Result<Vec<(String, MessageAttributeValue)
 pub struct SnsPublisher {
     sns: aws_sdk_sns::Client,
     topic_arn: String,
+    counters: Arc<AwsCounters>,
 }
 
 impl SnsPublisher {
     pub fn new(sns: aws_sdk_sns::Client, topic_arn: String) -> Self {
-        Self { sns, topic_arn }
+        Self { sns, topic_arn, counters: Arc::default() }
+    }
+
+    /// Counts publishes into `counters` (shared with the pollers).
+    pub fn counting(self, counters: Arc<AwsCounters>) -> Self {
+        Self { counters, ..self }
     }
 
     async fn publish_one(&self, envelope: &Envelope) -> Result<(), BusError> {
+        AwsCounters::add(&self.counters.sns_publishes, 1);
         self.sns
             .publish()
             .topic_arn(&self.topic_arn)
@@ -93,6 +118,7 @@ impl SnsPublisher {
                     .map_err(|e| BusError::Publish(format!("batch entry: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        AwsCounters::add(&self.counters.sns_publishes, 1);
         let out = self
             .sns
             .publish_batch()
@@ -265,7 +291,13 @@ impl GatewayQueue {
 /// One long-poll loop: receive up to ten events, dispatch them to the hub,
 /// delete them in one batch. Ends when `stop` is cancelled; a batch that
 /// arrives after that is made visible again instead of dispatched.
-pub async fn poll(sqs: aws_sdk_sqs::Client, queue_url: String, hub: Arc<Hub>, stop: CancellationToken) {
+pub async fn poll(
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    hub: Arc<Hub>,
+    counters: Arc<AwsCounters>,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let receive = sqs
@@ -278,6 +310,7 @@ pub async fn poll(sqs: aws_sdk_sqs::Client, queue_url: String, hub: Arc<Hub>, st
             () = stop.cancelled() => return,
             r = receive => r,
         };
+        AwsCounters::add(&counters.sqs_receives, 1);
         let messages = match received {
             Ok(out) => {
                 backoff = Duration::from_millis(100);
@@ -294,8 +327,10 @@ pub async fn poll(sqs: aws_sdk_sqs::Client, queue_url: String, hub: Arc<Hub>, st
             }
         };
         if messages.is_empty() {
+            AwsCounters::add(&counters.sqs_empty_receives, 1);
             continue;
         }
+        AwsCounters::add(&counters.sqs_messages, messages.len());
         if stop.is_cancelled() {
             release(&sqs, &queue_url, &messages).await;
             return;
@@ -319,6 +354,7 @@ pub async fn poll(sqs: aws_sdk_sqs::Client, queue_url: String, hub: Arc<Hub>, st
                 done.push(entry);
             }
         }
+        AwsCounters::add(&counters.sqs_delete_batches, 1);
         match sqs.delete_message_batch().queue_url(&queue_url).set_entries(Some(done)).send().await {
             Ok(out) if !out.failed().is_empty() => {
                 // Redelivery is harmless: the hub deduplicates by event id.

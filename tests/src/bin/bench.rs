@@ -62,6 +62,56 @@ struct Args {
     skip_aws: bool,
 }
 
+/// SQS calls a gateway made over its life, from the totals it logs when it
+/// stops (`aws calls sqs_receives=… sqs_messages=…`).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct SqsCalls {
+    receives: u64,
+    empty_receives: u64,
+    messages: u64,
+    delete_batches: u64,
+}
+
+impl SqsCalls {
+    fn from_log(log: &str) -> Option<Self> {
+        let line = log.lines().rev().find(|l| l.contains("aws calls"))?;
+        let field = |name: &str| -> Option<u64> {
+            let start = line.find(&format!("{name}="))? + name.len() + 1;
+            line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        };
+        Some(Self {
+            receives: field("sqs_receives")?,
+            empty_receives: field("sqs_empty_receives")?,
+            messages: field("sqs_messages")?,
+            delete_batches: field("sqs_delete_batches")?,
+        })
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.receives += other.receives;
+        self.empty_receives += other.empty_receives;
+        self.messages += other.messages;
+        self.delete_batches += other.delete_batches;
+    }
+
+    /// Receives (empty ones included) and batch deletes per event received.
+    fn per_message(&self) -> f64 {
+        if self.messages == 0 { 0.0 } else { (self.receives + self.delete_batches) as f64 / self.messages as f64 }
+    }
+
+    fn summary(&self, gateways: usize) -> String {
+        format!(
+            "{} gateways: {} events received with {} receives ({} empty) and {} batch deletes: {:.3} SQS calls per event",
+            gateways,
+            self.messages,
+            self.receives,
+            self.empty_receives,
+            self.delete_batches,
+            self.per_message()
+        )
+    }
+}
+
 /// The baseline server as its own process, so its CPU is its own.
 struct BaselineProcess {
     child: Child,
@@ -203,6 +253,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut results = Vec::new();
     let mut raw = Vec::new();
+    let mut sqs = Vec::new();
 
     {
         // Resident memory per idle joined stream, on fresh processes each
@@ -260,9 +311,15 @@ async fn main() -> anyhow::Result<()> {
             }
             // The same message rate as the largest step, without gateways
             // (stopped first: their queues would get the raw messages too).
+            let mut calls = SqsCalls::default();
             for index in 0..gateways {
                 cluster.stop_gateway(index).await?;
+                let totals = SqsCalls::from_log(&cluster.log_tail(index))
+                    .with_context(|| format!("no \"aws calls\" totals in gateway {index}'s log"))?;
+                calls.add(&totals);
             }
+            println!("{label}: {}", calls.summary(gateways));
+            sqs.push((label.clone(), calls));
             let emulator = cluster.emulator.as_ref().context("aws cluster without emulator")?;
             let rate = args.aws_users.iter().max().copied().unwrap_or(50) as f64 * args.aws_rate;
             let messages = (rate * args.duration_secs).ceil().max(1.0) as u64;
@@ -287,7 +344,23 @@ async fn main() -> anyhow::Result<()> {
     let sweep_points: Vec<_> =
         points.into_iter().filter(|p| !p.label.contains("-ceiling") && !p.label.contains("-idle")).collect();
     let plots = bench::plot::plot(&sweep_points, &args.out, "chat bench")?;
-    let table = ratios(&results, &raw);
+    let mut table = ratios(&results, &raw);
+    if !sqs.is_empty() {
+        let _ = writeln!(
+            table,
+            "\n| emulator path | SQS calls per event received, per gateway (whole run) | events received | empty receives |"
+        );
+        let _ = writeln!(table, "| --- | --- | --- | --- |");
+        for (label, calls) in &sqs {
+            let _ = writeln!(
+                table,
+                "| {label} | {:.3} | {} | {} |",
+                calls.per_message(),
+                calls.messages,
+                calls.empty_receives
+            );
+        }
+    }
     std::fs::write(args.out.join("ratios.md"), &table)?;
     println!("\n{table}");
     println!(
@@ -297,4 +370,18 @@ async fn main() -> anyhow::Result<()> {
         plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_gateway_totals_line() {
+        let log = "2026-11-23T14:00:00Z  INFO gateway::server: aws calls sns_publishes=40 sqs_receives=120 sqs_empty_receives=20 sqs_messages=400 sqs_delete_batches=100\nnext";
+        let calls = SqsCalls::from_log(log).expect("parsed");
+        assert_eq!(calls, SqsCalls { receives: 120, empty_receives: 20, messages: 400, delete_batches: 100 });
+        assert!((calls.per_message() - 0.55).abs() < 1e-9);
+        assert_eq!(SqsCalls::from_log("gateway stopped dispatched=1"), None);
+    }
 }
