@@ -81,8 +81,8 @@ impl Outbox {
     /// Queues an event without waiting. A message's seq is recorded as this
     /// stream's resume point for its conversation.
     pub fn deliver(&self, event: ServerEvent) -> Result<(), Undeliverable> {
-        let seq = match &event.event {
-            Some(Event::Message(m)) => Some((m.conversation_id.clone(), m.seq)),
+        let held_conversation = match &event.event {
+            Some(Event::Message(m)) => Some(m.conversation_id.as_str()),
             _ => None,
         };
         // Checking `closed`, queueing and recording the resume point happen
@@ -93,7 +93,7 @@ impl Outbox {
         if self.closed.is_cancelled() {
             return Err(Undeliverable::Gone);
         }
-        if let Some((conversation, _)) = &seq
+        if let Some(conversation) = held_conversation
             && let Some(held) = state.held.get_mut(conversation)
         {
             if held.len() >= self.tx.max_capacity() {
@@ -104,31 +104,38 @@ impl Outbox {
             held.push(event);
             return Ok(());
         }
-        Self::queue(&self.tx, &self.closed, &mut state, event, seq)
+        Self::queue(&self.tx, &self.closed, &mut state, event)
     }
 
+    /// Queues without waiting and records a message's seq as the resume
+    /// point of its conversation. The slot is reserved first, so the resume
+    /// point moves only for an event that is surely queued.
     fn queue(
         tx: &mpsc::Sender<ServerEvent>,
         closed: &CancellationToken,
         state: &mut OutboxState,
         event: ServerEvent,
-        seq: Option<(String, u64)>,
     ) -> Result<(), Undeliverable> {
-        match tx.try_send(event) {
-            Ok(()) => {
-                if let Some((conversation, seq)) = seq {
-                    let last = state.last_seq.entry(conversation).or_insert(0);
-                    *last = (*last).max(seq);
-                }
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        let permit = match tx.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(())) => {
                 state.terminal.get_or_insert(CloseReason::SlowConsumer);
                 closed.cancel();
-                Err(Undeliverable::Overflow)
+                return Err(Undeliverable::Overflow);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Undeliverable::Gone),
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(Undeliverable::Gone),
+        };
+        if let Some(Event::Message(m)) = &event.event {
+            // The conversation id is copied only the first time it is seen.
+            match state.last_seq.get_mut(&m.conversation_id) {
+                Some(last) => *last = (*last).max(m.seq),
+                None => {
+                    state.last_seq.insert(m.conversation_id.clone(), m.seq);
+                }
+            }
         }
+        permit.send(event);
+        Ok(())
     }
 
     /// Starts holding the live messages of a conversation (for a resume).
@@ -164,14 +171,13 @@ impl Outbox {
         let held = state.held.remove(conversation_id).unwrap_or_default();
         let delivered = state.last_seq.get(conversation_id).copied().unwrap_or(0);
         for event in held {
-            let seq = match &event.event {
-                Some(Event::Message(m)) if m.seq > delivered => Some((m.conversation_id.clone(), m.seq)),
-                _ => continue,
-            };
+            if !matches!(&event.event, Some(Event::Message(m)) if m.seq > delivered) {
+                continue;
+            }
             if self.closed.is_cancelled() {
                 return Err(Undeliverable::Gone);
             }
-            Self::queue(&self.tx, &self.closed, &mut state, event, seq)?;
+            Self::queue(&self.tx, &self.closed, &mut state, event)?;
         }
         Ok(())
     }

@@ -420,7 +420,6 @@ fn is_transaction_condition_failure<R>(
 #[async_trait]
 impl Store for DynamoStore {
     async fn accept_send(&self, req: SendRequest<'_>) -> Result<Accepted, StoreError> {
-        let digest = body_digest(req.body);
         let recipients =
             |externals: Vec<String>| -> Vec<String> { externals.into_iter().filter(|id| id != req.sender).collect() };
         if req.client_message_id.is_empty() {
@@ -434,6 +433,7 @@ impl Store for DynamoStore {
             });
         }
         let key = idempotency_key(req.conversation_id, req.sender, req.client_message_id);
+        let digest = body_digest(req.body);
         let check = |(first, first_digest): (Accepted, String)| {
             if first_digest == digest { Ok(first) } else { Err(StoreError::ClientMessageIdReused) }
         };

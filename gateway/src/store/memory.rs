@@ -75,14 +75,15 @@ impl Store for MemoryStore {
         let mut state = self.state();
         let key = (!req.client_message_id.is_empty())
             .then(|| idempotency_key(req.conversation_id, req.sender, req.client_message_id));
-        let digest = body_digest(req.body);
+        // Only an idempotent send is compared with a retry's body.
+        let digest = key.as_ref().map(|_| body_digest(req.body));
         let external_recipients: Vec<String> = state
             .externals
             .get(req.conversation_id)
             .map(|e| e.iter().filter(|id| *id != req.sender).cloned().collect())
             .unwrap_or_default();
         if let Some((first, first_digest)) = key.as_ref().and_then(|k| state.sends.get(k)) {
-            if *first_digest != digest {
+            if Some(first_digest) != digest.as_ref() {
                 return Err(StoreError::ClientMessageIdReused);
             }
             return Ok(Accepted { duplicate: true, ..first.clone() });
@@ -96,7 +97,7 @@ impl Store for MemoryStore {
             duplicate: false,
             external_recipients,
         };
-        if let Some(key) = key {
+        if let (Some(key), Some(digest)) = (key, digest) {
             state.sends.insert(key, (accepted.clone(), digest));
         }
         state.messages.entry(req.conversation_id.to_owned()).or_default().insert(

@@ -282,21 +282,32 @@ async fn main() -> anyhow::Result<()> {
         let (urls, pids, auth) = memory.bench_target();
         let baseline = BaselineProcess::start()?;
         let baseline_target = (vec![baseline.url.clone()], vec![baseline.child.id()]);
-        let mut sweep: Vec<(String, usize, f64)> = args.users.iter().map(|&n| (String::new(), n, args.rate)).collect();
-        sweep.push(("-ceiling".into(), args.ceiling_users, args.ceiling_rate));
-        for (suffix, users, rate) in sweep {
-            let mut gateway = args.plan(&format!("memory{suffix}"), urls.clone(), pids.clone(), users, rate);
+        for &users in &args.users {
+            let mut gateway = args.plan("memory", urls.clone(), pids.clone(), users, args.rate);
             gateway.auth = Some(auth.clone());
             step(gateway, &mut results).await?;
-            let plan = args.plan(
-                &format!("baseline{suffix}"),
-                baseline_target.0.clone(),
-                baseline_target.1.clone(),
-                users,
-                rate,
-            );
+            let plan = args.plan("baseline", baseline_target.0.clone(), baseline_target.1.clone(), users, args.rate);
             step(plan, &mut results).await?;
         }
+    }
+
+    {
+        // The ceiling on fresh processes: the sweep's stored messages and
+        // allocator state would otherwise weigh on the gateway alone.
+        let memory = Cluster::memory().await?;
+        let (urls, pids, auth) = memory.bench_target();
+        let baseline = BaselineProcess::start()?;
+        let mut gateway = args.plan("memory-ceiling", urls, pids, args.ceiling_users, args.ceiling_rate);
+        gateway.auth = Some(auth);
+        step(gateway, &mut results).await?;
+        let plan = args.plan(
+            "baseline-ceiling",
+            vec![baseline.url.clone()],
+            vec![baseline.child.id()],
+            args.ceiling_users,
+            args.ceiling_rate,
+        );
+        step(plan, &mut results).await?;
     }
 
     if !args.skip_aws {
