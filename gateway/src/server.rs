@@ -268,20 +268,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     stop_background.cancel();
     background.close();
     background.wait().await;
-    let aws_counters = aws.as_ref().map(|parts| parts.counters.clone()).unwrap_or_default();
     if let Some(parts) = aws {
         parts.queue.delete().await;
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        let a = &parts.counters;
+        tracing::info!(
+            sns_publishes = load(&a.sns_publishes),
+            sqs_receives = load(&a.sqs_receives),
+            sqs_empty_receives = load(&a.sqs_empty_receives),
+            sqs_messages = load(&a.sqs_messages),
+            sqs_delete_batches = load(&a.sqs_delete_batches),
+            "aws calls"
+        );
     }
-    let a = &aws_counters;
-    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(
-        sns_publishes = load(&a.sns_publishes),
-        sqs_receives = load(&a.sqs_receives),
-        sqs_empty_receives = load(&a.sqs_empty_receives),
-        sqs_messages = load(&a.sqs_messages),
-        sqs_delete_batches = load(&a.sqs_delete_batches),
-        "aws calls"
-    );
     let c = &hub.counters;
     tracing::info!(
         dispatched = c.dispatched.load(std::sync::atomic::Ordering::Relaxed),

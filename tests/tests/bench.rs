@@ -11,18 +11,12 @@ async fn smoke(cluster: &Cluster, label: &str) -> anyhow::Result<StepResult> {
     let (gateways, pids, auth) = cluster.bench_target();
     anyhow::ensure!(pids.len() == gateways.len(), "every gateway has a pid");
     let result = run(Plan {
-        label: label.into(),
-        gateways,
         pids,
-        users: 20,
-        streams_per_connection: 1,
-        conversation_size: 5,
         rate: 5.0,
         duration: Duration::from_secs(2),
         drain: Duration::from_secs(30),
-        body_bytes: 64,
         auth: Some(auth),
-        run_id: chat_e2e::unique("smoke"),
+        ..Plan::new(label, gateways, 20)
     })
     .await?;
     eprintln!("{}", result.summary());
@@ -53,18 +47,11 @@ async fn bench_reports_refused_users_clearly() -> anyhow::Result<()> {
     let (gateways, pids, mut auth) = cluster.bench_target();
     auth.secret = b"not-the-gateway-secret".to_vec();
     let plan = Plan {
-        label: "refused".into(),
-        gateways,
         pids,
-        users: 5,
-        streams_per_connection: 1,
-        conversation_size: 5,
-        rate: 1.0,
         duration: Duration::from_secs(1),
         drain: Duration::from_secs(1),
-        body_bytes: 64,
         auth: Some(auth),
-        run_id: chat_e2e::unique("refused"),
+        ..Plan::new("refused", gateways, 5)
     };
     let error = tokio::time::timeout(Duration::from_secs(30), run(plan)).await?.expect_err("refused").to_string();
     assert!(error.contains("Unauthenticated"), "{error}");

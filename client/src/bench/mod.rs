@@ -79,6 +79,26 @@ pub enum BenchError {
 }
 
 impl Plan {
+    /// A step of `users` on `gateways` with the CLI's defaults: conversations
+    /// of 5, 1 send per second per user for 10 s, 15 s to drain, 64-byte
+    /// bodies, each stream on its own connection, no token, no sampling.
+    pub fn new(label: &str, gateways: Vec<String>, users: usize) -> Self {
+        Self {
+            label: label.to_owned(),
+            gateways,
+            pids: Vec::new(),
+            users,
+            streams_per_connection: 1,
+            conversation_size: 5,
+            rate: 1.0,
+            duration: Duration::from_secs(10),
+            drain: Duration::from_secs(15),
+            body_bytes: 64,
+            auth: None,
+            run_id: format!("{label}-{}", ulid::Ulid::new().to_string().to_lowercase()),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), BenchError> {
         let bad = |what: String| Err(BenchError::Plan(what));
         if self.gateways.is_empty() {
@@ -642,20 +662,7 @@ mod tests {
     }
 
     fn plan() -> Plan {
-        Plan {
-            label: "t".into(),
-            gateways: vec!["http://127.0.0.1:1".into()],
-            pids: vec![],
-            users: 10,
-            streams_per_connection: 1,
-            conversation_size: 5,
-            rate: 1.0,
-            duration: Duration::from_secs(1),
-            drain: Duration::from_secs(1),
-            body_bytes: 64,
-            auth: None,
-            run_id: "r".into(),
-        }
+        Plan { duration: Duration::from_secs(1), ..Plan::new("t", vec!["http://127.0.0.1:1".into()], 10) }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use chat_client::bench::{self, Plan, StepResult};
@@ -119,7 +119,7 @@ struct BaselineProcess {
 }
 
 impl BaselineProcess {
-    fn start() -> anyhow::Result<Self> {
+    async fn start() -> anyhow::Result<Self> {
         let port = chat_e2e::free_port()?;
         let child = Command::new(chat_e2e::workspace_bin("chat")?)
             .args(["bench-baseline", "--listen", &format!("127.0.0.1:{port}")])
@@ -128,13 +128,20 @@ impl BaselineProcess {
             .stderr(Stdio::null())
             .spawn()
             .context("starting the baseline server")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "the baseline server did not listen within 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self { child, url: format!("http://127.0.0.1:{port}") })
+        // Built before the wait, so the child is killed if it never listens.
+        let process = Self { child, url: format!("http://127.0.0.1:{port}") };
+        chat_e2e::wait_listening(port).await.context("the baseline server did not listen")?;
+        Ok(process)
     }
+
+    fn target(&self) -> (Vec<String>, Vec<u32>) {
+        (vec![self.url.clone()], vec![self.child.id()])
+    }
+}
+
+/// A fresh memory-bus gateway and a fresh baseline server, side by side.
+async fn fresh_pair() -> anyhow::Result<(Cluster, BaselineProcess)> {
+    Ok((Cluster::memory().await?, BaselineProcess::start().await?))
 }
 
 impl Drop for BaselineProcess {
@@ -147,18 +154,13 @@ impl Drop for BaselineProcess {
 impl Args {
     fn plan(&self, label: &str, gateways: Vec<String>, pids: Vec<u32>, users: usize, rate: f64) -> Plan {
         Plan {
-            label: label.into(),
-            gateways,
             pids,
-            users,
-            streams_per_connection: 1,
             conversation_size: self.conversation_size,
             rate,
             duration: Duration::from_secs_f64(self.duration_secs),
             drain: Duration::from_secs_f64(self.drain_secs),
             body_bytes: self.body_bytes,
-            auth: None,
-            run_id: chat_e2e::unique(label),
+            ..Plan::new(label, gateways, users)
         }
     }
 }
@@ -261,9 +263,8 @@ async fn main() -> anyhow::Result<()> {
         // its own connection, then 100 to a connection, which leaves what a
         // stream costs beyond its HTTP/2 connection's buffers.
         for (suffix, streams_per_connection) in [("", 1), ("-mux", 100)] {
-            let memory = Cluster::memory().await?;
+            let (memory, baseline) = fresh_pair().await?;
             let (urls, pids, auth) = memory.bench_target();
-            let baseline = BaselineProcess::start()?;
             let idle = |label: String, urls: Vec<String>, pids: Vec<u32>| Plan {
                 streams_per_connection,
                 duration: Duration::from_secs(1),
@@ -272,21 +273,21 @@ async fn main() -> anyhow::Result<()> {
             let mut gateway = idle(format!("memory-idle{suffix}"), urls, pids);
             gateway.auth = Some(auth);
             step(gateway, &mut results).await?;
-            let plan = idle(format!("baseline-idle{suffix}"), vec![baseline.url.clone()], vec![baseline.child.id()]);
+            let (urls, pids) = baseline.target();
+            let plan = idle(format!("baseline-idle{suffix}"), urls, pids);
             step(plan, &mut results).await?;
         }
     }
 
     {
-        let memory = Cluster::memory().await?;
+        let (memory, baseline) = fresh_pair().await?;
         let (urls, pids, auth) = memory.bench_target();
-        let baseline = BaselineProcess::start()?;
-        let baseline_target = (vec![baseline.url.clone()], vec![baseline.child.id()]);
+        let (baseline_urls, baseline_pids) = baseline.target();
         for &users in &args.users {
             let mut gateway = args.plan("memory", urls.clone(), pids.clone(), users, args.rate);
             gateway.auth = Some(auth.clone());
             step(gateway, &mut results).await?;
-            let plan = args.plan("baseline", baseline_target.0.clone(), baseline_target.1.clone(), users, args.rate);
+            let plan = args.plan("baseline", baseline_urls.clone(), baseline_pids.clone(), users, args.rate);
             step(plan, &mut results).await?;
         }
     }
@@ -294,19 +295,13 @@ async fn main() -> anyhow::Result<()> {
     {
         // The ceiling on fresh processes: the sweep's stored messages and
         // allocator state would otherwise weigh on the gateway alone.
-        let memory = Cluster::memory().await?;
+        let (memory, baseline) = fresh_pair().await?;
         let (urls, pids, auth) = memory.bench_target();
-        let baseline = BaselineProcess::start()?;
         let mut gateway = args.plan("memory-ceiling", urls, pids, args.ceiling_users, args.ceiling_rate);
         gateway.auth = Some(auth);
         step(gateway, &mut results).await?;
-        let plan = args.plan(
-            "baseline-ceiling",
-            vec![baseline.url.clone()],
-            vec![baseline.child.id()],
-            args.ceiling_users,
-            args.ceiling_rate,
-        );
+        let (urls, pids) = baseline.target();
+        let plan = args.plan("baseline-ceiling", urls, pids, args.ceiling_users, args.ceiling_rate);
         step(plan, &mut results).await?;
     }
 
