@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use chat_proto::envelope::{Envelope, Event, ReceiptStatus};
 use chat_proto::pb::{self, ServerEvent, server_event::Event as PbEvent};
 
-use crate::outbox::{Outbox, Undeliverable};
+use crate::outbox::{Outbox, SharedEvent, Undeliverable};
 use crate::receipts::ReceiptPositions;
 use crate::reorder::{Pushed, Reorderer};
 
@@ -61,7 +61,7 @@ struct State {
 #[derive(Debug)]
 struct Conversation {
     members: HashMap<String, Arc<Outbox>>,
-    order: Reorderer<ServerEvent>,
+    order: Reorderer<SharedEvent>,
     /// What this gateway has passed on.
     receipts: ReceiptPositions,
 }
@@ -167,6 +167,8 @@ impl Hub {
             self.counters.not_for_streams.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // Encoded here, once, for every stream it goes to.
+        let event = SharedEvent::new(event);
         let released = match seq {
             None => vec![event],
             Some(seq) => match conversation.order.push(seq, event, now) {
@@ -216,7 +218,7 @@ impl Hub {
         }
     }
 
-    fn fan_out(&self, conversation: &mut Conversation, events: &[ServerEvent], skip_user: Option<&str>) {
+    fn fan_out(&self, conversation: &mut Conversation, events: &[SharedEvent], skip_user: Option<&str>) {
         if events.is_empty() {
             return;
         }
@@ -226,7 +228,7 @@ impl Hub {
                 continue;
             }
             for event in events {
-                if !outbox.receipt_is_news(event) {
+                if !outbox.receipt_is_news(event.event()) {
                     continue;
                 }
                 match outbox.deliver(event.clone()) {
@@ -346,7 +348,7 @@ mod tests {
 
     async fn drain(outbox: &Outbox, stream: crate::outbox::EventStream) -> Vec<Result<ServerEvent, tonic::Status>> {
         outbox.finish();
-        stream.collect().await
+        crate::outbox::decoded(stream).collect().await
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! One client stream's outbound side: a bounded buffer of `ServerEvent`s and
-//! the stream tonic sends from it.
+//! One client stream's outbound side: a bounded buffer of [`SharedEvent`]s
+//! and the stream tonic sends from it.
 //!
 //! Overflow policy: an [`Outbox`] never grows past its capacity. When a
 //! delivery finds it full, the client is too slow: the outbox is closed with
@@ -10,15 +10,44 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use chat_proto::encoded::EncodedServerEvent;
 use chat_proto::pb::{self, ServerEvent, server_event::Event};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<ServerEvent, Status>> + Send + 'static>>;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, Status>> + Send + 'static>>;
+
+/// An event on its way to streams: the event itself, which outboxes read
+/// for their bookkeeping, and its protobuf encoding, made once however many
+/// streams it goes to. Cloning shares both.
+#[derive(Debug, Clone)]
+pub struct SharedEvent(Arc<(ServerEvent, EncodedServerEvent)>);
+
+impl SharedEvent {
+    pub fn new(event: ServerEvent) -> Self {
+        let wire = EncodedServerEvent::new(&event);
+        Self(Arc::new((event, wire)))
+    }
+
+    pub fn event(&self) -> &ServerEvent {
+        &self.0.0
+    }
+
+    /// What tonic writes: the shared encoding.
+    pub fn wire(&self) -> EncodedServerEvent {
+        self.0.1.clone()
+    }
+}
+
+impl From<ServerEvent> for SharedEvent {
+    fn from(event: ServerEvent) -> Self {
+        Self::new(event)
+    }
+}
 
 /// Why an outbox was closed with a terminal status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +69,7 @@ pub enum Undeliverable {
 pub struct Outbox {
     pub session_id: String,
     pub user_id: String,
-    tx: mpsc::Sender<ServerEvent>,
+    tx: mpsc::Sender<SharedEvent>,
     /// Cancelled when the stream must end (after what is buffered).
     closed: CancellationToken,
     state: Mutex<OutboxState>,
@@ -54,16 +83,16 @@ struct OutboxState {
     failed: Option<(Code, String)>,
     /// Conversations being resumed: their live messages wait here until the
     /// stored ones have been delivered.
-    held: HashMap<String, Vec<ServerEvent>>,
+    held: HashMap<String, Vec<SharedEvent>>,
     /// Receipts this stream has been shown (its join snapshots included).
     receipts: crate::receipts::ReceiptPositions,
 }
 
 impl Outbox {
     /// A new outbox and the stream to hand to tonic.
-    pub fn new(session_id: String, user_id: String, capacity: usize) -> (std::sync::Arc<Self>, EventStream) {
+    pub fn new(session_id: String, user_id: String, capacity: usize) -> (Arc<Self>, EventStream) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let outbox = std::sync::Arc::new(Self {
+        let outbox = Arc::new(Self {
             session_id,
             user_id,
             tx,
@@ -80,8 +109,9 @@ impl Outbox {
 
     /// Queues an event without waiting. A message's seq is recorded as this
     /// stream's resume point for its conversation.
-    pub fn deliver(&self, event: ServerEvent) -> Result<(), Undeliverable> {
-        let held_conversation = match &event.event {
+    pub fn deliver(&self, event: impl Into<SharedEvent>) -> Result<(), Undeliverable> {
+        let event = event.into();
+        let held_conversation = match &event.event().event {
             Some(Event::Message(m)) => Some(m.conversation_id.as_str()),
             _ => None,
         };
@@ -111,10 +141,10 @@ impl Outbox {
     /// point of its conversation. The slot is reserved first, so the resume
     /// point moves only for an event that is surely queued.
     fn queue(
-        tx: &mpsc::Sender<ServerEvent>,
+        tx: &mpsc::Sender<SharedEvent>,
         closed: &CancellationToken,
         state: &mut OutboxState,
-        event: ServerEvent,
+        event: SharedEvent,
     ) -> Result<(), Undeliverable> {
         let permit = match tx.try_reserve() {
             Ok(permit) => permit,
@@ -125,7 +155,7 @@ impl Outbox {
             }
             Err(mpsc::error::TrySendError::Closed(())) => return Err(Undeliverable::Gone),
         };
-        if let Some(Event::Message(m)) = &event.event {
+        if let Some(Event::Message(m)) = &event.event().event {
             // The conversation id is copied only the first time it is seen.
             match state.last_seq.get_mut(&m.conversation_id) {
                 Some(last) => *last = (*last).max(m.seq),
@@ -156,7 +186,7 @@ impl Outbox {
         if self.closed.is_cancelled() {
             return Err(Undeliverable::Gone);
         }
-        permit.send(event);
+        permit.send(event.into());
         if let Some((conversation, seq)) = seq {
             let last = state.last_seq.entry(conversation).or_insert(0);
             *last = (*last).max(seq);
@@ -171,7 +201,7 @@ impl Outbox {
         let held = state.held.remove(conversation_id).unwrap_or_default();
         let delivered = state.last_seq.get(conversation_id).copied().unwrap_or(0);
         for event in held {
-            if !matches!(&event.event, Some(Event::Message(m)) if m.seq > delivered) {
+            if !matches!(&event.event().event, Some(Event::Message(m)) if m.seq > delivered) {
                 continue;
             }
             if self.closed.is_cancelled() {
@@ -254,7 +284,7 @@ impl Outbox {
     }
 
     /// The events that end a closed stream: a `Disconnect` and a status.
-    fn terminal(&self) -> Option<(Option<ServerEvent>, Status)> {
+    fn terminal(&self) -> Option<(Option<SharedEvent>, Status)> {
         if let Some((code, message)) = self.state().failed.clone() {
             return Some((None, Status::new(code, message)));
         }
@@ -281,11 +311,11 @@ impl Outbox {
                 resume: self.resume_points(),
             })),
         };
-        Some((Some(event), Status::new(code, detail)))
+        Some((Some(event.into()), Status::new(code, detail)))
     }
 }
 
-fn outbound_stream(rx: mpsc::Receiver<ServerEvent>, outbox: std::sync::Arc<Outbox>) -> EventStream {
+fn outbound_stream(rx: mpsc::Receiver<SharedEvent>, outbox: Arc<Outbox>) -> EventStream {
     enum Phase {
         Live,
         Ending(Option<Status>),
@@ -315,6 +345,14 @@ fn outbound_stream(rx: mpsc::Receiver<ServerEvent>, outbox: std::sync::Arc<Outbo
     Box::pin(stream)
 }
 
+/// The stream as a client reads it: each event decoded from what tonic
+/// would write.
+#[cfg(test)]
+pub(crate) fn decoded(stream: EventStream) -> impl Stream<Item = Result<ServerEvent, Status>> {
+    use futures::StreamExt;
+    stream.map(|item| item.map(|event| event.wire().decode_event().expect("a shared event decodes")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,7 +370,8 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_closes_with_resume_points_after_buffered_events() {
-        let (outbox, mut stream) = Outbox::new("s".into(), "u".into(), 2);
+        let (outbox, stream) = Outbox::new("s".into(), "u".into(), 2);
+        let mut stream = Box::pin(decoded(stream));
         assert_eq!(outbox.deliver(message("a", 1)), Ok(()));
         assert_eq!(outbox.deliver(message("b", 7)), Ok(()));
         assert_eq!(outbox.deliver(message("a", 2)), Err(Undeliverable::Overflow));
@@ -384,7 +423,7 @@ mod tests {
         outbox.release("a").expect("release");
         outbox.deliver(message("a", 7)).expect("live again");
         outbox.finish();
-        let seqs: Vec<(String, u64)> = stream
+        let seqs: Vec<(String, u64)> = decoded(stream)
             .filter_map(|e| async move {
                 match e {
                     Ok(ServerEvent { event: Some(Event::Message(m)) }) => Some((m.conversation_id, m.seq)),
@@ -400,7 +439,8 @@ mod tests {
 
     #[tokio::test]
     async fn stored_delivery_waits_for_room_instead_of_overflowing() {
-        let (outbox, mut stream) = Outbox::new("s".into(), "u".into(), 2);
+        let (outbox, stream) = Outbox::new("s".into(), "u".into(), 2);
+        let mut stream = Box::pin(decoded(stream));
         outbox.hold("a");
         let writer = {
             let outbox = outbox.clone();

@@ -20,7 +20,9 @@ use crate::auth::caller;
 use crate::error::GatewayError;
 use crate::history;
 use crate::limits;
-use crate::outbox::{EventStream, Outbox};
+use crate::outbox::{EventStream, Outbox, SharedEvent};
+use chat_proto::encoded::EncodedServerEvent;
+use futures::TryStreamExt;
 use crate::session::Session;
 use crate::store::{DeliveryStatus, StoredMessage};
 
@@ -38,7 +40,8 @@ impl ChatApi {
 
 #[tonic::async_trait]
 impl ChatService for ChatApi {
-    type ConnectStream = EventStream;
+    /// The outbox's events as tonic writes them: each one's shared encoding.
+    type ConnectStream = futures::stream::MapOk<EventStream, fn(SharedEvent) -> EncodedServerEvent>;
 
     async fn connect(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<Self::ConnectStream>, Status> {
         let user = caller(&request)?;
@@ -50,7 +53,7 @@ impl ChatService for ChatApi {
         let (outbox, events) = Outbox::new(session_id, user.0, self.app.outbound_buffer);
         let session = Session::new(self.app.clone(), outbox);
         self.sessions.spawn(session.run(request.into_inner()));
-        Ok(Response::new(events))
+        Ok(Response::new(events.map_ok(|event: SharedEvent| event.wire())))
     }
 
     async fn send_message(

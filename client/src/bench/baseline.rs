@@ -2,13 +2,15 @@
 //! serves, with none of the gateway's logic (no authentication, membership,
 //! store, bus, reordering, rate limits or receipts). A send is numbered and
 //! pushed to every stream joined to the conversation, sender included, as
-//! the gateway does. What the bench measures against it is the ceiling of
-//! tonic and HTTP/2 on the machine for the same client load.
+//! the gateway does, encoded once for all its recipients as the gateway does.
+//! What the bench measures against it is the ceiling of tonic and HTTP/2 on
+//! the machine for the same client load.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use chat_proto::encoded::EncodedServerEvent;
 use chat_proto::pb::chat_service_server::{ChatService, ChatServiceServer};
 use chat_proto::pb::client_frame::Frame;
 use chat_proto::pb::server_event::Event;
@@ -19,7 +21,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-type Outbox = mpsc::Sender<Result<ServerEvent, Status>>;
+type Outbox = mpsc::Sender<Result<EncodedServerEvent, Status>>;
 
 #[derive(Default)]
 struct Room {
@@ -77,7 +79,7 @@ impl Rooms {
             (room.seq, room.members.iter().map(|(_, outbox)| outbox.clone()).collect::<Vec<_>>())
         };
         let message_id = format!("b{seq}");
-        let event = ServerEvent {
+        let event = EncodedServerEvent::new(&ServerEvent {
             event: Some(Event::Message(pb::Message {
                 message_id: message_id.clone(),
                 conversation_id: send.conversation_id.clone(),
@@ -87,7 +89,7 @@ impl Rooms {
                 sent_at_ms: 0,
                 client_message_id: send.client_message_id.clone(),
             })),
-        };
+        });
         for outbox in targets {
             // A full outbox drops the event, as a slow consumer would be cut
             // off by the gateway; the bench counts it as lost.
@@ -110,7 +112,7 @@ impl Rooms {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<ServerEvent, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedServerEvent, Status>> + Send>>;
 
 fn unimplemented<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented("the baseline serves Connect only"))
@@ -132,7 +134,7 @@ impl ChatService for Baseline {
                     Some(Frame::Send(send)) => this.send(frame.request_id, stream, send),
                     _ => continue,
                 };
-                if outbox.send(Ok(answer)).await.is_err() {
+                if outbox.send(Ok(EncodedServerEvent::new(&answer))).await.is_err() {
                     break;
                 }
             }
