@@ -77,7 +77,25 @@ pub struct Config {
     #[arg(long, env = "CHAT_HEARTBEAT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat_secs: u64,
 
-    /// Concurrent long-polls on this gateway's queue.
+    /// Longest a send waits to share an SNS `PublishBatch` with others while
+    /// earlier batches are in flight, in milliseconds (an idle gateway
+    /// publishes at once).
+    #[arg(long, env = "CHAT_PUBLISH_LINGER_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub publish_linger_ms: u64,
+
+    /// SNS publish requests in flight at once; further sends queue and go
+    /// out in fuller batches.
+    #[arg(long, env = "CHAT_PUBLISH_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub publish_concurrency: u16,
+
+    /// After a receive from this gateway's queue that was not full, wait
+    /// this long before the next, so receives come back fuller: fewer SQS
+    /// calls per event, at up to that much latency. 0: receive again at once.
+    #[arg(long, env = "CHAT_RECEIVE_WINDOW_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub receive_window_ms: u64,
+
+    /// Most concurrent long-polls on this gateway's queue: one while it is
+    /// quiet, more while receives come back full.
     #[arg(long, env = "CHAT_POLLERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub pollers: u16,
 

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::app::{App, PRESENCE_REFRESH};
+use crate::bus::batch::{BatchPolicy, BatchingPublisher};
 use crate::bus::memory::MemoryBus;
 use crate::bus::sns_sqs::{self, GatewayQueue, SnsPublisher};
 use crate::bus::{Bus, BusError};
@@ -144,6 +145,11 @@ async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Arc<dyn Store
     tracing::info!(queue_url = queue.queue_url, subscription_arn = queue.subscription_arn, "gateway queue subscribed");
     let counters = Arc::new(sns_sqs::AwsCounters::default());
     let publisher = SnsPublisher::new(sns, topic_arn).counting(counters.clone());
+    let policy = BatchPolicy {
+        linger: Duration::from_millis(config.publish_linger_ms),
+        max_in_flight: usize::from(config.publish_concurrency),
+    };
+    let publisher = BatchingPublisher::spawn(publisher, policy);
     Ok((Arc::new(store), Arc::new(publisher), AwsParts { queue, sqs, counters }))
 }
 
@@ -171,14 +177,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
     if let Some(parts) = &aws {
-        for _ in 0..config.pollers {
-            background.spawn(sns_sqs::poll(
-                parts.sqs.clone(),
-                parts.queue.queue_url.clone(),
-                hub.clone(),
-                parts.counters.clone(),
-                stop_background.clone(),
-            ));
+        let poller = sns_sqs::Poller {
+            sqs: parts.sqs.clone(),
+            queue_url: parts.queue.queue_url.clone(),
+            hub: hub.clone(),
+            counters: parts.counters.clone(),
+            scale: Arc::new(sns_sqs::PollerScale::new(usize::from(config.pollers))),
+            window: Duration::from_millis(config.receive_window_ms),
+        };
+        for index in 0..usize::from(config.pollers) {
+            background.spawn(sns_sqs::poll(poller.clone(), index, stop_background.clone()));
         }
         let queue = parts.queue.clone();
         background.spawn(every(Duration::from_secs(config.heartbeat_secs), stop_background.clone(), move || {
@@ -274,6 +282,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         let a = &parts.counters;
         tracing::info!(
             sns_publishes = load(&a.sns_publishes),
+            sns_events = load(&a.sns_events),
             sqs_receives = load(&a.sqs_receives),
             sqs_empty_receives = load(&a.sqs_empty_receives),
             sqs_messages = load(&a.sqs_messages),

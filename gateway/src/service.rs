@@ -21,10 +21,10 @@ use crate::error::GatewayError;
 use crate::history;
 use crate::limits;
 use crate::outbox::{EventStream, Outbox, SharedEvent};
-use chat_proto::encoded::EncodedServerEvent;
-use futures::TryStreamExt;
 use crate::session::Session;
 use crate::store::{DeliveryStatus, StoredMessage};
+use chat_proto::encoded::EncodedServerEvent;
+use futures::TryStreamExt;
 
 #[derive(Debug, Clone)]
 pub struct ChatApi {

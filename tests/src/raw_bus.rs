@@ -4,21 +4,50 @@
 //! policy), each drained by `pollers` loops receiving ten at a time and
 //! deleting in batches, as a gateway does. A message's latency is from just
 //! before its `Publish` to its receive, at every queue.
+//!
+//! [`RawMode::LikeASend`] makes the emulator calls a gateway's send makes,
+//! without the gateway: the seq counter's `UpdateItem`, then a `Publish` of a
+//! message envelope with its routing attributes (which the topic also fans
+//! out to the functions' queues). The gateway's own cost is what it adds to
+//! that.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
-use gateway::bus::sns_sqs::GatewayQueue;
+use chat_proto::envelope::{Envelope, Event, MessageEvent};
+use gateway::bus::Bus;
+use gateway::bus::sns_sqs::{GatewayQueue, SnsPublisher};
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
 use crate::emulator::Emulator;
 
+/// What each raw message costs the emulator.
+#[derive(Debug, Clone)]
+pub enum RawMode {
+    /// `Publish` → receive only, with an attribute no other subscription
+    /// takes.
+    Bare,
+    /// The calls of a gateway's send, on this conversations table.
+    LikeASend { conversations_table: String },
+}
+
+impl RawMode {
+    pub fn label(&self) -> &'static str {
+        match self {
+            RawMode::Bare => "emulator-raw",
+            RawMode::LikeASend { .. } => "emulator-raw-send",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawResult {
+    pub label: &'static str,
     pub queues: usize,
     pub messages: u64,
     pub rate: f64,
@@ -40,7 +69,8 @@ pub const RAW_CSV_HEADER: &str =
 impl RawResult {
     pub fn csv_row(&self) -> String {
         format!(
-            "emulator-raw,{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.1},{:.3}",
+            "{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.1},{:.3}",
+            self.label,
             self.queues,
             self.messages,
             self.rate,
@@ -57,7 +87,8 @@ impl RawResult {
 
     pub fn summary(&self) -> String {
         format!(
-            "emulator-raw queues={} messages={} rate={}/s received={}/{} p50={:.2}ms p95={:.2}ms p99={:.2}ms max={:.2}ms {:.0} deliveries/s {:.3} SQS calls/delivery",
+            "{} queues={} messages={} rate={}/s received={}/{} p50={:.2}ms p95={:.2}ms p99={:.2}ms max={:.2}ms {:.0} deliveries/s {:.3} SQS calls/delivery",
+            self.label,
             self.queues,
             self.messages,
             self.rate,
@@ -82,7 +113,9 @@ struct Tally {
 
 /// Publishes `messages` at `rate` per second to the stack's topic and
 /// receives them on `queues` fresh queues.
+#[allow(clippy::too_many_arguments)]
 pub async fn measure(
+    mode: &RawMode,
     emulator: &Emulator,
     topic_arn: &str,
     queue_prefix: &str,
@@ -98,6 +131,8 @@ pub async fn measure(
     let sdk = emulator.sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let sns = aws_sdk_sns::Client::new(&sdk);
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let publisher = SnsPublisher::new(sns.clone(), topic_arn.to_owned());
     let mut created = Vec::with_capacity(queues);
     for q in 0..queues {
         let name = format!("{queue_prefix}raw{q}-{}", crate::unique(""));
@@ -139,7 +174,7 @@ pub async fn measure(
                         let mut t = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         t.calls += 1;
                         for (i, m) in messages.iter().enumerate() {
-                            let parsed = m.body().and_then(|b| b.split_once(':')).and_then(|(n, nanos)| {
+                            let parsed = m.body().map(stamp).and_then(|b| b.split_once(':')).and_then(|(n, nanos)| {
                                 Some((n.parse::<u64>().ok()?, Duration::from_nanos(nanos.parse().ok()?)))
                             });
                             if let Some((n, sent)) = parsed
@@ -175,19 +210,43 @@ pub async fn measure(
     for n in 0..messages {
         tokio::time::sleep_until(publish_start + period.mul_f64(n as f64)).await;
         let body = format!("{n}:{}", epoch.elapsed().as_nanos());
-        sns.publish()
-            .topic_arn(topic_arn)
-            .message(body)
-            .message_attributes(
-                "kind",
-                aws_sdk_sns::types::MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value("bench")
-                    .build()?,
-            )
-            .send()
-            .await
-            .context("SNS Publish")?;
+        match mode {
+            RawMode::Bare => {
+                sns.publish()
+                    .topic_arn(topic_arn)
+                    .message(body)
+                    .message_attributes(
+                        "kind",
+                        aws_sdk_sns::types::MessageAttributeValue::builder()
+                            .data_type("String")
+                            .string_value("bench")
+                            .build()?,
+                    )
+                    .send()
+                    .await
+                    .context("SNS Publish")?;
+            }
+            RawMode::LikeASend { conversations_table } => {
+                let conversation_id = format!("raw-{}", n % 10);
+                let seq = next_seq(&dynamo, conversations_table, &conversation_id).await?;
+                let id = ulid::Ulid::new().to_string();
+                let envelope = Envelope::new(
+                    id.clone(),
+                    conversation_id,
+                    "raw".into(),
+                    0,
+                    Event::Message(MessageEvent {
+                        message_id: id,
+                        seq,
+                        sender: "raw".into(),
+                        body,
+                        client_message_id: String::new(),
+                        external_recipients: Vec::new(),
+                    }),
+                );
+                publisher.publish(std::slice::from_ref(&envelope)).await.context("SNS Publish")?;
+            }
+        }
     }
     let expected = messages * queues as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -210,6 +269,7 @@ pub async fn measure(
     let window = t.last.duration_since(start).as_secs_f64().max(messages as f64 / rate);
     let ms = |q: f64| t.histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(RawResult {
+        label: mode.label(),
         queues,
         messages,
         rate,
@@ -222,4 +282,56 @@ pub async fn measure(
         deliveries_per_s: received as f64 / window,
         sqs_calls_per_delivery: if received > 0 { t.calls as f64 / received as f64 } else { 0.0 },
     })
+}
+
+/// The `n:nanos` stamp a raw message carries: the body itself, or the body
+/// of the message envelope it was published in.
+fn stamp(body: &str) -> &str {
+    match body.starts_with('{') {
+        // Borrowing from a decoded envelope would outlive it; find the field.
+        true => body.split("\"body\":\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or(body),
+        false => body,
+    }
+}
+
+/// The seq counter's `UpdateItem`, as a gateway's send makes it.
+async fn next_seq(dynamo: &aws_sdk_dynamodb::Client, table: &str, conversation_id: &str) -> anyhow::Result<u64> {
+    let out = dynamo
+        .update_item()
+        .table_name(table)
+        .key("conversation_id", AttributeValue::S(conversation_id.to_owned()))
+        .update_expression("ADD last_seq :one SET updated_at_ms = :now")
+        .expression_attribute_values(":one", AttributeValue::N("1".into()))
+        .expression_attribute_values(":now", AttributeValue::N("0".into()))
+        .return_values(ReturnValue::AllNew)
+        .send()
+        .await
+        .context("DynamoDB UpdateItem")?;
+    let seq = out.attributes().and_then(|a| a.get("last_seq")).and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok());
+    seq.context("the counter update returned no last_seq")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_stamp_from_a_bare_body_or_an_envelope() {
+        assert_eq!(stamp("7:123"), "7:123");
+        let envelope = Envelope::new(
+            "id".into(),
+            "c".into(),
+            "raw".into(),
+            0,
+            Event::Message(MessageEvent {
+                message_id: "id".into(),
+                seq: 1,
+                sender: "raw".into(),
+                body: "7:123".into(),
+                client_message_id: String::new(),
+                external_recipients: Vec::new(),
+            }),
+        );
+        assert_eq!(stamp(&envelope.encode()), "7:123");
+    }
 }

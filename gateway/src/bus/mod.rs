@@ -8,6 +8,7 @@
 use async_trait::async_trait;
 use chat_proto::envelope::Envelope;
 
+pub mod batch;
 pub mod memory;
 pub mod sns_sqs;
 

@@ -2,16 +2,18 @@
 //! SQS queue per gateway instance.
 //!
 //! - [`SnsPublisher`] publishes envelopes (`Publish`, or `PublishBatch` in
-//!   tens) with routing message attributes.
+//!   tens) with routing message attributes. The gateway puts it behind a
+//!   [`super::batch::BatchingPublisher`], which coalesces concurrent sends.
 //! - [`GatewayQueue`] is this gateway's queue: created at start with a policy
 //!   that admits only the topic (`aws:SourceArn`), subscribed with raw
 //!   delivery, tagged with the instance id and a heartbeat (so a janitor can
 //!   reap the queues of crashed gateways), and deleted with its subscription
 //!   on a graceful stop.
-//! - [`poll`] is one long-poll loop feeding the hub; a gateway runs several.
+//! - [`poll`] is one long-poll loop feeding the hub; a gateway runs up to
+//!   `--pollers` of them, as many as [`PollerScale`] finds busy.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -20,13 +22,12 @@ use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, QueueAttributeName,
 };
 use chat_proto::envelope::Envelope;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::batch::{BATCH_MAX, BatchSink};
 use super::{Bus, BusError};
 use crate::hub::Hub;
-
-/// SNS `PublishBatch` takes at most ten entries.
-const PUBLISH_BATCH_MAX: usize = 10;
 /// Long-poll wait; the SDK attempt timeout for receives must exceed it.
 pub const POLL_WAIT_SECS: i32 = 20;
 /// How long a received event stays invisible to the other pollers before SQS
@@ -42,7 +43,10 @@ pub const TAG_HEARTBEAT: &str = "chat:heartbeat";
 /// benchmark reads them to report SQS calls per delivered event).
 #[derive(Debug, Default)]
 pub struct AwsCounters {
+    /// SNS requests (`Publish` or `PublishBatch`).
     pub sns_publishes: AtomicU64,
+    /// Events those requests carried.
+    pub sns_events: AtomicU64,
     pub sqs_receives: AtomicU64,
     pub sqs_empty_receives: AtomicU64,
     pub sqs_messages: AtomicU64,
@@ -94,6 +98,7 @@ impl SnsPublisher {
 
     async fn publish_one(&self, envelope: &Envelope) -> Result<(), BusError> {
         AwsCounters::add(&self.counters.sns_publishes, 1);
+        AwsCounters::add(&self.counters.sns_events, 1);
         self.sns
             .publish()
             .topic_arn(&self.topic_arn)
@@ -105,8 +110,10 @@ impl SnsPublisher {
         Ok(())
     }
 
-    async fn publish_chunk(&self, chunk: &[Envelope]) -> Result<(), BusError> {
-        let entries = chunk
+    /// One `PublishBatch` of at most ten; an entry SNS reports failed is
+    /// retried alone, and its outcome is its own.
+    async fn publish_chunk(&self, chunk: &[Envelope]) -> Vec<Result<(), BusError>> {
+        let entries = match chunk
             .iter()
             .enumerate()
             .map(|(i, envelope)| {
@@ -117,44 +124,55 @@ impl SnsPublisher {
                     .build()
                     .map_err(|e| BusError::Publish(format!("batch entry: {e}")))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(entries) => entries,
+            Err(e) => return vec![Err(e); chunk.len()],
+        };
         AwsCounters::add(&self.counters.sns_publishes, 1);
-        let out = self
+        AwsCounters::add(&self.counters.sns_events, chunk.len());
+        let sent = self
             .sns
             .publish_batch()
             .topic_arn(&self.topic_arn)
             .set_publish_batch_request_entries(Some(entries))
             .send()
-            .await
-            .map_err(|e| sdk_error("SNS PublishBatch", e))?;
-        let failed = out.failed();
-        if failed.is_empty() {
-            return Ok(());
+            .await;
+        let out = match sent {
+            Ok(out) => out,
+            Err(e) => return vec![Err(sdk_error("SNS PublishBatch", e)); chunk.len()],
+        };
+        let mut outcomes = vec![Ok(()); chunk.len()];
+        for entry in out.failed() {
+            match entry.id().parse::<usize>().ok().filter(|i| *i < chunk.len()) {
+                Some(i) => outcomes[i] = self.publish_one(&chunk[i]).await,
+                None => tracing::warn!(id = entry.id(), "PublishBatch reported a failed entry with an unknown id"),
+            }
         }
-        // Retry the failed entries one by one; what still fails is reported.
-        for entry in failed {
-            let Some(envelope) = entry.id().parse::<usize>().ok().and_then(|i| chunk.get(i)) else {
-                return Err(BusError::Publish(format!("PublishBatch failed entry with unknown id {}", entry.id())));
-            };
-            self.publish_one(envelope).await?;
+        outcomes
+    }
+}
+
+#[async_trait]
+impl BatchSink for SnsPublisher {
+    async fn publish_batch(&self, envelopes: &[Envelope]) -> Vec<Result<(), BusError>> {
+        match envelopes {
+            [one] => vec![self.publish_one(one).await],
+            many => {
+                let mut outcomes = Vec::with_capacity(many.len());
+                for chunk in many.chunks(BATCH_MAX) {
+                    outcomes.extend(self.publish_chunk(chunk).await);
+                }
+                outcomes
+            }
         }
-        Ok(())
     }
 }
 
 #[async_trait]
 impl Bus for SnsPublisher {
     async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
-        match events {
-            [] => Ok(()),
-            [one] => self.publish_one(one).await,
-            many => {
-                for chunk in many.chunks(PUBLISH_BATCH_MAX) {
-                    self.publish_chunk(chunk).await?;
-                }
-                Ok(())
-            }
-        }
+        self.publish_batch(events).await.into_iter().collect()
     }
 }
 
@@ -288,26 +306,100 @@ impl GatewayQueue {
     }
 }
 
+/// SQS returns at most ten messages per receive and deletes ten per batch.
+const RECEIVE_MAX: usize = 10;
+
+/// How many of a gateway's pollers are receiving: one while the queue is
+/// quiet (so an idle gateway holds one long poll, not `--pollers`), one more
+/// each time a receive comes back full, one fewer when the newest poller's
+/// receive comes back less than half full. The same idea as Lambda's SQS
+/// event-source scaling, per gateway.
+#[derive(Debug)]
+pub struct PollerScale {
+    active: AtomicUsize,
+    max: usize,
+    grown: Notify,
+}
+
+impl PollerScale {
+    pub fn new(max: usize) -> Self {
+        Self { active: AtomicUsize::new(1), max: max.max(1), grown: Notify::new() }
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Records poller `index`'s receive of `received` messages.
+    fn record(&self, index: usize, received: usize) {
+        let _ = self.active.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |active| {
+            let next = next_active(active, self.max, index, received);
+            (next != active).then_some(next)
+        });
+        if self.active() > index + 1 {
+            self.grown.notify_waiters();
+        }
+    }
+
+    /// Waits until poller `index` is among the active ones (or `stop`).
+    async fn turn(&self, index: usize, stop: &CancellationToken) {
+        loop {
+            let grown = self.grown.notified();
+            if index < self.active() {
+                return;
+            }
+            tokio::select! {
+                () = grown => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// The number of active pollers after poller `index` received `received`.
+pub fn next_active(active: usize, max: usize, index: usize, received: usize) -> usize {
+    if received >= RECEIVE_MAX {
+        active.max((index + 2).min(max))
+    } else if received < RECEIVE_MAX / 2 && active > 1 && index + 1 == active {
+        active - 1
+    } else {
+        active
+    }
+}
+
+/// What a poller needs besides its index.
+#[derive(Debug, Clone)]
+pub struct Poller {
+    pub sqs: aws_sdk_sqs::Client,
+    pub queue_url: String,
+    pub hub: Arc<Hub>,
+    pub counters: Arc<AwsCounters>,
+    pub scale: Arc<PollerScale>,
+    /// After a receive that was not full, wait this long before the next
+    /// one, so it comes back fuller (fewer calls per event, at that much
+    /// latency). Zero: receive again at once.
+    pub window: Duration,
+}
+
 /// One long-poll loop: receive up to ten events, dispatch them to the hub,
-/// delete them in one batch. Ends when `stop` is cancelled; a batch that
-/// arrives after that is made visible again instead of dispatched.
-pub async fn poll(
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
-    hub: Arc<Hub>,
-    counters: Arc<AwsCounters>,
-    stop: CancellationToken,
-) {
+/// delete them in one batch (without holding up the next receive). Ends when
+/// `stop` is cancelled; a batch that arrives after that is made visible
+/// again instead of dispatched.
+pub async fn poll(poller: Poller, index: usize, stop: CancellationToken) {
+    let Poller { sqs, queue_url, hub, counters, scale, window } = poller;
+    let mut deletes = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(100);
     loop {
+        while deletes.try_join_next().is_some() {}
+        scale.turn(index, &stop).await;
         let receive = sqs
             .receive_message()
             .queue_url(&queue_url)
-            .max_number_of_messages(10)
+            .max_number_of_messages(RECEIVE_MAX as i32)
             .wait_time_seconds(POLL_WAIT_SECS)
             .send();
         let received = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             r = receive => r,
         };
         AwsCounters::add(&counters.sqs_receives, 1);
@@ -319,13 +411,14 @@ pub async fn poll(
             Err(e) => {
                 tracing::warn!(error = ?e, retry_in_ms = backoff.as_millis() as u64, "SQS receive failed");
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
+        scale.record(index, messages.len());
         if messages.is_empty() {
             AwsCounters::add(&counters.sqs_empty_receives, 1);
             continue;
@@ -333,36 +426,56 @@ pub async fn poll(
         AwsCounters::add(&counters.sqs_messages, messages.len());
         if stop.is_cancelled() {
             release(&sqs, &queue_url, &messages).await;
-            return;
+            break;
         }
-        let now = Instant::now();
-        let mut done = Vec::with_capacity(messages.len());
-        for (i, message) in messages.iter().enumerate() {
-            let body = message.body().unwrap_or_default();
-            match Envelope::decode(body) {
-                Ok(envelope) => hub.dispatch(envelope, now),
-                // Nothing else reads this queue and a redelivery would fail
-                // the same way, so the event is logged and removed.
-                Err(e) => {
-                    tracing::error!(error = %e, body_prefix = %body.chars().take(200).collect::<String>(), "undecodable event dropped")
-                }
-            }
-            if let Some(handle) = message.receipt_handle()
-                && let Ok(entry) =
-                    DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build()
-            {
-                done.push(entry);
-            }
-        }
+        let full = messages.len() >= RECEIVE_MAX;
+        let done = dispatch(&hub, &messages);
         AwsCounters::add(&counters.sqs_delete_batches, 1);
-        match sqs.delete_message_batch().queue_url(&queue_url).set_entries(Some(done)).send().await {
-            Ok(out) if !out.failed().is_empty() => {
-                // Redelivery is harmless: the hub deduplicates by event id.
-                tracing::warn!(failed = out.failed().len(), "some deletes failed; those events may be redelivered");
+        deletes.spawn(delete(sqs.clone(), queue_url.clone(), done));
+        if !full && !window.is_zero() {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(window) => {}
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = ?e, "SQS DeleteMessageBatch failed; events may be redelivered"),
         }
+    }
+    // Deletes already sent are waited for, so a stopping gateway does not
+    // leave events to be redelivered to nobody.
+    while deletes.join_next().await.is_some() {}
+}
+
+/// Dispatches a received batch to the hub; returns the delete entries.
+fn dispatch(hub: &Hub, messages: &[aws_sdk_sqs::types::Message]) -> Vec<DeleteMessageBatchRequestEntry> {
+    let now = Instant::now();
+    let mut done = Vec::with_capacity(messages.len());
+    for (i, message) in messages.iter().enumerate() {
+        let body = message.body().unwrap_or_default();
+        match Envelope::decode(body) {
+            Ok(envelope) => hub.dispatch(envelope, now),
+            // Nothing else reads this queue and a redelivery would fail the
+            // same way, so the event is logged and removed.
+            Err(e) => {
+                tracing::error!(error = %e, body_prefix = %body.chars().take(200).collect::<String>(), "undecodable event dropped")
+            }
+        }
+        if let Some(handle) = message.receipt_handle()
+            && let Ok(entry) =
+                DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build()
+        {
+            done.push(entry);
+        }
+    }
+    done
+}
+
+async fn delete(sqs: aws_sdk_sqs::Client, queue_url: String, entries: Vec<DeleteMessageBatchRequestEntry>) {
+    match sqs.delete_message_batch().queue_url(&queue_url).set_entries(Some(entries)).send().await {
+        Ok(out) if !out.failed().is_empty() => {
+            // Redelivery is harmless: the hub deduplicates by event id.
+            tracing::warn!(failed = out.failed().len(), "some deletes failed; those events may be redelivered");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = ?e, "SQS DeleteMessageBatch failed; events may be redelivered"),
     }
 }
 
@@ -388,6 +501,52 @@ async fn release(sqs: &aws_sdk_sqs::Client, queue_url: &str, messages: &[aws_sdk
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pollers_scale_up_on_full_receives_and_down_from_the_top() {
+        // A full receive adds the poller after the one that received it.
+        assert_eq!(next_active(1, 4, 0, 10), 2);
+        assert_eq!(next_active(2, 4, 1, 10), 3);
+        assert_eq!(next_active(3, 4, 0, 10), 3, "already enough behind poller 0");
+        assert_eq!(next_active(4, 4, 3, 10), 4, "never beyond the maximum");
+        assert_eq!(next_active(1, 1, 0, 10), 1);
+        // A thin receive retires the newest poller only.
+        assert_eq!(next_active(3, 4, 2, 1), 2);
+        assert_eq!(next_active(3, 4, 0, 0), 3, "an older poller's thin receive changes nothing");
+        assert_eq!(next_active(1, 4, 0, 0), 1, "one poller always remains");
+        // Half full or more: steady.
+        assert_eq!(next_active(3, 4, 2, 5), 3);
+        assert_eq!(next_active(3, 4, 2, 9), 3);
+    }
+
+    #[tokio::test]
+    async fn an_inactive_poller_waits_until_the_scale_grows() {
+        let scale = Arc::new(PollerScale::new(3));
+        let stop = CancellationToken::new();
+        scale.turn(0, &stop).await;
+        let waiting = {
+            let (scale, stop) = (scale.clone(), stop.clone());
+            tokio::spawn(async move { scale.turn(2, &stop).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        scale.record(0, 10);
+        assert_eq!(scale.active(), 2);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "poller 2 is still beyond the two active");
+        scale.record(1, 10);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").expect("task");
+        // Stopping releases a waiting poller too.
+        scale.record(2, 0);
+        scale.record(1, 0);
+        assert_eq!(scale.active(), 1);
+        let waiting = {
+            let (scale, stop) = (scale.clone(), stop.clone());
+            tokio::spawn(async move { scale.turn(1, &stop).await })
+        };
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("released").expect("task");
+    }
 
     #[test]
     fn policy_admits_only_the_topic() {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chat_client::bench::{self, Plan, StepResult};
 use chat_e2e::cluster::Cluster;
-use chat_e2e::raw_bus::{self, RAW_CSV_HEADER, RawResult};
+use chat_e2e::raw_bus::{self, RAW_CSV_HEADER, RawMode, RawResult};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -60,56 +60,97 @@ struct Args {
     /// Only the memory bus and the baseline.
     #[arg(long)]
     skip_aws: bool,
+    /// Only the emulator path.
+    #[arg(long)]
+    skip_memory: bool,
 }
 
-/// SQS calls a gateway made over its life, from the totals it logs when it
-/// stops (`aws calls sqs_receives=… sqs_messages=…`).
+/// AWS calls a gateway made over its life, from the totals it logs when it
+/// stops (`aws calls sns_publishes=… sqs_receives=…`), and the deliveries to
+/// its streams (`gateway stopped … deliveries=…`).
 #[derive(Debug, Default, Clone, PartialEq)]
-struct SqsCalls {
+struct AwsCalls {
+    sns_publishes: u64,
+    sns_events: u64,
     receives: u64,
     empty_receives: u64,
     messages: u64,
     delete_batches: u64,
+    deliveries: u64,
 }
 
-impl SqsCalls {
+/// `name=<digits>` in a log line.
+fn log_field(line: &str, name: &str) -> Option<u64> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+impl AwsCalls {
     fn from_log(log: &str) -> Option<Self> {
-        let line = log.lines().rev().find(|l| l.contains("aws calls"))?;
-        let field = |name: &str| -> Option<u64> {
-            let start = line.find(&format!("{name}="))? + name.len() + 1;
-            line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-        };
+        let calls = log.lines().rev().find(|l| l.contains("aws calls"))?;
+        let stopped = log.lines().rev().find(|l| l.contains("gateway stopped"))?;
         Some(Self {
-            receives: field("sqs_receives")?,
-            empty_receives: field("sqs_empty_receives")?,
-            messages: field("sqs_messages")?,
-            delete_batches: field("sqs_delete_batches")?,
+            sns_publishes: log_field(calls, "sns_publishes")?,
+            sns_events: log_field(calls, "sns_events")?,
+            receives: log_field(calls, "sqs_receives")?,
+            empty_receives: log_field(calls, "sqs_empty_receives")?,
+            messages: log_field(calls, "sqs_messages")?,
+            delete_batches: log_field(calls, "sqs_delete_batches")?,
+            deliveries: log_field(stopped, "deliveries")?,
         })
     }
 
     fn add(&mut self, other: &Self) {
+        self.sns_publishes += other.sns_publishes;
+        self.sns_events += other.sns_events;
         self.receives += other.receives;
         self.empty_receives += other.empty_receives;
         self.messages += other.messages;
         self.delete_batches += other.delete_batches;
+        self.deliveries += other.deliveries;
     }
 
-    /// Receives (empty ones included) and batch deletes per event received.
+    fn sqs_calls(&self) -> u64 {
+        self.receives + self.delete_batches
+    }
+
+    /// SQS calls (receives, empty ones included, and batch deletes) per
+    /// event received.
     fn per_message(&self) -> f64 {
-        if self.messages == 0 { 0.0 } else { (self.receives + self.delete_batches) as f64 / self.messages as f64 }
+        per(self.sqs_calls(), self.messages)
+    }
+
+    /// SQS calls per message delivered to a stream (the issue's measure: an
+    /// event for several local streams counts once per stream).
+    fn per_delivery(&self) -> f64 {
+        per(self.sqs_calls(), self.deliveries)
+    }
+
+    fn events_per_publish(&self) -> f64 {
+        per(self.sns_events, self.sns_publishes)
     }
 
     fn summary(&self, gateways: usize) -> String {
         format!(
-            "{} gateways: {} events received with {} receives ({} empty) and {} batch deletes: {:.3} SQS calls per event",
+            "{} gateways: {} events received with {} receives ({} empty) and {} batch deletes: {:.3} SQS calls per event, \
+             {:.3} per delivery ({} deliveries); {} events published in {} SNS requests ({:.2} per request)",
             gateways,
             self.messages,
             self.receives,
             self.empty_receives,
             self.delete_batches,
-            self.per_message()
+            self.per_message(),
+            self.per_delivery(),
+            self.deliveries,
+            self.sns_events,
+            self.sns_publishes,
+            self.events_per_publish()
         )
     }
+}
+
+fn per(n: u64, d: u64) -> f64 {
+    if d == 0 { 0.0 } else { n as f64 / d as f64 }
 }
 
 /// The baseline server as its own process, so its CPU is its own.
@@ -225,23 +266,35 @@ fn ratios(results: &[StepResult], raw: &[(String, RawResult)]) -> String {
     if !raw.is_empty() {
         let _ = writeln!(
             md,
-            "\n| emulator path | users | p50 ms gateway / raw SNS→SQS | p99 ms gateway / raw | deliveries/s | complete |"
+            "\n| emulator path | users | p50 ms: gateway / raw SNS→SQS / raw send's calls | p99 ms: gateway / raw / raw send's calls | deliveries/s | complete |"
         );
         let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
-        for (label, r) in raw {
+        let mut labels: Vec<&String> = raw.iter().map(|(label, _)| label).collect();
+        labels.dedup();
+        for label in labels {
+            let of = |mode: &str| raw.iter().find(|(l, r)| l == label && r.label == mode).map(|(_, r)| r);
+            let (Some(bare), Some(send)) = (of("emulator-raw"), of("emulator-raw-send")) else { continue };
             for g in results.iter().filter(|g| &g.label == label) {
                 let _ = writeln!(
                     md,
-                    "| {label} | {} | {:.2} / {:.2} = {} | {:.2} / {:.2} = {} | {:.0} | {} |",
+                    "| {label} | {} | {:.2} / {:.2} / {:.2} = {} / {} | {:.2} / {:.2} / {:.2} = {} / {} | {:.0} | {} |",
                     g.users,
                     g.p50_ms,
-                    r.p50_ms,
-                    ratio(g.p50_ms, r.p50_ms),
+                    bare.p50_ms,
+                    send.p50_ms,
+                    ratio(g.p50_ms, bare.p50_ms),
+                    ratio(g.p50_ms, send.p50_ms),
                     g.p99_ms,
-                    r.p99_ms,
-                    ratio(g.p99_ms, r.p99_ms),
+                    bare.p99_ms,
+                    send.p99_ms,
+                    ratio(g.p99_ms, bare.p99_ms),
+                    ratio(g.p99_ms, send.p99_ms),
                     g.deliveries_per_s,
-                    if g.complete() && r.received == r.expected { "yes" } else { "NO" },
+                    if g.complete() && bare.received == bare.expected && send.received == send.expected {
+                        "yes"
+                    } else {
+                        "NO"
+                    },
                 );
             }
         }
@@ -257,52 +310,54 @@ async fn main() -> anyhow::Result<()> {
     let mut raw = Vec::new();
     let mut sqs = Vec::new();
 
-    {
-        // Resident memory per idle joined stream, on fresh processes each
-        // time (later steps reuse what the allocator kept): every stream on
-        // its own connection, then 100 to a connection, which leaves what a
-        // stream costs beyond its HTTP/2 connection's buffers.
-        for (suffix, streams_per_connection) in [("", 1), ("-mux", 100)] {
+    if !args.skip_memory {
+        {
+            // Resident memory per idle joined stream, on fresh processes each
+            // time (later steps reuse what the allocator kept): every stream on
+            // its own connection, then 100 to a connection, which leaves what a
+            // stream costs beyond its HTTP/2 connection's buffers.
+            for (suffix, streams_per_connection) in [("", 1), ("-mux", 100)] {
+                let (memory, baseline) = fresh_pair().await?;
+                let (urls, pids, auth) = memory.bench_target();
+                let idle = |label: String, urls: Vec<String>, pids: Vec<u32>| Plan {
+                    streams_per_connection,
+                    duration: Duration::from_secs(1),
+                    ..args.plan(&label, urls, pids, args.idle_users, 0.1)
+                };
+                let mut gateway = idle(format!("memory-idle{suffix}"), urls, pids);
+                gateway.auth = Some(auth);
+                step(gateway, &mut results).await?;
+                let (urls, pids) = baseline.target();
+                let plan = idle(format!("baseline-idle{suffix}"), urls, pids);
+                step(plan, &mut results).await?;
+            }
+        }
+
+        {
             let (memory, baseline) = fresh_pair().await?;
             let (urls, pids, auth) = memory.bench_target();
-            let idle = |label: String, urls: Vec<String>, pids: Vec<u32>| Plan {
-                streams_per_connection,
-                duration: Duration::from_secs(1),
-                ..args.plan(&label, urls, pids, args.idle_users, 0.1)
-            };
-            let mut gateway = idle(format!("memory-idle{suffix}"), urls, pids);
+            let (baseline_urls, baseline_pids) = baseline.target();
+            for &users in &args.users {
+                let mut gateway = args.plan("memory", urls.clone(), pids.clone(), users, args.rate);
+                gateway.auth = Some(auth.clone());
+                step(gateway, &mut results).await?;
+                let plan = args.plan("baseline", baseline_urls.clone(), baseline_pids.clone(), users, args.rate);
+                step(plan, &mut results).await?;
+            }
+        }
+
+        {
+            // The ceiling on fresh processes: the sweep's stored messages and
+            // allocator state would otherwise weigh on the gateway alone.
+            let (memory, baseline) = fresh_pair().await?;
+            let (urls, pids, auth) = memory.bench_target();
+            let mut gateway = args.plan("memory-ceiling", urls, pids, args.ceiling_users, args.ceiling_rate);
             gateway.auth = Some(auth);
             step(gateway, &mut results).await?;
             let (urls, pids) = baseline.target();
-            let plan = idle(format!("baseline-idle{suffix}"), urls, pids);
+            let plan = args.plan("baseline-ceiling", urls, pids, args.ceiling_users, args.ceiling_rate);
             step(plan, &mut results).await?;
         }
-    }
-
-    {
-        let (memory, baseline) = fresh_pair().await?;
-        let (urls, pids, auth) = memory.bench_target();
-        let (baseline_urls, baseline_pids) = baseline.target();
-        for &users in &args.users {
-            let mut gateway = args.plan("memory", urls.clone(), pids.clone(), users, args.rate);
-            gateway.auth = Some(auth.clone());
-            step(gateway, &mut results).await?;
-            let plan = args.plan("baseline", baseline_urls.clone(), baseline_pids.clone(), users, args.rate);
-            step(plan, &mut results).await?;
-        }
-    }
-
-    {
-        // The ceiling on fresh processes: the sweep's stored messages and
-        // allocator state would otherwise weigh on the gateway alone.
-        let (memory, baseline) = fresh_pair().await?;
-        let (urls, pids, auth) = memory.bench_target();
-        let mut gateway = args.plan("memory-ceiling", urls, pids, args.ceiling_users, args.ceiling_rate);
-        gateway.auth = Some(auth);
-        step(gateway, &mut results).await?;
-        let (urls, pids) = baseline.target();
-        let plan = args.plan("baseline-ceiling", urls, pids, args.ceiling_users, args.ceiling_rate);
-        step(plan, &mut results).await?;
     }
 
     if !args.skip_aws {
@@ -311,16 +366,17 @@ async fn main() -> anyhow::Result<()> {
             let mut cluster = Cluster::aws(gateways).await?;
             let (urls, pids, auth) = cluster.bench_target();
             for &users in &args.aws_users {
+                cluster.purge_function_queues().await?;
                 let mut plan = args.plan(&label, urls.clone(), pids.clone(), users, args.aws_rate);
                 plan.auth = Some(auth.clone());
                 step(plan, &mut results).await?;
             }
             // The same message rate as the largest step, without gateways
             // (stopped first: their queues would get the raw messages too).
-            let mut calls = SqsCalls::default();
+            let mut calls = AwsCalls::default();
             for index in 0..gateways {
                 cluster.stop_gateway(index).await?;
-                let totals = SqsCalls::from_log(&cluster.log_tail(index))
+                let totals = AwsCalls::from_log(&cluster.log_tail(index))
                     .with_context(|| format!("no \"aws calls\" totals in gateway {index}'s log"))?;
                 calls.add(&totals);
             }
@@ -330,9 +386,14 @@ async fn main() -> anyhow::Result<()> {
             let rate = args.aws_users.iter().max().copied().unwrap_or(50) as f64 * args.aws_rate;
             let messages = (rate * args.duration_secs).ceil().max(1.0) as u64;
             let topic = cluster.output("CHAT_TOPIC_ARN")?;
-            let r = raw_bus::measure(emulator, &topic, &cluster.queue_prefix(), gateways, 4, messages, rate).await?;
-            println!("{}", r.summary());
-            raw.push((label, r));
+            let like_a_send = RawMode::LikeASend { conversations_table: cluster.output("CHAT_CONVERSATIONS_TABLE")? };
+            for mode in [RawMode::Bare, like_a_send] {
+                cluster.purge_function_queues().await?;
+                let r = raw_bus::measure(&mode, emulator, &topic, &cluster.queue_prefix(), gateways, 4, messages, rate)
+                    .await?;
+                println!("{}", r.summary());
+                raw.push((label.clone(), r));
+            }
         }
     }
 
@@ -354,16 +415,19 @@ async fn main() -> anyhow::Result<()> {
     if !sqs.is_empty() {
         let _ = writeln!(
             table,
-            "\n| emulator path | SQS calls per event received, per gateway (whole run) | events received | empty receives |"
+            "\n| emulator path (whole run) | SQS calls per event received, per gateway | SQS calls per delivery | events received | deliveries | empty receives | events per SNS request |"
         );
-        let _ = writeln!(table, "| --- | --- | --- | --- |");
+        let _ = writeln!(table, "| --- | --- | --- | --- | --- | --- | --- |");
         for (label, calls) in &sqs {
             let _ = writeln!(
                 table,
-                "| {label} | {:.3} | {} | {} |",
+                "| {label} | {:.3} | {:.3} | {} | {} | {} | {:.2} |",
                 calls.per_message(),
+                calls.per_delivery(),
                 calls.messages,
-                calls.empty_receives
+                calls.deliveries,
+                calls.empty_receives,
+                calls.events_per_publish()
             );
         }
     }
@@ -384,10 +448,23 @@ mod tests {
 
     #[test]
     fn reads_the_gateway_totals_line() {
-        let log = "2026-11-23T14:00:00Z  INFO gateway::server: aws calls sns_publishes=40 sqs_receives=120 sqs_empty_receives=20 sqs_messages=400 sqs_delete_batches=100\nnext";
-        let calls = SqsCalls::from_log(log).expect("parsed");
-        assert_eq!(calls, SqsCalls { receives: 120, empty_receives: 20, messages: 400, delete_batches: 100 });
+        let log = "2026-11-23T14:00:00Z  INFO gateway::server: aws calls sns_publishes=40 sns_events=100 sqs_receives=120 \
+                   sqs_empty_receives=20 sqs_messages=400 sqs_delete_batches=100\n\
+                   2026-11-23T14:00:00Z  INFO gateway::server: gateway stopped dispatched=400 deliveries=1100 duplicates=0\nnext";
+        let calls = AwsCalls::from_log(log).expect("parsed");
+        let expected = AwsCalls {
+            sns_publishes: 40,
+            sns_events: 100,
+            receives: 120,
+            empty_receives: 20,
+            messages: 400,
+            delete_batches: 100,
+            deliveries: 1100,
+        };
+        assert_eq!(calls, expected);
         assert!((calls.per_message() - 0.55).abs() < 1e-9);
-        assert_eq!(SqsCalls::from_log("gateway stopped dispatched=1"), None);
+        assert!((calls.per_delivery() - 0.2).abs() < 1e-9);
+        assert!((calls.events_per_publish() - 2.5).abs() < 1e-9);
+        assert_eq!(AwsCalls::from_log("gateway stopped dispatched=1"), None);
     }
 }
