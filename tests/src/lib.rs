@@ -79,3 +79,16 @@ pub fn unique(prefix: &str) -> String {
     let id = ulid::Ulid::new().to_string().to_lowercase();
     format!("{prefix}{}", &id[16..])
 }
+
+/// The chat tables named by a stack's outputs (`CHAT_*_TABLE`).
+pub fn tables(output: impl Fn(&str) -> anyhow::Result<String>) -> anyhow::Result<gateway::store::dynamo::Tables> {
+    Ok(gateway::store::dynamo::Tables {
+        messages: output("CHAT_MESSAGES_TABLE")?,
+        conversations: output("CHAT_CONVERSATIONS_TABLE")?,
+        members: output("CHAT_MEMBERS_TABLE")?,
+        presence: output("CHAT_PRESENCE_TABLE")?,
+        send_dedup: output("CHAT_SEND_DEDUP_TABLE")?,
+        receipts: output("CHAT_RECEIPTS_TABLE")?,
+        users: output("CHAT_USERS_TABLE")?,
+    })
+}

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use chat_proto::envelope::{Envelope, Event, MessageEvent};
 use gateway::bus::Bus;
 use gateway::bus::sns_sqs::{GatewayQueue, SnsPublisher};
+use gateway::store::dynamo::DynamoStore;
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +32,8 @@ pub enum RawMode {
     /// `Publish` → receive only, with an attribute no other subscription
     /// takes.
     Bare,
-    /// The calls of a gateway's send, on this conversations table.
-    LikeASend { conversations_table: String },
+    /// The calls of a gateway's send, through the gateway's store.
+    LikeASend { store: DynamoStore },
 }
 
 impl RawMode {
@@ -131,7 +131,6 @@ pub async fn measure(
     let sdk = emulator.sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let sns = aws_sdk_sns::Client::new(&sdk);
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let publisher = SnsPublisher::new(sns.clone(), topic_arn.to_owned());
     let mut created = Vec::with_capacity(queues);
     for q in 0..queues {
@@ -226,9 +225,9 @@ pub async fn measure(
                     .await
                     .context("SNS Publish")?;
             }
-            RawMode::LikeASend { conversations_table } => {
+            RawMode::LikeASend { store } => {
                 let conversation_id = format!("raw-{}", n % 10);
-                let seq = next_seq(&dynamo, conversations_table, &conversation_id).await?;
+                let (seq, _) = store.next_seq(&conversation_id, 0).await.context("allocating seq")?;
                 let id = ulid::Ulid::new().to_string();
                 let envelope = Envelope::new(
                     id.clone(),
@@ -292,23 +291,6 @@ fn stamp(body: &str) -> &str {
         true => body.split("\"body\":\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or(body),
         false => body,
     }
-}
-
-/// The seq counter's `UpdateItem`, as a gateway's send makes it.
-async fn next_seq(dynamo: &aws_sdk_dynamodb::Client, table: &str, conversation_id: &str) -> anyhow::Result<u64> {
-    let out = dynamo
-        .update_item()
-        .table_name(table)
-        .key("conversation_id", AttributeValue::S(conversation_id.to_owned()))
-        .update_expression("ADD last_seq :one SET updated_at_ms = :now")
-        .expression_attribute_values(":one", AttributeValue::N("1".into()))
-        .expression_attribute_values(":now", AttributeValue::N("0".into()))
-        .return_values(ReturnValue::AllNew)
-        .send()
-        .await
-        .context("DynamoDB UpdateItem")?;
-    let seq = out.attributes().and_then(|a| a.get("last_seq")).and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok());
-    seq.context("the counter update returned no last_seq")
 }
 
 #[cfg(test)]

@@ -3,21 +3,13 @@
 //! `template.yaml` on the emulator.
 
 use chat_e2e::emulator::Emulator;
-use gateway::store::dynamo::{DynamoStore, Tables};
+use gateway::store::dynamo::DynamoStore;
 
 /// A store on the tables `provision.py` made for `stack`.
 async fn provisioned_store(emulator: &Emulator, stack: &str) -> anyhow::Result<DynamoStore> {
     let outputs: std::collections::HashMap<String, String> = emulator.provision(stack)?.into_iter().collect();
     let table = |key: &str| outputs.get(key).cloned().ok_or_else(|| anyhow::anyhow!("no output {key}"));
-    let tables = Tables {
-        messages: table("CHAT_MESSAGES_TABLE")?,
-        conversations: table("CHAT_CONVERSATIONS_TABLE")?,
-        members: table("CHAT_MEMBERS_TABLE")?,
-        presence: table("CHAT_PRESENCE_TABLE")?,
-        send_dedup: table("CHAT_SEND_DEDUP_TABLE")?,
-        receipts: table("CHAT_RECEIPTS_TABLE")?,
-        users: table("CHAT_USERS_TABLE")?,
-    };
+    let tables = chat_e2e::tables(table)?;
     Ok(DynamoStore::new(emulator.dynamodb().await, tables))
 }
 

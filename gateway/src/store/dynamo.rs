@@ -102,7 +102,9 @@ impl DynamoStore {
 
     /// Allocates the next seq; also returns the conversation's external
     /// members, read in the same call.
-    async fn next_seq(&self, conversation_id: &str, now_ms: i64) -> Result<(u64, Vec<String>), StoreError> {
+    /// Allocates the conversation's next seq (one `UpdateItem`); returns it
+    /// with the conversation's external members.
+    pub async fn next_seq(&self, conversation_id: &str, now_ms: i64) -> Result<(u64, Vec<String>), StoreError> {
         let out = self
             .client
             .update_item()

@@ -20,6 +20,7 @@ use chat_client::bench::{self, Plan, StepResult};
 use chat_e2e::cluster::Cluster;
 use chat_e2e::raw_bus::{self, RAW_CSV_HEADER, RawMode, RawResult};
 use clap::Parser;
+use gateway::store::dynamo::DynamoStore;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -386,7 +387,8 @@ async fn main() -> anyhow::Result<()> {
             let rate = args.aws_users.iter().max().copied().unwrap_or(50) as f64 * args.aws_rate;
             let messages = (rate * args.duration_secs).ceil().max(1.0) as u64;
             let topic = cluster.output("CHAT_TOPIC_ARN")?;
-            let like_a_send = RawMode::LikeASend { conversations_table: cluster.output("CHAT_CONVERSATIONS_TABLE")? };
+            let store = DynamoStore::new(emulator.dynamodb().await, chat_e2e::tables(|name| cluster.output(name))?);
+            let like_a_send = RawMode::LikeASend { store };
             for mode in [RawMode::Bare, like_a_send] {
                 cluster.purge_function_queues().await?;
                 let r = raw_bus::measure(&mode, emulator, &topic, &cluster.queue_prefix(), gateways, 4, messages, rate)
