@@ -346,7 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tonic::transport::Server::builder()
                 .add_service(chat_client::bench::baseline::Baseline::default().server())
                 .serve_with_incoming_shutdown(
-                    service::grpc_incoming(listener),
+                    chat_proto::transport::incoming(listener),
                     service::stop_on_signals().cancelled_owned(),
                 )
                 .await?;

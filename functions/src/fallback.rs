@@ -13,31 +13,44 @@
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use chat_proto::envelope::{Envelope, Event, FallbackEvent, MessageEvent};
-use chat_proto::external::ExternalId;
-use gateway::bus::Bus;
-use gateway::store::{MemberState, Store};
+use chat_aws::dynamo::{DynamoStore, Tables};
+use chat_aws::lambda::{Record, for_each_record};
+use chat_aws::sns::SnsPublisher;
+use chat_core::bus::Bus;
+use chat_core::envelope::{Envelope, Event, FallbackEvent, MessageEvent};
+use chat_core::external::ExternalId;
+use chat_core::store::{Links, MemberState, Receipts};
+
+use crate::FunctionError;
+
+/// Deadlines checked at once in one invocation.
+const RECORDS_IN_FLIGHT: usize = 8;
 
 /// What `fallback` needs: built once per process.
 #[derive(Debug, Clone)]
 pub struct Fallback {
-    pub store: Arc<dyn Store>,
+    /// Members' delivery watermarks.
+    pub receipts: Arc<dyn Receipts>,
+    /// Their linked external identities.
+    pub links: Arc<dyn Links>,
     pub bus: Arc<dyn Bus>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FallbackArgs {
     #[command(flatten)]
-    pub tables: gateway::store::dynamo::Tables,
+    pub tables: Tables,
     #[arg(long, env = "CHAT_TOPIC_ARN")]
     pub topic_arn: String,
 }
 
 impl FallbackArgs {
     pub fn build(self, sdk: &aws_config::SdkConfig) -> Fallback {
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), self.tables));
         Fallback {
-            store: Arc::new(gateway::store::dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), self.tables)),
-            bus: Arc::new(gateway::bus::sns_sqs::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
+            receipts: store.clone(),
+            links: store,
+            bus: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
         }
     }
 }
@@ -54,42 +67,33 @@ pub fn behind(members: &[MemberState], sender: &str, seq: u64) -> Vec<String> {
 
 /// The `fallback` handler: a plain function of (fallback, event).
 pub async fn handle(fallback: &Fallback, event: SqsEvent) -> SqsBatchResponse {
-    let mut failed = Vec::new();
-    let mut requested = 0;
-    for (index, record) in event.records.iter().enumerate() {
-        let id = record.message_id.clone().unwrap_or_else(|| format!("record-{index}"));
-        let envelope = match record.body.as_deref().map(Envelope::decode) {
-            Some(Ok(envelope)) => envelope,
-            other => {
-                let reason = match other {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "record has no body".into(),
-                };
-                tracing::error!(record_id = id, reason, "undecodable record; it will be retried, then dead-lettered");
-                failed.push(id);
-                continue;
-            }
-        };
-        let Event::Message(message) = envelope.event else { continue };
-        match fall_back(fallback, &envelope.conversation_id, &message).await {
-            Ok(count) => requested += count,
-            Err(e) => {
-                tracing::warn!(record_id = id, error = e, "fallback check failed; retried");
-                failed.push(id);
-            }
+    let requested = std::sync::atomic::AtomicUsize::new(0);
+    let response = for_each_record(&event, RECORDS_IN_FLIGHT, |record: Record| {
+        let requested = &requested;
+        async move {
+            let Event::Message(message) = &record.envelope.event else { return Ok(()) };
+            let count = fall_back(fallback, &record.envelope.conversation_id, message).await?;
+            requested.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            Ok::<(), FunctionError>(())
         }
-    }
-    tracing::info!(records = event.records.len(), requested, failed = failed.len(), "fallback batch done");
-    crate::persist::response(failed)
+    })
+    .await;
+    tracing::info!(
+        records = event.records.len(),
+        requested = requested.into_inner(),
+        failed = response.batch_item_failures.len(),
+        "fallback batch done"
+    );
+    response
 }
 
-async fn fall_back(fallback: &Fallback, conversation_id: &str, message: &MessageEvent) -> Result<usize, String> {
-    let members = fallback.store.members(conversation_id).await.map_err(|e| e.to_string())?;
+async fn fall_back(fallback: &Fallback, conversation_id: &str, message: &MessageEvent) -> Result<usize, FunctionError> {
+    let members = fallback.receipts.members(conversation_id).await?;
     let behind = behind(&members, &message.sender, message.seq);
     if behind.is_empty() {
         return Ok(0);
     }
-    let links = fallback.store.linked_channels(&behind).await.map_err(|e| e.to_string())?;
+    let links = fallback.links.linked_channels(&behind).await?;
     let requests: Vec<Envelope> = links
         .into_iter()
         .map(|(user_id, to)| {
@@ -100,12 +104,12 @@ async fn fall_back(fallback: &Fallback, conversation_id: &str, message: &Message
                 format!("fallback-{}-{user_id}", message.message_id),
                 conversation_id.to_owned(),
                 "fallback".into(),
-                crate::connector::now_ms(),
+                chat_core::clock::now_ms(),
                 Event::Fallback(FallbackEvent { user_id, to, message: message.clone() }),
             )
         })
         .collect();
-    fallback.bus.publish(&requests).await.map_err(|e| e.to_string())?;
+    fallback.bus.publish(&requests).await?;
     Ok(requests.len())
 }
 

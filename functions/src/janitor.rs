@@ -10,7 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use gateway::bus::sns_sqs::TAG_HEARTBEAT;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use chat_aws::queue::TAG_HEARTBEAT;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct JanitorArgs {
@@ -72,13 +73,25 @@ pub struct Report {
     pub live: usize,
     pub not_ours: usize,
     /// Failures (the next sweep tries again).
-    pub errors: Vec<String>,
+    pub errors: Vec<CallFailed>,
     /// Nothing could be judged: the queues or subscriptions were not listed.
     pub listing_failed: bool,
 }
 
-fn error<E: std::fmt::Debug>(what: &str, e: E) -> String {
-    format!("{what}: {}", format!("{e:?}").chars().take(300).collect::<String>())
+/// An AWS call of a sweep that failed (the next sweep tries again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{operation}: {detail}")]
+pub struct CallFailed {
+    pub operation: &'static str,
+    pub detail: String,
+}
+
+fn error<E, R>(operation: &'static str, e: SdkError<E, R>) -> CallFailed
+where
+    E: ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    CallFailed { operation, detail: chat_aws::error::describe(&e) }
 }
 
 /// One sweep: a plain function of (janitor, now).
@@ -155,7 +168,7 @@ pub async fn sweep(janitor: &Janitor, now_secs: i64) -> Report {
     report
 }
 
-async fn list_queues(janitor: &Janitor) -> Result<Vec<String>, String> {
+async fn list_queues(janitor: &Janitor) -> Result<Vec<String>, CallFailed> {
     let mut queues = Vec::new();
     let mut next = None;
     loop {
@@ -177,7 +190,7 @@ async fn list_queues(janitor: &Janitor) -> Result<Vec<String>, String> {
 }
 
 /// The topic's SQS subscriptions: (subscription ARN, endpoint queue ARN).
-async fn list_subscriptions(janitor: &Janitor) -> Result<HashMap<String, String>, String> {
+async fn list_subscriptions(janitor: &Janitor) -> Result<HashMap<String, String>, CallFailed> {
     let mut subscriptions = HashMap::new();
     let mut next = None;
     loop {

@@ -3,6 +3,9 @@
 //! them in `lambda_runtime` (on AWS) or in [`runner`], the local stand-in for
 //! Lambda's SQS event source mapping.
 
+use chat_core::bus::BusError;
+use chat_core::store::StoreError;
+
 pub mod connector;
 pub mod fallback;
 pub mod janitor;
@@ -15,4 +18,14 @@ pub mod webhook;
 pub async fn lambda_setup() -> aws_config::SdkConfig {
     service::init_logging(true);
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// Why a function's work on one record (or one webhook notice) failed; the
+/// record is retried, and the notice's channel retries.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
 }

@@ -22,13 +22,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use channels::{instagram, meta, telegram, whatsapp};
-use chat_proto::envelope::{Envelope, Event, ReceiptEvent, ReceiptStatus};
-use chat_proto::external::{Channel, ExternalId};
-use gateway::app::{Send, message_envelope};
-use gateway::bus::Bus;
-use gateway::store::{SendRequest, Store};
+use chat_aws::dynamo::connector::Records;
+use chat_aws::dynamo::{DynamoStore, Tables};
+use chat_aws::sns::SnsPublisher;
+use chat_core::bus::Bus;
+use chat_core::envelope::{Envelope, Event, ReceiptEvent, ReceiptStatus};
+use chat_core::external::{Channel, ExternalId};
+use chat_core::limits::{self, DEFAULT_MAX_BODY_BYTES, MAX_ID_LEN};
+use chat_core::send::{self, Send, message_envelope};
+use chat_core::store::{Links, Membership, Sequencer};
 
-use crate::connector::records::Records;
+use crate::FunctionError;
 
 /// An HTTP request, whatever carried it.
 #[derive(Debug, Clone, Default)]
@@ -70,7 +74,12 @@ pub struct WebhookSecrets {
 /// What `webhook` needs: built once per process.
 #[derive(Debug, Clone)]
 pub struct Webhook {
-    pub store: Arc<dyn Store>,
+    /// Accepts inbound messages as sends.
+    pub sequencer: Arc<dyn Sequencer>,
+    /// Whether an external identity is still a member where it last was.
+    pub membership: Arc<dyn Membership>,
+    /// The conversation an external identity was most recently added to.
+    pub links: Arc<dyn Links>,
     pub records: Records,
     pub bus: Arc<dyn Bus>,
     pub secrets: WebhookSecrets,
@@ -83,7 +92,7 @@ pub struct WebhookArgs {
     #[command(flatten)]
     pub secrets: WebhookSecrets,
     #[command(flatten)]
-    pub tables: gateway::store::dynamo::Tables,
+    pub tables: Tables,
     #[arg(long, env = "CHAT_CONNECTOR_TABLE", default_value = "chat-connector")]
     pub connector_table: String,
     #[arg(long, env = "CHAT_TOPIC_ARN")]
@@ -121,10 +130,13 @@ impl WebhookArgs {
     pub fn build(self, sdk: &aws_config::SdkConfig) -> anyhow::Result<Webhook> {
         self.secrets.check()?;
         let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+        let store = Arc::new(DynamoStore::new(dynamo.clone(), self.tables));
         Ok(Webhook {
-            store: Arc::new(gateway::store::dynamo::DynamoStore::new(dynamo.clone(), self.tables)),
+            sequencer: store.clone(),
+            membership: store.clone(),
+            links: store,
             records: Records::new(dynamo, self.connector_table),
-            bus: Arc::new(gateway::bus::sns_sqs::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
+            bus: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
             secrets: self.secrets,
         })
     }
@@ -162,7 +174,7 @@ pub async fn handle(webhook: &Webhook, request: WebhookRequest) -> WebhookRespon
     };
     for notice in notices {
         if let Err(e) = apply(webhook, notice).await {
-            tracing::error!(channel = channel.as_str(), error = e, "webhook notice failed; the channel will retry");
+            tracing::error!(channel = channel.as_str(), error = %e, "webhook notice failed; the channel will retry");
             return WebhookResponse::new(500, "temporarily unable to process; retry");
         }
     }
@@ -209,7 +221,7 @@ fn authenticate(secrets: &WebhookSecrets, channel: Channel, request: &WebhookReq
 }
 
 fn seconds_ms(timestamp: &str) -> i64 {
-    timestamp.parse::<i64>().map(|s| s.saturating_mul(1000)).unwrap_or_else(|_| crate::connector::now_ms())
+    timestamp.parse::<i64>().map(|s| s.saturating_mul(1000)).unwrap_or_else(|_| chat_core::clock::now_ms())
 }
 
 /// Reads a channel's webhook body into notices.
@@ -278,7 +290,7 @@ pub fn parse(channel: Channel, body: &[u8]) -> Result<Vec<Notice>, String> {
     Ok(notices)
 }
 
-async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), String> {
+async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), FunctionError> {
     match notice {
         Notice::Receipt { channel, channel_message_id, status, at_ms, reason } => {
             let Some(reference) = webhook.records.reference(channel.as_str(), &channel_message_id).await? else {
@@ -304,7 +316,7 @@ async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), String> {
                 at_ms,
                 Event::Receipt(receipt),
             );
-            webhook.bus.publish(&[envelope]).await.map_err(|e| e.to_string())
+            Ok(webhook.bus.publish(&[envelope]).await?)
         }
         Notice::Inbound { from, channel_message_id, text } => {
             let sender = from.to_string();
@@ -312,23 +324,21 @@ async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), String> {
                 tracing::warn!(sender, "message from an identity in no conversation ignored");
                 return Ok(());
             };
-            let body: String = text.chars().take(4096).collect();
-            let client_message_id: String = channel_message_id.chars().take(128).collect();
-            let send = Send { conversation_id: &conversation_id, client_message_id: &client_message_id, body: &body };
-            let accepted = webhook
-                .store
-                .accept_send(SendRequest {
-                    conversation_id: &conversation_id,
-                    sender: &sender,
-                    client_message_id: &client_message_id,
-                    body: &body,
-                    new_message_id: ulid::Ulid::new().to_string(),
-                    now_ms: crate::connector::now_ms(),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+            // The channel's text is cut to our limits, not refused: a
+            // channel cannot be asked to resend something shorter.
+            let body = limits::fit(&text, DEFAULT_MAX_BODY_BYTES);
+            let client_message_id = limits::fit(&channel_message_id, MAX_ID_LEN);
+            let send = match Send::new(&conversation_id, client_message_id, body, DEFAULT_MAX_BODY_BYTES) {
+                Ok(send) => send,
+                Err(e) => {
+                    // A retry would not fix it: answered, logged, not stored.
+                    tracing::warn!(sender, conversation_id, channel_message_id, error = %e, "inbound message refused");
+                    return Ok(());
+                }
+            };
+            let accepted = send::accept(webhook.sequencer.as_ref(), &sender, &send).await?;
             let envelope = message_envelope(&format!("webhook-{}", from.channel), &sender, &send, &accepted);
-            webhook.bus.publish(&[envelope]).await.map_err(|e| e.to_string())?;
+            webhook.bus.publish(&[envelope]).await?;
             tracing::info!(
                 sender,
                 conversation_id,
@@ -344,13 +354,13 @@ async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), String> {
 /// Where an external identity's message goes: the conversation we last
 /// delivered to it (so it answers what it was sent), while it is still a
 /// member there; else the conversation it was most recently added to.
-async fn reply_conversation(webhook: &Webhook, sender: &str) -> Result<Option<String>, String> {
+async fn reply_conversation(webhook: &Webhook, sender: &str) -> Result<Option<String>, FunctionError> {
     if let Some(conversation_id) = webhook.records.binding(sender).await?
-        && webhook.store.is_member(&conversation_id, sender).await.map_err(|e| e.to_string())?
+        && webhook.membership.is_member(&conversation_id, sender).await?
     {
         return Ok(Some(conversation_id));
     }
-    webhook.store.bound_conversation(sender).await.map_err(|e| e.to_string())
+    Ok(webhook.links.bound_conversation(sender).await?)
 }
 
 /// A Lambda function URL event as a [`WebhookRequest`].

@@ -3,13 +3,11 @@
 //! to a conversation's local streams. `cargo bench -p chat-gateway`.
 
 use std::hint::black_box;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use chat_proto::envelope::{Envelope, Event, MessageEvent};
+use chat_core::envelope::{Envelope, Event, MessageEvent};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use gateway::hub::Hub;
-use gateway::outbox::{EventStream, Outbox};
+use gateway::bench::FanOut;
 
 /// Messages dispatched per measured batch in the fan-out benchmark.
 const MESSAGES: u64 = 512;
@@ -41,17 +39,9 @@ fn codec(c: &mut Criterion) {
     group.finish();
 }
 
-/// A hub with one conversation of `members` streams, anchored at seq 0; the
-/// streams are kept so the outboxes stay open.
-fn hub_with(members: usize) -> (Hub, Vec<(Arc<Outbox>, EventStream)>) {
-    let hub = Hub::new(Duration::from_secs(2));
-    let streams: Vec<_> =
-        (0..members).map(|i| Outbox::new(format!("s{i}"), format!("u{i}"), MESSAGES as usize + 16)).collect();
-    for (outbox, _) in &streams {
-        hub.subscribe("bench-room", outbox.clone());
-    }
-    hub.anchor("bench-room", 0);
-    (hub, streams)
+/// A hub with one conversation of `members` streams, anchored at seq 0.
+fn hub_with(members: usize) -> FanOut {
+    FanOut::new("bench-room", members, MESSAGES as usize + 16)
 }
 
 fn fan_out(c: &mut Criterion) {
@@ -59,22 +49,22 @@ fn fan_out(c: &mut Criterion) {
     for members in [2usize, 5, 50] {
         let envelopes: Vec<Envelope> = (1..=MESSAGES).map(message).collect();
         // What is measured must be what happens: every message reaches every stream.
-        let (hub, _streams) = hub_with(members);
+        let hub = hub_with(members);
         for envelope in envelopes.clone() {
             hub.dispatch(envelope, Instant::now());
         }
-        let delivered = hub.counters.deliveries.load(std::sync::atomic::Ordering::Relaxed);
+        let delivered = hub.deliveries();
         assert_eq!(delivered, MESSAGES * members as u64, "fan-out set-up delivers everything");
         group.throughput(Throughput::Elements(MESSAGES * members as u64));
         group.bench_function(format!("{members}_members"), |b| {
             b.iter_batched(
                 || (hub_with(members), envelopes.clone()),
-                |((hub, streams), envelopes)| {
+                |(hub, envelopes)| {
                     let now = Instant::now();
                     for envelope in envelopes {
                         hub.dispatch(envelope, now);
                     }
-                    (hub, streams)
+                    hub
                 },
                 BatchSize::LargeInput,
             )

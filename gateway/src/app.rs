@@ -1,80 +1,59 @@
-//! The state every connection shares ([`App`]) and the operations that both
-//! the stream and the unary API perform: accepting a send, joining, leaving,
-//! publishing membership and presence.
+//! The state every connection shares ([`App`]) and every operation a client
+//! can ask for, whether on its `Connect` stream or in a unary call: each
+//! operation is one method here, and that method is where its input is
+//! checked and its caller authorised, so no RPC or frame can skip a rule.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat_proto::envelope::{Envelope, Event, MessageEvent, ReceiptEvent, ReceiptStatus};
-use chat_proto::external::ExternalId;
+use chat_core::bus::Bus;
+use chat_core::envelope::{Envelope, Event, ReceiptEvent, ReceiptStatus};
+use chat_core::external::ExternalId;
+use chat_core::limits;
+use chat_core::send::{self, Send, message_envelope};
+use chat_core::store::{
+    Accepted, ConversationInfo, HistoryQuery, MemberState, PresenceKey, RecipientStatus, StoredMessage, Stores,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::Bus;
 use crate::error::GatewayError;
+use crate::history::{self, PageRequest};
 use crate::hub::Hub;
-use crate::limits::{self, Limits, RateLimiter};
-use crate::outbox::Outbox;
-use crate::store::{Accepted, MemberState, PresenceKey, RecipientStatus, SendRequest, Store, StoredMessage};
+use crate::limits::{Limits, RateLimiter};
+use crate::outbox::{EventStream, Outbox};
 
 /// How long a stream's presence lasts without a refresh; a crashed gateway's
 /// users drop out of presence after at most this.
-pub const PRESENCE_LEASE: Duration = Duration::from_secs(60);
+pub(crate) const PRESENCE_LEASE: Duration = Duration::from_secs(60);
 /// How often live presence is refreshed.
-pub const PRESENCE_REFRESH: Duration = Duration::from_secs(20);
+pub(crate) const PRESENCE_REFRESH: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
-pub struct App {
-    pub gateway_id: String,
-    pub store: Arc<dyn Store>,
-    pub bus: Arc<dyn Bus>,
-    pub hub: Arc<Hub>,
-    pub limits: Limits,
-    pub rate: RateLimiter,
-    pub outbound_buffer: usize,
+pub(crate) struct App {
+    gateway_id: String,
+    stores: Stores,
+    bus: Arc<dyn Bus>,
+    hub: Arc<Hub>,
+    limits: Limits,
+    rate: RateLimiter,
+    outbound_buffer: usize,
     /// Cancelled when the gateway starts shutting down: sessions close.
-    pub closing: CancellationToken,
+    closing: CancellationToken,
     /// Work that outlives the frame that started it (publishing accepted
     /// sends); shutdown waits for it.
-    pub tasks: TaskTracker,
+    tasks: TaskTracker,
     /// Presence this gateway holds, refreshed periodically.
     presence: Mutex<HashSet<PresenceKey>>,
 }
 
-/// A validated send.
-#[derive(Debug, Clone)]
-pub struct Send<'a> {
-    pub conversation_id: &'a str,
-    pub client_message_id: &'a str,
-    pub body: &'a str,
-}
-
 /// What a join found.
 #[derive(Debug, Clone)]
-pub struct JoinOutcome {
-    pub online: Vec<String>,
-    pub last_seq: u64,
-    pub members: Vec<MemberState>,
-}
-
-/// The bus event of an accepted message; its event id is the message id, so
-/// a republished message is the same event.
-pub fn message_envelope(origin: &str, sender: &str, send: &Send<'_>, accepted: &Accepted) -> Envelope {
-    Envelope::new(
-        accepted.message_id.clone(),
-        send.conversation_id.to_owned(),
-        origin.to_owned(),
-        accepted.accepted_at_ms,
-        Event::Message(MessageEvent {
-            message_id: accepted.message_id.clone(),
-            seq: accepted.seq,
-            sender: sender.to_owned(),
-            body: send.body.to_owned(),
-            client_message_id: send.client_message_id.to_owned(),
-            external_recipients: accepted.external_recipients.clone(),
-        }),
-    )
+pub(crate) struct JoinOutcome {
+    pub(crate) online: Vec<String>,
+    pub(crate) last_seq: u64,
+    pub(crate) members: Vec<MemberState>,
 }
 
 fn presence_expiry(now_ms: i64) -> i64 {
@@ -82,9 +61,9 @@ fn presence_expiry(now_ms: i64) -> i64 {
 }
 
 impl App {
-    pub fn new(
+    pub(crate) fn new(
         gateway_id: String,
-        store: Arc<dyn Store>,
+        stores: Stores,
         bus: Arc<dyn Bus>,
         hub: Arc<Hub>,
         limits: Limits,
@@ -92,7 +71,7 @@ impl App {
     ) -> Self {
         Self {
             gateway_id,
-            store,
+            stores,
             bus,
             hub,
             rate: RateLimiter::new(&limits),
@@ -104,45 +83,70 @@ impl App {
         }
     }
 
+    /// Cancelled when the gateway starts shutting down.
+    pub(crate) fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// Work spawned on behalf of streams; shutdown waits for it.
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// A new stream's outbox and the stream tonic sends from it; refused
+    /// while the gateway is shutting down.
+    pub(crate) fn open_stream(&self, user: String) -> Result<(Arc<Outbox>, EventStream), GatewayError> {
+        if self.closing.is_cancelled() {
+            return Err(GatewayError::Unavailable("the gateway is shutting down; connect to another".into()));
+        }
+        let session_id = ulid::Ulid::new().to_string();
+        tracing::info!(user_id = user, session_id, "stream opened");
+        Ok(Outbox::new(session_id, user, self.outbound_buffer))
+    }
+
+    /// Conversations one stream may hear at once.
+    pub(crate) fn max_conversations_per_stream(&self) -> usize {
+        self.limits.max_conversations_per_connection
+    }
+
+    /// Whether a stream still hears a conversation (a leave from another of
+    /// the user's streams ends that).
+    pub(crate) fn hears(&self, conversation_id: &str, outbox: &Outbox) -> bool {
+        self.hub.is_subscribed(conversation_id, &outbox.session_id)
+    }
+
     fn envelope(&self, conversation_id: &str, event: Event) -> Envelope {
         Envelope::new(
             ulid::Ulid::new().to_string(),
             conversation_id.to_owned(),
             self.gateway_id.clone(),
-            crate::clock::now_ms(),
+            chat_core::clock::now_ms(),
             event,
         )
     }
 
     /// Checks a send's shape; the same rules for stream and unary.
-    pub fn validate_send(&self, send: &Send<'_>) -> Result<(), GatewayError> {
-        limits::conversation_id(send.conversation_id)?;
-        limits::client_message_id(send.client_message_id)?;
-        limits::body(send.body, &self.limits)
+    pub(crate) fn check_send<'a>(
+        &self,
+        conversation_id: &'a str,
+        client_message_id: &'a str,
+        body: &'a str,
+    ) -> Result<Send<'a>, GatewayError> {
+        Ok(Send::new(conversation_id, client_message_id, body, self.limits.max_body_bytes)?)
     }
 
-    /// Rate-limits a validated send from a member and gives it its identity
+    /// Rate-limits a checked send from a member and gives it its identity
     /// and `seq`. Sends of one stream are accepted one after another, so a
     /// sender's messages are ordered as it sent them.
-    pub async fn accept(&self, sender: &str, send: &Send<'_>) -> Result<Accepted, GatewayError> {
+    pub(crate) async fn accept(&self, sender: &str, send: &Send<'_>) -> Result<Accepted, GatewayError> {
         self.rate.check(sender, Instant::now())?;
-        Ok(self
-            .store
-            .accept_send(SendRequest {
-                conversation_id: send.conversation_id,
-                sender,
-                client_message_id: send.client_message_id,
-                body: send.body,
-                new_message_id: ulid::Ulid::new().to_string(),
-                now_ms: crate::clock::now_ms(),
-            })
-            .await?)
+        Ok(send::accept(self.stores.sequencer.as_ref(), sender, send).await?)
     }
 
     /// Publishes an accepted message. A duplicate is published again with
     /// its first identity: if the first attempt's publish failed this
     /// delivers it, and if it did not, receivers drop the copy by event id.
-    pub async fn publish_accepted(
+    pub(crate) async fn publish_accepted(
         &self,
         sender: &str,
         send: &Send<'_>,
@@ -160,21 +164,26 @@ impl App {
         Ok(())
     }
 
-    /// Accepts and publishes a send; the sender's answer may go out once
-    /// this returns.
-    pub async fn send(&self, sender: &str, send: Send<'_>) -> Result<Accepted, GatewayError> {
+    /// Unary `SendMessage`: a durable member's checked send, accepted and
+    /// published; the sender's answer may go out once this returns.
+    pub(crate) async fn send_message(&self, sender: &str, send: Send<'_>) -> Result<Accepted, GatewayError> {
+        if !self.stores.membership.is_member(send.conversation_id, sender).await? {
+            return Err(GatewayError::PermissionDenied(format!(
+                "{sender} is not a member of conversation {}; join it first",
+                send.conversation_id
+            )));
+        }
         let accepted = self.accept(sender, &send).await?;
         self.publish_accepted(sender, &send, &accepted).await?;
         Ok(accepted)
     }
-
     /// Joins `outbox`'s stream to a conversation: membership, live
     /// subscription, presence, and the events that announce them. Joining a
     /// conversation the stream already hears refreshes membership and the
     /// snapshot without touching the subscription. If any step fails, a new
     /// subscription and its presence are undone, so a failed join leaves
     /// nothing behind.
-    pub async fn join(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<JoinOutcome, GatewayError> {
+    pub(crate) async fn join(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<JoinOutcome, GatewayError> {
         let already_subscribed = self.hub.is_subscribed(conversation_id, &outbox.session_id);
         if !already_subscribed {
             self.hub.subscribe(conversation_id, outbox.clone());
@@ -191,14 +200,14 @@ impl App {
 
     async fn join_subscribed(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<JoinOutcome, GatewayError> {
         let user = outbox.user_id.as_str();
-        let joined = self.store.join(conversation_id, user).await?;
+        let joined = self.stores.membership.join(conversation_id, user).await?;
         self.hub.anchor(conversation_id, joined.last_seq);
         let key = self.presence_key(conversation_id, outbox);
-        let now_ms = crate::clock::now_ms();
+        let now_ms = chat_core::clock::now_ms();
         self.presence_set().insert(key.clone());
-        let came_online = self.store.presence_online(&key, now_ms, presence_expiry(now_ms)).await?;
-        let online = self.store.online_users(conversation_id, now_ms).await?;
-        let members = self.store.members(conversation_id).await?;
+        let came_online = self.stores.presence.presence_online(&key, now_ms, presence_expiry(now_ms)).await?;
+        let online = self.stores.presence.online_users(conversation_id, now_ms).await?;
+        let members = self.stores.receipts.members(conversation_id).await?;
         let mut events = Vec::new();
         if joined.newly_member {
             events.push(self.envelope(conversation_id, Event::MemberJoined { user_id: user.to_owned() }));
@@ -212,7 +221,7 @@ impl App {
 
     /// Takes a stream out of a conversation it had joined; announces the user
     /// offline there when it was their last stream.
-    pub async fn unsubscribe(&self, conversation_id: &str, outbox: &Outbox) -> Result<(), GatewayError> {
+    pub(crate) async fn unsubscribe(&self, conversation_id: &str, outbox: &Outbox) -> Result<(), GatewayError> {
         self.hub.unsubscribe(conversation_id, &outbox.session_id);
         let key = self.presence_key(conversation_id, outbox);
         self.presence_set().remove(&key);
@@ -222,7 +231,7 @@ impl App {
     /// Removes a stream's presence; announces the user offline when it was
     /// their last stream in the conversation.
     async fn announce_offline(&self, key: &PresenceKey) -> Result<(), GatewayError> {
-        if self.store.presence_offline(key, crate::clock::now_ms()).await? {
+        if self.stores.presence.presence_offline(key, chat_core::clock::now_ms()).await? {
             let event =
                 self.envelope(&key.conversation_id, Event::Presence { user_id: key.user_id.clone(), online: false });
             self.bus.publish(&[event]).await?;
@@ -231,8 +240,8 @@ impl App {
     }
 
     /// Gives up membership; true when the user was a member.
-    pub async fn leave(&self, conversation_id: &str, user: &str) -> Result<bool, GatewayError> {
-        let was_member = self.store.leave(conversation_id, user).await?;
+    pub(crate) async fn leave(&self, conversation_id: &str, user: &str) -> Result<bool, GatewayError> {
+        let was_member = self.stores.membership.leave(conversation_id, user).await?;
         if was_member {
             let event = self.envelope(conversation_id, Event::MemberLeft { user_id: user.to_owned() });
             self.bus.publish(&[event]).await?;
@@ -242,7 +251,7 @@ impl App {
 
     /// Tells the conversation that `user` has received (DELIVERED) or read
     /// (READ) everything up to `up_to_seq`; `persist` records it.
-    pub async fn publish_receipt(
+    pub(crate) async fn publish_receipt(
         &self,
         conversation_id: &str,
         user: &str,
@@ -263,8 +272,14 @@ impl App {
 
     /// Unary `MarkRead`: `seq` may not pass the conversation's latest (a
     /// stream's read frame is checked against what the stream knows).
-    pub async fn mark_read_checked(&self, conversation_id: &str, user: &str, seq: u64) -> Result<u64, GatewayError> {
-        let latest = self.store.latest_seq(conversation_id).await?;
+    pub(crate) async fn mark_read_checked(
+        &self,
+        conversation_id: &str,
+        user: &str,
+        seq: u64,
+    ) -> Result<u64, GatewayError> {
+        limits::conversation_id(conversation_id)?;
+        let latest = self.stores.sequencer.latest_seq(conversation_id).await?;
         if seq > latest {
             return Err(GatewayError::InvalidArgument(format!(
                 "seq {seq} is beyond the latest seq {latest} of conversation {conversation_id}"
@@ -276,8 +291,8 @@ impl App {
     /// Moves the user's read marker to `seq` (recorded at once, so the
     /// caller's next `ListConversations` sees it) and publishes the READ
     /// receipt when the marker moved there.
-    pub async fn mark_read(&self, conversation_id: &str, user: &str, seq: u64) -> Result<u64, GatewayError> {
-        let marker = self.store.mark_read(conversation_id, user, seq, crate::clock::now_ms()).await?;
+    pub(crate) async fn mark_read(&self, conversation_id: &str, user: &str, seq: u64) -> Result<u64, GatewayError> {
+        let marker = self.stores.receipts.mark_read(conversation_id, user, seq, chat_core::clock::now_ms()).await?;
         if marker == seq && seq > 0 {
             self.publish_receipt(conversation_id, user, ReceiptStatus::Read, seq).await?;
         }
@@ -286,17 +301,19 @@ impl App {
 
     /// Adds `member` (a user or an external identity) to a conversation the
     /// caller is a member of; true when newly added.
-    pub async fn add_member(&self, conversation_id: &str, caller: &str, member: &str) -> Result<bool, GatewayError> {
+    pub(crate) async fn add_member(
+        &self,
+        conversation_id: &str,
+        caller: &str,
+        member: &str,
+    ) -> Result<bool, GatewayError> {
         limits::conversation_id(conversation_id)?;
         limits::member_id(member)?;
-        if ExternalId::has_channel_prefix(member) {
-            ExternalId::parse(member).map_err(|e| GatewayError::InvalidArgument(format!("member_id: {e}")))?;
-        }
         self.require_member(conversation_id, caller).await?;
         // Adding members (external ones cost a channel send each) shares the
         // sender's token bucket.
         self.rate.check(caller, Instant::now())?;
-        let added = self.store.add_member(conversation_id, member, crate::clock::now_ms()).await?;
+        let added = self.stores.membership.add_member(conversation_id, member, chat_core::clock::now_ms()).await?;
         if added {
             let event = self.envelope(conversation_id, Event::MemberJoined { user_id: member.to_owned() });
             self.bus.publish(&[event]).await?;
@@ -305,7 +322,7 @@ impl App {
     }
 
     /// Where a stored message stands with each recipient; members only.
-    pub async fn message_status(
+    pub(crate) async fn message_status(
         &self,
         conversation_id: &str,
         caller: &str,
@@ -313,30 +330,115 @@ impl App {
     ) -> Result<(StoredMessage, Vec<RecipientStatus>), GatewayError> {
         limits::message_id(message_id)?;
         self.require_member(conversation_id, caller).await?;
-        let message = self.store.get_message(conversation_id, message_id).await?.ok_or_else(|| {
-            GatewayError::NotFound(format!(
-                "no stored message {message_id} in conversation {conversation_id} (messages are stored within about a second of being sent)"
-            ))
-        })?;
-        let statuses = self.store.message_status(&message).await?;
+        let message = self
+            .stores
+            .history
+            .get_message(conversation_id, message_id)
+            .await?
+            .ok_or_else(|| not_stored(conversation_id, message_id))?;
+        let statuses = self.stores.receipts.message_status(&message).await?;
         Ok((message, statuses))
     }
 
     /// Members only: `PERMISSION_DENIED` otherwise.
-    pub async fn require_member(&self, conversation_id: &str, user: &str) -> Result<(), GatewayError> {
+    pub(crate) async fn require_member(&self, conversation_id: &str, user: &str) -> Result<(), GatewayError> {
         limits::conversation_id(conversation_id)?;
-        if self.store.is_member(conversation_id, user).await? {
+        if self.stores.membership.is_member(conversation_id, user).await? {
             Ok(())
         } else {
             Err(GatewayError::PermissionDenied(format!("{user} is not a member of conversation {conversation_id}")))
         }
     }
 
-    pub async fn typing(&self, conversation_id: &str, user: &str, typing: bool) -> Result<(), GatewayError> {
+    pub(crate) async fn typing(&self, conversation_id: &str, user: &str, typing: bool) -> Result<(), GatewayError> {
         self.rate.check(user, Instant::now())?;
         let event = self.envelope(conversation_id, Event::Typing { user_id: user.to_owned(), typing });
         self.bus.publish(&[event]).await?;
         Ok(())
+    }
+
+    /// A page of a conversation's history with its next and previous
+    /// cursors; members only.
+    pub(crate) async fn history_page(
+        &self,
+        caller: &str,
+        request: PageRequest<'_>,
+    ) -> Result<(Vec<StoredMessage>, String, String), GatewayError> {
+        let conversation_id = request.conversation_id;
+        limits::conversation_id(conversation_id)?;
+        let limit = history::page_size(request.page_size, history::MAX_HISTORY_PAGE)?;
+        let query = history::history_query(conversation_id, request.forward, request.from_seq, request.cursor, limit)?;
+        self.require_member(conversation_id, caller).await?;
+        // One more than the page tells whether another page follows.
+        let wanted = HistoryQuery { limit: limit + 1, ..query };
+        let mut page = self.stores.history.history(conversation_id, wanted).await?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let (next_cursor, prev_cursor) = history::page_cursors(conversation_id, query.direction, &page, more);
+        Ok((page, next_cursor, prev_cursor))
+    }
+
+    /// Stored messages for a stream that joined `conversation_id` (a
+    /// resume's backfill): the join authorised it.
+    pub(crate) async fn stored_for_stream(
+        &self,
+        conversation_id: &str,
+        query: HistoryQuery,
+    ) -> Result<Vec<StoredMessage>, GatewayError> {
+        Ok(self.stores.history.history(conversation_id, query).await?)
+    }
+
+    /// A stored message by id; members only.
+    pub(crate) async fn get_message(
+        &self,
+        conversation_id: &str,
+        caller: &str,
+        message_id: &str,
+    ) -> Result<StoredMessage, GatewayError> {
+        limits::message_id(message_id)?;
+        self.require_member(conversation_id, caller).await?;
+        self.stores
+            .history
+            .get_message(conversation_id, message_id)
+            .await?
+            .ok_or_else(|| not_stored(conversation_id, message_id))
+    }
+
+    /// The caller's conversations, a page at a time, with the cursor of the
+    /// next page (empty on the last).
+    pub(crate) async fn conversations(
+        &self,
+        caller: &str,
+        page_size: u32,
+        cursor: &str,
+    ) -> Result<(Vec<ConversationInfo>, String), GatewayError> {
+        let limit = history::page_size(page_size, history::MAX_LIST_PAGE)?;
+        let after = history::list_after(cursor)?;
+        let (page, more) = self.stores.history.conversations(caller, limit, after.as_deref()).await?;
+        let next_cursor = match page.last() {
+            Some(last) if more => history::list_cursor(&last.conversation_id),
+            _ => String::new(),
+        };
+        Ok((page, next_cursor))
+    }
+
+    /// Links the caller to an external identity for offline fallback (an
+    /// empty id removes the link).
+    pub(crate) async fn link_channel(&self, caller: &str, external_id: &str) -> Result<(), GatewayError> {
+        let external = if external_id.is_empty() {
+            None
+        } else {
+            match ExternalId::parse(external_id) {
+                Ok(Some(id)) => Some(id.to_string()),
+                Ok(None) => {
+                    return Err(GatewayError::InvalidArgument(format!(
+                        "external_id {external_id:?} names no channel: use whatsapp:+<number>, instagram:<id> or telegram:<chat id>"
+                    )));
+                }
+                Err(e) => return Err(GatewayError::InvalidArgument(format!("external_id: {e}"))),
+            }
+        };
+        Ok(self.stores.links.link_channel(caller, external.as_deref()).await?)
     }
 
     fn presence_key(&self, conversation_id: &str, outbox: &Outbox) -> PresenceKey {
@@ -354,7 +456,7 @@ impl App {
     /// Extends the lease of every stream's presence on this gateway, and
     /// releases the presence of streams the hub no longer holds (their user
     /// left the conversation from another stream).
-    pub async fn refresh_presence(&self) {
+    pub(crate) async fn refresh_presence(&self) {
         let keys: Vec<PresenceKey> = self.presence_set().iter().cloned().collect();
         let (live, orphaned): (Vec<_>, Vec<_>) =
             keys.into_iter().partition(|k| self.hub.is_subscribed(&k.conversation_id, &k.session_id));
@@ -364,45 +466,42 @@ impl App {
                 tracing::warn!(error = %e, conversation_id = key.conversation_id, "releasing presence failed");
             }
         }
+        self.rate.purge_idle(Instant::now());
         if live.is_empty() {
             return;
         }
-        if let Err(e) = self.store.presence_refresh(&live, presence_expiry(crate::clock::now_ms())).await {
+        if let Err(e) = self.stores.presence.presence_refresh(&live, presence_expiry(chat_core::clock::now_ms())).await
+        {
             tracing::warn!(error = %e, streams = live.len(), "presence refresh failed");
         }
     }
+}
+
+/// A message id that names nothing stored in the conversation.
+fn not_stored(conversation_id: &str, message_id: &str) -> GatewayError {
+    GatewayError::NotFound(format!(
+        "no stored message {message_id} in conversation {conversation_id} (messages are stored within about a second of being sent)"
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bus::memory::MemoryBus;
-    use crate::store::memory::MemoryStore;
-    use crate::store::{ConversationInfo, Failure, HistoryQuery, Joined, StoreError};
     use async_trait::async_trait;
+    use chat_core::memory::MemoryStore;
+    use chat_core::store::{Presence, StoreError};
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// The memory store, with presence failing while `fail` is set.
+    /// The memory store's presence, failing while `fail` is set.
     #[derive(Debug, Default)]
-    struct FlakyStore {
+    struct FlakyPresence {
         inner: MemoryStore,
         fail: AtomicBool,
     }
 
     #[async_trait]
-    impl Store for FlakyStore {
-        async fn accept_send(&self, req: SendRequest<'_>) -> Result<Accepted, StoreError> {
-            self.inner.accept_send(req).await
-        }
-        async fn join(&self, c: &str, u: &str) -> Result<Joined, StoreError> {
-            self.inner.join(c, u).await
-        }
-        async fn leave(&self, c: &str, u: &str) -> Result<bool, StoreError> {
-            self.inner.leave(c, u).await
-        }
-        async fn is_member(&self, c: &str, u: &str) -> Result<bool, StoreError> {
-            self.inner.is_member(c, u).await
-        }
+    impl Presence for FlakyPresence {
         async fn presence_online(&self, k: &PresenceKey, now: i64, exp: i64) -> Result<bool, StoreError> {
             if self.fail.load(Ordering::Relaxed) {
                 return Err(StoreError::Unavailable("injected".into()));
@@ -418,77 +517,35 @@ mod tests {
         async fn online_users(&self, c: &str, now: i64) -> Result<Vec<String>, StoreError> {
             self.inner.online_users(c, now).await
         }
-        async fn history(&self, c: &str, q: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
-            self.inner.history(c, q).await
-        }
-        async fn get_message(&self, c: &str, m: &str) -> Result<Option<StoredMessage>, StoreError> {
-            self.inner.get_message(c, m).await
-        }
-        async fn conversations(
-            &self,
-            u: &str,
-            limit: usize,
-            after: Option<&str>,
-        ) -> Result<(Vec<ConversationInfo>, bool), StoreError> {
-            self.inner.conversations(u, limit, after).await
-        }
-        async fn latest_seq(&self, c: &str) -> Result<u64, StoreError> {
-            self.inner.latest_seq(c).await
-        }
-        async fn add_member(&self, c: &str, m: &str, now: i64) -> Result<bool, StoreError> {
-            self.inner.add_member(c, m, now).await
-        }
-        async fn members(&self, c: &str) -> Result<Vec<MemberState>, StoreError> {
-            self.inner.members(c).await
-        }
-        async fn member(&self, c: &str, u: &str) -> Result<Option<MemberState>, StoreError> {
-            self.inner.member(c, u).await
-        }
-        async fn record_receipt(&self, c: &str, r: &ReceiptEvent, at: i64) -> Result<bool, StoreError> {
-            self.inner.record_receipt(c, r, at).await
-        }
-        async fn failures(&self, c: &str, seq: u64) -> Result<Vec<Failure>, StoreError> {
-            self.inner.failures(c, seq).await
-        }
-        async fn step_time(&self, c: &str, u: &str, st: ReceiptStatus, seq: u64) -> Result<Option<i64>, StoreError> {
-            self.inner.step_time(c, u, st, seq).await
-        }
-        async fn link_channel(&self, u: &str, e: Option<&str>) -> Result<(), StoreError> {
-            self.inner.link_channel(u, e).await
-        }
-        async fn linked_channels(&self, u: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError> {
-            self.inner.linked_channels(u).await
-        }
-        async fn bound_conversation(&self, m: &str) -> Result<Option<String>, StoreError> {
-            self.inner.bound_conversation(m).await
-        }
     }
 
-    fn app(store: Arc<FlakyStore>) -> App {
+    fn app(presence: Arc<FlakyPresence>) -> App {
         let hub = Arc::new(Hub::new(Duration::from_secs(1)));
-        App::new("gw".into(), store.clone(), Arc::new(MemoryBus::new(hub.clone(), store)), hub, Limits::default(), 16)
+        let store = Arc::new(MemoryStore::new());
+        let stores = Stores { presence, ..Stores::of(store.clone()) };
+        App::new("gw".into(), stores, Arc::new(MemoryBus::new(hub.clone(), store)), hub, Limits::default(), 16)
     }
 
     #[tokio::test]
     async fn failed_join_leaves_no_subscription_or_presence() {
-        let store = Arc::new(FlakyStore::default());
-        let app = app(store.clone());
+        let presence = Arc::new(FlakyPresence::default());
+        let app = app(presence.clone());
         let (outbox, _stream) = Outbox::new("s1".into(), "alice".into(), 16);
-        store.fail.store(true, Ordering::Relaxed);
+        presence.fail.store(true, Ordering::Relaxed);
         let err = app.join("r", &outbox).await.expect_err("presence fails");
         assert_eq!(err.code(), tonic::Code::Unavailable);
         assert!(!app.hub.is_subscribed("r", "s1"));
         assert!(app.presence_set().is_empty());
-        assert!(store.online_users("r", 0).await.expect("query").is_empty());
+        assert!(presence.online_users("r", 0).await.expect("query").is_empty());
     }
 
     #[tokio::test]
     async fn failed_rejoin_keeps_the_existing_subscription() {
-        let store = Arc::new(FlakyStore::default());
-        let app = app(store.clone());
+        let presence = Arc::new(FlakyPresence::default());
+        let app = app(presence.clone());
         let (outbox, _stream) = Outbox::new("s1".into(), "alice".into(), 16);
         app.join("r", &outbox).await.expect("first join");
-        store.fail.store(true, Ordering::Relaxed);
+        presence.fail.store(true, Ordering::Relaxed);
         assert!(app.join("r", &outbox).await.is_err());
         assert!(app.hub.is_subscribed("r", "s1"), "a failed rejoin must not unsubscribe");
         assert_eq!(app.presence_set().len(), 1);

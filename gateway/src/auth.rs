@@ -9,10 +9,10 @@ use tonic::{Request, Status};
 
 /// The authenticated caller, as found in request extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthedUser(pub String);
+pub(crate) struct AuthedUser(pub String);
 
 /// Extracts and verifies the bearer token of `metadata`'s `authorization`.
-pub fn authenticate(verifier: &Verifier, authorization: Option<&str>) -> Result<AuthedUser, Status> {
+pub(crate) fn authenticate(verifier: &Verifier, authorization: Option<&str>) -> Result<AuthedUser, Status> {
     let header = authorization.ok_or_else(|| {
         Status::unauthenticated("missing `authorization` metadata; send `authorization: Bearer <jwt>`")
     })?;
@@ -26,12 +26,12 @@ pub fn authenticate(verifier: &Verifier, authorization: Option<&str>) -> Result<
         TokenError::Expired => Status::unauthenticated("token expired; get a new one"),
         other => Status::unauthenticated(format!("invalid token: {other}")),
     })?;
-    crate::limits::user_id(&claims.sub).map_err(Status::from)?;
+    chat_core::limits::user_id(&claims.sub).map_err(|e| Status::unauthenticated(e.to_string()))?;
     Ok(AuthedUser(claims.sub))
 }
 
 /// The interceptor installed in front of `ChatService`.
-pub fn interceptor(verifier: Arc<Verifier>) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub(crate) fn interceptor(verifier: Arc<Verifier>) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut request: Request<()>| {
         let header = request.metadata().get("authorization").map(|v| v.to_str());
         let header = match header {
@@ -46,7 +46,7 @@ pub fn interceptor(verifier: Arc<Verifier>) -> impl Fn(Request<()>) -> Result<Re
 }
 
 /// The caller of a request that passed the interceptor.
-pub fn caller<T>(request: &Request<T>) -> Result<AuthedUser, Status> {
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<AuthedUser, Status> {
     request
         .extensions()
         .get::<AuthedUser>()

@@ -69,7 +69,7 @@ pub struct Config {
 
     /// DynamoDB table names.
     #[command(flatten)]
-    pub tables: crate::store::dynamo::Tables,
+    pub tables: chat_aws::dynamo::Tables,
 
     /// How often this gateway's queue heartbeat tag is refreshed, in
     /// seconds; the janitor reaps queues whose heartbeat is older than its
@@ -159,7 +159,7 @@ impl Config {
         Duration::from_millis(self.reorder_window_ms)
     }
 
-    pub fn limits(&self) -> crate::limits::Limits {
+    pub(crate) fn limits(&self) -> crate::limits::Limits {
         crate::limits::Limits {
             max_body_bytes: self.max_body_bytes,
             max_conversations_per_connection: self.max_conversations_per_connection,

@@ -3,12 +3,13 @@
 //! Each variant is a gRPC code; the text is what the client reads, so it says
 //! what was wrong and, where it helps, what to do.
 
+use chat_core::bus::BusError;
+use chat_core::limits::LimitError;
+use chat_core::store::StoreError;
 use tonic::{Code, Status};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GatewayError {
-    #[error("{0}")]
-    Unauthenticated(String),
+pub(crate) enum GatewayError {
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -29,9 +30,8 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    pub fn code(&self) -> Code {
+    pub(crate) fn code(&self) -> Code {
         match self {
-            GatewayError::Unauthenticated(_) => Code::Unauthenticated,
             GatewayError::InvalidArgument(_) => Code::InvalidArgument,
             GatewayError::ResourceExhausted(_) => Code::ResourceExhausted,
             GatewayError::PermissionDenied(_) => Code::PermissionDenied,
@@ -50,9 +50,17 @@ impl From<GatewayError> for Status {
     }
 }
 
-impl From<crate::store::StoreError> for GatewayError {
-    fn from(err: crate::store::StoreError) -> Self {
-        use crate::store::StoreError;
+impl From<LimitError> for GatewayError {
+    fn from(err: LimitError) -> Self {
+        match err {
+            LimitError::Invalid(message) => GatewayError::InvalidArgument(message),
+            LimitError::TooLarge(message) => GatewayError::ResourceExhausted(message),
+        }
+    }
+}
+
+impl From<StoreError> for GatewayError {
+    fn from(err: StoreError) -> Self {
         match err {
             StoreError::ClientMessageIdReused => GatewayError::AlreadyExists(err.to_string()),
             StoreError::Unavailable(_) => GatewayError::Unavailable(format!(
@@ -64,8 +72,11 @@ impl From<crate::store::StoreError> for GatewayError {
     }
 }
 
-impl From<crate::bus::BusError> for GatewayError {
-    fn from(err: crate::bus::BusError) -> Self {
+impl From<BusError> for GatewayError {
+    fn from(err: BusError) -> Self {
+        if let BusError::Store(store) = err {
+            return store.into();
+        }
         GatewayError::Unavailable(format!("publishing failed ({err}); retry with the same client_message_id"))
     }
 }
@@ -83,10 +94,18 @@ mod tests {
 
     #[test]
     fn dependency_failures_are_retryable_unavailable() {
-        let err = GatewayError::from(crate::bus::BusError::Publish("timeout".into()));
+        let err = GatewayError::from(BusError::Request { operation: "SNS Publish", detail: "timeout".into() });
         assert_eq!(err.code(), Code::Unavailable);
         assert!(err.to_string().contains("retry"));
-        let err = GatewayError::from(crate::store::StoreError::ClientMessageIdReused);
+        let err = GatewayError::from(StoreError::ClientMessageIdReused);
         assert_eq!(err.code(), Code::AlreadyExists);
+    }
+
+    #[test]
+    fn input_rules_map_to_invalid_argument_or_resource_exhausted() {
+        let code = |r: Result<(), LimitError>| Status::from(GatewayError::from(r.expect_err("refused"))).code();
+        assert_eq!(code(chat_core::limits::conversation_id("has space")), Code::InvalidArgument);
+        assert_eq!(code(chat_core::limits::body("", 8)), Code::InvalidArgument);
+        assert_eq!(code(chat_core::limits::body("123456789", 8)), Code::ResourceExhausted);
     }
 }

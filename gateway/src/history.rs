@@ -7,15 +7,25 @@
 //! replayed against another one; anything malformed is `INVALID_ARGUMENT`.
 
 use crate::error::GatewayError;
-use crate::limits;
-use crate::store::{Direction, HistoryQuery, StoredMessage};
+use chat_core::limits;
+use chat_core::store::{Direction, HistoryQuery, StoredMessage};
 
-pub const DEFAULT_PAGE: usize = 50;
-pub const MAX_HISTORY_PAGE: usize = 200;
-pub const MAX_LIST_PAGE: usize = 100;
+pub(crate) const DEFAULT_PAGE: usize = 50;
+pub(crate) const MAX_HISTORY_PAGE: usize = 200;
+pub(crate) const MAX_LIST_PAGE: usize = 100;
+
+/// A `GetHistory` request, as the gateway reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageRequest<'a> {
+    pub(crate) conversation_id: &'a str,
+    pub(crate) forward: bool,
+    pub(crate) from_seq: u64,
+    pub(crate) cursor: &'a str,
+    pub(crate) page_size: u32,
+}
 
 /// 0 means the default; above `max` is refused rather than silently cut.
-pub fn page_size(requested: u32, max: usize) -> Result<usize, GatewayError> {
+pub(crate) fn page_size(requested: u32, max: usize) -> Result<usize, GatewayError> {
     match usize::try_from(requested).unwrap_or(usize::MAX) {
         0 => Ok(DEFAULT_PAGE.min(max)),
         n if n <= max => Ok(n),
@@ -30,7 +40,7 @@ fn direction_code(direction: Direction) -> &'static str {
     }
 }
 
-pub fn history_cursor(conversation_id: &str, direction: Direction, from_seq: u64) -> String {
+pub(crate) fn history_cursor(conversation_id: &str, direction: Direction, from_seq: u64) -> String {
     format!("h1:{}:{from_seq}:{conversation_id}", direction_code(direction))
 }
 
@@ -39,7 +49,7 @@ fn bad_cursor(why: &str) -> GatewayError {
 }
 
 /// The query a `GetHistory` request asks for.
-pub fn history_query(
+pub(crate) fn history_query(
     conversation_id: &str,
     forward: bool,
     from_seq: u64,
@@ -70,7 +80,7 @@ pub fn history_query(
 
 /// `next_cursor` (same direction, after the last message, only when more
 /// follow) and `prev_cursor` (the other way from the first message).
-pub fn page_cursors(
+pub(crate) fn page_cursors(
     conversation_id: &str,
     direction: Direction,
     page: &[StoredMessage],
@@ -88,12 +98,12 @@ pub fn page_cursors(
     (next, prev)
 }
 
-pub fn list_cursor(last_conversation_id: &str) -> String {
+pub(crate) fn list_cursor(last_conversation_id: &str) -> String {
     format!("c1:{last_conversation_id}")
 }
 
 /// The conversation a `ListConversations` cursor continues after.
-pub fn list_after(cursor: &str) -> Result<Option<String>, GatewayError> {
+pub(crate) fn list_after(cursor: &str) -> Result<Option<String>, GatewayError> {
     if cursor.is_empty() {
         return Ok(None);
     }

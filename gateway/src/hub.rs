@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat_proto::envelope::{Envelope, Event, ReceiptStatus};
+use chat_core::envelope::{Envelope, Event, ReceiptStatus};
 use chat_proto::pb::{self, ServerEvent, server_event::Event as PbEvent};
 
 use crate::outbox::{Outbox, SharedEvent, Undeliverable};
@@ -27,29 +27,29 @@ use crate::reorder::{Pushed, Reorderer};
 
 /// Event ids remembered for deduplication. At-least-once redeliveries come
 /// within seconds to minutes, well inside this many events.
-pub const DEDUPE_CAPACITY: usize = 100_000;
+pub(crate) const DEDUPE_CAPACITY: usize = 100_000;
 
 #[derive(Debug)]
-pub struct Hub {
+pub(crate) struct Hub {
     reorder_window: Duration,
     state: Mutex<State>,
-    pub counters: Counters,
+    pub(crate) counters: Counters,
 }
 
 /// Monotonic counters, for logs and tests.
 #[derive(Debug, Default)]
-pub struct Counters {
-    pub dispatched: AtomicU64,
-    pub no_local_members: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub late: AtomicU64,
-    pub stale: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) dispatched: AtomicU64,
+    pub(crate) no_local_members: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) late: AtomicU64,
+    pub(crate) stale: AtomicU64,
     /// Receipts that would not move their member forward.
-    pub stale_receipts: AtomicU64,
+    pub(crate) stale_receipts: AtomicU64,
     /// Events meant for functions only (fallback requests).
-    pub not_for_streams: AtomicU64,
-    pub deliveries: AtomicU64,
-    pub slow_consumers: AtomicU64,
+    pub(crate) not_for_streams: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -91,7 +91,7 @@ impl RecentIds {
 }
 
 impl Hub {
-    pub fn new(reorder_window: Duration) -> Self {
+    pub(crate) fn new(reorder_window: Duration) -> Self {
         Self { reorder_window, state: Mutex::new(State::default()), counters: Counters::default() }
     }
 
@@ -102,7 +102,7 @@ impl Hub {
     /// Adds a stream to a conversation. Call [`Hub::anchor`] once the
     /// conversation's `last_seq` has been read: subscribing first means no
     /// event published in between is dropped for want of a local member.
-    pub fn subscribe(&self, conversation_id: &str, outbox: Arc<Outbox>) {
+    pub(crate) fn subscribe(&self, conversation_id: &str, outbox: Arc<Outbox>) {
         let mut state = self.state();
         let conversation = state.conversations.entry(conversation_id.to_owned()).or_insert_with(|| Conversation {
             members: HashMap::new(),
@@ -114,7 +114,7 @@ impl Hub {
 
     /// Starts a new conversation's ordering after `last_seq` (no-op when the
     /// conversation was already ordered on this gateway).
-    pub fn anchor(&self, conversation_id: &str, last_seq: u64) {
+    pub(crate) fn anchor(&self, conversation_id: &str, last_seq: u64) {
         let mut state = self.state();
         if let Some(conversation) = state.conversations.get_mut(conversation_id) {
             let released = conversation.order.anchor(last_seq);
@@ -122,7 +122,7 @@ impl Hub {
         }
     }
 
-    pub fn unsubscribe(&self, conversation_id: &str, session_id: &str) {
+    pub(crate) fn unsubscribe(&self, conversation_id: &str, session_id: &str) {
         let mut state = self.state();
         if let Some(conversation) = state.conversations.get_mut(conversation_id) {
             conversation.members.remove(session_id);
@@ -132,12 +132,13 @@ impl Hub {
         }
     }
 
-    pub fn has_local_members(&self, conversation_id: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn has_local_members(&self, conversation_id: &str) -> bool {
         self.state().conversations.contains_key(conversation_id)
     }
 
     /// Delivers one bus event to the local members of its conversation.
-    pub fn dispatch(&self, envelope: Envelope, now: Instant) {
+    pub(crate) fn dispatch(&self, envelope: Envelope, now: Instant) {
         self.counters.dispatched.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state();
         let State { conversations, recent } = &mut *state;
@@ -202,12 +203,12 @@ impl Hub {
     }
 
     /// Whether a stream is (still) subscribed to a conversation.
-    pub fn is_subscribed(&self, conversation_id: &str, session_id: &str) -> bool {
+    pub(crate) fn is_subscribed(&self, conversation_id: &str, session_id: &str) -> bool {
         self.state().conversations.get(conversation_id).is_some_and(|c| c.members.contains_key(session_id))
     }
 
     /// Releases messages whose gap has waited out the reorder window.
-    pub fn expire_gaps(&self, now: Instant) {
+    pub(crate) fn expire_gaps(&self, now: Instant) {
         let mut state = self.state();
         for (conversation_id, conversation) in state.conversations.iter_mut() {
             let released = conversation.order.expire(now);
@@ -254,8 +255,14 @@ impl Hub {
     }
 }
 
+impl crate::bus::Inbox for Hub {
+    fn receive(&self, envelope: Envelope, now: Instant) {
+        self.dispatch(envelope, now);
+    }
+}
+
 /// The protobuf form of a receipt status.
-pub fn receipt_status(status: ReceiptStatus) -> pb::MessageStatus {
+pub(crate) fn receipt_status(status: ReceiptStatus) -> pb::MessageStatus {
     match status {
         ReceiptStatus::Delivered => pb::MessageStatus::Delivered,
         ReceiptStatus::Read => pb::MessageStatus::Read,
@@ -315,7 +322,7 @@ fn to_server_event(envelope: Envelope) -> Option<(ServerEvent, Option<u64>, Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_proto::envelope::MessageEvent;
+    use chat_core::envelope::MessageEvent;
     use futures::StreamExt;
 
     fn message(conversation: &str, seq: u64) -> Envelope {
@@ -456,7 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn receipts_only_move_forward_and_fallbacks_stay_off_streams() {
-        use chat_proto::envelope::{FallbackEvent, ReceiptEvent};
+        use chat_core::envelope::{FallbackEvent, ReceiptEvent};
         let hub = Hub::new(Duration::from_secs(1));
         let (alice, stream) = Outbox::new("s-a".into(), "alice".into(), 16);
         hub.subscribe("r", alice.clone());

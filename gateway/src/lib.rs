@@ -3,33 +3,38 @@
 //! bus out to the streams of local members.
 //!
 //! Map (see ARCHITECTURE.md for the whole path of a message):
-//! - [`server::run`] assembles everything and owns shutdown;
-//! - [`service`] is the gRPC surface, [`auth`] its interceptor;
-//! - [`session`] serves one `Connect` stream, [`outbox`] is its bounded
+//! - `server::run` assembles everything and owns shutdown;
+//! - `service` is the gRPC surface, `auth` its interceptor;
+//! - `session` serves one `Connect` stream, `outbox` is its bounded
 //!   outbound buffer;
-//! - [`app`] holds the operations shared by stream and unary calls;
-//! - [`hub`] fans bus events out to local members, in order ([`reorder`]);
-//! - [`bus`] publishes (SNS or in memory) and receives (SQS long polls);
-//! - [`store`] holds seq counters, membership, presence, idempotency
-//!   (DynamoDB or in memory);
-//! - [`limits`] and [`error`] make bad input a precise gRPC status.
+//! - `app` holds every operation a client can ask for, where each is checked
+//!   and authorised;
+//! - `hub` fans bus events out to local members, in order (`reorder`);
+//! - `bus` publishes (batched to SNS, or in memory) and receives (SQS long
+//!   polls) into the hub;
+//! - `limits` and `error` make bad input a precise gRPC status.
+//!
+//! The domain (envelope, store traits, input rules) is `chat-core`; every
+//! AWS schema and client is `chat-aws`. Only [`run`] and [`Config`] are
+//! public: what the binary and the tests need.
 
-pub mod app;
-pub mod auth;
-pub mod bus;
-pub mod clock;
+mod app;
+mod auth;
+mod bus;
 pub mod config;
-pub mod error;
-pub mod history;
-pub mod hub;
-pub mod limits;
-pub mod outbox;
-pub mod receipts;
-pub mod reorder;
-pub mod server;
-pub mod service;
-pub mod session;
-pub mod store;
+mod error;
+mod history;
+mod hub;
+mod limits;
+mod outbox;
+mod receipts;
+mod reorder;
+mod server;
+mod service;
+mod session;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{RunError, run};
+
+#[doc(hidden)]
+pub mod bench;

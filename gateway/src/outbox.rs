@@ -19,26 +19,26 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, Status>> + Send + 'static>>;
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, Status>> + Send + 'static>>;
 
 /// An event on its way to streams: the event itself, which outboxes read
 /// for their bookkeeping, and its protobuf encoding, made once however many
 /// streams it goes to. Cloning shares both.
 #[derive(Debug, Clone)]
-pub struct SharedEvent(Arc<(ServerEvent, EncodedServerEvent)>);
+pub(crate) struct SharedEvent(Arc<(ServerEvent, EncodedServerEvent)>);
 
 impl SharedEvent {
-    pub fn new(event: ServerEvent) -> Self {
+    pub(crate) fn new(event: ServerEvent) -> Self {
         let wire = EncodedServerEvent::new(&event);
         Self(Arc::new((event, wire)))
     }
 
-    pub fn event(&self) -> &ServerEvent {
+    pub(crate) fn event(&self) -> &ServerEvent {
         &self.0.0
     }
 
     /// What tonic writes: the shared encoding.
-    pub fn wire(&self) -> EncodedServerEvent {
+    pub(crate) fn wire(&self) -> EncodedServerEvent {
         self.0.1.clone()
     }
 }
@@ -51,14 +51,14 @@ impl From<ServerEvent> for SharedEvent {
 
 /// Why an outbox was closed with a terminal status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     SlowConsumer,
     Shutdown,
 }
 
 /// A delivery that did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Undeliverable {
+pub(crate) enum Undeliverable {
     /// The client went away; forget the session.
     Gone,
     /// The buffer was full; the outbox is now closing.
@@ -66,9 +66,9 @@ pub enum Undeliverable {
 }
 
 #[derive(Debug)]
-pub struct Outbox {
-    pub session_id: String,
-    pub user_id: String,
+pub(crate) struct Outbox {
+    pub(crate) session_id: String,
+    pub(crate) user_id: String,
     tx: mpsc::Sender<SharedEvent>,
     /// Cancelled when the stream must end (after what is buffered).
     closed: CancellationToken,
@@ -90,7 +90,7 @@ struct OutboxState {
 
 impl Outbox {
     /// A new outbox and the stream to hand to tonic.
-    pub fn new(session_id: String, user_id: String, capacity: usize) -> (Arc<Self>, EventStream) {
+    pub(crate) fn new(session_id: String, user_id: String, capacity: usize) -> (Arc<Self>, EventStream) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let outbox = Arc::new(Self {
             session_id,
@@ -109,7 +109,7 @@ impl Outbox {
 
     /// Queues an event without waiting. A message's seq is recorded as this
     /// stream's resume point for its conversation.
-    pub fn deliver(&self, event: impl Into<SharedEvent>) -> Result<(), Undeliverable> {
+    pub(crate) fn deliver(&self, event: impl Into<SharedEvent>) -> Result<(), Undeliverable> {
         let event = event.into();
         let held_conversation = match &event.event().event {
             Some(Event::Message(m)) => Some(m.conversation_id.as_str()),
@@ -169,13 +169,13 @@ impl Outbox {
     }
 
     /// Starts holding the live messages of a conversation (for a resume).
-    pub fn hold(&self, conversation_id: &str) {
+    pub(crate) fn hold(&self, conversation_id: &str) {
         self.state().held.entry(conversation_id.to_owned()).or_default();
     }
 
     /// Queues a stored message of a held conversation, waiting for room in
     /// the buffer (the client reads at its pace) rather than overflowing.
-    pub async fn deliver_stored(&self, event: ServerEvent) -> Result<(), Undeliverable> {
+    pub(crate) async fn deliver_stored(&self, event: ServerEvent) -> Result<(), Undeliverable> {
         let Some(Event::Message(m)) = &event.event else { return self.deliver(event) };
         let seq = Some((m.conversation_id.clone(), m.seq));
         let permit = tokio::select! {
@@ -196,7 +196,7 @@ impl Outbox {
 
     /// Ends holding a conversation: its held live messages newer than what
     /// was delivered are queued, in order, and later ones flow directly.
-    pub fn release(&self, conversation_id: &str) -> Result<(), Undeliverable> {
+    pub(crate) fn release(&self, conversation_id: &str) -> Result<(), Undeliverable> {
         let mut state = self.state();
         let held = state.held.remove(conversation_id).unwrap_or_default();
         let delivered = state.last_seq.get(conversation_id).copied().unwrap_or(0);
@@ -213,7 +213,7 @@ impl Outbox {
     }
 
     /// Ends the stream after what is buffered; the first reason wins.
-    pub fn close(&self, reason: CloseReason) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         let mut state = self.state();
         state.terminal.get_or_insert(reason);
         self.closed.cancel();
@@ -221,35 +221,37 @@ impl Outbox {
 
     /// Ends the stream after what is buffered with `code`, for errors that
     /// concern the whole connection (an oversized or undecodable frame).
-    pub fn fail(&self, code: Code, message: String) {
+    pub(crate) fn fail(&self, code: Code, message: String) {
         let mut state = self.state();
         state.failed.get_or_insert((code, message));
         self.closed.cancel();
     }
 
     /// Ends the stream after what is buffered, with an OK status.
-    pub fn finish(&self) {
+    #[cfg(test)]
+    pub(crate) fn finish(&self) {
         let _state = self.state();
         self.closed.cancel();
     }
 
-    pub fn is_closed(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
     }
 
-    pub fn closed(&self) -> &CancellationToken {
+    pub(crate) fn closed(&self) -> &CancellationToken {
         &self.closed
     }
 
     /// Resolves when the client's receiving side is gone.
-    pub async fn gone(&self) {
+    pub(crate) async fn gone(&self) {
         self.tx.closed().await;
     }
 
     /// Whether an event is news to this stream: false for a receipt that
     /// would move a user backwards from what the stream has seen.
-    pub fn receipt_is_news(&self, event: &ServerEvent) -> bool {
-        use chat_proto::envelope::ReceiptStatus;
+    pub(crate) fn receipt_is_news(&self, event: &ServerEvent) -> bool {
+        use chat_core::envelope::ReceiptStatus;
         let Some(pb::server_event::Event::Receipt(r)) = &event.event else { return true };
         let status = match pb::MessageStatus::try_from(r.status) {
             Ok(pb::MessageStatus::Delivered) => ReceiptStatus::Delivered,
@@ -260,16 +262,16 @@ impl Outbox {
     }
 
     /// Records the receipt positions a join snapshot showed this stream.
-    pub fn seed_receipts(&self, conversation_id: &str, members: &[crate::store::MemberState]) {
+    pub(crate) fn seed_receipts(&self, conversation_id: &str, members: &[chat_core::store::MemberState]) {
         self.state().receipts.seed(conversation_id, members);
     }
 
     /// The seq of the last message of a conversation given to this stream.
-    pub fn last_seq(&self, conversation_id: &str) -> u64 {
+    pub(crate) fn last_seq(&self, conversation_id: &str) -> u64 {
         self.state().last_seq.get(conversation_id).copied().unwrap_or(0)
     }
 
-    pub fn resume_points(&self) -> Vec<pb::ResumePoint> {
+    pub(crate) fn resume_points(&self) -> Vec<pb::ResumePoint> {
         let mut points: Vec<_> = self
             .state()
             .last_seq

@@ -5,19 +5,19 @@
 
 use std::collections::HashMap;
 
-use chat_proto::envelope::ReceiptStatus;
+use chat_core::envelope::ReceiptStatus;
 
-use crate::store::MemberState;
+use chat_core::store::MemberState;
 
 /// (conversation, user, DELIVERED or READ) → the highest seq passed on.
 #[derive(Debug, Default)]
-pub struct ReceiptPositions(HashMap<(String, String, ReceiptStatus), u64>);
+pub(crate) struct ReceiptPositions(HashMap<(String, String, ReceiptStatus), u64>);
 
 impl ReceiptPositions {
     /// Whether a receipt moves its user forward (and records it if so).
     /// FAILED names one message and always passes (duplicates are caught by
     /// event id); READ implies DELIVERED.
-    pub fn advance(&mut self, conversation_id: &str, user_id: &str, status: ReceiptStatus, seq: u64) -> bool {
+    pub(crate) fn advance(&mut self, conversation_id: &str, user_id: &str, status: ReceiptStatus, seq: u64) -> bool {
         let key = |s| (conversation_id.to_owned(), user_id.to_owned(), s);
         let read = self.0.get(&key(ReceiptStatus::Read)).copied().unwrap_or(0);
         let floor = match status {
@@ -33,7 +33,7 @@ impl ReceiptPositions {
     }
 
     /// Raises the positions to what a join snapshot showed.
-    pub fn seed(&mut self, conversation_id: &str, members: &[MemberState]) {
+    pub(crate) fn seed(&mut self, conversation_id: &str, members: &[MemberState]) {
         for member in members {
             for (status, seq) in
                 [(ReceiptStatus::Delivered, member.delivered_up_to()), (ReceiptStatus::Read, member.read_seq)]

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 /// Messages buffered behind a gap before the gap is skipped regardless of
 /// the window, so one stuck gap cannot hold unbounded memory.
-pub const MAX_PENDING: usize = 10_000;
+pub(crate) const MAX_PENDING: usize = 10_000;
 /// Skipped seqs remembered so a late arrival can still be delivered.
-pub const MAX_SKIPPED: usize = 10_000;
+pub(crate) const MAX_SKIPPED: usize = 10_000;
 
 #[derive(Debug)]
-pub struct Reorderer<T> {
+pub(crate) struct Reorderer<T> {
     /// The next seq to release; `None` until anchored.
     next: Option<u64>,
     pending: BTreeMap<u64, (T, Instant)>,
@@ -35,7 +35,7 @@ pub struct Reorderer<T> {
 
 /// What became of a pushed message.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Pushed<T> {
+pub(crate) enum Pushed<T> {
     /// Released now, in order (the pushed one possibly followed by others
     /// that were waiting for it).
     Released(Vec<T>),
@@ -52,19 +52,20 @@ pub enum Pushed<T> {
 
 impl<T> Reorderer<T> {
     /// `last_seq`: the latest seq already accounted for.
-    pub fn new(window: Duration, last_seq: u64) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(window: Duration, last_seq: u64) -> Self {
         Self { next: Some(last_seq.saturating_add(1)), ..Self::unanchored(window) }
     }
 
     /// Holds everything until [`Reorderer::anchor`] is called.
-    pub fn unanchored(window: Duration) -> Self {
+    pub(crate) fn unanchored(window: Duration) -> Self {
         Self { next: None, pending: BTreeMap::new(), skipped: BTreeSet::new(), window }
     }
 
     /// Sets the start after `last_seq` if none is set yet: held messages at
     /// or before it (sent before the join) are discarded, the rest released
     /// in order. Anchoring an anchored reorderer changes nothing.
-    pub fn anchor(&mut self, last_seq: u64) -> Vec<T> {
+    pub(crate) fn anchor(&mut self, last_seq: u64) -> Vec<T> {
         if self.next.is_some() {
             return Vec::new();
         }
@@ -76,15 +77,17 @@ impl<T> Reorderer<T> {
         out
     }
 
-    pub fn next_seq(&self) -> Option<u64> {
+    #[cfg(test)]
+    pub(crate) fn next_seq(&self) -> Option<u64> {
         self.next
     }
 
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
         self.pending.len()
     }
 
-    pub fn push(&mut self, seq: u64, item: T, now: Instant) -> Pushed<T> {
+    pub(crate) fn push(&mut self, seq: u64, item: T, now: Instant) -> Pushed<T> {
         match self.next {
             Some(next) if seq < next => {
                 if self.skipped.remove(&seq) {
@@ -116,7 +119,7 @@ impl<T> Reorderer<T> {
     /// unanchored reorderer waits for its anchor (the join's read of
     /// `last_seq`, bounded by the store's timeouts) instead: skipping first
     /// would turn messages just after the join into stale ones.
-    pub fn expire(&mut self, now: Instant) -> Vec<T> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<T> {
         let mut out = Vec::new();
         if self.next.is_none() {
             return out;
@@ -131,7 +134,8 @@ impl<T> Reorderer<T> {
     }
 
     /// When [`Reorderer::expire`] next has something to do.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    #[cfg(test)]
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.next?;
         self.pending.first_key_value().map(|(_, (_, since))| *since + self.window)
     }

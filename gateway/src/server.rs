@@ -21,17 +21,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
 
+use chat_aws::dynamo::DynamoStore;
+use chat_aws::queue::{self, GatewayQueue, QueueError};
+use chat_aws::sns::{AwsCounters, SnsPublisher};
+use chat_core::bus::Bus;
+use chat_core::memory::MemoryStore;
+use chat_core::store::{StoreError, Stores};
+
 use crate::app::{App, PRESENCE_REFRESH};
 use crate::bus::batch::{BatchPolicy, BatchingPublisher};
 use crate::bus::memory::MemoryBus;
-use crate::bus::sns_sqs::{self, GatewayQueue, SnsPublisher};
-use crate::bus::{Bus, BusError};
+use crate::bus::sqs;
 use crate::config::{BusKind, Config};
 use crate::hub::Hub;
 use crate::service::{ChatApi, EchoApi};
-use crate::store::dynamo::DynamoStore;
-use crate::store::memory::MemoryStore;
-use crate::store::{Store, StoreError};
 
 /// How long streams get to end after the shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,8 +49,8 @@ pub enum RunError {
     Secret(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
-    #[error("bus: {0}")]
-    Bus(#[from] BusError),
+    #[error("gateway queue: {0}")]
+    Queue(#[from] QueueError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
@@ -55,7 +58,7 @@ pub enum RunError {
 }
 
 /// The instance id: the configured one, or a fresh random one.
-pub fn instance_id(config: &Config) -> Result<String, RunError> {
+pub(crate) fn instance_id(config: &Config) -> Result<String, RunError> {
     let id =
         config.instance_id.clone().unwrap_or_else(|| format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()));
     let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -70,7 +73,7 @@ pub fn instance_id(config: &Config) -> Result<String, RunError> {
 
 /// Reads the HS256 secret: the configured value, else the secret file,
 /// generating it (mode 0600) when it does not exist yet.
-pub fn load_secret(config: &Config) -> Result<Vec<u8>, RunError> {
+pub(crate) fn load_secret(config: &Config) -> Result<Vec<u8>, RunError> {
     if let Some(secret) = &config.jwt_secret {
         if secret.len() < 16 {
             return Err(RunError::Secret("CHAT_JWT_SECRET must be at least 16 bytes".into()));
@@ -112,10 +115,10 @@ fn read_or_create_secret(path: &Path) -> Result<Vec<u8>, RunError> {
 struct AwsParts {
     queue: GatewayQueue,
     sqs: aws_sdk_sqs::Client,
-    counters: Arc<sns_sqs::AwsCounters>,
+    counters: Arc<AwsCounters>,
 }
 
-async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Arc<dyn Store>, Arc<dyn Bus>, AwsParts), RunError> {
+async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Stores, Arc<dyn Bus>, AwsParts), RunError> {
     let topic_arn = config
         .topic_arn
         .clone()
@@ -130,7 +133,7 @@ async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Arc<dyn Store
         .build();
     let polling = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
-        .operation_attempt_timeout(Duration::from_secs(u64::try_from(sns_sqs::POLL_WAIT_SECS).unwrap_or(20) + 5))
+        .operation_attempt_timeout(Duration::from_secs(u64::try_from(queue::POLL_WAIT_SECS).unwrap_or(20) + 5))
         .build();
     let dynamo = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk).timeout_config(quick.clone()).build(),
@@ -143,14 +146,14 @@ async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Arc<dyn Store
     let queue_name = format!("{}{}", config.queue_prefix, gateway_id);
     let queue = GatewayQueue::create(sqs.clone(), sns.clone(), &topic_arn, &queue_name, gateway_id).await?;
     tracing::info!(queue_url = queue.queue_url, subscription_arn = queue.subscription_arn, "gateway queue subscribed");
-    let counters = Arc::new(sns_sqs::AwsCounters::default());
+    let counters = Arc::new(AwsCounters::default());
     let publisher = SnsPublisher::new(sns, topic_arn).counting(counters.clone());
     let policy = BatchPolicy {
         linger: Duration::from_millis(config.publish_linger_ms),
         max_in_flight: usize::from(config.publish_concurrency),
     };
     let publisher = BatchingPublisher::spawn(publisher, policy);
-    Ok((Arc::new(store), Arc::new(publisher), AwsParts { queue, sqs, counters }))
+    Ok((Stores::of(Arc::new(store)), Arc::new(publisher), AwsParts { queue, sqs, counters }))
 }
 
 /// Runs a gateway on `listener` until `shutdown` is cancelled, then stops in
@@ -162,31 +165,31 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .map_err(|e| RunError::Secret(e.to_string()))?;
     let hub = Arc::new(Hub::new(config.reorder_window()));
     let bus_kind = config.effective_bus();
-    let (store, bus, aws): (Arc<dyn Store>, Arc<dyn Bus>, Option<AwsParts>) = match bus_kind {
+    let (stores, bus, aws): (Stores, Arc<dyn Bus>, Option<AwsParts>) = match bus_kind {
         BusKind::SnsSqs => {
-            let (store, bus, parts) = aws_backend(&config, &gateway_id).await?;
-            (store, bus, Some(parts))
+            let (stores, bus, parts) = aws_backend(&config, &gateway_id).await?;
+            (stores, bus, Some(parts))
         }
         _ => {
-            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-            (store.clone(), Arc::new(MemoryBus::new(hub.clone(), store)), None)
+            let store = Arc::new(MemoryStore::new());
+            (Stores::of(store.clone()), Arc::new(MemoryBus::new(hub.clone(), store)), None)
         }
     };
-    let app = Arc::new(App::new(gateway_id.clone(), store, bus, hub.clone(), config.limits(), config.outbound_buffer));
+    let app = Arc::new(App::new(gateway_id.clone(), stores, bus, hub.clone(), config.limits(), config.outbound_buffer));
 
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
     if let Some(parts) = &aws {
-        let poller = sns_sqs::Poller {
+        let poller = sqs::Poller {
             sqs: parts.sqs.clone(),
             queue_url: parts.queue.queue_url.clone(),
-            hub: hub.clone(),
+            inbox: hub.clone(),
             counters: parts.counters.clone(),
-            scale: Arc::new(sns_sqs::PollerScale::new(usize::from(config.pollers))),
+            scale: Arc::new(sqs::PollerScale::new(usize::from(config.pollers))),
             window: Duration::from_millis(config.receive_window_ms),
         };
         for index in 0..usize::from(config.pollers) {
-            background.spawn(sns_sqs::poll(poller.clone(), index, stop_background.clone()));
+            background.spawn(sqs::poll(poller.clone(), index, stop_background.clone()));
         }
         let queue = parts.queue.clone();
         background.spawn(every(Duration::from_secs(config.heartbeat_secs), stop_background.clone(), move || {
@@ -206,10 +209,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let refresh_app = app.clone();
     background.spawn(every(PRESENCE_REFRESH, stop_background.clone(), move || {
         let app = refresh_app.clone();
-        async move {
-            app.refresh_presence().await;
-            app.rate.purge_idle(Instant::now());
-        }
+        async move { app.refresh_presence().await }
     }));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -234,7 +234,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 
     let local_addr = listener.local_addr().ok();
     tracing::info!(gateway_id, bus = ?bus_kind, addr = ?local_addr, "gateway serving");
-    let closing = app.closing.clone();
+    let closing = app.closing().clone();
     let signal = shutdown.clone();
     let stopped = async move {
         signal.cancelled().await;
@@ -249,7 +249,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .add_service(reflection_v1alpha)
         .add_service(echo)
         .add_service(chat)
-        .serve_with_incoming_shutdown(service::grpc_incoming(listener), stopped);
+        .serve_with_incoming_shutdown(chat_proto::transport::incoming(listener), stopped);
     // Draining is bounded: a stream that will not end must not keep the
     // gateway (and its queue) alive.
     let drained = async {
@@ -265,10 +265,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     };
     health.set_not_serving::<ChatServiceServer<ChatApi>>().await;
     sessions.close();
-    app.tasks.close();
+    app.tasks().close();
     let finished = async {
         sessions.wait().await;
-        app.tasks.wait().await;
+        app.tasks().wait().await;
     };
     if tokio::time::timeout(DRAIN_TIMEOUT, finished).await.is_err() {
         tracing::warn!("some sessions did not finish cleaning up");

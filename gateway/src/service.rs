@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use chat_proto::external::ExternalId;
 use chat_proto::pb::{
     self, AddMemberRequest, AddMemberResponse, ClientFrame, EchoRequest, EchoResponse, GetHistoryRequest,
     GetHistoryResponse, GetMessageRequest, GetMessageResponse, GetMessageStatusRequest, GetMessageStatusResponse,
@@ -15,25 +14,23 @@ use chat_proto::pb::{
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::app::{App, Send};
+use crate::app::App;
 use crate::auth::caller;
-use crate::error::GatewayError;
-use crate::history;
-use crate::limits;
-use crate::outbox::{EventStream, Outbox, SharedEvent};
+use crate::history::PageRequest;
+use crate::outbox::{EventStream, SharedEvent};
 use crate::session::Session;
-use crate::store::{DeliveryStatus, StoredMessage};
+use chat_core::store::{DeliveryStatus, StoredMessage};
 use chat_proto::encoded::EncodedServerEvent;
 use futures::TryStreamExt;
 
 #[derive(Debug, Clone)]
-pub struct ChatApi {
+pub(crate) struct ChatApi {
     app: Arc<App>,
     sessions: TaskTracker,
 }
 
 impl ChatApi {
-    pub fn new(app: Arc<App>, sessions: TaskTracker) -> Self {
+    pub(crate) fn new(app: Arc<App>, sessions: TaskTracker) -> Self {
         Self { app, sessions }
     }
 }
@@ -45,12 +42,7 @@ impl ChatService for ChatApi {
 
     async fn connect(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<Self::ConnectStream>, Status> {
         let user = caller(&request)?;
-        if self.app.closing.is_cancelled() {
-            return Err(Status::unavailable("the gateway is shutting down; connect to another"));
-        }
-        let session_id = ulid::Ulid::new().to_string();
-        tracing::info!(user_id = user.0, session_id, "stream opened");
-        let (outbox, events) = Outbox::new(session_id, user.0, self.app.outbound_buffer);
+        let (outbox, events) = self.app.open_stream(user.0)?;
         let session = Session::new(self.app.clone(), outbox);
         self.sessions.spawn(session.run(request.into_inner()));
         Ok(Response::new(events.map_ok(|event: SharedEvent| event.wire())))
@@ -62,17 +54,8 @@ impl ChatService for ChatApi {
     ) -> Result<Response<SendMessageResponse>, Status> {
         let user = caller(&request)?;
         let req = request.into_inner();
-        let send =
-            Send { conversation_id: &req.conversation_id, client_message_id: &req.client_message_id, body: &req.body };
-        self.app.validate_send(&send)?;
-        if !self.app.store.is_member(&req.conversation_id, &user.0).await.map_err(GatewayError::from)? {
-            return Err(GatewayError::PermissionDenied(format!(
-                "{} is not a member of conversation {}; join it first",
-                user.0, req.conversation_id
-            ))
-            .into());
-        }
-        let accepted = self.app.send(&user.0, send).await?;
+        let send = self.app.check_send(&req.conversation_id, &req.client_message_id, &req.body)?;
+        let accepted = self.app.send_message(&user.0, send).await?;
         Ok(Response::new(SendMessageResponse {
             message_id: accepted.message_id,
             conversation_id: req.conversation_id,
@@ -85,21 +68,14 @@ impl ChatService for ChatApi {
     async fn get_history(&self, request: Request<GetHistoryRequest>) -> Result<Response<GetHistoryResponse>, Status> {
         let user = caller(&request)?;
         let req = request.into_inner();
-        limits::conversation_id(&req.conversation_id)?;
-        let limit = history::page_size(req.page_size, history::MAX_HISTORY_PAGE)?;
-        let forward = req.direction == pb::get_history_request::Direction::Forward as i32;
-        let query = history::history_query(&req.conversation_id, forward, req.from_seq, &req.cursor, limit)?;
-        self.require_member(&req.conversation_id, &user.0).await?;
-        // One more than the page tells whether another page follows.
-        let mut page = self
-            .app
-            .store
-            .history(&req.conversation_id, crate::store::HistoryQuery { limit: limit + 1, ..query })
-            .await
-            .map_err(GatewayError::from)?;
-        let more = page.len() > limit;
-        page.truncate(limit);
-        let (next_cursor, prev_cursor) = history::page_cursors(&req.conversation_id, query.direction, &page, more);
+        let request = PageRequest {
+            conversation_id: &req.conversation_id,
+            forward: req.direction == pb::get_history_request::Direction::Forward as i32,
+            from_seq: req.from_seq,
+            cursor: &req.cursor,
+            page_size: req.page_size,
+        };
+        let (page, next_cursor, prev_cursor) = self.app.history_page(&user.0, request).await?;
         Ok(Response::new(GetHistoryResponse {
             messages: page.into_iter().map(to_pb).collect(),
             next_cursor,
@@ -110,19 +86,8 @@ impl ChatService for ChatApi {
     async fn get_message(&self, request: Request<GetMessageRequest>) -> Result<Response<GetMessageResponse>, Status> {
         let user = caller(&request)?;
         let req = request.into_inner();
-        if req.message_id.is_empty() || req.message_id.len() > limits::MAX_ID_LEN {
-            return Err(GatewayError::InvalidArgument("message_id must be 1..=128 characters".into()).into());
-        }
-        self.require_member(&req.conversation_id, &user.0).await?;
-        let message =
-            self.app.store.get_message(&req.conversation_id, &req.message_id).await.map_err(GatewayError::from)?;
-        match message {
-            Some(m) => Ok(Response::new(GetMessageResponse { message: Some(to_pb(m)) })),
-            None => Err(Status::not_found(format!(
-                "no stored message {} in conversation {} (messages are stored within about a second of being sent)",
-                req.message_id, req.conversation_id
-            ))),
-        }
+        let message = self.app.get_message(&req.conversation_id, &user.0, &req.message_id).await?;
+        Ok(Response::new(GetMessageResponse { message: Some(to_pb(message)) }))
     }
 
     async fn list_conversations(
@@ -131,14 +96,7 @@ impl ChatService for ChatApi {
     ) -> Result<Response<ListConversationsResponse>, Status> {
         let user = caller(&request)?;
         let req = request.into_inner();
-        let limit = history::page_size(req.page_size, history::MAX_LIST_PAGE)?;
-        let after = history::list_after(&req.cursor)?;
-        let (page, more) =
-            self.app.store.conversations(&user.0, limit, after.as_deref()).await.map_err(GatewayError::from)?;
-        let next_cursor = match page.last() {
-            Some(last) if more => history::list_cursor(&last.conversation_id),
-            _ => String::new(),
-        };
+        let (page, next_cursor) = self.app.conversations(&user.0, req.page_size, &req.cursor).await?;
         let conversations = page
             .into_iter()
             .map(|c| pb::ConversationSummary {
@@ -154,7 +112,6 @@ impl ChatService for ChatApi {
     async fn mark_read(&self, request: Request<MarkReadRequest>) -> Result<Response<MarkReadResponse>, Status> {
         let user = caller(&request)?;
         let req = request.into_inner();
-        limits::conversation_id(&req.conversation_id)?;
         let last_read_seq = self.app.mark_read_checked(&req.conversation_id, &user.0, req.seq).await?;
         Ok(Response::new(MarkReadResponse { last_read_seq }))
     }
@@ -199,28 +156,13 @@ impl ChatService for ChatApi {
     ) -> Result<Response<LinkChannelResponse>, Status> {
         let user = caller(&request)?;
         let req = request.into_inner();
-        let external = if req.external_id.is_empty() {
-            None
-        } else {
-            match ExternalId::parse(&req.external_id) {
-                Ok(Some(id)) => Some(id.to_string()),
-                Ok(None) => {
-                    return Err(GatewayError::InvalidArgument(format!(
-                        "external_id {:?} names no channel: use whatsapp:+<number>, instagram:<id> or telegram:<chat id>",
-                        req.external_id
-                    ))
-                    .into());
-                }
-                Err(e) => return Err(GatewayError::InvalidArgument(format!("external_id: {e}")).into()),
-            }
-        };
-        self.app.store.link_channel(&user.0, external.as_deref()).await.map_err(GatewayError::from)?;
+        self.app.link_channel(&user.0, &req.external_id).await?;
         Ok(Response::new(LinkChannelResponse {}))
     }
 }
 
 /// The protobuf form of a stored message.
-pub fn to_pb(m: StoredMessage) -> pb::Message {
+pub(crate) fn to_pb(m: StoredMessage) -> pb::Message {
     pb::Message {
         message_id: m.message_id,
         conversation_id: m.conversation_id,
@@ -229,12 +171,6 @@ pub fn to_pb(m: StoredMessage) -> pb::Message {
         body: m.body,
         sent_at_ms: m.sent_at_ms,
         client_message_id: m.client_message_id,
-    }
-}
-
-impl ChatApi {
-    async fn require_member(&self, conversation_id: &str, user: &str) -> Result<(), GatewayError> {
-        self.app.require_member(conversation_id, user).await
     }
 }
 
@@ -248,12 +184,12 @@ fn message_status(status: DeliveryStatus) -> pb::MessageStatus {
 }
 
 #[derive(Debug, Clone)]
-pub struct EchoApi {
+pub(crate) struct EchoApi {
     gateway_id: String,
 }
 
 impl EchoApi {
-    pub fn new(gateway_id: String) -> Self {
+    pub(crate) fn new(gateway_id: String) -> Self {
         Self { gateway_id }
     }
 }
@@ -271,7 +207,7 @@ impl EchoService for EchoApi {
         Ok(Response::new(pb::EchoResponse {
             message,
             gateway_id: self.gateway_id.clone(),
-            server_time_ms: crate::clock::now_ms(),
+            server_time_ms: chat_core::clock::now_ms(),
         }))
     }
 }

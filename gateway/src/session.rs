@@ -14,12 +14,13 @@ use futures::Stream;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
-use crate::app::{App, Send};
+use crate::app::App;
 use crate::error::GatewayError;
-use crate::limits;
 use crate::outbox::{CloseReason, Outbox};
-use crate::store::{Direction, HistoryQuery};
-use chat_proto::envelope::ReceiptStatus;
+use chat_core::envelope::ReceiptStatus;
+use chat_core::limits;
+use chat_core::send::Send;
+use chat_core::store::{Direction, HistoryQuery};
 
 /// Sends of one stream being published at once. Acceptance (seq) stays
 /// sequential; publishing overlaps so a sender is not held back by the bus.
@@ -34,7 +35,7 @@ const RESUME_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 const PUBLISH_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     app: Arc<App>,
     outbox: Arc<Outbox>,
     joined: BTreeSet<String>,
@@ -48,7 +49,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(app: Arc<App>, outbox: Arc<Outbox>) -> Self {
+    pub(crate) fn new(app: Arc<App>, outbox: Arc<Outbox>) -> Self {
         Self {
             app,
             outbox,
@@ -65,7 +66,7 @@ impl Session {
 
     /// Serves the stream until it ends, then leaves every conversation's
     /// live subscription and presence.
-    pub async fn run<S>(mut self, inbound: S)
+    pub(crate) async fn run<S>(mut self, inbound: S)
     where
         S: Stream<Item = Result<ClientFrame, Status>> + Unpin,
     {
@@ -74,7 +75,7 @@ impl Session {
         let mut reading = true;
         loop {
             tokio::select! {
-                () = self.app.closing.cancelled() => {
+                () = self.app.closing().cancelled() => {
                     // Answers to sends being published go out before the
                     // Disconnect, so no accepted send goes unacknowledged.
                     let all = u32::try_from(PUBLISHES_IN_FLIGHT).unwrap_or(u32::MAX);
@@ -169,7 +170,7 @@ impl Session {
                 "conversation {conversation_id} is not joined on this stream; send a join frame first"
             )));
         }
-        if !self.app.hub.is_subscribed(conversation_id, &self.outbox.session_id) {
+        if !self.app.hears(conversation_id, &self.outbox) {
             self.joined.remove(conversation_id);
             self.app.unsubscribe(conversation_id, &self.outbox).await?;
             return Err(GatewayError::FailedPrecondition(format!(
@@ -181,7 +182,7 @@ impl Session {
 
     async fn join(&mut self, conversation_id: &str, resume_after: Option<u64>) -> Result<(), GatewayError> {
         limits::conversation_id(conversation_id)?;
-        let max = self.app.limits.max_conversations_per_connection;
+        let max = self.app.max_conversations_per_stream();
         if !self.joined.contains(conversation_id) && self.joined.len() >= max {
             return Err(GatewayError::ResourceExhausted(format!(
                 "this stream has joined {max} conversations, the limit; leave one first or open another stream"
@@ -249,7 +250,7 @@ impl Session {
         while next <= last {
             let want = usize::try_from(last - next + 1).unwrap_or(usize::MAX).min(crate::history::MAX_HISTORY_PAGE);
             let query = HistoryQuery { direction: Direction::Forward, from_seq: Some(next - 1), limit: want };
-            let page = self.app.store.history(conversation_id, query).await?;
+            let page = self.app.stored_for_stream(conversation_id, query).await?;
             let before = next;
             for message in page.iter().filter(|m| m.seq <= last) {
                 if message.seq != next {
@@ -309,12 +310,7 @@ impl Session {
     }
 
     async fn send(&mut self, request_id: &str, frame: &pb::SendFrame) -> Result<(), GatewayError> {
-        let send = Send {
-            conversation_id: &frame.conversation_id,
-            client_message_id: &frame.client_message_id,
-            body: &frame.body,
-        };
-        self.app.validate_send(&send)?;
+        let send = self.app.check_send(&frame.conversation_id, &frame.client_message_id, &frame.body)?;
         self.joined_conversation(&frame.conversation_id).await?;
         let accepted = self.app.accept(&self.outbox.user_id, &send).await?;
         // Waiting for a permit holds back reading this stream's next frames:
@@ -329,7 +325,7 @@ impl Session {
         let outbox = self.outbox.clone();
         let request_id = request_id.to_owned();
         let frame = frame.clone();
-        self.app.tasks.spawn(async move {
+        self.app.tasks().spawn(async move {
             let _permit = permit;
             let send = Send {
                 conversation_id: &frame.conversation_id,

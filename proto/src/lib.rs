@@ -1,15 +1,12 @@
-//! The contract shared by every part of the platform: the `chat.v1` gRPC API
-//! (generated from `chat.proto`), the versioned event [`envelope`] that
-//! gateways and functions exchange over SNS/SQS, and the development
-//! [`token`] format.
-//!
-//! Protobuf types stay at the edges (the gateway's service layer and clients);
-//! the bus carries [`envelope::Envelope`], a serde type with its own version.
+//! The public API: the `chat.v1` gRPC contract (generated from
+//! `chat.proto`), the bearer [`token`] format, and how a gRPC server accepts
+//! connections ([`transport`]). Clients and the gateway's edge use it; the
+//! Lambda functions never do (the bus carries `chat_core::envelope`, a serde
+//! type with its own version).
 
 pub mod encoded;
-pub mod envelope;
-pub mod external;
 pub mod token;
+pub mod transport;
 
 /// Generated prost types and tonic stubs for `chat.v1`.
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]

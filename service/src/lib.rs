@@ -1,19 +1,9 @@
-//! The edge of every long-running process (gateway, local function runner,
-//! channel simulator, bench baseline): logging, graceful shutdown and
-//! accepted connections, set up one way.
+//! The edge of every process (gateway, Lambda functions and their local
+//! runner, channel simulator, bench baseline): logging and graceful
+//! shutdown, set up one way.
 
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-
-/// The connections a gRPC server accepts on `listener`, with Nagle's
-/// algorithm off and TCP keepalive on. (tonic applies its builder's
-/// `tcp_nodelay` only to listeners it binds itself; without this, small
-/// server pushes wait for the peer's delayed ACK, up to 40 ms on Linux.)
-pub fn grpc_incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(60)))
-}
 
 /// Installs the global subscriber: `RUST_LOG` filtering (default `info`),
 /// JSON lines for log pipelines or text, coloured only on a terminal.

@@ -17,6 +17,7 @@ pub mod channels;
 pub mod checker;
 pub mod client;
 pub mod cluster;
+pub mod conformance;
 pub mod emulator;
 pub mod localstack;
 pub mod raw_bus;
@@ -81,8 +82,8 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// The chat tables named by a stack's outputs (`CHAT_*_TABLE`).
-pub fn tables(output: impl Fn(&str) -> anyhow::Result<String>) -> anyhow::Result<gateway::store::dynamo::Tables> {
-    Ok(gateway::store::dynamo::Tables {
+pub fn tables(output: impl Fn(&str) -> anyhow::Result<String>) -> anyhow::Result<chat_aws::dynamo::Tables> {
+    Ok(chat_aws::dynamo::Tables {
         messages: output("CHAT_MESSAGES_TABLE")?,
         conversations: output("CHAT_CONVERSATIONS_TABLE")?,
         members: output("CHAT_MEMBERS_TABLE")?,

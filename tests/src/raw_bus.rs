@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
-use chat_proto::envelope::{Envelope, Event, MessageEvent};
-use gateway::bus::Bus;
-use gateway::bus::sns_sqs::{GatewayQueue, SnsPublisher};
-use gateway::store::dynamo::DynamoStore;
+use chat_aws::dynamo::DynamoStore;
+use chat_aws::queue::GatewayQueue;
+use chat_aws::sns::SnsPublisher;
+use chat_core::bus::Bus;
+use chat_core::envelope::{Envelope, Event, MessageEvent};
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
@@ -159,7 +160,7 @@ pub async fn measure(
                         .receive_message()
                         .queue_url(&url)
                         .max_number_of_messages(10)
-                        .wait_time_seconds(gateway::bus::sns_sqs::POLL_WAIT_SECS)
+                        .wait_time_seconds(chat_aws::queue::POLL_WAIT_SECS)
                         .send();
                     let out = tokio::select! {
                         () = stop.cancelled() => return,

@@ -6,10 +6,10 @@
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
+use chat_core::envelope::{Envelope, Event, ReceiptEvent, ReceiptStatus};
 use chat_e2e::channels::{SimClient, faults};
 use chat_e2e::cluster::Cluster;
 use chat_e2e::{DEADLINE, scenarios, unique};
-use chat_proto::envelope::{Envelope, Event, ReceiptEvent, ReceiptStatus};
 use chat_proto::pb::MessageStatus;
 use chat_proto::pb::server_event::Event as PbEvent;
 
@@ -256,8 +256,7 @@ async fn receipts_never_move_backwards_under_reordering() -> anyhow::Result<()> 
     // Bob's receipts as a reordering bus would carry them: READ 3 first,
     // then an older DELIVERED 2 and READ 1.
     let sdk = cluster.emulator.as_ref().context("emulator")?.sdk_config().await;
-    let publisher =
-        gateway::bus::sns_sqs::SnsPublisher::new(aws_sdk_sns::Client::new(&sdk), cluster.output("CHAT_TOPIC_ARN")?);
+    let publisher = chat_aws::sns::SnsPublisher::new(aws_sdk_sns::Client::new(&sdk), cluster.output("CHAT_TOPIC_ARN")?);
     let receipt = |status, seq, at| {
         let event = ReceiptEvent {
             user_id: "bob".into(),
@@ -269,7 +268,7 @@ async fn receipts_never_move_backwards_under_reordering() -> anyhow::Result<()> 
         };
         Envelope::new(unique("r-"), room.clone(), "test".into(), at, Event::Receipt(event))
     };
-    use gateway::bus::Bus;
+    use chat_core::bus::Bus;
     for envelope in [
         receipt(ReceiptStatus::Read, 3, 3000),
         receipt(ReceiptStatus::Delivered, 2, 2000),

@@ -1,9 +1,9 @@
-//! The DynamoDB store follows the same rules as the memory store
-//! (`gateway::store::conformance`), on tables provisioned from
-//! `template.yaml` on the emulator.
+//! Both stores follow the same rules (`chat_e2e::conformance`): the memory
+//! store, and the DynamoDB store on tables provisioned from `template.yaml`
+//! on the emulator.
 
+use chat_aws::dynamo::DynamoStore;
 use chat_e2e::emulator::Emulator;
-use gateway::store::dynamo::DynamoStore;
 
 /// A store on the tables `provision.py` made for `stack`.
 async fn provisioned_store(emulator: &Emulator, stack: &str) -> anyhow::Result<DynamoStore> {
@@ -19,7 +19,13 @@ async fn dynamodb_store_follows_the_store_rules() -> anyhow::Result<()> {
     let stack = chat_e2e::unique("store");
     let store = provisioned_store(&emulator, &stack).await?;
     store.check_tables().await?;
-    gateway::store::conformance::check(&store, &stack).await.map_err(anyhow::Error::msg)
+    chat_e2e::conformance::check(&store, &stack).await.map_err(anyhow::Error::msg)
+}
+
+#[tokio::test]
+async fn memory_store_follows_the_store_rules() {
+    let store = chat_core::memory::MemoryStore::new();
+    chat_e2e::conformance::check(&store, "t").await.expect("memory store conforms");
 }
 
 /// The seq counter stays atomic under concurrent sends (many gateways):
@@ -27,8 +33,8 @@ async fn dynamodb_store_follows_the_store_rules() -> anyhow::Result<()> {
 /// `localstack/moto_server.py` for this; real DynamoDB does it natively.)
 #[tokio::test]
 async fn concurrent_sends_get_distinct_dense_seqs() -> anyhow::Result<()> {
+    use chat_core::store::{SendRequest, Sequencer};
     use futures::StreamExt;
-    use gateway::store::{SendRequest, Store};
     let emulator = Emulator::start()?;
     let stack = chat_e2e::unique("seq");
     let store = provisioned_store(&emulator, &stack).await?;

@@ -735,7 +735,7 @@ mod tests {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(baseline::Baseline::default().server())
-                .serve_with_incoming(service::grpc_incoming(listener)),
+                .serve_with_incoming(chat_proto::transport::incoming(listener)),
         );
         let result = run(Plan {
             gateways: vec![format!("http://{addr}")],

@@ -19,15 +19,16 @@ async fn main() -> Result<(), Error> {
     let janitor = config.janitor.build(&sdk);
     let janitor = &janitor;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
-        let report = janitor::sweep(janitor, functions::connector::now_ms() / 1000).await;
+        let report = janitor::sweep(janitor, chat_core::clock::now_ms() / 1000).await;
+        let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
         if report.listing_failed {
-            return Err(Error::from(report.errors.join("; ")));
+            return Err(Error::from(errors.join("; ")));
         }
         Ok::<_, Error>(serde_json::json!({
             "reaped_queues": report.reaped_queues,
             "reaped_subscriptions": report.reaped_subscriptions,
             "live": report.live,
-            "errors": report.errors,
+            "errors": errors,
         }))
     }))
     .await

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
+use chat_aws::dynamo::Tables;
 use clap::{Parser, Subcommand};
 use functions::connector::{self, ConnectorArgs};
 use functions::fallback::FallbackArgs;
@@ -13,7 +14,6 @@ use functions::janitor::JanitorArgs;
 use functions::persist::{self, Clients};
 use functions::runner::{self, RunnerConfig};
 use functions::webhook::{self, Webhook, WebhookArgs, WebhookRequest};
-use gateway::store::dynamo::Tables;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
                 tokio::select! {
                     () = stop.cancelled() => return Ok(()),
                     _ = tick.tick() => {
-                        functions::janitor::sweep(&janitor, functions::connector::now_ms() / 1000).await;
+                        functions::janitor::sweep(&janitor, chat_core::clock::now_ms() / 1000).await;
                     }
                 }
             }

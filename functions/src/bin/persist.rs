@@ -2,9 +2,9 @@
 //! handler under `lambda_runtime`.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use chat_aws::dynamo::Tables;
 use clap::Parser;
 use functions::persist::{self, Clients};
-use gateway::store::dynamo::Tables;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[derive(Debug, Parser)]

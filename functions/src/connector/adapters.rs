@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use channels::{instagram, meta, telegram, whatsapp};
-use chat_proto::external::Channel;
+use chat_core::external::Channel;
 
 /// Where and how to reach one channel's API.
 #[derive(Debug, Clone, clap::Args)]

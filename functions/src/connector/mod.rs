@@ -20,20 +20,21 @@
 //! A permanent refusal completes the send as FAILED and tells the sender.
 
 pub mod adapters;
-pub mod records;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use chat_proto::envelope::{Envelope, Event, MessageEvent, ReceiptEvent, ReceiptStatus};
-use chat_proto::external::{Channel, ExternalId};
+use chat_aws::dynamo::connector::{self as records, Begin, Records, Reference, SendOutcome};
+use chat_aws::lambda::{Batch, Record};
+use chat_core::bus::{Bus, BusError};
+use chat_core::clock::now_ms;
+use chat_core::envelope::{Envelope, Event, MessageEvent, ReceiptEvent, ReceiptStatus};
+use chat_core::external::{Channel, ExternalId};
 use futures::StreamExt;
-use gateway::bus::Bus;
 
 use adapters::{Adapter, ApiRequest, SendError, Sent};
-use records::{Begin, Records, Reference};
 
 /// Addresses served at once in one invocation.
 const ADDRESSES_IN_FLIGHT: usize = 16;
@@ -102,7 +103,7 @@ impl ConnectorArgs {
             adapter: Adapter::new(self.channel, self.apis),
             http: reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?,
             records: Records::new(aws_sdk_dynamodb::Client::new(sdk), self.connector_table),
-            bus: Arc::new(gateway::bus::sns_sqs::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
+            bus: Arc::new(chat_aws::sns::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
             retry,
             max_receive_count: self.max_receive_count,
         })
@@ -145,29 +146,15 @@ pub struct Job {
 #[derive(Debug, Default)]
 pub struct Plan {
     pub jobs: Vec<Job>,
-    pub failed: Vec<(String, String)>,
     /// Records with nothing for this channel.
     pub ignored: usize,
 }
 
-/// Decodes every record into the sends this channel owes.
-pub fn plan(event: &SqsEvent, channel: Channel) -> Plan {
+/// The sends this channel owes for a batch's decoded records.
+pub fn plan(records: &[Record], channel: Channel) -> Plan {
     let mut plan = Plan::default();
-    for (index, record) in event.records.iter().enumerate() {
-        let id = record.message_id.clone().unwrap_or_else(|| format!("record-{index}"));
-        let envelope = match record.body.as_deref().map(Envelope::decode) {
-            Some(Ok(envelope)) => envelope,
-            Some(Err(e)) => {
-                plan.failed.push((id, e.to_string()));
-                continue;
-            }
-            None => {
-                plan.failed.push((id, "record has no body".into()));
-                continue;
-            }
-        };
-        let receive_count = record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
-        let targets: Vec<(String, String, MessageEvent, String, bool)> = match envelope.event {
+    for Record { id, envelope, receive_count } in records {
+        let targets: Vec<(String, String, MessageEvent, String, bool)> = match &envelope.event {
             Event::Message(m) => m
                 .external_recipients
                 .iter()
@@ -175,7 +162,7 @@ pub fn plan(event: &SqsEvent, channel: Channel) -> Plan {
                 .collect(),
             Event::Fallback(f) => {
                 let text = format!("{} in {}: {}", f.message.sender, envelope.conversation_id, f.message.body);
-                vec![(f.to, f.user_id, f.message, text, true)]
+                vec![(f.to.clone(), f.user_id.clone(), f.message.clone(), text, true)]
             }
             _ => Vec::new(),
         };
@@ -191,7 +178,7 @@ pub fn plan(event: &SqsEvent, channel: Channel) -> Plan {
                     receipt_user,
                     text,
                     fallback,
-                    receive_count,
+                    receive_count: *receive_count,
                 }),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(recipient, error = e, "malformed external recipient skipped"),
@@ -217,10 +204,8 @@ enum Done {
 /// invocation deadline).
 pub async fn handle(connector: &Connector, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
     let channel = connector.adapter.channel;
-    let plan = plan(&event, channel);
-    for (id, reason) in &plan.failed {
-        tracing::error!(record_id = id, reason, "record cannot be delivered; it will be retried, then dead-lettered");
-    }
+    let batch = Batch::decode(&event);
+    let plan = plan(&batch.records, channel);
     let mut by_address: BTreeMap<String, Vec<Job>> = BTreeMap::new();
     for job in plan.jobs {
         by_address.entry(job.address.clone()).or_default().push(job);
@@ -256,7 +241,7 @@ pub async fn handle(connector: &Connector, event: SqsEvent, deadline: Instant) -
         .buffer_unordered(ADDRESSES_IN_FLIGHT)
         .collect()
         .await;
-    let mut failed: Vec<String> = plan.failed.into_iter().map(|(id, _)| id).collect();
+    let mut failed: Vec<String> = Vec::new();
     let mut retried = 0;
     for (record_id, done) in results.into_iter().flatten() {
         if let Done::Retry(reason) = done {
@@ -273,7 +258,7 @@ pub async fn handle(connector: &Connector, event: SqsEvent, deadline: Instant) -
         ignored = plan.ignored,
         "connector batch done"
     );
-    crate::persist::response(failed)
+    batch.response(failed)
 }
 
 /// A send that will be retried, unless this was the record's last receive:
@@ -285,7 +270,7 @@ async fn give_up_on_last_receive(connector: &Connector, job: &Job, reason: Strin
     }
     let reason = format!("gave up after {} deliveries: {reason}", job.receive_count);
     if let Err(e) = publish(connector, job, ReceiptStatus::Failed, &reason).await {
-        tracing::warn!(error = e, "reporting a final failure failed");
+        tracing::warn!(error = %e, "reporting a final failure failed");
     }
     Done::Retry(reason)
 }
@@ -300,7 +285,7 @@ async fn report(connector: &Connector, job: &Job, failure: Option<&str>) -> Done
         None if connector.adapter.delivered_on_accept() => publish(connector, job, ReceiptStatus::Delivered, "").await,
         None => Ok(()),
     };
-    result.map_or_else(Done::Retry, |()| Done::Settled)
+    result.map_or_else(|e| Done::Retry(format!("publishing a receipt: {e}")), |()| Done::Settled)
 }
 
 async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
@@ -310,11 +295,12 @@ async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
     let lock_until =
         now_ms + i64::try_from(deadline.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(0);
     match connector.records.begin(&key, now_ms, lock_until).await {
-        Err(e) => return Done::Retry(e),
+        Err(e) => return Done::Retry(e.to_string()),
         Ok(Begin::InProgress) => return Done::Retry("another invocation is sending it".into()),
         // Sent before; its receipt may not have gone out: say it again
         // (receipts are idempotent).
-        Ok(Begin::Completed { outcome }) => return report(connector, job, outcome.strip_prefix("failed: ")).await,
+        Ok(Begin::Completed(SendOutcome::Sent)) => return report(connector, job, None).await,
+        Ok(Begin::Completed(SendOutcome::Failed { reason })) => return report(connector, job, Some(&reason)).await,
         Ok(Begin::Acquired) => {}
     }
     let outcome = match connector.adapter.request(&job.address, &job.text, &job.message.message_id) {
@@ -332,8 +318,12 @@ async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
             // The channel has the message: whatever happens to the
             // bookkeeping, it is never sent again (a failure here costs
             // receipts for this message, not a duplicate).
-            if let Err(e) = connector.records.complete_sent(&key, &job.recipient, &sent, &reference, now_ms).await {
-                tracing::error!(channel, recipient = job.recipient, error = e, "sent, but recording it failed");
+            let recorded = connector
+                .records
+                .complete_sent(&key, &job.recipient, &sent.channel_message_id, &reference, now_ms)
+                .await;
+            if let Err(e) = recorded {
+                tracing::error!(channel, recipient = job.recipient, error = %e, "sent, but recording it failed");
             }
             tracing::info!(
                 channel,
@@ -353,14 +343,14 @@ async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
                 reason,
                 "channel refused the message"
             );
-            if let Err(e) = connector.records.complete(&key, &format!("failed: {reason}"), "", now_ms).await {
-                return Done::Retry(e);
+            if let Err(e) = connector.records.complete_failed(&key, &reason, now_ms).await {
+                return Done::Retry(e.to_string());
             }
             report(connector, job, Some(&reason)).await
         }
         Err(SendError::Retryable { reason, .. }) => {
             if let Err(e) = connector.records.release(&key).await {
-                tracing::warn!(error = e, "releasing a send failed; it is retried once its claim expires");
+                tracing::warn!(error = %e, "releasing a send failed; it is retried once its claim expires");
             }
             Done::Retry(reason)
         }
@@ -419,7 +409,7 @@ async fn call(connector: &Connector, request: &ApiRequest) -> Result<Sent, SendE
     connector.adapter.outcome(status, &body, retry_after.as_deref())
 }
 
-async fn publish(connector: &Connector, job: &Job, status: ReceiptStatus, reason: &str) -> Result<(), String> {
+async fn publish(connector: &Connector, job: &Job, status: ReceiptStatus, reason: &str) -> Result<(), BusError> {
     let channel = connector.adapter.channel.as_str();
     let receipt = ReceiptEvent {
         user_id: job.receipt_user.clone(),
@@ -436,21 +426,14 @@ async fn publish(connector: &Connector, job: &Job, status: ReceiptStatus, reason
         now_ms(),
         Event::Receipt(receipt),
     );
-    connector.bus.publish(&[envelope]).await.map_err(|e| format!("publishing a receipt: {e}"))
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    connector.bus.publish(&[envelope]).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use aws_lambda_events::event::sqs::SqsMessage;
-    use chat_proto::envelope::FallbackEvent;
+    use chat_core::envelope::FallbackEvent;
 
     fn record(id: &str, envelope: &Envelope) -> SqsMessage {
         let mut m = SqsMessage::default();
@@ -495,14 +478,15 @@ mod tests {
                 poison
             },
         ];
-        let plan = plan(&event, Channel::WhatsApp);
+        let batch = Batch::decode(&event);
+        let plan = plan(&batch.records, Channel::WhatsApp);
         let jobs: Vec<(&str, &str, &str)> =
             plan.jobs.iter().map(|j| (j.record_id.as_str(), j.address.as_str(), j.receipt_user.as_str())).collect();
         assert_eq!(jobs, vec![("1", "+5511999990000", "whatsapp:+5511999990000"), ("3", "+5511999990001", "bob")]);
         assert_eq!(plan.jobs[0].text, "alice: hello");
         assert_eq!(plan.jobs[1].text, "alice in room: hello");
         assert_eq!(plan.ignored, 1);
-        assert_eq!(plan.failed.len(), 1);
+        assert_eq!(batch.undecodable.len(), 1);
     }
 
     #[test]

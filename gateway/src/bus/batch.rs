@@ -17,26 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_proto::envelope::Envelope;
+use chat_core::envelope::Envelope;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Bus, BusError};
-
-/// SNS `PublishBatch` takes at most ten entries.
-pub const BATCH_MAX: usize = 10;
-
-/// Where batches go: one outcome per envelope, in order.
-#[async_trait]
-pub trait BatchSink: Send + Sync + std::fmt::Debug + 'static {
-    async fn publish_batch(&self, envelopes: &[Envelope]) -> Vec<Result<(), BusError>>;
-}
+use chat_aws::sns::BATCH_MAX;
+use chat_core::bus::{BatchSink, Bus, BusError};
 
 #[derive(Debug, Clone, Copy)]
-pub struct BatchPolicy {
+pub(crate) struct BatchPolicy {
     /// Longest an event waits for company while other batches are in flight.
-    pub linger: Duration,
-    pub max_in_flight: usize,
+    pub(crate) linger: Duration,
+    pub(crate) max_in_flight: usize,
 }
 
 struct Pending {
@@ -47,7 +39,7 @@ struct Pending {
 /// A [`Bus`] that batches into a [`BatchSink`]. Dropping every clone ends
 /// its task after the queued events are published.
 #[derive(Debug, Clone)]
-pub struct BatchingPublisher {
+pub(crate) struct BatchingPublisher {
     queue: mpsc::UnboundedSender<Pending>,
 }
 
@@ -59,7 +51,7 @@ impl std::fmt::Debug for Pending {
 
 impl BatchingPublisher {
     /// Starts the batching task on the current runtime.
-    pub fn spawn(sink: impl BatchSink, policy: BatchPolicy) -> Self {
+    pub(crate) fn spawn(sink: impl BatchSink, policy: BatchPolicy) -> Self {
         // Unbounded: every entry has a caller awaiting its outcome, so the
         // queue is bounded by the callers (the streams' sends in flight).
         let (queue, rx) = mpsc::unbounded_channel();
@@ -74,13 +66,11 @@ impl Bus for BatchingPublisher {
         let mut outcomes = Vec::with_capacity(events.len());
         for envelope in events {
             let (done, outcome) = oneshot::channel();
-            self.queue
-                .send(Pending { envelope: envelope.clone(), done })
-                .map_err(|_| BusError::Publish("the publisher has stopped".into()))?;
+            self.queue.send(Pending { envelope: envelope.clone(), done }).map_err(|_| BusError::Stopped)?;
             outcomes.push(outcome);
         }
         for outcome in outcomes {
-            outcome.await.map_err(|_| BusError::Publish("the publisher stopped before publishing".into()))??;
+            outcome.await.map_err(|_| BusError::Stopped)??;
         }
         Ok(())
     }
@@ -100,10 +90,13 @@ async fn run(sink: Arc<dyn BatchSink>, policy: BatchPolicy, mut rx: mpsc::Unboun
             let (envelopes, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.envelope, p.done)).unzip();
             let outcomes = sink.publish_batch(&envelopes).await;
             let mut outcomes = outcomes.into_iter();
-            for waiter in waiters {
-                let outcome = outcomes
-                    .next()
-                    .unwrap_or_else(|| Err(BusError::Publish("the batch returned no outcome for this event".into())));
+            for (envelope, waiter) in envelopes.iter().zip(waiters) {
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    Err(BusError::Refused {
+                        event_id: envelope.event_id.clone(),
+                        detail: "the batch returned no outcome for it".into(),
+                    })
+                });
                 let _ = waiter.send(outcome);
             }
             drop(slot);
@@ -132,7 +125,7 @@ async fn gather(rx: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pendi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_proto::envelope::Event;
+    use chat_core::envelope::Event;
     use std::sync::Mutex;
     use tokio::sync::Notify;
 
@@ -146,7 +139,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl BatchSink for Arc<Recorder> {
+    impl BatchSink for Recorder {
         async fn publish_batch(&self, envelopes: &[Envelope]) -> Vec<Result<(), BusError>> {
             self.batches.lock().expect("lock").push(envelopes.iter().map(|e| e.event_id.clone()).collect());
             if self.gated {
@@ -155,7 +148,9 @@ mod tests {
             envelopes
                 .iter()
                 .map(|e| match &self.fail {
-                    Some(id) if *id == e.event_id => Err(BusError::Publish(format!("{id} refused"))),
+                    Some(id) if *id == e.event_id => {
+                        Err(BusError::Refused { event_id: id.clone(), detail: "injected".into() })
+                    }
                     _ => Ok(()),
                 })
                 .collect()
@@ -253,7 +248,7 @@ mod tests {
         let recorder = Arc::new(Recorder { fail: Some("e2".into()), ..Default::default() });
         let publisher = BatchingPublisher::spawn(recorder.clone(), POLICY);
         let err = publisher.publish(&[envelope(1), envelope(2)]).await.expect_err("e2 failed");
-        assert_eq!(err, BusError::Publish("e2 refused".into()));
+        assert_eq!(err, BusError::Refused { event_id: "e2".into(), detail: "injected".into() });
         publisher.publish(&[envelope(3)]).await.expect("others publish");
     }
 

@@ -1,4 +1,4 @@
-//! The embedded bus: one gateway, events handed straight to its hub. It
+//! The embedded bus: one gateway, events handed straight to its inbox. It
 //! also stands in for function `persist` (the memory store keeps messages
 //! itself): receipts published on it are recorded in the store.
 
@@ -6,21 +6,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use chat_proto::envelope::{Envelope, Event};
+use chat_core::bus::{Bus, BusError};
+use chat_core::envelope::{Envelope, Event};
+use chat_core::store::Receipts;
 
-use super::{Bus, BusError};
-use crate::hub::Hub;
-use crate::store::Store;
+use super::Inbox;
 
 #[derive(Debug)]
-pub struct MemoryBus {
-    hub: Arc<Hub>,
-    store: Arc<dyn Store>,
+pub(crate) struct MemoryBus {
+    inbox: Arc<dyn Inbox>,
+    receipts: Arc<dyn Receipts>,
 }
 
 impl MemoryBus {
-    pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>) -> Self {
-        Self { hub, store }
+    pub(crate) fn new(inbox: Arc<dyn Inbox>, receipts: Arc<dyn Receipts>) -> Self {
+        Self { inbox, receipts }
     }
 }
 
@@ -28,12 +28,10 @@ impl MemoryBus {
 impl Bus for MemoryBus {
     async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
         for event in events {
-            if let Event::Receipt(receipt) = &event.event
-                && let Err(e) = self.store.record_receipt(&event.conversation_id, receipt, event.at_ms).await
-            {
-                return Err(BusError::Publish(format!("recording a receipt: {e}")));
+            if let Event::Receipt(receipt) = &event.event {
+                self.receipts.record_receipt(&event.conversation_id, receipt, event.at_ms).await?;
             }
-            self.hub.dispatch(event.clone(), Instant::now());
+            self.inbox.receive(event.clone(), Instant::now());
         }
         Ok(())
     }

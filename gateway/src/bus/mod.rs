@@ -1,25 +1,21 @@
 //! The bus between gateways: publish an event once, every gateway with local
 //! members of its conversation receives it.
 //!
-//! [`Bus`] is the publishing side. Receiving is each implementation's own
-//! loop feeding [`crate::hub::Hub::dispatch`]: [`memory::MemoryBus`] calls it
-//! inline, [`sns_sqs`] long-polls this gateway's SQS queue.
+//! Publishing is `chat_core::bus::Bus`: SNS on AWS (`chat_aws::sns`, behind
+//! [`batch::BatchingPublisher`]), [`memory::MemoryBus`] in embedded mode.
+//! Receiving feeds an [`Inbox`] (the hub): [`memory::MemoryBus`] hands each
+//! event over inline, [`sqs`] long-polls this gateway's SQS queue.
 
-use async_trait::async_trait;
-use chat_proto::envelope::Envelope;
+use std::time::Instant;
 
-pub mod batch;
-pub mod memory;
-pub mod sns_sqs;
+use chat_core::envelope::Envelope;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BusError {
-    #[error("{0}")]
-    Publish(String),
-}
+pub(crate) mod batch;
+pub(crate) mod memory;
+pub(crate) mod sqs;
 
-#[async_trait]
-pub trait Bus: Send + Sync + std::fmt::Debug {
-    /// Publishes events; returns once the bus has accepted all of them.
-    async fn publish(&self, events: &[Envelope]) -> Result<(), BusError>;
+/// Where received events go; the bus knows nothing more of the gateway.
+pub(crate) trait Inbox: Send + Sync + std::fmt::Debug {
+    /// Takes one event received at `now`. Never blocks on I/O.
+    fn receive(&self, envelope: Envelope, now: Instant);
 }

@@ -16,11 +16,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
+use chat_aws::dynamo::DynamoStore;
 use chat_client::bench::{self, Plan, StepResult};
 use chat_e2e::cluster::Cluster;
 use chat_e2e::raw_bus::{self, RAW_CSV_HEADER, RawMode, RawResult};
 use clap::Parser;
-use gateway::store::dynamo::DynamoStore;
 
 #[derive(Debug, Parser)]
 struct Args {

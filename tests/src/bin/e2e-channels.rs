@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use chat_core::envelope::{Envelope, Event, MessageEvent};
 use chat_e2e::cluster::Cluster;
-use chat_proto::envelope::{Envelope, Event, MessageEvent};
 use chat_proto::pb::MessageStatus;
 use chat_proto::pb::server_event::Event as PbEvent;
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{AttributeValue, Select};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use chat_core::envelope::{Envelope, Event, MessageEvent};
 use chat_e2e::cluster::Cluster;
-use chat_proto::envelope::{Envelope, Event, MessageEvent};
 
 const CONVERSATIONS: u64 = 10;
 

@@ -1,10 +1,9 @@
 //! The rules every [`Store`] follows, as one check that runs against any
-//! implementation: the memory store in unit tests, the DynamoDB store against
-//! the emulator in `tests/tests/store.rs`.
+//! implementation: the memory store and the DynamoDB store (against the
+//! emulator) in `tests/tests/store.rs`.
 
-use chat_proto::envelope::{ReceiptEvent, ReceiptStatus};
-
-use super::{DeliveryStatus, PresenceKey, SendRequest, Store, StoreError, StoredMessage};
+use chat_core::envelope::{ReceiptEvent, ReceiptStatus};
+use chat_core::store::{DeliveryStatus, PresenceKey, SendRequest, Store, StoreError, StoredMessage};
 
 fn send<'a>(conversation_id: &'a str, sender: &'a str, cmid: &'a str, body: &'a str, id: &str) -> SendRequest<'a> {
     SendRequest {

@@ -1,16 +1,16 @@
-//! [`Store`] in process memory, for the embedded single-gateway mode. Same
-//! rules as the DynamoDB store; nothing survives a restart.
+//! Every store concern in process memory, for the embedded single-gateway
+//! mode. Same rules as the DynamoDB store; nothing survives a restart.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use chat_proto::envelope::{ReceiptEvent, ReceiptStatus};
-use chat_proto::external::ExternalId;
 
-use super::{
-    Accepted, ConversationInfo, Direction, Failure, HistoryQuery, Joined, MemberState, PresenceKey, SendRequest, Store,
-    StoreError, StoredMessage, body_digest, idempotency_key,
+use crate::envelope::{ReceiptEvent, ReceiptStatus};
+use crate::external::ExternalId;
+use crate::store::{
+    Accepted, ConversationInfo, Direction, Failure, History, HistoryQuery, Joined, Links, MemberState, Membership,
+    Presence, PresenceKey, Receipts, SendRequest, Sequencer, StoreError, StoredMessage, body_digest, idempotency_key,
 };
 
 #[derive(Debug, Default)]
@@ -70,7 +70,7 @@ fn user_online(sessions: Option<&HashMap<(String, String), i64>>, user: &str, no
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl Sequencer for MemoryStore {
     async fn accept_send(&self, req: SendRequest<'_>) -> Result<Accepted, StoreError> {
         let mut state = self.state();
         let key = (!req.client_message_id.is_empty())
@@ -115,6 +115,13 @@ impl Store for MemoryStore {
         Ok(accepted)
     }
 
+    async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {
+        Ok(self.state().last_seq.get(conversation_id).copied().unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl Membership for MemoryStore {
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError> {
         let mut state = self.state();
         let newly_member = state.record_member(conversation_id, user_id, crate::clock::now_ms());
@@ -134,6 +141,17 @@ impl Store for MemoryStore {
         Ok(self.state().members.get(conversation_id).is_some_and(|m| m.contains_key(user_id)))
     }
 
+    async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        if matches!(ExternalId::parse(member_id), Ok(Some(_))) {
+            state.externals.entry(conversation_id.to_owned()).or_default().insert(member_id.to_owned());
+        }
+        Ok(state.record_member(conversation_id, member_id, now_ms))
+    }
+}
+
+#[async_trait]
+impl Presence for MemoryStore {
     async fn presence_online(&self, key: &PresenceKey, now_ms: i64, expires_at_ms: i64) -> Result<bool, StoreError> {
         let mut state = self.state();
         let sessions = state.presence.entry(key.conversation_id.clone()).or_default();
@@ -175,7 +193,10 @@ impl Store for MemoryStore {
             .unwrap_or_default();
         Ok(users.into_iter().collect())
     }
+}
 
+#[async_trait]
+impl History for MemoryStore {
     async fn history(&self, conversation_id: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError> {
         let state = self.state();
         let Some(log) = state.messages.get(conversation_id) else { return Ok(Vec::new()) };
@@ -224,25 +245,16 @@ impl Store for MemoryStore {
                     .messages
                     .get(c)
                     .and_then(|log| log.values().next_back())
-                    .map(|m| StoredMessage { body: chat_proto::envelope::preview(&m.body), ..m.clone() }),
+                    .map(|m| StoredMessage { body: crate::envelope::preview(&m.body), ..m.clone() }),
                 last_read_seq: read,
             })
             .collect();
         Ok((page, more))
     }
+}
 
-    async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {
-        Ok(self.state().last_seq.get(conversation_id).copied().unwrap_or(0))
-    }
-
-    async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let mut state = self.state();
-        if matches!(ExternalId::parse(member_id), Ok(Some(_))) {
-            state.externals.entry(conversation_id.to_owned()).or_default().insert(member_id.to_owned());
-        }
-        Ok(state.record_member(conversation_id, member_id, now_ms))
-    }
-
+#[async_trait]
+impl Receipts for MemoryStore {
     async fn members(&self, conversation_id: &str) -> Result<Vec<MemberState>, StoreError> {
         let state = self.state();
         Ok(state
@@ -310,7 +322,10 @@ impl Store for MemoryStore {
         let key = (conversation_id.to_owned(), user_id.to_owned(), status);
         Ok(state.steps.get(&key).and_then(|steps| steps.range(seq..).next()).map(|(_, at)| *at))
     }
+}
 
+#[async_trait]
+impl Links for MemoryStore {
     async fn link_channel(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError> {
         let mut state = self.state();
         match external_id {
@@ -338,15 +353,4 @@ impl Store for MemoryStore {
 
 fn member_state(user_id: &str, m: &Member) -> MemberState {
     MemberState { user_id: user_id.to_owned(), delivered_seq: m.delivered_seq, read_seq: m.read_seq }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn follows_the_store_rules() {
-        let store = MemoryStore::new();
-        super::super::conformance::check(&store, "t").await.expect("memory store conforms");
-    }
 }

@@ -1,19 +1,21 @@
-//! The gateway's synchronous state outside itself: per-conversation sequence
-//! numbers, membership, presence and send idempotency.
+//! The platform's state outside its processes, as domain types and narrow
+//! traits, one per concern: [`Sequencer`] (seq and send idempotency),
+//! [`Membership`], [`Presence`], [`History`], [`Receipts`], [`Links`].
 //!
-//! [`Store`] has two implementations: [`dynamo::DynamoStore`] (the AWS path;
-//! the only place the gateway talks to DynamoDB) and [`memory::MemoryStore`]
+//! Two stores implement them all: `chat_aws::dynamo::DynamoStore` (the AWS
+//! path, the one owner of the tables' schema) and [`crate::memory::MemoryStore`]
 //! (embedded mode). The rules both follow, such as what a retried
-//! `client_message_id` returns, are stated on the trait.
+//! `client_message_id` returns, are stated on the traits; the conformance
+//! check in the end-to-end tests runs them against both. Callers take only
+//! the concerns they use (a Lambda that records receipts needs
+//! [`Receipts`], not presence).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use chat_proto::envelope::{ReceiptEvent, ReceiptStatus};
 
-pub mod conformance;
-pub mod dynamo;
-pub mod memory;
+use crate::envelope::{ReceiptEvent, ReceiptStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -116,14 +118,22 @@ pub struct PresenceKey {
     pub session_id: String,
 }
 
+/// Identity and order of sends: the one synchronous write on the send path.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Sequencer: Send + Sync + std::fmt::Debug {
     /// Gives a send its `message_id` and `seq`. A send whose
     /// (conversation, sender, client_message_id) was accepted before returns
     /// that first identity with `duplicate = true` and allocates nothing; the
     /// same key with another body is [`StoreError::ClientMessageIdReused`].
     async fn accept_send(&self, req: SendRequest<'_>) -> Result<Accepted, StoreError>;
 
+    /// The conversation's latest seq (0 before its first message).
+    async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError>;
+}
+
+/// Who belongs to a conversation.
+#[async_trait]
+pub trait Membership: Send + Sync + std::fmt::Debug {
     /// Records membership (idempotent) and reads the latest `seq`.
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError>;
 
@@ -132,6 +142,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn is_member(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError>;
 
+    /// Adds a member (a user or an external identity) without them joining
+    /// on a stream; true when they were not a member. External members are
+    /// also recorded on the conversation, so sends name them as recipients.
+    async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+}
+
+/// Which streams are online where, leased so a crashed gateway's expire.
+#[async_trait]
+pub trait Presence: Send + Sync + std::fmt::Debug {
     /// Marks a stream online in a conversation, until `expires_at_ms` unless
     /// refreshed. Returns true when no other stream of the user was online
     /// there (the user came online).
@@ -146,7 +165,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Users online in a conversation, sorted and deduplicated.
     async fn online_users(&self, conversation_id: &str, now_ms: i64) -> Result<Vec<String>, StoreError>;
+}
 
+/// What was said: stored messages and each user's conversations.
+#[async_trait]
+pub trait History: Send + Sync + std::fmt::Debug {
     /// A page of stored messages, in the query's direction.
     async fn history(&self, conversation_id: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError>;
 
@@ -161,15 +184,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: usize,
         after: Option<&str>,
     ) -> Result<(Vec<ConversationInfo>, bool), StoreError>;
+}
 
-    /// The conversation's latest seq (0 before its first message).
-    async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError>;
-
-    /// Adds a member (a user or an external identity) without them joining
-    /// on a stream; true when they were not a member. External members are
-    /// also recorded on the conversation, so sends name them as recipients.
-    async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError>;
-
+/// How far each message got with each member: watermarks, their steps in
+/// time, and per-message failures.
+#[async_trait]
+pub trait Receipts: Send + Sync + std::fmt::Debug {
     /// Every member and their receipt positions, by user id.
     async fn members(&self, conversation_id: &str) -> Result<Vec<MemberState>, StoreError>;
 
@@ -198,17 +218,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         status: ReceiptStatus,
         seq: u64,
     ) -> Result<Option<i64>, StoreError>;
-
-    /// Links a user to an external identity for offline fallback (`None`
-    /// removes the link).
-    async fn link_channel(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError>;
-
-    /// The linked external identities of those `user_ids` that have one.
-    async fn linked_channels(&self, user_ids: &[String]) -> Result<HashMap<String, String>, StoreError>;
-
-    /// The conversation an external identity's inbound messages go to: the
-    /// one it was most recently added to.
-    async fn bound_conversation(&self, member_id: &str) -> Result<Option<String>, StoreError>;
 
     /// Moves the user's read marker forward to `seq` (never backward), as a
     /// READ receipt; returns the marker. [`StoreError::NotMember`] for
@@ -267,6 +276,54 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         });
         use futures::{StreamExt, TryStreamExt};
         futures::stream::iter(statuses).buffered(STATUS_QUERIES_IN_FLIGHT).try_collect().await
+    }
+}
+
+/// Users' links to their external identities, for offline fallback, and
+/// where an external identity's inbound messages go.
+#[async_trait]
+pub trait Links: Send + Sync + std::fmt::Debug {
+    /// Links a user to an external identity for offline fallback (`None`
+    /// removes the link).
+    async fn link_channel(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError>;
+
+    /// The linked external identities of those `user_ids` that have one.
+    async fn linked_channels(&self, user_ids: &[String]) -> Result<HashMap<String, String>, StoreError>;
+
+    /// The conversation an external identity's inbound messages go to: the
+    /// one it was most recently added to.
+    async fn bound_conversation(&self, member_id: &str) -> Result<Option<String>, StoreError>;
+}
+
+/// Every store concern in one implementation (the DynamoDB store, the
+/// memory store).
+pub trait Store: Sequencer + Membership + Presence + History + Receipts + Links {}
+
+impl<T: Sequencer + Membership + Presence + History + Receipts + Links> Store for T {}
+
+/// A store's concerns as separate handles, so a caller (or a test) can put
+/// another implementation behind one concern and keep the rest.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    pub sequencer: Arc<dyn Sequencer>,
+    pub membership: Arc<dyn Membership>,
+    pub presence: Arc<dyn Presence>,
+    pub history: Arc<dyn History>,
+    pub receipts: Arc<dyn Receipts>,
+    pub links: Arc<dyn Links>,
+}
+
+impl Stores {
+    /// Every concern served by one store.
+    pub fn of<S: Store + 'static>(store: Arc<S>) -> Self {
+        Self {
+            sequencer: store.clone(),
+            membership: store.clone(),
+            presence: store.clone(),
+            history: store.clone(),
+            receipts: store.clone(),
+            links: store,
+        }
     }
 }
 
@@ -330,35 +387,6 @@ pub fn status_of(seq: u64, member: &MemberState, failure: Option<&Failure>) -> D
     } else {
         DeliveryStatus::Sent
     }
-}
-
-/// The sort key of a receipt step: the time a member's `status` watermark
-/// first covered a seq is that of the step with the smallest seq at or
-/// above it. Seqs are zero-padded so keys sort numerically.
-pub fn step_key(user_id: &str, status: ReceiptStatus, seq: u64) -> String {
-    format!("s#{user_id}#{}#{seq:020}", step_letter(status))
-}
-
-/// The sort key range holding `user_id`'s `status` steps at or above `seq`.
-pub fn step_range(user_id: &str, status: ReceiptStatus, seq: u64) -> (String, String) {
-    (step_key(user_id, status, seq), format!("s#{user_id}#{}#~", step_letter(status)))
-}
-
-fn step_letter(status: ReceiptStatus) -> char {
-    match status {
-        ReceiptStatus::Delivered => 'd',
-        ReceiptStatus::Read => 'r',
-        ReceiptStatus::Failed => 'f',
-    }
-}
-
-/// The sort key of a failure, grouped by message.
-pub fn failure_key(seq: u64, user_id: &str) -> String {
-    format!("{}{user_id}", failure_prefix(seq))
-}
-
-pub fn failure_prefix(seq: u64) -> String {
-    format!("f#{seq:020}#")
 }
 
 /// A digest of a message body, stored with idempotency records to detect a

@@ -1,5 +1,5 @@
-//! The event envelope: what gateways (and, later, functions) publish to the
-//! bus and read back from their queues.
+//! The event envelope: what gateways and functions publish to the bus and
+//! read back from their queues.
 //!
 //! The body of each SNS message is one [`Envelope`] as JSON. Routing facts are
 //! duplicated into message attributes ([`Envelope::attributes`]) so SNS filter

@@ -1,13 +1,24 @@
-//! The connector's table: idempotency records (one per message and external
-//! recipient, Powertools-style: IN_PROGRESS with an expiry while a send is
-//! under way, COMPLETED with the outcome after) and references from a
-//! channel's message id back to our message, which the webhook uses to turn
-//! channel receipts into ours.
+//! The connector's table (`pk`), three kinds of item:
+//! - `idem#<channel>#<message>#<recipient>#<receipt user>`: one send's
+//!   idempotency record, Powertools-style: `state` IN_PROGRESS with
+//!   `in_progress_until_ms` while a send is under way, then COMPLETED with
+//!   its `outcome` (`sent`, or `failed` and a `reason`) and `completed_at_ms`;
+//! - `ref#<channel>#<channel message id>`: our message behind a channel's
+//!   message id (`conversation_id`, `seq`, `message_id`, `user_id`), which the
+//!   webhook uses to turn channel receipts into ours;
+//! - `bind#<recipient>`: the conversation we last delivered to an external
+//!   identity (`conversation_id`, `bound_at_ms`), where its replies go.
+//!
+//! Every item carries `expires_at` (the table's TTL, in seconds).
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+use chat_core::store::StoreError;
+
+use super::{Item, n, s, seq_value, text, unavailable};
+use crate::error::is_condition_failure;
 
 /// How long a completed send is remembered (redeliveries come within the
 /// queue's retention, at most 14 days).
@@ -15,10 +26,22 @@ const COMPLETED_TTL_SECS: i64 = 15 * 24 * 3600;
 /// How long a channel message id maps back to our message.
 const REFERENCE_TTL_SECS: i64 = 30 * 24 * 3600;
 
+const IN_PROGRESS: &str = "IN_PROGRESS";
+const COMPLETED: &str = "COMPLETED";
+
 #[derive(Debug, Clone)]
 pub struct Records {
     dynamo: Client,
     table: String,
+}
+
+/// How a send ended, as its record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// The channel accepted it.
+    Sent,
+    /// The channel refused it for good.
+    Failed { reason: String },
 }
 
 /// What an attempt to start a send found.
@@ -27,7 +50,7 @@ pub enum Begin {
     /// This invocation owns the send now.
     Acquired,
     /// The send already happened (or failed for good): do nothing.
-    Completed { outcome: String },
+    Completed(SendOutcome),
     /// Another invocation is sending it right now.
     InProgress,
 }
@@ -41,18 +64,6 @@ pub struct Reference {
     /// Whose receipt a channel status is (the external member, or the
     /// internal user a fallback was for).
     pub user_id: String,
-}
-
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
-}
-
-fn n(v: i64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn text(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
-    item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
 
 /// One send: a message to an identity on behalf of a receipt user (the
@@ -70,14 +81,34 @@ pub fn reference_key(channel: &str, channel_message_id: &str) -> String {
     format!("ref#{channel}#{channel_message_id}")
 }
 
-fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
-    err: &aws_sdk_dynamodb::error::SdkError<E, R>,
-) -> bool {
-    err.as_service_error().and_then(|e| e.code()).is_some_and(|c| c == "ConditionalCheckFailedException")
+/// A completed record's outcome. Records written before `reason` had its
+/// own attribute kept it in `outcome` as `failed: <reason>`.
+fn outcome(item: &Item) -> SendOutcome {
+    match text(item, "outcome").as_deref() {
+        Some("sent") | None => SendOutcome::Sent,
+        Some(other) => SendOutcome::Failed {
+            reason: text(item, "reason")
+                .or_else(|| other.strip_prefix("failed: ").map(str::to_owned))
+                .unwrap_or_default(),
+        },
+    }
 }
 
-fn failure<E: std::fmt::Debug>(what: &str, err: E) -> String {
-    format!("{what}: {}", format!("{err:?}").chars().take(300).collect::<String>())
+fn completed(key: &str, outcome: &SendOutcome, now_ms: i64) -> Item {
+    let mut item = HashMap::from([
+        ("pk".to_owned(), s(key)),
+        ("state".to_owned(), s(COMPLETED)),
+        ("completed_at_ms".to_owned(), n(now_ms)),
+        ("expires_at".to_owned(), n(now_ms / 1000 + COMPLETED_TTL_SECS)),
+    ]);
+    match outcome {
+        SendOutcome::Sent => item.insert("outcome".to_owned(), s("sent")),
+        SendOutcome::Failed { reason } => {
+            item.insert("reason".to_owned(), s(reason));
+            item.insert("outcome".to_owned(), s("failed"))
+        }
+    };
+    item
 }
 
 impl Records {
@@ -88,18 +119,18 @@ impl Records {
     /// Claims a send until `lock_until_ms` (the invocation's deadline), unless
     /// it completed before or another live invocation holds it. An expired
     /// claim (its invocation died) is taken over.
-    pub async fn begin(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<Begin, String> {
+    pub async fn begin(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<Begin, StoreError> {
         let put = self
             .dynamo
             .put_item()
             .table_name(&self.table)
             .item("pk", s(key))
-            .item("state", s("IN_PROGRESS"))
+            .item("state", s(IN_PROGRESS))
             .item("in_progress_until_ms", n(lock_until_ms))
             .item("expires_at", n(now_ms / 1000 + COMPLETED_TTL_SECS))
             .condition_expression("attribute_not_exists(pk) OR (#state = :busy AND in_progress_until_ms < :now)")
             .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":busy", s("IN_PROGRESS"))
+            .expression_attribute_values(":busy", s(IN_PROGRESS))
             .expression_attribute_values(":now", n(now_ms))
             .send()
             .await;
@@ -114,39 +145,28 @@ impl Records {
                     .consistent_read(true)
                     .send()
                     .await
-                    .map_err(|e| failure("reading an idempotency record", e))?
+                    .map_err(|e| unavailable("reading an idempotency record", e))?
                     .item
                     .unwrap_or_default();
                 match text(&item, "state").as_deref() {
-                    Some("COMPLETED") => Ok(Begin::Completed { outcome: text(&item, "outcome").unwrap_or_default() }),
+                    Some(COMPLETED) => Ok(Begin::Completed(outcome(&item))),
                     _ => Ok(Begin::InProgress),
                 }
             }
-            Err(e) => Err(failure("claiming a send", e)),
+            Err(e) => Err(unavailable("claiming a send", e)),
         }
     }
 
-    /// Marks a claimed send done with its outcome (`sent` or `failed: ...`).
-    pub async fn complete(
-        &self,
-        key: &str,
-        outcome: &str,
-        channel_message_id: &str,
-        now_ms: i64,
-    ) -> Result<(), String> {
-        let mut put = self
-            .dynamo
+    /// Marks a claimed send as failed for good.
+    pub async fn complete_failed(&self, key: &str, reason: &str, now_ms: i64) -> Result<(), StoreError> {
+        let failed = SendOutcome::Failed { reason: reason.to_owned() };
+        self.dynamo
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(key))
-            .item("state", s("COMPLETED"))
-            .item("outcome", s(outcome))
-            .item("completed_at_ms", n(now_ms))
-            .item("expires_at", n(now_ms / 1000 + COMPLETED_TTL_SECS));
-        if !channel_message_id.is_empty() {
-            put = put.item("channel_message_id", s(channel_message_id));
-        }
-        put.send().await.map_err(|e| failure("completing a send", e))?;
+            .set_item(Some(completed(key, &failed, now_ms)))
+            .send()
+            .await
+            .map_err(|e| unavailable("completing a send", e))?;
         Ok(())
     }
 
@@ -157,24 +177,17 @@ impl Records {
         &self,
         key: &str,
         recipient: &str,
-        sent: &super::adapters::Sent,
+        channel_message_id: &str,
         reference: &Reference,
         now_ms: i64,
-    ) -> Result<(), String> {
-        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    ) -> Result<(), StoreError> {
         let channel = key.split('#').nth(1).unwrap_or_default();
-        let mut items = vec![HashMap::from([
-            ("pk".to_owned(), s(key)),
-            ("state".to_owned(), s("COMPLETED")),
-            ("outcome".to_owned(), s("sent")),
-            ("completed_at_ms".to_owned(), n(now_ms)),
-            ("expires_at".to_owned(), n(now_ms / 1000 + COMPLETED_TTL_SECS)),
-        ])];
-        if !sent.channel_message_id.is_empty() {
+        let mut items = vec![completed(key, &SendOutcome::Sent, now_ms)];
+        if !channel_message_id.is_empty() {
             items.push(HashMap::from([
-                ("pk".to_owned(), s(&reference_key(channel, &sent.channel_message_id))),
+                ("pk".to_owned(), s(&reference_key(channel, channel_message_id))),
                 ("conversation_id".to_owned(), s(&reference.conversation_id)),
-                ("seq".to_owned(), n(i64::try_from(reference.seq).unwrap_or(i64::MAX))),
+                ("seq".to_owned(), seq_value(reference.seq)),
                 ("message_id".to_owned(), s(&reference.message_id)),
                 ("user_id".to_owned(), s(&reference.user_id)),
                 ("expires_at".to_owned(), n(now_ms / 1000 + REFERENCE_TTL_SECS)),
@@ -193,7 +206,7 @@ impl Records {
                     .set_item(Some(item))
                     .build()
                     .map(|put| WriteRequest::builder().put_request(put).build())
-                    .map_err(|e| failure("building a record", e))
+                    .map_err(|e| StoreError::Unavailable(format!("building a record: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut pending = requests;
@@ -204,17 +217,17 @@ impl Records {
                 .request_items(&self.table, pending.clone())
                 .send()
                 .await
-                .map_err(|e| failure("recording a send", e))?;
+                .map_err(|e| unavailable("recording a send", e))?;
             pending = out.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default();
             if pending.is_empty() {
                 return Ok(());
             }
         }
-        Err(format!("{} records of a send left unprocessed", pending.len()))
+        Err(StoreError::Unavailable(format!("{} records of a send left unprocessed", pending.len())))
     }
 
     /// The conversation we last delivered to `recipient`, if any.
-    pub async fn binding(&self, recipient: &str) -> Result<Option<String>, String> {
+    pub async fn binding(&self, recipient: &str) -> Result<Option<String>, StoreError> {
         let out = self
             .dynamo
             .get_item()
@@ -223,26 +236,30 @@ impl Records {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| failure("reading a reply binding", e))?;
+            .map_err(|e| unavailable("reading a reply binding", e))?;
         Ok(out.item.as_ref().and_then(|item| text(item, "conversation_id")))
     }
 
     /// Gives a claim up, so a retry may send.
-    pub async fn release(&self, key: &str) -> Result<(), String> {
-        self.dynamo
+    pub async fn release(&self, key: &str) -> Result<(), StoreError> {
+        let deleted = self
+            .dynamo
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(key))
             .condition_expression("#state = :busy")
             .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":busy", s("IN_PROGRESS"))
+            .expression_attribute_values(":busy", s(IN_PROGRESS))
             .send()
-            .await
-            .map(|_| ())
-            .or_else(|e| if is_condition_failure(&e) { Ok(()) } else { Err(failure("releasing a send", e)) })
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(unavailable("releasing a send", e)),
+        }
     }
 
-    pub async fn reference(&self, channel: &str, channel_message_id: &str) -> Result<Option<Reference>, String> {
+    pub async fn reference(&self, channel: &str, channel_message_id: &str) -> Result<Option<Reference>, StoreError> {
         let out = self
             .dynamo
             .get_item()
@@ -251,7 +268,7 @@ impl Records {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| failure("reading a channel message id", e))?;
+            .map_err(|e| unavailable("reading a channel message id", e))?;
         let Some(item) = out.item else { return Ok(None) };
         let seq = item.get("seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
         Ok(match (text(&item, "conversation_id"), seq, text(&item, "message_id"), text(&item, "user_id")) {
@@ -260,5 +277,19 @@ impl Records {
             }
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_round_trip_and_old_records_still_read() {
+        for outcome_written in [SendOutcome::Sent, SendOutcome::Failed { reason: "number not on WhatsApp".into() }] {
+            assert_eq!(outcome(&completed("k", &outcome_written, 1)), outcome_written);
+        }
+        let old = HashMap::from([("outcome".to_owned(), s("failed: blocked by user"))]);
+        assert_eq!(outcome(&old), SendOutcome::Failed { reason: "blocked by user".into() });
     }
 }

@@ -1,0 +1,56 @@
+//! The users table, one item per user (`user_id`) with a linked external
+//! identity: `fallback_to`, where offline fallback reaches them.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chat_core::store::{Links, StoreError};
+
+use super::{DynamoStore, get_s, number_or_zero, s, unavailable};
+
+#[async_trait]
+impl Links for DynamoStore {
+    async fn link_channel(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError> {
+        match external_id {
+            Some(external_id) => self
+                .client
+                .put_item()
+                .table_name(&self.tables.users)
+                .item("user_id", s(user_id))
+                .item("fallback_to", s(external_id))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("linking a channel", e)),
+            None => self
+                .client
+                .delete_item()
+                .table_name(&self.tables.users)
+                .key("user_id", s(user_id))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("unlinking a channel", e)),
+        }
+    }
+
+    async fn linked_channels(&self, user_ids: &[String]) -> Result<HashMap<String, String>, StoreError> {
+        let items = self.batch_get(&self.tables.users, "user_id", user_ids).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|(user, item)| item.get("fallback_to").and_then(|v| v.as_s().ok()).map(|to| (user, to.clone())))
+            .collect())
+    }
+
+    async fn bound_conversation(&self, member_id: &str) -> Result<Option<String>, StoreError> {
+        let items = self.memberships(member_id, None, None, "finding an external member's conversation").await?;
+        let mut newest: Option<(i64, String)> = None;
+        for item in &items {
+            let candidate = (number_or_zero(item, "joined_at_ms") as i64, get_s(item, "conversation_id")?);
+            if newest.as_ref().is_none_or(|n| candidate > *n) {
+                newest = Some(candidate);
+            }
+        }
+        Ok(newest.map(|(_, c)| c))
+    }
+}

@@ -1,0 +1,185 @@
+//! A Lambda's SQS batch, in the shape of the runtime's partial-batch
+//! handlers: every record's envelope is decoded once here, the handler works
+//! on the decoded records, and only the records that failed are reported
+//! (`batchItemFailures`), so one bad record never fails its batch-mates. A
+//! record that cannot be decoded fails alone: the queue redelivers it and,
+//! after `maxReceiveCount`, dead-letters it.
+
+use std::collections::HashSet;
+use std::fmt::Display;
+use std::future::Future;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use chat_core::envelope::Envelope;
+use futures::StreamExt;
+
+/// One decoded record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The SQS message id: what a failure report names.
+    pub id: String,
+    pub envelope: Envelope,
+    /// How many times the queue has handed this record out (1 on the first).
+    pub receive_count: u32,
+}
+
+/// A batch as its handler sees it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    /// Records that could not be decoded, with why; they are failed.
+    pub undecodable: Vec<(String, String)>,
+}
+
+impl Batch {
+    /// Decodes every record of `event`.
+    pub fn decode(event: &SqsEvent) -> Self {
+        let mut batch = Batch::default();
+        for (index, record) in event.records.iter().enumerate() {
+            let id = record.message_id.clone().unwrap_or_else(|| format!("record-{index}"));
+            let decoded = match record.body.as_deref() {
+                Some(body) => Envelope::decode(body).map_err(|e| e.to_string()),
+                None => Err("record has no body".to_owned()),
+            };
+            match decoded {
+                Ok(envelope) => {
+                    let receive_count =
+                        record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
+                    batch.records.push(Record { id, envelope, receive_count });
+                }
+                Err(reason) => {
+                    tracing::error!(
+                        record_id = id,
+                        reason,
+                        "undecodable record; it will be retried, then dead-lettered"
+                    );
+                    batch.undecodable.push((id, reason));
+                }
+            }
+        }
+        batch
+    }
+
+    /// The response Lambda expects: the undecodable records and `failed`,
+    /// each once.
+    pub fn response(&self, failed: impl IntoIterator<Item = String>) -> SqsBatchResponse {
+        response(self.undecodable.iter().map(|(id, _)| id.clone()).chain(failed))
+    }
+}
+
+/// The response Lambda expects: the ids of the records to retry, each once.
+pub fn response(failed: impl IntoIterator<Item = String>) -> SqsBatchResponse {
+    let mut seen = HashSet::new();
+    let mut out = SqsBatchResponse::default();
+    for id in failed {
+        if seen.insert(id.clone()) {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            out.batch_item_failures.push(failure);
+        }
+    }
+    out
+}
+
+/// Runs `handle` on each decoded record, up to `concurrency` at once, and
+/// reports those whose handling failed (logged with their error).
+pub async fn for_each_record<F, Fut, E>(event: &SqsEvent, concurrency: usize, handle: F) -> SqsBatchResponse
+where
+    F: Fn(Record) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let batch = Batch::decode(event);
+    let failed: Vec<String> = futures::stream::iter(batch.records.iter().cloned())
+        .map(|record| {
+            let id = record.id.clone();
+            let handled = handle(record);
+            async move {
+                match handled.await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::warn!(record_id = id, error = %e, "record failed; it will be retried");
+                        Some(id)
+                    }
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    batch.response(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lambda_events::event::sqs::SqsMessage;
+    use chat_core::envelope::Event;
+
+    fn record(id: &str, body: Option<&str>, receive_count: Option<&str>) -> SqsMessage {
+        let mut m = SqsMessage::default();
+        m.message_id = Some(id.into());
+        m.body = body.map(str::to_owned);
+        if let Some(count) = receive_count {
+            m.attributes.insert("ApproximateReceiveCount".into(), count.into());
+        }
+        m
+    }
+
+    fn typing(user: &str) -> String {
+        Envelope::new("t".into(), "r".into(), "gw".into(), 1, Event::Typing { user_id: user.into(), typing: true })
+            .encode()
+    }
+
+    fn event(records: Vec<SqsMessage>) -> SqsEvent {
+        let mut e = SqsEvent::default();
+        e.records = records;
+        e
+    }
+
+    #[test]
+    fn decodes_good_records_and_fails_bad_ones_alone() {
+        let batch = Batch::decode(&event(vec![
+            record("1", Some(&typing("a")), Some("3")),
+            record("2", Some("not json"), None),
+            record("3", None, None),
+            record("4", Some(&typing("b")), None),
+        ]));
+        let ids: Vec<(&str, u32)> = batch.records.iter().map(|r| (r.id.as_str(), r.receive_count)).collect();
+        assert_eq!(ids, vec![("1", 3), ("4", 1)]);
+        let bad: Vec<&str> = batch.undecodable.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(bad, vec!["2", "3"]);
+        let response = batch.response(vec!["4".to_string(), "2".to_string()]);
+        let reported: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+        assert_eq!(reported, vec!["2", "3", "4"]);
+    }
+
+    #[test]
+    fn response_lists_each_failed_record_once() {
+        let r = response(vec!["a".to_string(), "b".to_string(), "a".to_string()]);
+        let ids: Vec<&str> = r.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+        assert_eq!(ids, vec!["a", "b"]);
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["batchItemFailures"][0]["itemIdentifier"], "a");
+    }
+
+    #[tokio::test]
+    async fn for_each_record_reports_only_what_failed() {
+        let e = event(vec![
+            record("1", Some(&typing("ok")), None),
+            record("2", Some(&typing("boom")), None),
+            record("3", Some("{"), None),
+        ]);
+        let response = for_each_record(&e, 4, |record| async move {
+            match &record.envelope.event {
+                Event::Typing { user_id, .. } if user_id == "boom" => Err("injected"),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        let mut reported: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+        reported.sort();
+        assert_eq!(reported, vec!["2", "3"]);
+    }
+}

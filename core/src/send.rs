@@ -1,0 +1,96 @@
+//! A send, from checked input to its bus event: the rules every entry point
+//! (a gateway's stream or unary call, the webhook's inbound channel message)
+//! shares, so none restates them.
+
+use crate::envelope::{Envelope, Event, MessageEvent};
+use crate::limits::{self, LimitError};
+use crate::store::{Accepted, SendRequest, Sequencer, StoreError};
+
+/// A send whose shape has been checked ([`Send::new`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Send<'a> {
+    pub conversation_id: &'a str,
+    pub client_message_id: &'a str,
+    pub body: &'a str,
+}
+
+impl<'a> Send<'a> {
+    /// Checks a send's shape: ids, and a body of at most `max_body_bytes`.
+    pub fn new(
+        conversation_id: &'a str,
+        client_message_id: &'a str,
+        body: &'a str,
+        max_body_bytes: usize,
+    ) -> Result<Self, LimitError> {
+        limits::conversation_id(conversation_id)?;
+        limits::client_message_id(client_message_id)?;
+        limits::body(body, max_body_bytes)?;
+        Ok(Self { conversation_id, client_message_id, body })
+    }
+}
+
+/// Gives a checked send from `sender` its identity and `seq` (a fresh ULID
+/// unless its `client_message_id` was accepted before).
+pub async fn accept(sequencer: &dyn Sequencer, sender: &str, send: &Send<'_>) -> Result<Accepted, StoreError> {
+    sequencer
+        .accept_send(SendRequest {
+            conversation_id: send.conversation_id,
+            sender,
+            client_message_id: send.client_message_id,
+            body: send.body,
+            new_message_id: ulid::Ulid::new().to_string(),
+            now_ms: crate::clock::now_ms(),
+        })
+        .await
+}
+
+/// The bus event of an accepted message; its event id is the message id, so
+/// a republished message is the same event.
+pub fn message_envelope(origin: &str, sender: &str, send: &Send<'_>, accepted: &Accepted) -> Envelope {
+    Envelope::new(
+        accepted.message_id.clone(),
+        send.conversation_id.to_owned(),
+        origin.to_owned(),
+        accepted.accepted_at_ms,
+        Event::Message(MessageEvent {
+            message_id: accepted.message_id.clone(),
+            seq: accepted.seq,
+            sender: sender.to_owned(),
+            body: send.body.to_owned(),
+            client_message_id: send.client_message_id.to_owned(),
+            external_recipients: accepted.external_recipients.clone(),
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryStore;
+
+    #[test]
+    fn a_send_is_checked_once_for_every_entry_point() {
+        assert!(Send::new("room", "c-1", "hi", 8).is_ok());
+        assert!(matches!(Send::new("bad room", "", "hi", 8), Err(LimitError::Invalid(_))));
+        assert!(matches!(Send::new("room", "a b", "hi", 8), Err(LimitError::Invalid(_))));
+        assert!(matches!(Send::new("room", "", "123456789", 8), Err(LimitError::TooLarge(_))));
+    }
+
+    #[tokio::test]
+    async fn accepted_send_becomes_its_message_event() {
+        let store = MemoryStore::new();
+        let send = Send::new("room", "c-1", "hello", 64).expect("valid");
+        let accepted = accept(&store, "alice", &send).await.expect("accepted");
+        let envelope = message_envelope("gw-a", "alice", &send, &accepted);
+        assert_eq!(envelope.event_id, accepted.message_id);
+        assert_eq!(envelope.origin, "gw-a");
+        let Event::Message(m) = envelope.event else { panic!("not a message") };
+        assert_eq!(
+            (m.seq, m.sender.as_str(), m.body.as_str(), m.client_message_id.as_str()),
+            (1, "alice", "hello", "c-1")
+        );
+        let again = accept(&store, "alice", &send).await.expect("retry");
+        assert!(again.duplicate);
+        assert_eq!(again.message_id, accepted.message_id);
+    }
+}
