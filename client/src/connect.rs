@@ -18,7 +18,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::render::render;
+use crate::render::{render, worth_showing};
 
 pub(crate) type Interceptor =
     Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
@@ -224,7 +224,9 @@ async fn session(
                     }
                     _ => {}
                 }
-                if let Some(line) = render(&event, user) {
+                if worth_showing(&event, user)
+                    && let Some(line) = render(&event)
+                {
                     println!("{line}");
                 }
             }

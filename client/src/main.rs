@@ -38,7 +38,7 @@ struct Cli {
 enum Command {
     /// Print a development bearer token for a user.
     Token {
-        #[arg(long)]
+        #[arg(long, short = 'u', env = "CHAT_USER")]
         user: String,
         /// Validity in seconds.
         #[arg(long, default_value_t = 24 * 3600)]
@@ -119,10 +119,10 @@ enum Command {
         #[arg(long)]
         seq: u64,
     },
-    /// Connectivity check (no authentication).
+    /// Connectivity check of every gateway given (no authentication).
     Echo {
-        #[arg(long, short = 'g', env = "CHAT_GATEWAY", default_value = "http://127.0.0.1:50051")]
-        gateway: String,
+        #[arg(long = "gateway", short = 'g', env = "CHAT_GATEWAYS", value_delimiter = ',', default_value = DEFAULT_GATEWAY)]
+        gateways: Vec<String>,
         #[arg(long, default_value = "ping")]
         message: String,
     },
@@ -211,12 +211,15 @@ struct SecretArgs {
     audience: String,
 }
 
+/// Where `make run`'s first gateway listens.
+const DEFAULT_GATEWAY: &str = "http://127.0.0.1:50051";
+
 #[derive(Debug, Args)]
 struct ConnArgs {
-    /// Gateway URL; `connect` takes several, comma-separated, and moves to
-    /// the next when its gateway goes away.
-    #[arg(long, short = 'g', env = "CHAT_GATEWAY", default_value = "http://127.0.0.1:50051")]
-    gateway: String,
+    /// Gateway URLs, comma-separated (or repeated): a command uses the first
+    /// that answers; `connect` moves to the next when its gateway goes away.
+    #[arg(long = "gateway", short = 'g', env = "CHAT_GATEWAYS", value_delimiter = ',', default_value = DEFAULT_GATEWAY)]
+    gateways: Vec<String>,
     /// User to act as (a token is minted for it unless `--token` is given).
     #[arg(long, short = 'u', env = "CHAT_USER")]
     user: Option<String>,
@@ -262,11 +265,38 @@ impl ConnArgs {
         let (user, token) = match (&self.token, &self.user) {
             (Some(token), user) => (user.clone().unwrap_or_else(|| "me".into()), token.clone()),
             (None, Some(user)) => (user.clone(), self.secret.mint(user, Duration::from_secs(24 * 3600))?),
-            (None, None) => bail!("give --user (to mint a token) or --token"),
+            (None, None) => bail!("give --user NAME (or set CHAT_USER) to mint a token, or --token (CHAT_TOKEN)"),
         };
         let value = format!("Bearer {token}").parse().context("token is not valid metadata")?;
         Ok((user, value))
     }
+
+    /// The gateway URLs given, in order.
+    fn gateways(&self) -> anyhow::Result<Vec<String>> {
+        gateway_list(&self.gateways)
+    }
+
+    /// The user and an authenticated client on the first gateway that
+    /// answers, so a script keeps working while one gateway is down.
+    async fn client(&self) -> anyhow::Result<(String, connect::Client)> {
+        let (user, bearer) = self.bearer()?;
+        let gateways = self.gateways()?;
+        let mut failures = Vec::new();
+        for gateway in &gateways {
+            match channel(gateway).await {
+                Ok(channel) => return Ok((user, authed(channel, bearer))),
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+        bail!("no gateway answers: {}", failures.join("; "))
+    }
+}
+
+/// Gateway URLs without blanks (`CHAT_GATEWAYS="a, b,"` is two).
+fn gateway_list(given: &[String]) -> anyhow::Result<Vec<String>> {
+    let gateways: Vec<String> = given.iter().map(|g| g.trim()).filter(|g| !g.is_empty()).map(str::to_owned).collect();
+    anyhow::ensure!(!gateways.is_empty(), "--gateway (CHAT_GATEWAYS) names no gateway");
+    Ok(gateways)
 }
 
 pub(crate) async fn channel(gateway: &str) -> anyhow::Result<Channel> {
@@ -364,14 +394,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let estimate = chat_client::cost::estimate(&workload)?;
             print!("{}", chat_client::cost::render(&workload, &estimate));
         }
-        Command::Echo { gateway, message } => {
-            let mut client = EchoServiceClient::new(channel(&gateway).await?);
-            let reply = client.echo(EchoRequest { message }).await?.into_inner();
-            println!("{} (from {})", reply.message, reply.gateway_id);
+        Command::Echo { gateways, message } => {
+            for gateway in gateway_list(&gateways)? {
+                let mut client = EchoServiceClient::new(channel(&gateway).await?);
+                let reply = client
+                    .echo(EchoRequest { message: message.clone() })
+                    .await
+                    .map_err(rpc_error)
+                    .with_context(|| format!("gateway {gateway}"))?
+                    .into_inner();
+                println!("{} (from {} at {gateway})", reply.message, reply.gateway_id);
+            }
         }
         Command::Send { conn, conversation, body, client_message_id } => {
-            let (_, bearer) = conn.bearer()?;
-            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let (_, mut client) = conn.client().await?;
             let reply = client
                 .send_message(SendMessageRequest { conversation_id: conversation, client_message_id, body })
                 .await
@@ -386,8 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::History { conn, conversation, limit } => {
-            let (_, bearer) = conn.bearer()?;
-            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let (_, mut client) = conn.client().await?;
             let mut messages = Vec::new();
             let mut cursor = String::new();
             while messages.len() < limit {
@@ -412,8 +447,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Conversations { conn } => {
-            let (_, bearer) = conn.bearer()?;
-            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let (_, mut client) = conn.client().await?;
             let mut cursor = String::new();
             loop {
                 let page = client
@@ -436,8 +470,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::AddMember { conn, conversation, member } => {
-            let (_, bearer) = conn.bearer()?;
-            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let (_, mut client) = conn.client().await?;
             let added = client
                 .add_member(AddMemberRequest { conversation_id: conversation.clone(), member_id: member.clone() })
                 .await
@@ -447,8 +480,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{member} {} {conversation}", if added { "added to" } else { "was already in" });
         }
         Command::Link { conn, external_id } => {
-            let (user, bearer) = conn.bearer()?;
-            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let (user, mut client) = conn.client().await?;
             client.link_channel(LinkChannelRequest { external_id: external_id.clone() }).await.map_err(rpc_error)?;
             if external_id.is_empty() {
                 println!("{user}: no fallback channel");
@@ -457,8 +489,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Status { conn, conversation, message_id } => {
-            let (_, bearer) = conn.bearer()?;
-            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let (_, mut client) = conn.client().await?;
             let status = client
                 .get_message_status(GetMessageStatusRequest { conversation_id: conversation, message_id })
                 .await
@@ -472,8 +503,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Read { conn, conversation, seq } => {
-            let (_, bearer) = conn.bearer()?;
-            let mut client = authed(channel(&conn.gateway).await?, bearer);
+            let (_, mut client) = conn.client().await?;
             let marker = client
                 .mark_read(MarkReadRequest { conversation_id: conversation.clone(), seq })
                 .await
@@ -484,10 +514,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Connect { conn, conversations } => {
             let (user, bearer) = conn.bearer()?;
-            let gateways: Vec<String> =
-                conn.gateway.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_owned).collect();
-            anyhow::ensure!(!gateways.is_empty(), "--gateway names no gateway");
-            connect::interactive(gateways, bearer, user, conversations).await?;
+            connect::interactive(conn.gateways()?, bearer, user, conversations).await?;
         }
     }
     Ok(())

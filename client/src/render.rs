@@ -2,8 +2,22 @@
 
 use chat_proto::pb::{self, server_event::Event};
 
+/// Whether an event tells `me` anything. Your own receipts (your streams
+/// acknowledging what they showed), and the `member_joined` and
+/// presence-online naming you, only echo what you just did: the gateway
+/// announces a user when they newly become a member or come online, which
+/// for your own name is always your own join (from this device or another).
+pub(crate) fn worth_showing(event: &Event, me: &str) -> bool {
+    match event {
+        Event::Receipt(r) => r.user_id != me,
+        Event::MemberJoined(j) => j.user_id != me,
+        Event::PresenceChanged(p) => !(p.online && p.user_id == me),
+        _ => true,
+    }
+}
+
 /// One line for an event, or nothing for events not worth a line.
-pub(crate) fn render(event: &Event, me: &str) -> Option<String> {
+pub(crate) fn render(event: &Event) -> Option<String> {
     Some(match event {
         Event::Message(m) => format!("[{} #{}] {}: {}", m.conversation_id, m.seq, m.sender, m.body),
         Event::MemberJoined(j) => format!("* {} joined {}", j.user_id, j.conversation_id),
@@ -14,14 +28,12 @@ pub(crate) fn render(event: &Event, me: &str) -> Option<String> {
             p.last_seq,
             if p.online.is_empty() { "nobody".to_owned() } else { p.online.join(", ") }
         ),
-        Event::PresenceChanged(p) if p.user_id == me => return None,
         Event::PresenceChanged(p) => {
             format!("* {} is {} in {}", p.user_id, if p.online { "online" } else { "offline" }, p.conversation_id)
         }
         Event::Typing(t) if t.typing => format!("* {} is typing in {}…", t.user_id, t.conversation_id),
         Event::Typing(_) => return None,
         Event::SendAccepted(_) => return None,
-        Event::Receipt(r) if r.user_id == me => return None,
         Event::Receipt(r) => {
             let via = if r.via.is_empty() { String::new() } else { format!(" (via {})", r.via) };
             match pb::MessageStatus::try_from(r.status) {
@@ -55,8 +67,26 @@ pub(crate) fn render(event: &Event, me: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn receipt(user: &str, status: pb::MessageStatus) -> Event {
+        Event::Receipt(pb::Receipt {
+            conversation_id: "r".into(),
+            user_id: user.into(),
+            up_to_seq: 1,
+            status: status as i32,
+            ..Default::default()
+        })
+    }
+
+    fn presence(user: &str, online: bool) -> Event {
+        Event::PresenceChanged(pb::PresenceChanged { conversation_id: "r".into(), user_id: user.into(), online })
+    }
+
+    fn joined(user: &str) -> Event {
+        Event::MemberJoined(pb::MemberJoined { conversation_id: "r".into(), user_id: user.into() })
+    }
+
     #[test]
-    fn renders_messages_and_hides_own_presence() {
+    fn renders_messages() {
         let m = Event::Message(pb::Message {
             conversation_id: "r".into(),
             seq: 3,
@@ -64,13 +94,31 @@ mod tests {
             body: "hi".into(),
             ..Default::default()
         });
-        assert_eq!(render(&m, "alice").as_deref(), Some("[r #3] bob: hi"));
-        let p = Event::PresenceChanged(pb::PresenceChanged {
-            conversation_id: "r".into(),
-            user_id: "alice".into(),
-            online: true,
-        });
-        assert_eq!(render(&p, "alice"), None);
-        assert!(render(&p, "bob").is_some_and(|l| l.contains("online")));
+        assert!(worth_showing(&m, "alice"));
+        assert_eq!(render(&m).as_deref(), Some("[r #3] bob: hi"));
+        let own = Event::Message(pb::Message { sender: "alice".into(), ..Default::default() });
+        assert!(worth_showing(&own, "alice"), "your own messages show (with their seq)");
+    }
+
+    #[test]
+    fn hides_your_own_receipts() {
+        for status in [pb::MessageStatus::Delivered, pb::MessageStatus::Read, pb::MessageStatus::Failed] {
+            assert!(!worth_showing(&receipt("alice", status), "alice"), "{status:?}");
+            assert!(worth_showing(&receipt("bob", status), "alice"), "{status:?}");
+        }
+        assert_eq!(render(&receipt("bob", pb::MessageStatus::Delivered)).as_deref(), Some("✓ bob received r up to #1"));
+    }
+
+    #[test]
+    fn hides_the_echo_of_your_own_join() {
+        assert!(!worth_showing(&joined("alice"), "alice"));
+        assert!(!worth_showing(&presence("alice", true), "alice"));
+        assert!(worth_showing(&joined("bob"), "alice"));
+        assert!(worth_showing(&presence("bob", true), "alice"));
+        assert!(worth_showing(&presence("bob", false), "alice"));
+        assert_eq!(render(&joined("bob")).as_deref(), Some("* bob joined r"));
+        assert_eq!(render(&presence("bob", true)).as_deref(), Some("* bob is online in r"));
+        // Only the user's own name is hidden, not a prefix of it.
+        assert!(worth_showing(&joined("alice2"), "alice"));
     }
 }

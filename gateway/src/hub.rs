@@ -5,8 +5,8 @@
 //! conversations with no local member are dropped first (cheaply, before any
 //! bookkeeping), then duplicates by `event_id` (SQS is at-least-once), then
 //! messages are put in `seq` order by the conversation's [`Reorderer`] and
-//! each released event is converted to protobuf once and queued to every
-//! local member's [`Outbox`]. Receipts that would move a member backwards
+//! each released event, encoded once (`wire`), is queued to every local
+//! member's [`Outbox`]. Receipts that would move a member backwards
 //! (a DELIVERED below what they already read, a reordered older ack) are
 //! dropped, so a stream never sees a status regress.
 //!
@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat_core::envelope::{Envelope, Event, ReceiptStatus};
-use chat_proto::pb::{self, ServerEvent, server_event::Event as PbEvent};
+use chat_core::envelope::{Envelope, Event};
 
 use crate::outbox::{Outbox, SharedEvent, Undeliverable};
 use crate::receipts::ReceiptPositions;
 use crate::reorder::{Pushed, Reorderer};
+use crate::wire::Outgoing;
 
 /// Event ids remembered for deduplication. At-least-once redeliveries come
 /// within seconds to minutes, well inside this many events.
@@ -164,12 +164,11 @@ impl Hub {
             Event::MemberLeft { user_id } => Some(user_id.clone()),
             _ => None,
         };
-        let Some((event, seq, skip_user)) = to_server_event(envelope) else {
+        // Encoded here, once, for every stream it goes to.
+        let Some(Outgoing { event, seq, skip_user }) = crate::wire::bus_event(envelope) else {
             self.counters.not_for_streams.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        // Encoded here, once, for every stream it goes to.
-        let event = SharedEvent::new(event);
         let released = match seq {
             None => vec![event],
             Some(seq) => match conversation.order.push(seq, event, now) {
@@ -229,7 +228,7 @@ impl Hub {
                 continue;
             }
             for event in events {
-                if !outbox.receipt_is_news(event.event()) {
+                if !outbox.receipt_is_news(event) {
                     continue;
                 }
                 match outbox.deliver(event.clone()) {
@@ -261,68 +260,12 @@ impl crate::bus::Inbox for Hub {
     }
 }
 
-/// The protobuf form of a receipt status.
-pub(crate) fn receipt_status(status: ReceiptStatus) -> pb::MessageStatus {
-    match status {
-        ReceiptStatus::Delivered => pb::MessageStatus::Delivered,
-        ReceiptStatus::Read => pb::MessageStatus::Read,
-        ReceiptStatus::Failed => pb::MessageStatus::Failed,
-    }
-}
-
-/// The protobuf form of a bus event, its seq if it is a message, and the user
-/// who should not receive it (a typist does not see their own typing);
-/// `None` for events meant for functions only.
-fn to_server_event(envelope: Envelope) -> Option<(ServerEvent, Option<u64>, Option<String>)> {
-    let conversation_id = envelope.conversation_id;
-    let at_ms = envelope.at_ms;
-    let (event, seq, skip) = match envelope.event {
-        Event::Message(m) => {
-            let seq = m.seq;
-            let event = PbEvent::Message(pb::Message {
-                message_id: m.message_id,
-                conversation_id,
-                sender: m.sender,
-                seq: m.seq,
-                body: m.body,
-                sent_at_ms: envelope.at_ms,
-                client_message_id: m.client_message_id,
-            });
-            (event, Some(seq), None)
-        }
-        Event::MemberJoined { user_id } => {
-            (PbEvent::MemberJoined(pb::MemberJoined { conversation_id, user_id }), None, None)
-        }
-        Event::MemberLeft { user_id } => (PbEvent::MemberLeft(pb::MemberLeft { conversation_id, user_id }), None, None),
-        Event::Presence { user_id, online } => {
-            (PbEvent::PresenceChanged(pb::PresenceChanged { conversation_id, user_id, online }), None, None)
-        }
-        Event::Typing { user_id, typing } => {
-            let skip = Some(user_id.clone());
-            (PbEvent::Typing(pb::Typing { conversation_id, user_id, typing }), None, skip)
-        }
-        Event::Receipt(r) => {
-            let receipt = pb::Receipt {
-                conversation_id,
-                user_id: r.user_id,
-                status: receipt_status(r.status) as i32,
-                up_to_seq: r.up_to_seq,
-                message_id: r.message_id,
-                reason: r.reason,
-                via: r.via,
-                at_ms,
-            };
-            (PbEvent::Receipt(receipt), None, None)
-        }
-        Event::Fallback(_) => return None,
-    };
-    Some((ServerEvent { event: Some(event) }, seq, skip))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use chat_core::envelope::MessageEvent;
+    use chat_core::envelope::ReceiptStatus;
+    use chat_proto::pb::{self, ServerEvent, server_event::Event as PbEvent};
     use futures::StreamExt;
 
     fn message(conversation: &str, seq: u64) -> Envelope {

@@ -12,6 +12,7 @@
 //! - `hub` fans bus events out to local members, in order (`reorder`);
 //! - `bus` publishes (batched to SNS, or in memory) and receives (SQS long
 //!   polls) into the hub;
+//! - `wire` is the only place protobuf is built or read;
 //! - `limits` and `error` make bad input a precise gRPC status.
 //!
 //! The domain (envelope, store traits, input rules) is `chat-core`; every
@@ -32,6 +33,7 @@ mod reorder;
 mod server;
 mod service;
 mod session;
+mod wire;
 
 pub use config::Config;
 pub use server::{RunError, run};

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use chat_core::envelope::ReceiptStatus;
 use chat_proto::encoded::EncodedServerEvent;
-use chat_proto::pb::{self, ServerEvent, server_event::Event};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,19 +21,30 @@ use tonic::{Code, Status};
 
 pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, Status>> + Send + 'static>>;
 
-/// An event on its way to streams: the event itself, which outboxes read
-/// for their bookkeeping, and its protobuf encoding, made once however many
-/// streams it goes to. Cloning shares both.
+/// What an outbox reads of an event: the domain values its bookkeeping
+/// needs, handed over beside the encoding (never parsed back from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Facts {
+    /// A message: moves its conversation's resume point.
+    Message { conversation_id: String, seq: u64 },
+    /// A receipt: shown only when it moves its user forward.
+    Receipt { conversation_id: String, user_id: String, status: ReceiptStatus, up_to_seq: u64 },
+    /// Anything else: delivered as it is.
+    Other,
+}
+
+/// An event on its way to streams: its [`Facts`] and its protobuf encoding
+/// (built by `wire`), made once however many streams it goes to. Cloning
+/// shares both.
 #[derive(Debug, Clone)]
-pub(crate) struct SharedEvent(Arc<(ServerEvent, EncodedServerEvent)>);
+pub(crate) struct SharedEvent(Arc<(Facts, EncodedServerEvent)>);
 
 impl SharedEvent {
-    pub(crate) fn new(event: ServerEvent) -> Self {
-        let wire = EncodedServerEvent::new(&event);
-        Self(Arc::new((event, wire)))
+    pub(crate) fn new(facts: Facts, wire: EncodedServerEvent) -> Self {
+        Self(Arc::new((facts, wire)))
     }
 
-    pub(crate) fn event(&self) -> &ServerEvent {
+    pub(crate) fn facts(&self) -> &Facts {
         &self.0.0
     }
 
@@ -41,11 +52,13 @@ impl SharedEvent {
     pub(crate) fn wire(&self) -> EncodedServerEvent {
         self.0.1.clone()
     }
-}
 
-impl From<ServerEvent> for SharedEvent {
-    fn from(event: ServerEvent) -> Self {
-        Self::new(event)
+    /// The seq of a message of `conversation_id`.
+    fn seq_in(&self, conversation_id: &str) -> Option<u64> {
+        match self.facts() {
+            Facts::Message { conversation_id: c, seq } if c == conversation_id => Some(*seq),
+            _ => None,
+        }
     }
 }
 
@@ -111,8 +124,8 @@ impl Outbox {
     /// stream's resume point for its conversation.
     pub(crate) fn deliver(&self, event: impl Into<SharedEvent>) -> Result<(), Undeliverable> {
         let event = event.into();
-        let held_conversation = match &event.event().event {
-            Some(Event::Message(m)) => Some(m.conversation_id.as_str()),
+        let held_conversation = match event.facts() {
+            Facts::Message { conversation_id, .. } => Some(conversation_id.as_str()),
             _ => None,
         };
         // Checking `closed`, queueing and recording the resume point happen
@@ -155,12 +168,12 @@ impl Outbox {
             }
             Err(mpsc::error::TrySendError::Closed(())) => return Err(Undeliverable::Gone),
         };
-        if let Some(Event::Message(m)) = &event.event().event {
+        if let Facts::Message { conversation_id, seq } = event.facts() {
             // The conversation id is copied only the first time it is seen.
-            match state.last_seq.get_mut(&m.conversation_id) {
-                Some(last) => *last = (*last).max(m.seq),
+            match state.last_seq.get_mut(conversation_id) {
+                Some(last) => *last = (*last).max(*seq),
                 None => {
-                    state.last_seq.insert(m.conversation_id.clone(), m.seq);
+                    state.last_seq.insert(conversation_id.clone(), *seq);
                 }
             }
         }
@@ -175,9 +188,10 @@ impl Outbox {
 
     /// Queues a stored message of a held conversation, waiting for room in
     /// the buffer (the client reads at its pace) rather than overflowing.
-    pub(crate) async fn deliver_stored(&self, event: ServerEvent) -> Result<(), Undeliverable> {
-        let Some(Event::Message(m)) = &event.event else { return self.deliver(event) };
-        let seq = Some((m.conversation_id.clone(), m.seq));
+    pub(crate) async fn deliver_stored(&self, event: impl Into<SharedEvent>) -> Result<(), Undeliverable> {
+        let event = event.into();
+        let Facts::Message { conversation_id, seq } = event.facts() else { return self.deliver(event) };
+        let seq = Some((conversation_id.clone(), *seq));
         let permit = tokio::select! {
             permit = self.tx.reserve() => permit.map_err(|_| Undeliverable::Gone)?,
             () = self.closed.cancelled() => return Err(Undeliverable::Gone),
@@ -186,7 +200,7 @@ impl Outbox {
         if self.closed.is_cancelled() {
             return Err(Undeliverable::Gone);
         }
-        permit.send(event.into());
+        permit.send(event);
         if let Some((conversation, seq)) = seq {
             let last = state.last_seq.entry(conversation).or_insert(0);
             *last = (*last).max(seq);
@@ -201,7 +215,7 @@ impl Outbox {
         let held = state.held.remove(conversation_id).unwrap_or_default();
         let delivered = state.last_seq.get(conversation_id).copied().unwrap_or(0);
         for event in held {
-            if !matches!(&event.event().event, Some(Event::Message(m)) if m.seq > delivered) {
+            if event.seq_in(conversation_id).is_none_or(|seq| seq <= delivered) {
                 continue;
             }
             if self.closed.is_cancelled() {
@@ -250,15 +264,9 @@ impl Outbox {
 
     /// Whether an event is news to this stream: false for a receipt that
     /// would move a user backwards from what the stream has seen.
-    pub(crate) fn receipt_is_news(&self, event: &ServerEvent) -> bool {
-        use chat_core::envelope::ReceiptStatus;
-        let Some(pb::server_event::Event::Receipt(r)) = &event.event else { return true };
-        let status = match pb::MessageStatus::try_from(r.status) {
-            Ok(pb::MessageStatus::Delivered) => ReceiptStatus::Delivered,
-            Ok(pb::MessageStatus::Read) => ReceiptStatus::Read,
-            _ => return true,
-        };
-        self.state().receipts.advance(&r.conversation_id, &r.user_id, status, r.up_to_seq)
+    pub(crate) fn receipt_is_news(&self, event: &SharedEvent) -> bool {
+        let Facts::Receipt { conversation_id, user_id, status, up_to_seq } = event.facts() else { return true };
+        self.state().receipts.advance(conversation_id, user_id, *status, *up_to_seq)
     }
 
     /// Records the receipt positions a join snapshot showed this stream.
@@ -271,17 +279,15 @@ impl Outbox {
         self.state().last_seq.get(conversation_id).copied().unwrap_or(0)
     }
 
-    pub(crate) fn resume_points(&self) -> Vec<pb::ResumePoint> {
-        let mut points: Vec<_> = self
+    /// (conversation, last seq given to this stream), by conversation.
+    pub(crate) fn resume_points(&self) -> Vec<(String, u64)> {
+        let mut points: Vec<(String, u64)> = self
             .state()
             .last_seq
             .iter()
-            .map(|(conversation_id, last_seq)| pb::ResumePoint {
-                conversation_id: conversation_id.clone(),
-                last_seq: *last_seq,
-            })
+            .map(|(conversation_id, last_seq)| (conversation_id.clone(), *last_seq))
             .collect();
-        points.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+        points.sort();
         points
     }
 
@@ -291,29 +297,8 @@ impl Outbox {
             return Some((None, Status::new(code, message)));
         }
         let reason = self.state().terminal?;
-        let (pb_reason, code, detail, retry_after_ms) = match reason {
-            CloseReason::SlowConsumer => (
-                pb::disconnect::Reason::SlowConsumer,
-                Code::ResourceExhausted,
-                "the client did not read its stream fast enough; reconnect and resume",
-                0,
-            ),
-            CloseReason::Shutdown => (
-                pb::disconnect::Reason::Shutdown,
-                Code::Unavailable,
-                "the gateway is shutting down; reconnect (to any gateway) and resume",
-                250,
-            ),
-        };
-        let event = ServerEvent {
-            event: Some(Event::Disconnect(pb::Disconnect {
-                reason: pb_reason as i32,
-                detail: detail.into(),
-                retry_after_ms,
-                resume: self.resume_points(),
-            })),
-        };
-        Some((Some(event.into()), Status::new(code, detail)))
+        let (event, status) = crate::wire::disconnect(reason, self.resume_points());
+        Some((Some(event), status))
     }
 }
 
@@ -350,7 +335,7 @@ fn outbound_stream(rx: mpsc::Receiver<SharedEvent>, outbox: Arc<Outbox>) -> Even
 /// The stream as a client reads it: each event decoded from what tonic
 /// would write.
 #[cfg(test)]
-pub(crate) fn decoded(stream: EventStream) -> impl Stream<Item = Result<ServerEvent, Status>> {
+pub(crate) fn decoded(stream: EventStream) -> impl Stream<Item = Result<chat_proto::pb::ServerEvent, Status>> {
     use futures::StreamExt;
     stream.map(|item| item.map(|event| event.wire().decode_event().expect("a shared event decodes")))
 }
@@ -358,6 +343,7 @@ pub(crate) fn decoded(stream: EventStream) -> impl Stream<Item = Result<ServerEv
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chat_proto::pb::{self, ServerEvent, server_event::Event};
     use futures::StreamExt;
 
     fn message(conversation: &str, seq: u64) -> ServerEvent {

@@ -159,148 +159,204 @@ async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Stores, Arc<d
 /// Runs a gateway on `listener` until `shutdown` is cancelled, then stops in
 /// order.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
-    let gateway_id = instance_id(&config)?;
-    let secret = load_secret(&config)?;
-    let verifier = Verifier::new(&secret, &config.jwt_issuer, &config.jwt_audience)
-        .map_err(|e| RunError::Secret(e.to_string()))?;
-    let hub = Arc::new(Hub::new(config.reorder_window()));
-    let bus_kind = config.effective_bus();
-    let (stores, bus, aws): (Stores, Arc<dyn Bus>, Option<AwsParts>) = match bus_kind {
-        BusKind::SnsSqs => {
-            let (stores, bus, parts) = aws_backend(&config, &gateway_id).await?;
-            (stores, bus, Some(parts))
-        }
-        _ => {
-            let store = Arc::new(MemoryStore::new());
-            (Stores::of(store.clone()), Arc::new(MemoryBus::new(hub.clone(), store)), None)
-        }
-    };
-    let app = Arc::new(App::new(gateway_id.clone(), stores, bus, hub.clone(), config.limits(), config.outbound_buffer));
+    let gateway = Gateway::build(&config).await?;
+    let served = gateway.serve(&config, listener, &shutdown).await;
+    gateway.drain().await;
+    served
+}
 
-    let background = TaskTracker::new();
-    let stop_background = CancellationToken::new();
-    if let Some(parts) = &aws {
-        let poller = sqs::Poller {
-            sqs: parts.sqs.clone(),
-            queue_url: parts.queue.queue_url.clone(),
-            inbox: hub.clone(),
-            counters: parts.counters.clone(),
-            scale: Arc::new(sqs::PollerScale::new(usize::from(config.pollers))),
-            window: Duration::from_millis(config.receive_window_ms),
-        };
-        for index in 0..usize::from(config.pollers) {
-            background.spawn(sqs::poll(poller.clone(), index, stop_background.clone()));
-        }
-        let queue = parts.queue.clone();
-        background.spawn(every(Duration::from_secs(config.heartbeat_secs), stop_background.clone(), move || {
-            let queue = queue.clone();
-            async move {
-                if let Err(e) = queue.heartbeat().await {
-                    tracing::warn!(error = %e, "queue heartbeat failed");
-                }
+/// A gateway assembled from its configuration: the shared state, its
+/// background work, and what its shutdown must tear down.
+struct Gateway {
+    id: String,
+    bus_kind: BusKind,
+    verifier: Verifier,
+    hub: Arc<Hub>,
+    app: Arc<App>,
+    aws: Option<AwsParts>,
+    /// Pollers, heartbeat, reorder gaps, presence refresh.
+    background: TaskTracker,
+    stop_background: CancellationToken,
+    /// The `Connect` streams' sessions.
+    sessions: TaskTracker,
+}
+
+impl Gateway {
+    /// Identity, secret, bus and store from the configuration, then the
+    /// background tasks; the AWS resources this gateway owns (its queue)
+    /// exist once this returns.
+    async fn build(config: &Config) -> Result<Self, RunError> {
+        let id = instance_id(config)?;
+        let secret = load_secret(config)?;
+        let verifier = Verifier::new(&secret, &config.jwt_issuer, &config.jwt_audience)
+            .map_err(|e| RunError::Secret(e.to_string()))?;
+        let hub = Arc::new(Hub::new(config.reorder_window()));
+        let bus_kind = config.effective_bus();
+        let (stores, bus, aws): (Stores, Arc<dyn Bus>, Option<AwsParts>) = match bus_kind {
+            BusKind::SnsSqs => {
+                let (stores, bus, parts) = aws_backend(config, &id).await?;
+                (stores, bus, Some(parts))
             }
+            _ => {
+                let store = Arc::new(MemoryStore::new());
+                (Stores::of(store.clone()), Arc::new(MemoryBus::new(hub.clone(), store)), None)
+            }
+        };
+        let app = Arc::new(App::new(id.clone(), stores, bus, hub.clone(), config.limits(), config.outbound_buffer));
+        let gateway = Self {
+            id,
+            bus_kind,
+            verifier,
+            hub,
+            app,
+            aws,
+            background: TaskTracker::new(),
+            stop_background: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        };
+        gateway.start_background(config);
+        Ok(gateway)
+    }
+
+    fn start_background(&self, config: &Config) {
+        let (background, stop) = (&self.background, &self.stop_background);
+        if let Some(parts) = &self.aws {
+            let poller = sqs::Poller {
+                sqs: parts.sqs.clone(),
+                queue_url: parts.queue.queue_url.clone(),
+                inbox: self.hub.clone(),
+                counters: parts.counters.clone(),
+                scale: Arc::new(sqs::PollerScale::new(usize::from(config.pollers))),
+                window: Duration::from_millis(config.receive_window_ms),
+            };
+            for index in 0..usize::from(config.pollers) {
+                background.spawn(sqs::poll(poller.clone(), index, stop.clone()));
+            }
+            let queue = parts.queue.clone();
+            background.spawn(every(Duration::from_secs(config.heartbeat_secs), stop.clone(), move || {
+                let queue = queue.clone();
+                async move {
+                    if let Err(e) = queue.heartbeat().await {
+                        tracing::warn!(error = %e, "queue heartbeat failed");
+                    }
+                }
+            }));
+        }
+        let hub = self.hub.clone();
+        background.spawn(every(GAP_TICK, stop.clone(), move || {
+            hub.expire_gaps(Instant::now());
+            std::future::ready(())
+        }));
+        let app = self.app.clone();
+        background.spawn(every(PRESENCE_REFRESH, stop.clone(), move || {
+            let app = app.clone();
+            async move { app.refresh_presence().await }
         }));
     }
-    let tick_hub = hub.clone();
-    background.spawn(every(GAP_TICK, stop_background.clone(), move || {
-        tick_hub.expire_gaps(Instant::now());
-        std::future::ready(())
-    }));
-    let refresh_app = app.clone();
-    background.spawn(every(PRESENCE_REFRESH, stop_background.clone(), move || {
-        let app = refresh_app.clone();
-        async move { app.refresh_presence().await }
-    }));
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ChatServiceServer<ChatApi>>().await;
-    // Both reflection versions: grpcurl and older clients still ask v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1().map_err(|e| RunError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| RunError::Reflection(e.to_string()))?;
+    /// Serves gRPC (chat, echo, health, reflection) on `listener` until
+    /// `shutdown`; then streams are told to close and get a bounded time to.
+    async fn serve(
+        &self,
+        config: &Config,
+        listener: TcpListener,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RunError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<ChatServiceServer<ChatApi>>().await;
+        // Both reflection versions: grpcurl and older clients still ask v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1().map_err(|e| RunError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| RunError::Reflection(e.to_string()))?;
 
-    let sessions = TaskTracker::new();
-    let chat = ChatServiceServer::new(ChatApi::new(app.clone(), sessions.clone()))
-        .max_decoding_message_size(config.max_grpc_message_bytes)
-        .max_encoding_message_size(config.max_grpc_message_bytes);
-    let echo = EchoServiceServer::new(EchoApi::new(gateway_id.clone()))
-        .max_decoding_message_size(config.max_grpc_message_bytes)
-        .max_encoding_message_size(config.max_grpc_message_bytes);
-    let chat = InterceptedService::new(chat, crate::auth::interceptor(Arc::new(verifier)));
+        let chat = ChatServiceServer::new(ChatApi::new(self.app.clone(), self.sessions.clone()))
+            .max_decoding_message_size(config.max_grpc_message_bytes)
+            .max_encoding_message_size(config.max_grpc_message_bytes);
+        let echo = EchoServiceServer::new(EchoApi::new(self.id.clone()))
+            .max_decoding_message_size(config.max_grpc_message_bytes)
+            .max_encoding_message_size(config.max_grpc_message_bytes);
+        let chat = InterceptedService::new(chat, crate::auth::interceptor(Arc::new(self.verifier.clone())));
 
-    let local_addr = listener.local_addr().ok();
-    tracing::info!(gateway_id, bus = ?bus_kind, addr = ?local_addr, "gateway serving");
-    let closing = app.closing().clone();
-    let signal = shutdown.clone();
-    let stopped = async move {
-        signal.cancelled().await;
-        tracing::info!("shutdown: closing streams");
-        closing.cancel();
-    };
-    let serve = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_secs.max(1))))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(echo)
-        .add_service(chat)
-        .serve_with_incoming_shutdown(chat_proto::transport::incoming(listener), stopped);
-    // Draining is bounded: a stream that will not end must not keep the
-    // gateway (and its queue) alive.
-    let drained = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let served = tokio::select! {
-        r = serve => r,
-        () = drained => {
-            tracing::warn!("streams did not end within the drain timeout");
-            Ok(())
-        }
-    };
-    health.set_not_serving::<ChatServiceServer<ChatApi>>().await;
-    sessions.close();
-    app.tasks().close();
-    let finished = async {
-        sessions.wait().await;
-        app.tasks().wait().await;
-    };
-    if tokio::time::timeout(DRAIN_TIMEOUT, finished).await.is_err() {
-        tracing::warn!("some sessions did not finish cleaning up");
+        let local_addr = listener.local_addr().ok();
+        tracing::info!(gateway_id = self.id, bus = ?self.bus_kind, addr = ?local_addr, "gateway serving");
+        let closing = self.app.closing().clone();
+        let signal = shutdown.clone();
+        let stopped = async move {
+            signal.cancelled().await;
+            tracing::info!("shutdown: closing streams");
+            closing.cancel();
+        };
+        let serve = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_secs.max(1))))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(echo)
+            .add_service(chat)
+            .serve_with_incoming_shutdown(chat_proto::transport::incoming(listener), stopped);
+        // Draining is bounded: a stream that will not end must not keep the
+        // gateway (and its queue) alive.
+        let drained = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+        let served = tokio::select! {
+            r = serve => r,
+            () = drained => {
+                tracing::warn!("streams did not end within the drain timeout");
+                Ok(())
+            }
+        };
+        health.set_not_serving::<ChatServiceServer<ChatApi>>().await;
+        Ok(served?)
     }
-    stop_background.cancel();
-    background.close();
-    background.wait().await;
-    if let Some(parts) = aws {
-        parts.queue.delete().await;
-        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
-        let a = &parts.counters;
+
+    /// After serving: sessions and the sends they started finish (bounded),
+    /// background work stops, this gateway's queue is deleted, and its
+    /// totals are logged.
+    async fn drain(self) {
+        self.sessions.close();
+        self.app.tasks().close();
+        let finished = async {
+            self.sessions.wait().await;
+            self.app.tasks().wait().await;
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, finished).await.is_err() {
+            tracing::warn!("some sessions did not finish cleaning up");
+        }
+        self.stop_background.cancel();
+        self.background.close();
+        self.background.wait().await;
+        if let Some(parts) = &self.aws {
+            parts.queue.delete().await;
+            let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+            let a = &parts.counters;
+            tracing::info!(
+                sns_publishes = load(&a.sns_publishes),
+                sns_events = load(&a.sns_events),
+                sqs_receives = load(&a.sqs_receives),
+                sqs_empty_receives = load(&a.sqs_empty_receives),
+                sqs_messages = load(&a.sqs_messages),
+                sqs_delete_batches = load(&a.sqs_delete_batches),
+                "aws calls"
+            );
+        }
+        let c = &self.hub.counters;
         tracing::info!(
-            sns_publishes = load(&a.sns_publishes),
-            sns_events = load(&a.sns_events),
-            sqs_receives = load(&a.sqs_receives),
-            sqs_empty_receives = load(&a.sqs_empty_receives),
-            sqs_messages = load(&a.sqs_messages),
-            sqs_delete_batches = load(&a.sqs_delete_batches),
-            "aws calls"
+            dispatched = c.dispatched.load(std::sync::atomic::Ordering::Relaxed),
+            deliveries = c.deliveries.load(std::sync::atomic::Ordering::Relaxed),
+            duplicates = c.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+            late = c.late.load(std::sync::atomic::Ordering::Relaxed),
+            stale = c.stale.load(std::sync::atomic::Ordering::Relaxed),
+            slow_consumers = c.slow_consumers.load(std::sync::atomic::Ordering::Relaxed),
+            "gateway stopped"
         );
     }
-    let c = &hub.counters;
-    tracing::info!(
-        dispatched = c.dispatched.load(std::sync::atomic::Ordering::Relaxed),
-        deliveries = c.deliveries.load(std::sync::atomic::Ordering::Relaxed),
-        duplicates = c.duplicates.load(std::sync::atomic::Ordering::Relaxed),
-        late = c.late.load(std::sync::atomic::Ordering::Relaxed),
-        stale = c.stale.load(std::sync::atomic::Ordering::Relaxed),
-        slow_consumers = c.slow_consumers.load(std::sync::atomic::Ordering::Relaxed),
-        "gateway stopped"
-    );
-    served.map_err(RunError::from)
 }
 
 /// Runs `tick` every `period` until `stop`.

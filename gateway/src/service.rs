@@ -19,7 +19,7 @@ use crate::auth::caller;
 use crate::history::PageRequest;
 use crate::outbox::{EventStream, SharedEvent};
 use crate::session::Session;
-use chat_core::store::{DeliveryStatus, StoredMessage};
+use crate::wire;
 use chat_proto::encoded::EncodedServerEvent;
 use futures::TryStreamExt;
 
@@ -77,7 +77,7 @@ impl ChatService for ChatApi {
         };
         let (page, next_cursor, prev_cursor) = self.app.history_page(&user.0, request).await?;
         Ok(Response::new(GetHistoryResponse {
-            messages: page.into_iter().map(to_pb).collect(),
+            messages: page.into_iter().map(wire::message).collect(),
             next_cursor,
             prev_cursor,
         }))
@@ -87,7 +87,7 @@ impl ChatService for ChatApi {
         let user = caller(&request)?;
         let req = request.into_inner();
         let message = self.app.get_message(&req.conversation_id, &user.0, &req.message_id).await?;
-        Ok(Response::new(GetMessageResponse { message: Some(to_pb(message)) }))
+        Ok(Response::new(GetMessageResponse { message: Some(wire::message(message)) }))
     }
 
     async fn list_conversations(
@@ -97,15 +97,7 @@ impl ChatService for ChatApi {
         let user = caller(&request)?;
         let req = request.into_inner();
         let (page, next_cursor) = self.app.conversations(&user.0, req.page_size, &req.cursor).await?;
-        let conversations = page
-            .into_iter()
-            .map(|c| pb::ConversationSummary {
-                unread: c.unread(),
-                last_read_seq: c.last_read_seq,
-                conversation_id: c.conversation_id,
-                last_message: c.last_message.map(to_pb),
-            })
-            .collect();
+        let conversations = page.into_iter().map(wire::conversation_summary).collect();
         Ok(Response::new(ListConversationsResponse { conversations, next_cursor }))
     }
 
@@ -123,17 +115,7 @@ impl ChatService for ChatApi {
         let user = caller(&request)?;
         let req = request.into_inner();
         let (message, statuses) = self.app.message_status(&req.conversation_id, &user.0, &req.message_id).await?;
-        let recipients = statuses
-            .into_iter()
-            .map(|r| pb::RecipientStatus {
-                user_id: r.user_id,
-                status: message_status(r.status) as i32,
-                delivered_at_ms: r.delivered_at_ms.unwrap_or(0),
-                read_at_ms: r.read_at_ms.unwrap_or(0),
-                failed_at_ms: r.failed_at_ms.unwrap_or(0),
-                reason: r.reason,
-            })
-            .collect();
+        let recipients = statuses.into_iter().map(wire::recipient_status).collect();
         Ok(Response::new(GetMessageStatusResponse {
             message_id: message.message_id,
             seq: message.seq,
@@ -158,28 +140,6 @@ impl ChatService for ChatApi {
         let req = request.into_inner();
         self.app.link_channel(&user.0, &req.external_id).await?;
         Ok(Response::new(LinkChannelResponse {}))
-    }
-}
-
-/// The protobuf form of a stored message.
-pub(crate) fn to_pb(m: StoredMessage) -> pb::Message {
-    pb::Message {
-        message_id: m.message_id,
-        conversation_id: m.conversation_id,
-        sender: m.sender,
-        seq: m.seq,
-        body: m.body,
-        sent_at_ms: m.sent_at_ms,
-        client_message_id: m.client_message_id,
-    }
-}
-
-fn message_status(status: DeliveryStatus) -> pb::MessageStatus {
-    match status {
-        DeliveryStatus::Sent => pb::MessageStatus::Sent,
-        DeliveryStatus::Delivered => pb::MessageStatus::Delivered,
-        DeliveryStatus::Read => pb::MessageStatus::Read,
-        DeliveryStatus::Failed => pb::MessageStatus::Failed,
     }
 }
 

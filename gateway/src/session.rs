@@ -9,14 +9,15 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use chat_proto::pb::{self, ClientFrame, ServerEvent, client_frame::Frame, server_event::Event};
+use chat_proto::pb::ClientFrame;
 use futures::Stream;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
 use crate::app::App;
 use crate::error::GatewayError;
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::{CloseReason, Outbox, SharedEvent};
+use crate::wire::{self, Command};
 use chat_core::envelope::ReceiptStatus;
 use chat_core::limits;
 use chat_core::send::Send;
@@ -111,8 +112,8 @@ impl Session {
     }
 
     async fn handle(&mut self, frame: ClientFrame) {
-        let request_id = frame.request_id;
-        let Some(frame) = frame.frame else {
+        let (request_id, command) = wire::read_frame(frame);
+        let Some(command) = command else {
             self.report(
                 &request_id,
                 "",
@@ -121,44 +122,30 @@ impl Session {
             );
             return;
         };
-        let (conversation_id, client_message_id, result) = match frame {
-            Frame::Join(f) => {
-                let r = self.join(&f.conversation_id, f.resume_after_seq).await;
-                (f.conversation_id, String::new(), r)
+        let result = match &command {
+            Command::Join { conversation_id, resume_after } => self.join(conversation_id, *resume_after).await,
+            Command::Leave { conversation_id } => self.leave(conversation_id).await,
+            Command::Send { conversation_id, client_message_id, body } => {
+                self.send(&request_id, conversation_id, client_message_id, body).await
             }
-            Frame::Leave(f) => {
-                let r = self.leave(&f.conversation_id).await;
-                (f.conversation_id, String::new(), r)
+            Command::Typing { conversation_id, typing } => self.typing(conversation_id, *typing).await,
+            Command::Ack { conversation_id, seq } => {
+                self.receipt(conversation_id, ReceiptStatus::Delivered, *seq).await
             }
-            Frame::Send(f) => {
-                let r = self.send(&request_id, &f).await;
-                (f.conversation_id, f.client_message_id, r)
-            }
-            Frame::Typing(f) => {
-                let r = self.typing(&f).await;
-                (f.conversation_id, String::new(), r)
-            }
-            Frame::Ack(f) => {
-                let r = self.receipt(&f.conversation_id, ReceiptStatus::Delivered, f.seq).await;
-                (f.conversation_id, String::new(), r)
-            }
-            Frame::Read(f) => {
-                let r = self.receipt(&f.conversation_id, ReceiptStatus::Read, f.seq).await;
-                (f.conversation_id, String::new(), r)
-            }
+            Command::Read { conversation_id, seq } => self.receipt(conversation_id, ReceiptStatus::Read, *seq).await,
         };
         if let Err(err) = result {
-            self.report(&request_id, &conversation_id, &client_message_id, err);
+            self.report(&request_id, command.conversation_id(), command.client_message_id(), err);
         }
     }
 
-    fn deliver(&self, event: Event) {
+    fn deliver(&self, event: SharedEvent) {
         // Overflow closes the outbox; the run loop then ends the stream.
-        let _ = self.outbox.deliver(ServerEvent { event: Some(event) });
+        let _ = self.outbox.deliver(event);
     }
 
     fn report(&self, request_id: &str, conversation_id: &str, client_message_id: &str, err: GatewayError) {
-        self.deliver(error_event(request_id, conversation_id, client_message_id, &err));
+        self.deliver(wire::error_event(request_id, conversation_id, client_message_id, &err));
     }
 
     /// The conversation must be joined on this stream, and still heard by it:
@@ -205,20 +192,7 @@ impl Session {
         *known = (*known).max(outcome.last_seq);
         // Receipts older than the snapshot must not reach the stream after it.
         self.outbox.seed_receipts(conversation_id, &outcome.members);
-        self.deliver(Event::PresenceSnapshot(pb::PresenceSnapshot {
-            conversation_id: conversation_id.to_owned(),
-            online: outcome.online,
-            last_seq: outcome.last_seq,
-            receipts: outcome
-                .members
-                .into_iter()
-                .map(|m| pb::ReceiptState {
-                    delivered_seq: m.delivered_up_to(),
-                    read_seq: m.read_seq,
-                    user_id: m.user_id,
-                })
-                .collect(),
-        }));
+        self.deliver(wire::presence_snapshot(conversation_id, outcome.online, outcome.last_seq, outcome.members));
         if let Some(after) = resume_after {
             let backfilled = self.backfill(conversation_id, after, outcome.last_seq).await;
             // Released even when the backfill failed: live messages go on.
@@ -256,8 +230,7 @@ impl Session {
                 if message.seq != next {
                     break;
                 }
-                let event = ServerEvent { event: Some(Event::Message(crate::service::to_pb(message.clone()))) };
-                if self.outbox.deliver_stored(event).await.is_err() {
+                if self.outbox.deliver_stored(wire::stored_message(message.clone())).await.is_err() {
                     return Ok(()); // the stream is closing; its resume point says where it stopped
                 }
                 next += 1;
@@ -302,16 +275,19 @@ impl Session {
             return Err(GatewayError::FailedPrecondition(format!("not a member of conversation {conversation_id}")));
         }
         // The leaver no longer hears the conversation; confirm directly.
-        self.deliver(Event::MemberLeft(pb::MemberLeft {
-            conversation_id: conversation_id.to_owned(),
-            user_id: self.outbox.user_id.clone(),
-        }));
+        self.deliver(wire::member_left(conversation_id, &self.outbox.user_id));
         Ok(())
     }
 
-    async fn send(&mut self, request_id: &str, frame: &pb::SendFrame) -> Result<(), GatewayError> {
-        let send = self.app.check_send(&frame.conversation_id, &frame.client_message_id, &frame.body)?;
-        self.joined_conversation(&frame.conversation_id).await?;
+    async fn send(
+        &mut self,
+        request_id: &str,
+        conversation_id: &str,
+        client_message_id: &str,
+        body: &str,
+    ) -> Result<(), GatewayError> {
+        let send = self.app.check_send(conversation_id, client_message_id, body)?;
+        self.joined_conversation(conversation_id).await?;
         let accepted = self.app.accept(&self.outbox.user_id, &send).await?;
         // Waiting for a permit holds back reading this stream's next frames:
         // backpressure, not an unbounded queue.
@@ -324,26 +300,17 @@ impl Session {
         let app = self.app.clone();
         let outbox = self.outbox.clone();
         let request_id = request_id.to_owned();
-        let frame = frame.clone();
+        let (conversation_id, client_message_id, body) =
+            (conversation_id.to_owned(), client_message_id.to_owned(), body.to_owned());
         self.app.tasks().spawn(async move {
             let _permit = permit;
-            let send = Send {
-                conversation_id: &frame.conversation_id,
-                client_message_id: &frame.client_message_id,
-                body: &frame.body,
-            };
+            // Checked above; the task owns its copy of the text.
+            let send = Send { conversation_id: &conversation_id, client_message_id: &client_message_id, body: &body };
             let event = match app.publish_accepted(&outbox.user_id, &send, &accepted).await {
-                Ok(()) => Event::SendAccepted(pb::SendAccepted {
-                    request_id,
-                    client_message_id: frame.client_message_id,
-                    message_id: accepted.message_id,
-                    conversation_id: frame.conversation_id,
-                    seq: accepted.seq,
-                    duplicate: accepted.duplicate,
-                }),
-                Err(err) => error_event(&request_id, &frame.conversation_id, &frame.client_message_id, &err),
+                Ok(()) => wire::send_accepted(request_id, conversation_id, client_message_id, accepted),
+                Err(err) => wire::error_event(&request_id, &conversation_id, &client_message_id, &err),
             };
-            let _ = outbox.deliver(ServerEvent { event: Some(event) });
+            let _ = outbox.deliver(event);
         });
         Ok(())
     }
@@ -374,21 +341,10 @@ impl Session {
         Ok(())
     }
 
-    async fn typing(&mut self, frame: &pb::TypingFrame) -> Result<(), GatewayError> {
-        self.joined_conversation(&frame.conversation_id).await?;
-        self.app.typing(&frame.conversation_id, &self.outbox.user_id, frame.typing).await
+    async fn typing(&mut self, conversation_id: &str, typing: bool) -> Result<(), GatewayError> {
+        self.joined_conversation(conversation_id).await?;
+        self.app.typing(conversation_id, &self.outbox.user_id, typing).await
     }
-}
-
-fn error_event(request_id: &str, conversation_id: &str, client_message_id: &str, err: &GatewayError) -> Event {
-    tracing::debug!(request_id, conversation_id, code = ?err.code(), error = %err, "frame rejected");
-    Event::Error(pb::ErrorEvent {
-        request_id: request_id.to_owned(),
-        code: err.code() as i32,
-        message: err.to_string(),
-        conversation_id: conversation_id.to_owned(),
-        client_message_id: client_message_id.to_owned(),
-    })
 }
 
 /// The status a stream ends with when the client's side of it broke: a frame

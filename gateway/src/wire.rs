@@ -1,0 +1,414 @@
+//! The gateway's protobuf edge: the only module that builds or reads
+//! `chat.v1` messages. A client's frame becomes a [`Command`] here, and every
+//! event a stream receives is built here from domain values, once, beside
+//! the [`Facts`] the outbox keeps its bookkeeping by; the unary replies'
+//! messages too. Nothing else in the gateway names a `pb` type but the
+//! tonic service (`service`), which only moves fields between requests,
+//! [`App`](crate::app::App) and these builders.
+
+use chat_core::envelope::{Envelope, Event, ReceiptStatus};
+use chat_core::store::{Accepted, ConversationInfo, DeliveryStatus, MemberState, RecipientStatus, StoredMessage};
+use chat_proto::encoded::EncodedServerEvent;
+use chat_proto::pb::{self, ClientFrame, ServerEvent, client_frame::Frame, server_event::Event as PbEvent};
+use tonic::{Code, Status};
+
+use crate::error::GatewayError;
+use crate::outbox::{CloseReason, Facts, SharedEvent};
+
+/// What a client asked for in one frame of its `Connect` stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Command {
+    Join {
+        conversation_id: String,
+        resume_after: Option<u64>,
+    },
+    Leave {
+        conversation_id: String,
+    },
+    Send {
+        conversation_id: String,
+        client_message_id: String,
+        body: String,
+    },
+    Typing {
+        conversation_id: String,
+        typing: bool,
+    },
+    /// DELIVERED up to `seq`.
+    Ack {
+        conversation_id: String,
+        seq: u64,
+    },
+    /// READ up to `seq`.
+    Read {
+        conversation_id: String,
+        seq: u64,
+    },
+}
+
+impl Command {
+    pub(crate) fn conversation_id(&self) -> &str {
+        match self {
+            Command::Join { conversation_id, .. }
+            | Command::Leave { conversation_id }
+            | Command::Send { conversation_id, .. }
+            | Command::Typing { conversation_id, .. }
+            | Command::Ack { conversation_id, .. }
+            | Command::Read { conversation_id, .. } => conversation_id,
+        }
+    }
+
+    pub(crate) fn client_message_id(&self) -> &str {
+        match self {
+            Command::Send { client_message_id, .. } => client_message_id,
+            _ => "",
+        }
+    }
+}
+
+/// A frame's request id and command (`None`: the frame set nothing).
+pub(crate) fn read_frame(frame: ClientFrame) -> (String, Option<Command>) {
+    let command = frame.frame.map(|frame| match frame {
+        Frame::Join(f) => Command::Join { conversation_id: f.conversation_id, resume_after: f.resume_after_seq },
+        Frame::Leave(f) => Command::Leave { conversation_id: f.conversation_id },
+        Frame::Send(f) => {
+            Command::Send { conversation_id: f.conversation_id, client_message_id: f.client_message_id, body: f.body }
+        }
+        Frame::Typing(f) => Command::Typing { conversation_id: f.conversation_id, typing: f.typing },
+        Frame::Ack(f) => Command::Ack { conversation_id: f.conversation_id, seq: f.seq },
+        Frame::Read(f) => Command::Read { conversation_id: f.conversation_id, seq: f.seq },
+    });
+    (frame.request_id, command)
+}
+
+/// Encodes an event once, beside what the outbox reads of it.
+fn shared(facts: Facts, event: PbEvent) -> SharedEvent {
+    SharedEvent::new(facts, EncodedServerEvent::new(&ServerEvent { event: Some(event) }))
+}
+
+/// A bus event as streams receive it.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) event: SharedEvent,
+    /// A message's seq: it goes through the conversation's reorderer.
+    pub(crate) seq: Option<u64>,
+    /// Who does not receive it (a typist does not see their own typing).
+    pub(crate) skip_user: Option<String>,
+}
+
+/// The protobuf form of a receipt status.
+fn receipt_status(status: ReceiptStatus) -> pb::MessageStatus {
+    match status {
+        ReceiptStatus::Delivered => pb::MessageStatus::Delivered,
+        ReceiptStatus::Read => pb::MessageStatus::Read,
+        ReceiptStatus::Failed => pb::MessageStatus::Failed,
+    }
+}
+
+/// What a bus event is on the streams; `None` for events meant for
+/// functions only (fallback requests).
+pub(crate) fn bus_event(envelope: Envelope) -> Option<Outgoing> {
+    let conversation_id = envelope.conversation_id;
+    let at_ms = envelope.at_ms;
+    let (facts, event, seq, skip_user) = match envelope.event {
+        Event::Message(m) => {
+            let facts = Facts::Message { conversation_id: conversation_id.clone(), seq: m.seq };
+            let event = PbEvent::Message(pb::Message {
+                message_id: m.message_id,
+                conversation_id,
+                sender: m.sender,
+                seq: m.seq,
+                body: m.body,
+                sent_at_ms: at_ms,
+                client_message_id: m.client_message_id,
+            });
+            (facts, event, Some(m.seq), None)
+        }
+        Event::MemberJoined { user_id } => {
+            (Facts::Other, PbEvent::MemberJoined(pb::MemberJoined { conversation_id, user_id }), None, None)
+        }
+        Event::MemberLeft { user_id } => {
+            (Facts::Other, PbEvent::MemberLeft(pb::MemberLeft { conversation_id, user_id }), None, None)
+        }
+        Event::Presence { user_id, online } => (
+            Facts::Other,
+            PbEvent::PresenceChanged(pb::PresenceChanged { conversation_id, user_id, online }),
+            None,
+            None,
+        ),
+        Event::Typing { user_id, typing } => {
+            let skip = Some(user_id.clone());
+            (Facts::Other, PbEvent::Typing(pb::Typing { conversation_id, user_id, typing }), None, skip)
+        }
+        Event::Receipt(r) => {
+            let facts = Facts::Receipt {
+                conversation_id: conversation_id.clone(),
+                user_id: r.user_id.clone(),
+                status: r.status,
+                up_to_seq: r.up_to_seq,
+            };
+            let receipt = pb::Receipt {
+                conversation_id,
+                user_id: r.user_id,
+                status: receipt_status(r.status) as i32,
+                up_to_seq: r.up_to_seq,
+                message_id: r.message_id,
+                reason: r.reason,
+                via: r.via,
+                at_ms,
+            };
+            (facts, PbEvent::Receipt(receipt), None, None)
+        }
+        Event::Fallback(_) => return None,
+    };
+    Some(Outgoing { event: shared(facts, event), seq, skip_user })
+}
+
+/// The protobuf form of a stored message.
+pub(crate) fn message(m: StoredMessage) -> pb::Message {
+    pb::Message {
+        message_id: m.message_id,
+        conversation_id: m.conversation_id,
+        sender: m.sender,
+        seq: m.seq,
+        body: m.body,
+        sent_at_ms: m.sent_at_ms,
+        client_message_id: m.client_message_id,
+    }
+}
+
+/// A stored message as a stream receives it (a resume's backfill).
+pub(crate) fn stored_message(m: StoredMessage) -> SharedEvent {
+    let facts = Facts::Message { conversation_id: m.conversation_id.clone(), seq: m.seq };
+    shared(facts, PbEvent::Message(message(m)))
+}
+
+/// What a join shows its stream: who is online, the latest seq, and every
+/// member's receipt positions.
+pub(crate) fn presence_snapshot(
+    conversation_id: &str,
+    online: Vec<String>,
+    last_seq: u64,
+    members: Vec<MemberState>,
+) -> SharedEvent {
+    let receipts = members
+        .into_iter()
+        .map(|m| pb::ReceiptState { delivered_seq: m.delivered_up_to(), read_seq: m.read_seq, user_id: m.user_id })
+        .collect();
+    shared(
+        Facts::Other,
+        PbEvent::PresenceSnapshot(pb::PresenceSnapshot {
+            conversation_id: conversation_id.to_owned(),
+            online,
+            last_seq,
+            receipts,
+        }),
+    )
+}
+
+/// A leave, confirmed to the stream that left.
+pub(crate) fn member_left(conversation_id: &str, user_id: &str) -> SharedEvent {
+    shared(
+        Facts::Other,
+        PbEvent::MemberLeft(pb::MemberLeft {
+            conversation_id: conversation_id.to_owned(),
+            user_id: user_id.to_owned(),
+        }),
+    )
+}
+
+/// A send's answer once it is published.
+pub(crate) fn send_accepted(
+    request_id: String,
+    conversation_id: String,
+    client_message_id: String,
+    accepted: Accepted,
+) -> SharedEvent {
+    shared(
+        Facts::Other,
+        PbEvent::SendAccepted(pb::SendAccepted {
+            request_id,
+            client_message_id,
+            message_id: accepted.message_id,
+            conversation_id,
+            seq: accepted.seq,
+            duplicate: accepted.duplicate,
+        }),
+    )
+}
+
+/// A frame's error, answered on the stream (which goes on).
+pub(crate) fn error_event(
+    request_id: &str,
+    conversation_id: &str,
+    client_message_id: &str,
+    err: &GatewayError,
+) -> SharedEvent {
+    tracing::debug!(request_id, conversation_id, code = ?err.code(), error = %err, "frame rejected");
+    shared(
+        Facts::Other,
+        PbEvent::Error(pb::ErrorEvent {
+            request_id: request_id.to_owned(),
+            code: err.code() as i32,
+            message: err.to_string(),
+            conversation_id: conversation_id.to_owned(),
+            client_message_id: client_message_id.to_owned(),
+        }),
+    )
+}
+
+/// The last event of a stream the gateway closes, with the resume points
+/// (conversation, last seq given), and the status that ends it.
+pub(crate) fn disconnect(reason: CloseReason, resume: Vec<(String, u64)>) -> (SharedEvent, Status) {
+    let (pb_reason, code, detail, retry_after_ms) = match reason {
+        CloseReason::SlowConsumer => (
+            pb::disconnect::Reason::SlowConsumer,
+            Code::ResourceExhausted,
+            "the client did not read its stream fast enough; reconnect and resume",
+            0,
+        ),
+        CloseReason::Shutdown => (
+            pb::disconnect::Reason::Shutdown,
+            Code::Unavailable,
+            "the gateway is shutting down; reconnect (to any gateway) and resume",
+            250,
+        ),
+    };
+    let resume =
+        resume.into_iter().map(|(conversation_id, last_seq)| pb::ResumePoint { conversation_id, last_seq }).collect();
+    let event =
+        PbEvent::Disconnect(pb::Disconnect { reason: pb_reason as i32, detail: detail.into(), retry_after_ms, resume });
+    (shared(Facts::Other, event), Status::new(code, detail))
+}
+
+/// A user's view of one conversation, for `ListConversations`.
+pub(crate) fn conversation_summary(c: ConversationInfo) -> pb::ConversationSummary {
+    pb::ConversationSummary {
+        unread: c.unread(),
+        last_read_seq: c.last_read_seq,
+        conversation_id: c.conversation_id,
+        last_message: c.last_message.map(message),
+    }
+}
+
+/// Where a message stands with one recipient, for `GetMessageStatus`.
+pub(crate) fn recipient_status(r: RecipientStatus) -> pb::RecipientStatus {
+    let status = match r.status {
+        DeliveryStatus::Sent => pb::MessageStatus::Sent,
+        DeliveryStatus::Delivered => pb::MessageStatus::Delivered,
+        DeliveryStatus::Read => pb::MessageStatus::Read,
+        DeliveryStatus::Failed => pb::MessageStatus::Failed,
+    };
+    pb::RecipientStatus {
+        user_id: r.user_id,
+        status: status as i32,
+        delivered_at_ms: r.delivered_at_ms.unwrap_or(0),
+        read_at_ms: r.read_at_ms.unwrap_or(0),
+        failed_at_ms: r.failed_at_ms.unwrap_or(0),
+        reason: r.reason,
+    }
+}
+
+/// Tests hand the outbox protobuf events directly; their facts are read
+/// back here, where protobuf may be read.
+#[cfg(test)]
+impl From<ServerEvent> for SharedEvent {
+    fn from(event: ServerEvent) -> Self {
+        let facts = match &event.event {
+            Some(PbEvent::Message(m)) => Facts::Message { conversation_id: m.conversation_id.clone(), seq: m.seq },
+            Some(PbEvent::Receipt(r)) => {
+                let status = match pb::MessageStatus::try_from(r.status) {
+                    Ok(pb::MessageStatus::Delivered) => Some(ReceiptStatus::Delivered),
+                    Ok(pb::MessageStatus::Read) => Some(ReceiptStatus::Read),
+                    Ok(pb::MessageStatus::Failed) => Some(ReceiptStatus::Failed),
+                    _ => None,
+                };
+                match status {
+                    Some(status) => Facts::Receipt {
+                        conversation_id: r.conversation_id.clone(),
+                        user_id: r.user_id.clone(),
+                        status,
+                        up_to_seq: r.up_to_seq,
+                    },
+                    None => Facts::Other,
+                }
+            }
+            _ => Facts::Other,
+        };
+        SharedEvent::new(facts, EncodedServerEvent::new(&event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_core::envelope::{FallbackEvent, MessageEvent, ReceiptEvent};
+
+    fn message_event(seq: u64) -> MessageEvent {
+        MessageEvent {
+            message_id: format!("m{seq}"),
+            seq,
+            sender: "alice".into(),
+            body: "hi".into(),
+            client_message_id: "c".into(),
+            external_recipients: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn frames_become_commands() {
+        let frame = ClientFrame {
+            request_id: "r1".into(),
+            frame: Some(Frame::Send(pb::SendFrame {
+                conversation_id: "room".into(),
+                client_message_id: "c1".into(),
+                body: "hello".into(),
+            })),
+        };
+        let (request_id, command) = read_frame(frame);
+        assert_eq!(request_id, "r1");
+        let command = command.expect("a command");
+        assert_eq!((command.conversation_id(), command.client_message_id()), ("room", "c1"));
+        assert_eq!(read_frame(ClientFrame { request_id: "r2".into(), frame: None }), ("r2".into(), None));
+    }
+
+    #[test]
+    fn bus_events_carry_their_facts_beside_the_encoding() {
+        let envelope = Envelope::new("e".into(), "room".into(), "gw".into(), 7, Event::Message(message_event(4)));
+        let out = bus_event(envelope).expect("for streams");
+        assert_eq!(out.seq, Some(4));
+        assert_eq!(out.event.facts(), &Facts::Message { conversation_id: "room".into(), seq: 4 });
+        let decoded = out.event.wire().decode_event().expect("decodes");
+        let Some(PbEvent::Message(m)) = decoded.event else { panic!("not a message") };
+        assert_eq!((m.seq, m.sent_at_ms, m.conversation_id.as_str()), (4, 7, "room"));
+
+        let receipt = ReceiptEvent {
+            user_id: "bob".into(),
+            status: ReceiptStatus::Read,
+            up_to_seq: 3,
+            message_id: String::new(),
+            reason: String::new(),
+            via: String::new(),
+        };
+        let out = bus_event(Envelope::new("r".into(), "room".into(), "gw".into(), 1, Event::Receipt(receipt)))
+            .expect("for streams");
+        assert_eq!(
+            out.event.facts(),
+            &Facts::Receipt {
+                conversation_id: "room".into(),
+                user_id: "bob".into(),
+                status: ReceiptStatus::Read,
+                up_to_seq: 3
+            }
+        );
+        let typing = Event::Typing { user_id: "alice".into(), typing: true };
+        let out = bus_event(Envelope::new("t".into(), "room".into(), "gw".into(), 1, typing)).expect("for streams");
+        assert_eq!(out.skip_user.as_deref(), Some("alice"));
+        let fallback = Event::Fallback(FallbackEvent {
+            user_id: "bob".into(),
+            to: "telegram:1".into(),
+            message: message_event(1),
+        });
+        assert!(bus_event(Envelope::new("f".into(), "room".into(), "gw".into(), 1, fallback)).is_none());
+    }
+}
