@@ -6,12 +6,27 @@ use crate::envelope::{Envelope, Event, MessageEvent};
 use crate::limits::{self, LimitError};
 use crate::store::{Accepted, SendRequest, Sequencer, StoreError};
 
-/// A send whose shape has been checked ([`Send::new`]).
+/// A send whose shape has been checked: only [`Send::new`] makes one.
 #[derive(Debug, Clone, Copy)]
 pub struct Send<'a> {
-    pub conversation_id: &'a str,
-    pub client_message_id: &'a str,
-    pub body: &'a str,
+    conversation_id: &'a str,
+    client_message_id: &'a str,
+    body: &'a str,
+}
+
+/// A checked send that owns its text, for work that outlives the request
+/// (publishing after the stream moved on).
+#[derive(Debug, Clone)]
+pub struct OwnedSend {
+    conversation_id: String,
+    client_message_id: String,
+    body: String,
+}
+
+impl OwnedSend {
+    pub fn as_send(&self) -> Send<'_> {
+        Send { conversation_id: &self.conversation_id, client_message_id: &self.client_message_id, body: &self.body }
+    }
 }
 
 impl<'a> Send<'a> {
@@ -26,6 +41,27 @@ impl<'a> Send<'a> {
         limits::client_message_id(client_message_id)?;
         limits::body(body, max_body_bytes)?;
         Ok(Self { conversation_id, client_message_id, body })
+    }
+
+    pub fn conversation_id(&self) -> &'a str {
+        self.conversation_id
+    }
+
+    /// Empty: not idempotent.
+    pub fn client_message_id(&self) -> &'a str {
+        self.client_message_id
+    }
+
+    pub fn body(&self) -> &'a str {
+        self.body
+    }
+
+    pub fn to_owned_send(&self) -> OwnedSend {
+        OwnedSend {
+            conversation_id: self.conversation_id.to_owned(),
+            client_message_id: self.client_message_id.to_owned(),
+            body: self.body.to_owned(),
+        }
     }
 }
 

@@ -155,7 +155,7 @@ impl App {
         let envelope = message_envelope(&self.gateway_id, sender, send, accepted);
         self.bus.publish(std::slice::from_ref(&envelope)).await?;
         tracing::debug!(
-            conversation_id = send.conversation_id,
+            conversation_id = send.conversation_id(),
             seq = accepted.seq,
             message_id = accepted.message_id,
             duplicate = accepted.duplicate,
@@ -167,10 +167,10 @@ impl App {
     /// Unary `SendMessage`: a durable member's checked send, accepted and
     /// published; the sender's answer may go out once this returns.
     pub(crate) async fn send_message(&self, sender: &str, send: Send<'_>) -> Result<Accepted, GatewayError> {
-        if !self.stores.membership.is_member(send.conversation_id, sender).await? {
+        if !self.stores.membership.is_member(send.conversation_id(), sender).await? {
             return Err(GatewayError::PermissionDenied(format!(
                 "{sender} is not a member of conversation {}; join it first",
-                send.conversation_id
+                send.conversation_id()
             )));
         }
         let accepted = self.accept(sender, &send).await?;

@@ -20,7 +20,6 @@ use crate::outbox::{CloseReason, Outbox, SharedEvent};
 use crate::wire::{self, Command};
 use chat_core::envelope::ReceiptStatus;
 use chat_core::limits;
-use chat_core::send::Send;
 use chat_core::store::{Direction, HistoryQuery};
 
 /// Sends of one stream being published at once. Acceptance (seq) stays
@@ -300,15 +299,14 @@ impl Session {
         let app = self.app.clone();
         let outbox = self.outbox.clone();
         let request_id = request_id.to_owned();
-        let (conversation_id, client_message_id, body) =
-            (conversation_id.to_owned(), client_message_id.to_owned(), body.to_owned());
+        let send = send.to_owned_send();
         self.app.tasks().spawn(async move {
             let _permit = permit;
-            // Checked above; the task owns its copy of the text.
-            let send = Send { conversation_id: &conversation_id, client_message_id: &client_message_id, body: &body };
+            let send = send.as_send();
+            let (conversation_id, client_message_id) = (send.conversation_id(), send.client_message_id());
             let event = match app.publish_accepted(&outbox.user_id, &send, &accepted).await {
-                Ok(()) => wire::send_accepted(request_id, conversation_id, client_message_id, accepted),
-                Err(err) => wire::error_event(&request_id, &conversation_id, &client_message_id, &err),
+                Ok(()) => wire::send_accepted(request_id, conversation_id.into(), client_message_id.into(), accepted),
+                Err(err) => wire::error_event(&request_id, conversation_id, client_message_id, &err),
             };
             let _ = outbox.deliver(event);
         });

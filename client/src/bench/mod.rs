@@ -495,17 +495,12 @@ fn sample_all(pids: &[u32]) -> Result<procfs::Sample, BenchError> {
     Ok(total)
 }
 
-/// Runs one step and reports it; setup failures are errors, delivery
-/// failures are counted in the result.
-pub async fn run(plan: Plan) -> Result<StepResult, BenchError> {
-    plan.validate()?;
-    let plan = Arc::new(plan);
-    let _ = epoch();
-    let before_connect = sample_all(&plan.pids)?;
+/// Opens every user's connection and stream, as the plan spreads them.
+async fn connect_all(plan: &Arc<Plan>) -> Result<Vec<Connected>, BenchError> {
     let connections: Vec<(String, Channel)> =
         futures::stream::iter(0..plan.users.div_ceil(plan.streams_per_connection))
             .map(|index| {
-                let plan = Arc::clone(&plan);
+                let plan = Arc::clone(plan);
                 async move { open_connection(&plan, index).await }
             })
             .buffered(CONNECT_CONCURRENCY)
@@ -515,7 +510,7 @@ pub async fn run(plan: Plan) -> Result<StepResult, BenchError> {
             .collect::<Result<_, _>>()?;
     let mut connected: Vec<Connected> = futures::stream::iter(0..plan.users)
         .map(|index| {
-            let plan = Arc::clone(&plan);
+            let plan = Arc::clone(plan);
             let (gateway, channel) = connections[index / plan.streams_per_connection].clone();
             async move { connect_user(&plan, index, &gateway, channel).await }
         })
@@ -525,6 +520,92 @@ pub async fn run(plan: Plan) -> Result<StepResult, BenchError> {
         .into_iter()
         .collect::<Result<_, _>>()?;
     connected.sort_by_key(|c| c.index);
+    Ok(connected)
+}
+
+/// Waits, within the plan's drain budget, for every send's answer and then
+/// every delivery; returns when the last delivery arrived.
+async fn drain(plan: &Plan, shared: &Shared) -> tokio::time::Instant {
+    let drain_deadline = tokio::time::Instant::now() + plan.drain;
+    let per_conversation_recipients = (plan.conversation_size - 1) as u64;
+    let mut last_delivery = tokio::time::Instant::now();
+    let mut seen = 0;
+    loop {
+        let sent = shared.sent.load(Ordering::Relaxed);
+        let answered = shared.answered.load(Ordering::Relaxed);
+        let expected = shared.accepted.load(Ordering::Relaxed) * per_conversation_recipients;
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        if delivered != seen {
+            seen = delivered;
+            last_delivery = tokio::time::Instant::now();
+        }
+        if answered >= sent && delivered >= expected {
+            return last_delivery;
+        }
+        if tokio::time::Instant::now() >= drain_deadline {
+            tracing::warn!(sent, answered, expected, delivered, "drain deadline reached");
+            return last_delivery;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What every user's task saw, added up.
+struct Tally {
+    histogram: Histogram<u64>,
+    accepted: u64,
+    send_errors: u64,
+    stream_errors: u64,
+    delivered: u64,
+    lost: u64,
+    duplicated: u64,
+    reordered: u64,
+}
+
+/// Adds up the users' outcomes: each user is owed every other member's
+/// accepted sends, exactly once and in order.
+fn tally(plan: &Plan, outcomes: &[UserOutcome], stream_errors: u64) -> Result<Tally, BenchError> {
+    let histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+        .map_err(|e| BenchError::Plan(format!("histogram: {e}")))?;
+    let mut t = Tally {
+        histogram,
+        accepted: 0,
+        send_errors: 0,
+        stream_errors,
+        delivered: 0,
+        lost: 0,
+        duplicated: 0,
+        reordered: 0,
+    };
+    let accepted_by: Vec<u64> = outcomes.iter().map(|o| o.accepted).collect();
+    for (index, outcome) in outcomes.iter().enumerate() {
+        t.accepted += outcome.accepted;
+        t.send_errors += outcome.send_errors;
+        t.stream_errors += u64::from(outcome.stream_error);
+        if let Some(h) = &outcome.histogram {
+            let _ = t.histogram.add(h);
+        }
+        let first = index / plan.conversation_size * plan.conversation_size;
+        for sender in (first..first + plan.conversation_size).filter(|s| *s != index) {
+            let owed = accepted_by.get(sender).copied().unwrap_or(0);
+            let track = outcome.tracks.get(&sender).cloned().unwrap_or_default();
+            t.delivered += track.unique.min(owed);
+            t.lost += owed.saturating_sub(track.unique);
+            t.duplicated += track.duplicated;
+            t.reordered += track.reordered;
+        }
+    }
+    Ok(t)
+}
+
+/// Runs one step and reports it; setup failures are errors, delivery
+/// failures are counted in the result.
+pub async fn run(plan: Plan) -> Result<StepResult, BenchError> {
+    plan.validate()?;
+    let plan = Arc::new(plan);
+    let _ = epoch();
+    let before_connect = sample_all(&plan.pids)?;
+    let connected = connect_all(&plan).await?;
     let idle = sample_all(&plan.pids)?;
     let client_before = procfs::sample(std::process::id())?;
 
@@ -546,66 +627,24 @@ pub async fn run(plan: Plan) -> Result<StepResult, BenchError> {
     // Sending ends at `end`; then every send's answer, then every delivery,
     // each within the drain budget.
     tokio::time::sleep_until(end).await;
-    let drain_deadline = tokio::time::Instant::now() + plan.drain;
-    let per_conversation_recipients = (plan.conversation_size - 1) as u64;
-    let mut last_delivery = tokio::time::Instant::now();
-    let mut seen = 0;
-    loop {
-        let sent = shared.sent.load(Ordering::Relaxed);
-        let answered = shared.answered.load(Ordering::Relaxed);
-        let expected = shared.accepted.load(Ordering::Relaxed) * per_conversation_recipients;
-        let delivered = shared.delivered.load(Ordering::Relaxed);
-        if delivered != seen {
-            seen = delivered;
-            last_delivery = tokio::time::Instant::now();
-        }
-        if answered >= sent && delivered >= expected {
-            break;
-        }
-        if tokio::time::Instant::now() >= drain_deadline {
-            tracing::warn!(sent, answered, expected, delivered, "drain deadline reached");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let last_delivery = drain(&plan, &shared).await;
     let busy = sample_all(&plan.pids)?;
     let client_after = procfs::sample(std::process::id())?;
     let _ = stop_tx.send(true);
 
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-        .map_err(|e| BenchError::Plan(format!("histogram: {e}")))?;
-    let (mut accepted, mut send_errors, mut stream_errors) = (0, 0, 0);
     let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut panicked = 0;
     for task in tasks {
         match task.await {
             Ok(outcome) => outcomes.push(outcome),
-            Err(_) => stream_errors += 1,
+            Err(_) => panicked += 1,
         }
     }
-    let accepted_by: Vec<u64> = outcomes.iter().map(|o| o.accepted).collect();
-    let (mut delivered, mut lost, mut duplicated, mut reordered) = (0, 0, 0, 0);
-    for (index, outcome) in outcomes.iter().enumerate() {
-        accepted += outcome.accepted;
-        send_errors += outcome.send_errors;
-        stream_errors += u64::from(outcome.stream_error);
-        if let Some(h) = &outcome.histogram {
-            let _ = histogram.add(h);
-        }
-        // Every other member of the conversation owes this user its accepted sends.
-        let first = index / plan.conversation_size * plan.conversation_size;
-        for sender in (first..first + plan.conversation_size).filter(|s| *s != index) {
-            let owed = accepted_by.get(sender).copied().unwrap_or(0);
-            let track = outcome.tracks.get(&sender).cloned().unwrap_or_default();
-            delivered += track.unique.min(owed);
-            lost += owed.saturating_sub(track.unique);
-            duplicated += track.duplicated;
-            reordered += track.reordered;
-        }
-    }
-    let expected = accepted * per_conversation_recipients;
+    let t = tally(&plan, &outcomes, panicked)?;
+    let expected = t.accepted * (plan.conversation_size - 1) as u64;
     let window = last_delivery.duration_since(start).as_secs_f64().max(plan.duration.as_secs_f64());
     let gateway_cpu_s = busy.cpu_seconds - idle.cpu_seconds;
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let ms = |q: f64| t.histogram.value_at_quantile(q) as f64 / 1000.0;
     let (users, gateways) = (plan.users, plan.gateways.len());
     Ok(StepResult {
         label: plan.label.clone(),
@@ -615,21 +654,21 @@ pub async fn run(plan: Plan) -> Result<StepResult, BenchError> {
         conversation_size: plan.conversation_size,
         rate_per_user: plan.rate,
         duration_s: plan.duration.as_secs_f64(),
-        accepted,
-        send_errors,
-        stream_errors,
+        accepted: t.accepted,
+        send_errors: t.send_errors,
+        stream_errors: t.stream_errors,
         expected,
-        delivered,
-        lost,
-        duplicated,
-        reordered,
+        delivered: t.delivered,
+        lost: t.lost,
+        duplicated: t.duplicated,
+        reordered: t.reordered,
         p50_ms: ms(0.50),
         p95_ms: ms(0.95),
         p99_ms: ms(0.99),
-        max_ms: histogram.max() as f64 / 1000.0,
-        deliveries_per_s: delivered as f64 / window,
+        max_ms: t.histogram.max() as f64 / 1000.0,
+        deliveries_per_s: t.delivered as f64 / window,
         gateway_cpu_s,
-        deliveries_per_gateway_cpu_s: if gateway_cpu_s > 0.0 { delivered as f64 / gateway_cpu_s } else { 0.0 },
+        deliveries_per_gateway_cpu_s: if gateway_cpu_s > 0.0 { t.delivered as f64 / gateway_cpu_s } else { 0.0 },
         client_cpu_s: client_after.cpu_seconds - client_before.cpu_seconds,
         rss_kb_per_stream: idle.rss_kb.saturating_sub(before_connect.rss_kb) as f64 / users as f64,
         gateway_rss_mb: busy.rss_kb as f64 / 1024.0,
