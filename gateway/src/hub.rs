@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use chat_core::envelope::{Envelope, Event};
 
-use crate::outbox::{Outbox, SharedEvent, Undeliverable};
+use crate::outbox::{Outbox, Undeliverable};
 use crate::receipts::ReceiptPositions;
 use crate::reorder::{Pushed, Reorderer};
 use crate::wire::Outgoing;
+use crate::wire::SharedEvent;
 
 /// Event ids remembered for deduplication. At-least-once redeliveries come
 /// within seconds to minutes, well inside this many events.

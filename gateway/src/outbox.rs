@@ -12,62 +12,14 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use chat_core::envelope::ReceiptStatus;
-use chat_proto::encoded::EncodedServerEvent;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
+use crate::wire::{CloseReason, Facts, SharedEvent};
+
 pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, Status>> + Send + 'static>>;
-
-/// What an outbox reads of an event: the domain values its bookkeeping
-/// needs, handed over beside the encoding (never parsed back from it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Facts {
-    /// A message: moves its conversation's resume point.
-    Message { conversation_id: String, seq: u64 },
-    /// A receipt: shown only when it moves its user forward.
-    Receipt { conversation_id: String, user_id: String, status: ReceiptStatus, up_to_seq: u64 },
-    /// Anything else: delivered as it is.
-    Other,
-}
-
-/// An event on its way to streams: its [`Facts`] and its protobuf encoding
-/// (built by `wire`), made once however many streams it goes to. Cloning
-/// shares both.
-#[derive(Debug, Clone)]
-pub(crate) struct SharedEvent(Arc<(Facts, EncodedServerEvent)>);
-
-impl SharedEvent {
-    pub(crate) fn new(facts: Facts, wire: EncodedServerEvent) -> Self {
-        Self(Arc::new((facts, wire)))
-    }
-
-    pub(crate) fn facts(&self) -> &Facts {
-        &self.0.0
-    }
-
-    /// What tonic writes: the shared encoding.
-    pub(crate) fn wire(&self) -> EncodedServerEvent {
-        self.0.1.clone()
-    }
-
-    /// The seq of a message of `conversation_id`.
-    fn seq_in(&self, conversation_id: &str) -> Option<u64> {
-        match self.facts() {
-            Facts::Message { conversation_id: c, seq } if c == conversation_id => Some(*seq),
-            _ => None,
-        }
-    }
-}
-
-/// Why an outbox was closed with a terminal status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
-    SlowConsumer,
-    Shutdown,
-}
 
 /// A delivery that did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

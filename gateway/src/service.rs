@@ -17,9 +17,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::app::App;
 use crate::auth::caller;
 use crate::history::PageRequest;
-use crate::outbox::{EventStream, SharedEvent};
+use crate::outbox::EventStream;
 use crate::session::Session;
-use crate::wire;
+use crate::wire::{self, SharedEvent};
 use chat_proto::encoded::EncodedServerEvent;
 use futures::TryStreamExt;
 

@@ -16,8 +16,8 @@ use tonic::{Code, Status};
 
 use crate::app::App;
 use crate::error::GatewayError;
-use crate::outbox::{CloseReason, Outbox, SharedEvent};
-use crate::wire::{self, Command};
+use crate::outbox::Outbox;
+use crate::wire::{self, CloseReason, Command, SharedEvent};
 use chat_core::envelope::ReceiptStatus;
 use chat_core::limits;
 use chat_core::store::{Direction, HistoryQuery};

@@ -6,6 +6,8 @@
 //! tonic service (`service`), which only moves fields between requests,
 //! [`App`](crate::app::App) and these builders.
 
+use std::sync::Arc;
+
 use chat_core::envelope::{Envelope, Event, ReceiptStatus};
 use chat_core::store::{Accepted, ConversationInfo, DeliveryStatus, MemberState, RecipientStatus, StoredMessage};
 use chat_proto::encoded::EncodedServerEvent;
@@ -13,7 +15,54 @@ use chat_proto::pb::{self, ClientFrame, ServerEvent, client_frame::Frame, server
 use tonic::{Code, Status};
 
 use crate::error::GatewayError;
-use crate::outbox::{CloseReason, Facts, SharedEvent};
+
+/// What an outbox reads of an event: the domain values its bookkeeping
+/// needs, handed over beside the encoding (never parsed back from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Facts {
+    /// A message: moves its conversation's resume point.
+    Message { conversation_id: String, seq: u64 },
+    /// A receipt: shown only when it moves its user forward.
+    Receipt { conversation_id: String, user_id: String, status: ReceiptStatus, up_to_seq: u64 },
+    /// Anything else: delivered as it is.
+    Other,
+}
+
+/// An event on its way to streams: its [`Facts`] and its protobuf encoding
+/// (built by `wire`), made once however many streams it goes to. Cloning
+/// shares both.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedEvent(Arc<(Facts, EncodedServerEvent)>);
+
+impl SharedEvent {
+    pub(crate) fn new(facts: Facts, wire: EncodedServerEvent) -> Self {
+        Self(Arc::new((facts, wire)))
+    }
+
+    pub(crate) fn facts(&self) -> &Facts {
+        &self.0.0
+    }
+
+    /// What tonic writes: the shared encoding.
+    pub(crate) fn wire(&self) -> EncodedServerEvent {
+        self.0.1.clone()
+    }
+
+    /// The seq of a message of `conversation_id`.
+    pub(crate) fn seq_in(&self, conversation_id: &str) -> Option<u64> {
+        match self.facts() {
+            Facts::Message { conversation_id: c, seq } if c == conversation_id => Some(*seq),
+            _ => None,
+        }
+    }
+}
+
+/// Why an outbox was closed with a terminal status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    SlowConsumer,
+    Shutdown,
+}
 
 /// What a client asked for in one frame of its `Connect` stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
