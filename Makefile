@@ -34,13 +34,12 @@ help:
 # $(call install_venv,DIR,REQUIREMENTS,WHAT): a pinned Python environment.
 # The directory is named by the requirements' hash, so an environment is
 # installed once per content (order-only prerequisites: a fresh clone's newer
-# file times do not reinstall it).
+# file times do not reinstall it). Built aside under a lock and published by
+# an atomic rename, so a `make test` using it is never disturbed and two
+# makes do not build it twice (tools/install-venv.sh).
 define install_venv
 	@echo "==> installing $(3) into $(1) (first run only)"
-	rm -rf $(1)
-	$(PYTHON) -m venv $(1)
-	$(1)/bin/python -m pip install --quiet --no-input -r $(2)
-	touch $(1)/.installed
+	bash tools/install-venv.sh $(1) $(2) $(PYTHON)
 endef
 
 $(MOTO_VENV)/.installed: | $(MOTO_REQ)
@@ -141,4 +140,4 @@ NAME ?= alice
 PORT ?= 50051
 ROOM ?= room1
 chat:
-	$(TARGET_DIR)/debug/chat connect --gateway http://127.0.0.1:$(PORT) --user $(NAME) --conversation $(ROOM)
+	./chat connect --gateway http://127.0.0.1:$(PORT) --user $(NAME) --conversation $(ROOM)

@@ -23,9 +23,10 @@ Scope:
     message asking to reset the emulator; attributes removed from the
     template are left as they are (emulators are meant to be thrown away).
   * Other resource types (Lambda/Serverless functions, IAM, ECS, Logs,
-    EventBridge rules, event source mappings, ...) are skipped with a note:
-    the local function runners stand in for them. A resource whose
-    properties need a skipped resource's value is skipped too.
+    EventBridge rules, event source mappings, ...) are skipped, with one
+    summary line (--verbose: a note per resource): the local function
+    runners stand in for them. A resource whose properties need a skipped
+    resource's value is skipped too.
   * Resources without an explicit name get "<stack-name>-<LogicalId>" (CFN
     would add a random suffix; a fixed name keeps re-runs idempotent).
 
@@ -34,7 +35,7 @@ image (see localstack/init/ready.d/10-provision.sh).
 
 Usage:
   provision.py --template template.yaml --endpoint http://127.0.0.1:4566 \
-      [--region us-east-1] [--stack-name chat] [--format json|env]
+      [--region us-east-1] [--stack-name chat] [--format json|env] [--verbose]
 
 Progress and notes go to stderr; only the outputs go to stdout. Exit status
 is 0 on success, 1 on a provisioning error, 2 on a usage error.
@@ -517,11 +518,12 @@ TABLE_IGNORED = {"PointInTimeRecoverySpecification", "SSESpecification",
 
 
 class Provisioner:
-    def __init__(self, session, endpoint: str, stack: Stack, timeout: float):
+    def __init__(self, session, endpoint: str, stack: Stack, timeout: float, verbose: bool = False):
         self.session = session
         self.endpoint = endpoint
         self.stack = stack
         self.timeout = timeout
+        self.verbose = verbose
         self._clients: dict = {}
         # Bounded connect/read times and retries: never hang on a dead emulator.
         self._config = Config(connect_timeout=5, read_timeout=30,
@@ -865,6 +867,7 @@ class Provisioner:
 
     def run(self) -> dict[str, int]:
         counts = {"created": 0, "updated": 0, "unchanged": 0, "skipped": 0}
+        skipped: list[tuple[str, str]] = []  # (type, why), in template order
         stack = self.stack
         for lid in stack.order():
             resource = stack.resources[lid] or {}
@@ -873,21 +876,18 @@ class Provisioner:
             cond = resource.get("Condition")
             if cond is not None and not stack.condition(cond):
                 stack.skipped[lid] = "condition false"
-                counts["skipped"] += 1
-                note(f"skip {label}: condition {cond} is false")
+                skipped.append((rtype, f"skip {label}: condition {cond} is false"))
                 continue
             handler = self.HANDLERS.get(rtype)
             if handler is None:
                 stack.skipped[lid] = "type not emulated"
-                counts["skipped"] += 1
-                note(f"skip {label}: not provisioned on the emulator (local runners stand in for it)")
+                skipped.append((rtype, f"skip {label}: not provisioned on the emulator (local runners stand in for it)"))
                 continue
             try:
                 props = stack.resolve(resource.get("Properties") or {})
             except NotProvisioned as exc:
                 stack.skipped[lid] = f"needs {exc.logical_id}"
-                counts["skipped"] += 1
-                note(f"skip {label}: needs {exc.logical_id}, which is not provisioned on the emulator")
+                skipped.append((rtype, f"skip {label}: needs {exc.logical_id}, which is not provisioned on the emulator"))
                 continue
             except ProvisionError as exc:
                 raise ProvisionError(f"{label}: {exc}") from None
@@ -902,6 +902,19 @@ class Provisioner:
             counts[status] += 1
             extra = f" [ignored on the emulator: {', '.join(ignored)}]" if ignored else ""
             note(f"{status:9} {label}: {detail}{extra}")
+        counts["skipped"] = len(skipped)
+        if self.verbose:
+            for _, why in skipped:
+                note(why)
+        elif skipped:
+            # Every run skips the same resources: one line, not one per resource.
+            by_type: dict[str, int] = {}
+            for rtype, _ in skipped:
+                short = rtype.removeprefix("AWS::")
+                by_type[short] = by_type.get(short, 0) + 1
+            kinds = ", ".join(f"{n} {t}" for t, n in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0])))
+            note(f"skipped {len(skipped)} resources the emulator does not run ({kinds}); "
+                 "local runners stand in for the functions; --verbose lists each and why")
         return counts
 
     def outputs(self) -> dict[str, str]:
@@ -982,6 +995,8 @@ def parse_args(argv):
                         help="override a template parameter (repeatable)")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds to wait for the emulator and for each table (default: 60)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="a note per skipped resource instead of one summary line")
     args = parser.parse_args(argv)
     if not args.endpoint:
         # Real AWS is deployed with SAM/CloudFormation; never create stray resources there.
@@ -1008,7 +1023,7 @@ def main(argv=None) -> int:
                       account_id=account, parameters=args.parameters)
         note(f"provisioning stack {args.stack_name!r} from {args.template} on {args.endpoint} "
              f"({args.region}, account {account})")
-        provisioner = Provisioner(session, args.endpoint, stack, args.timeout)
+        provisioner = Provisioner(session, args.endpoint, stack, args.timeout, verbose=args.verbose)
         counts = provisioner.run()
         outputs = provisioner.outputs()
         note(", ".join(f"{n} {k}" for k, n in counts.items()))

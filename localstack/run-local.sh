@@ -51,7 +51,7 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
 # script even inside `||`.)
 start_time() { # pid: its start time (clock ticks since boot); fails if it is gone
     local stat
-    read -r stat <"/proc/$1/stat" 2>/dev/null || return 1
+    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
     local -a fields
     read -ra fields <<<"${stat##*) }" # after "pid (comm) ": state is field 3
     echo "${fields[19]}"              # field 22
@@ -59,7 +59,7 @@ start_time() { # pid: its start time (clock ticks since boot); fails if it is go
 
 alive() { # pid: running (a zombie has exited)
     local stat
-    read -r stat <"/proc/$1/stat" 2>/dev/null || return 1
+    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
     stat="${stat##*) }"
     [[ "${stat:0:1}" != Z ]]
 }

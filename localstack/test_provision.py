@@ -194,6 +194,28 @@ class ProvisionAgreesWithTemplate(unittest.TestCase):
         self.assertNotIn("created ", done.stderr)
         self.assertNotIn("updated ", done.stderr)
 
+    def test_skips_are_summarised(self):
+        """One line for the resources the emulator does not run; --verbose names each."""
+        base = [sys.executable, os.path.join(HERE, "provision.py"), "--template", TEMPLATE,
+                "--endpoint", self.endpoint, "--stack-name", "agree-summary"]
+        quiet = subprocess.run(base, capture_output=True, text=True, timeout=120, check=False)
+        self.assertEqual(quiet.returncode, 0, quiet.stderr)
+        skip_lines = [line for line in quiet.stderr.splitlines() if "skip" in line]
+        self.assertEqual(len(skip_lines), 2, quiet.stderr)  # the summary and the totals
+        summary, totals = skip_lines
+        skipped = int(totals.rsplit(", ", 1)[1].split()[0])  # "..., 28 skipped"
+        not_emulated = sum(1 for res in provision.load_template(TEMPLATE)["Resources"].values()
+                           if res.get("Type") not in EMULATED)
+        self.assertEqual(skipped, not_emulated, totals)
+        self.assertIn(f"skipped {skipped} resources the emulator does not run (", summary)
+        self.assertIn("Serverless::Function", summary)
+        self.assertIn("--verbose", summary)
+        verbose = subprocess.run(base + ["--verbose"], capture_output=True, text=True, timeout=120, check=False)
+        self.assertEqual(verbose.returncode, 0, verbose.stderr)
+        notes = [line for line in verbose.stderr.splitlines() if line.startswith("provision: skip ")]
+        self.assertEqual(len(notes), skipped, verbose.stderr)
+        self.assertNotIn("resources the emulator does not run", verbose.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -450,6 +450,12 @@ impl Cluster {
         (urls, pids, auth)
     }
 
+    /// The gateways' signing secret (what a local gateway keeps in
+    /// `.run/jwt-secret`).
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
     pub fn token(&self, user: &str) -> anyhow::Result<String> {
         Ok(chat_proto::token::mint(
             self.secret.as_bytes(),
