@@ -336,186 +336,242 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Token { user, ttl_secs, secret } => {
-            println!("{}", secret.mint(&user, Duration::from_secs(ttl_secs))?);
-        }
-        Command::Bench { bench, secret } => {
-            service::init_logging(false);
-            let auth = if bench.no_auth { None } else { Some(secret.auth()?) };
-            let seconds = |s: f64, what: &str| {
-                Duration::try_from_secs_f64(s)
-                    .with_context(|| format!("{what} must be a non-negative number of seconds"))
-            };
-            let (duration, drain) =
-                (seconds(bench.duration_secs, "--duration-secs")?, seconds(bench.drain_secs, "--drain-secs")?);
-            let run_id = ulid::Ulid::new().to_string().to_lowercase();
-            for (step, users) in bench.users.iter().enumerate() {
-                let plan = chat_client::bench::Plan {
-                    label: bench.label.clone(),
-                    gateways: bench.gateways.clone(),
-                    pids: bench.pids.clone(),
-                    users: *users,
-                    streams_per_connection: bench.streams_per_connection,
-                    conversation_size: bench.conversation_size,
-                    rate: bench.rate,
-                    duration,
-                    drain,
-                    body_bytes: bench.body_bytes,
-                    auth: auth.clone(),
-                    run_id: format!("{run_id}-{step}"),
-                };
-                let result = chat_client::bench::run(plan).await?;
-                println!("{}", result.summary());
-                chat_client::bench::append_csv(&bench.csv, std::slice::from_ref(&result))
-                    .with_context(|| format!("writing {}", bench.csv.display()))?;
-            }
-        }
-        Command::BenchBaseline { listen } => {
-            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-            eprintln!("baseline listening on {}", listener.local_addr()?);
-            tonic::transport::Server::builder()
-                .add_service(chat_client::bench::baseline::Baseline::default().server())
-                .serve_with_incoming_shutdown(
-                    chat_proto::transport::incoming(listener),
-                    service::stop_on_signals().cancelled_owned(),
-                )
-                .await?;
-        }
-        Command::BenchPlot { csv, out, title } => {
-            let mut points = Vec::new();
-            for path in &csv {
-                points.extend(chat_client::bench::plot::read_points(path)?);
-            }
-            for path in chat_client::bench::plot::plot(&points, &out, &title)? {
-                println!("{}", path.display());
-            }
-        }
-        Command::Cost { workload } => {
-            let estimate = chat_client::cost::estimate(&workload)?;
-            print!("{}", chat_client::cost::render(&workload, &estimate));
-        }
-        Command::Echo { gateways, message } => {
-            for gateway in gateway_list(&gateways)? {
-                let mut client = EchoServiceClient::new(channel(&gateway).await?);
-                let reply = client
-                    .echo(EchoRequest { message: message.clone() })
-                    .await
-                    .map_err(rpc_error)
-                    .with_context(|| format!("gateway {gateway}"))?
-                    .into_inner();
-                println!("{} (from {} at {gateway})", reply.message, reply.gateway_id);
-            }
-        }
+        Command::Token { user, ttl_secs, secret } => token(user, ttl_secs, secret).await,
+        Command::Bench { bench, secret } => run_bench(bench, secret).await,
+        Command::BenchBaseline { listen } => bench_baseline(listen).await,
+        Command::BenchPlot { csv, out, title } => bench_plot(csv, out, title).await,
+        Command::Cost { workload } => cost(workload).await,
+        Command::Echo { gateways, message } => echo(gateways, message).await,
         Command::Send { conn, conversation, body, client_message_id } => {
-            let (_, mut client) = conn.client().await?;
-            let reply = client
-                .send_message(SendMessageRequest { conversation_id: conversation, client_message_id, body })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            println!(
-                "{} seq={} message_id={}{}",
-                reply.conversation_id,
-                reply.seq,
-                reply.message_id,
-                if reply.duplicate { " (duplicate)" } else { "" }
-            );
+            send(conn, conversation, body, client_message_id).await
         }
-        Command::History { conn, conversation, limit } => {
-            let (_, mut client) = conn.client().await?;
-            let mut messages = Vec::new();
-            let mut cursor = String::new();
-            while messages.len() < limit {
-                let page = client
-                    .get_history(GetHistoryRequest {
-                        conversation_id: conversation.clone(),
-                        page_size: u32::try_from((limit - messages.len()).min(200)).unwrap_or(200),
-                        cursor: std::mem::take(&mut cursor),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(rpc_error)?
-                    .into_inner();
-                messages.extend(page.messages);
-                if page.next_cursor.is_empty() {
-                    break;
-                }
-                cursor = page.next_cursor;
-            }
-            for m in messages.iter().rev() {
-                println!("[{} #{}] {}: {}", m.conversation_id, m.seq, m.sender, m.body);
-            }
-        }
-        Command::Conversations { conn } => {
-            let (_, mut client) = conn.client().await?;
-            let mut cursor = String::new();
-            loop {
-                let page = client
-                    .list_conversations(ListConversationsRequest { page_size: 100, cursor })
-                    .await
-                    .map_err(rpc_error)?
-                    .into_inner();
-                for c in &page.conversations {
-                    let last = c
-                        .last_message
-                        .as_ref()
-                        .map(|m| format!("#{} {}: {}", m.seq, m.sender, m.body))
-                        .unwrap_or_else(|| "(no messages)".into());
-                    println!("{} — {} unread — {last}", c.conversation_id, c.unread);
-                }
-                if page.next_cursor.is_empty() {
-                    break;
-                }
-                cursor = page.next_cursor;
-            }
-        }
-        Command::AddMember { conn, conversation, member } => {
-            let (_, mut client) = conn.client().await?;
-            let added = client
-                .add_member(AddMemberRequest { conversation_id: conversation.clone(), member_id: member.clone() })
-                .await
-                .map_err(rpc_error)?
-                .into_inner()
-                .added;
-            println!("{member} {} {conversation}", if added { "added to" } else { "was already in" });
-        }
-        Command::Link { conn, external_id } => {
-            let (user, mut client) = conn.client().await?;
-            client.link_channel(LinkChannelRequest { external_id: external_id.clone() }).await.map_err(rpc_error)?;
-            if external_id.is_empty() {
-                println!("{user}: no fallback channel");
-            } else {
-                println!("{user}: messages you do not acknowledge in time go to {external_id}");
-            }
-        }
-        Command::Status { conn, conversation, message_id } => {
-            let (_, mut client) = conn.client().await?;
-            let status = client
-                .get_message_status(GetMessageStatusRequest { conversation_id: conversation, message_id })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            println!("#{} by {}:", status.seq, status.sender);
-            for r in status.recipients {
-                let name = MessageStatus::try_from(r.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
-                let reason = if r.reason.is_empty() { String::new() } else { format!(" — {}", r.reason) };
-                println!("  {:<28} {name}{reason}", r.user_id);
-            }
-        }
-        Command::Read { conn, conversation, seq } => {
-            let (_, mut client) = conn.client().await?;
-            let marker = client
-                .mark_read(MarkReadRequest { conversation_id: conversation.clone(), seq })
-                .await
-                .map_err(rpc_error)?
-                .into_inner()
-                .last_read_seq;
-            println!("{conversation}: read up to #{marker}");
-        }
-        Command::Connect { conn, conversations } => {
-            let (user, bearer) = conn.bearer()?;
-            connect::interactive(conn.gateways()?, bearer, user, conversations).await?;
-        }
+        Command::History { conn, conversation, limit } => history(conn, conversation, limit).await,
+        Command::Conversations { conn } => conversations(conn).await,
+        Command::AddMember { conn, conversation, member } => add_member(conn, conversation, member).await,
+        Command::Link { conn, external_id } => link(conn, external_id).await,
+        Command::Status { conn, conversation, message_id } => status(conn, conversation, message_id).await,
+        Command::Read { conn, conversation, seq } => read(conn, conversation, seq).await,
+        Command::Connect { conn, conversations } => connect_interactive(conn, conversations).await,
     }
+}
+
+/// Prints a development token.
+async fn token(user: String, ttl_secs: u64, secret: SecretArgs) -> anyhow::Result<()> {
+    println!("{}", secret.mint(&user, Duration::from_secs(ttl_secs))?);
+    Ok(())
+}
+
+/// Runs the benchmark sweep, one step per user count, appending to the CSV.
+async fn run_bench(bench: BenchArgs, secret: SecretArgs) -> anyhow::Result<()> {
+    service::init_logging(false);
+    let auth = if bench.no_auth { None } else { Some(secret.auth()?) };
+    let seconds = |s: f64, what: &str| {
+        Duration::try_from_secs_f64(s).with_context(|| format!("{what} must be a non-negative number of seconds"))
+    };
+    let (duration, drain) =
+        (seconds(bench.duration_secs, "--duration-secs")?, seconds(bench.drain_secs, "--drain-secs")?);
+    let run_id = ulid::Ulid::new().to_string().to_lowercase();
+    for (step, users) in bench.users.iter().enumerate() {
+        let plan = chat_client::bench::Plan {
+            label: bench.label.clone(),
+            gateways: bench.gateways.clone(),
+            pids: bench.pids.clone(),
+            users: *users,
+            streams_per_connection: bench.streams_per_connection,
+            conversation_size: bench.conversation_size,
+            rate: bench.rate,
+            duration,
+            drain,
+            body_bytes: bench.body_bytes,
+            auth: auth.clone(),
+            run_id: format!("{run_id}-{step}"),
+        };
+        let result = chat_client::bench::run(plan).await?;
+        println!("{}", result.summary());
+        chat_client::bench::append_csv(&bench.csv, std::slice::from_ref(&result))
+            .with_context(|| format!("writing {}", bench.csv.display()))?;
+    }
+    Ok(())
+}
+
+/// Serves the raw tonic baseline until a signal.
+async fn bench_baseline(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    eprintln!("baseline listening on {}", listener.local_addr()?);
+    tonic::transport::Server::builder()
+        .add_service(chat_client::bench::baseline::Baseline::default().server())
+        .serve_with_incoming_shutdown(
+            chat_proto::transport::incoming(listener),
+            service::stop_on_signals().cancelled_owned(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Draws the PNG plots of bench CSV files.
+async fn bench_plot(csv: Vec<PathBuf>, out: PathBuf, title: String) -> anyhow::Result<()> {
+    let mut points = Vec::new();
+    for path in &csv {
+        points.extend(chat_client::bench::plot::read_points(path)?);
+    }
+    for path in chat_client::bench::plot::plot(&points, &out, &title)? {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// Prints the AWS cost model.
+async fn cost(workload: chat_client::cost::Workload) -> anyhow::Result<()> {
+    let estimate = chat_client::cost::estimate(&workload)?;
+    print!("{}", chat_client::cost::render(&workload, &estimate));
+    Ok(())
+}
+
+/// Checks every gateway given.
+async fn echo(gateways: Vec<String>, message: String) -> anyhow::Result<()> {
+    for gateway in gateway_list(&gateways)? {
+        let mut client = EchoServiceClient::new(channel(&gateway).await?);
+        let reply = client
+            .echo(EchoRequest { message: message.clone() })
+            .await
+            .map_err(rpc_error)
+            .with_context(|| format!("gateway {gateway}"))?
+            .into_inner();
+        println!("{} (from {} at {gateway})", reply.message, reply.gateway_id);
+    }
+    Ok(())
+}
+
+/// Sends one message through the unary API.
+async fn send(conn: ConnArgs, conversation: String, body: String, client_message_id: String) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let reply = client
+        .send_message(SendMessageRequest { conversation_id: conversation, client_message_id, body })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!(
+        "{} seq={} message_id={}{}",
+        reply.conversation_id,
+        reply.seq,
+        reply.message_id,
+        if reply.duplicate { " (duplicate)" } else { "" }
+    );
+    Ok(())
+}
+
+/// Prints stored messages, oldest first.
+async fn history(conn: ConnArgs, conversation: String, limit: usize) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let mut messages = Vec::new();
+    let mut cursor = String::new();
+    while messages.len() < limit {
+        let page = client
+            .get_history(GetHistoryRequest {
+                conversation_id: conversation.clone(),
+                page_size: u32::try_from((limit - messages.len()).min(200)).unwrap_or(200),
+                cursor: std::mem::take(&mut cursor),
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        messages.extend(page.messages);
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    for m in messages.iter().rev() {
+        println!("[{} #{}] {}: {}", m.conversation_id, m.seq, m.sender, m.body);
+    }
+    Ok(())
+}
+
+/// Lists the caller's conversations with unread counts.
+async fn conversations(conn: ConnArgs) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let mut cursor = String::new();
+    loop {
+        let page = client
+            .list_conversations(ListConversationsRequest { page_size: 100, cursor })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        for c in &page.conversations {
+            let last = c
+                .last_message
+                .as_ref()
+                .map(|m| format!("#{} {}: {}", m.seq, m.sender, m.body))
+                .unwrap_or_else(|| "(no messages)".into());
+            println!("{} — {} unread — {last}", c.conversation_id, c.unread);
+        }
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    Ok(())
+}
+
+/// Adds a member (a user or an external identity).
+async fn add_member(conn: ConnArgs, conversation: String, member: String) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let added = client
+        .add_member(AddMemberRequest { conversation_id: conversation.clone(), member_id: member.clone() })
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .added;
+    println!("{member} {} {conversation}", if added { "added to" } else { "was already in" });
+    Ok(())
+}
+
+/// Links the caller to an external identity for offline fallback.
+async fn link(conn: ConnArgs, external_id: String) -> anyhow::Result<()> {
+    let (user, mut client) = conn.client().await?;
+    client.link_channel(LinkChannelRequest { external_id: external_id.clone() }).await.map_err(rpc_error)?;
+    if external_id.is_empty() {
+        println!("{user}: no fallback channel");
+    } else {
+        println!("{user}: messages you do not acknowledge in time go to {external_id}");
+    }
+    Ok(())
+}
+
+/// Prints each recipient's status of a message.
+async fn status(conn: ConnArgs, conversation: String, message_id: String) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let status = client
+        .get_message_status(GetMessageStatusRequest { conversation_id: conversation, message_id })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("#{} by {}:", status.seq, status.sender);
+    for r in status.recipients {
+        let name = MessageStatus::try_from(r.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+        let reason = if r.reason.is_empty() { String::new() } else { format!(" — {}", r.reason) };
+        println!("  {:<28} {name}{reason}", r.user_id);
+    }
+    Ok(())
+}
+
+/// Marks a conversation read up to a seq.
+async fn read(conn: ConnArgs, conversation: String, seq: u64) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let marker = client
+        .mark_read(MarkReadRequest { conversation_id: conversation.clone(), seq })
+        .await
+        .map_err(rpc_error)?
+        .into_inner()
+        .last_read_seq;
+    println!("{conversation}: read up to #{marker}");
+    Ok(())
+}
+
+/// The interactive chat.
+async fn connect_interactive(conn: ConnArgs, conversations: Vec<String>) -> anyhow::Result<()> {
+    let (user, bearer) = conn.bearer()?;
+    connect::interactive(conn.gateways()?, bearer, user, conversations).await?;
     Ok(())
 }
