@@ -89,8 +89,8 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
-    let batch = Batch::decode(event);
-    let failed: Vec<String> = futures::stream::iter(batch.records.iter().cloned())
+    let Batch { records, undecodable } = Batch::decode(event);
+    let failed: Vec<String> = futures::stream::iter(records)
         .map(|record| {
             let id = record.id.clone();
             let handled = handle(record);
@@ -108,7 +108,7 @@ where
         .filter_map(std::future::ready)
         .collect()
         .await;
-    batch.response(failed)
+    Batch { records: Vec::new(), undecodable }.response(failed)
 }
 
 #[cfg(test)]

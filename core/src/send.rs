@@ -27,6 +27,12 @@ impl OwnedSend {
     pub fn as_send(&self) -> Send<'_> {
         Send { conversation_id: &self.conversation_id, client_message_id: &self.client_message_id, body: &self.body }
     }
+
+    /// The conversation and client message ids, moved out (for the answer
+    /// to the send once it is published).
+    pub fn into_ids(self) -> (String, String) {
+        (self.conversation_id, self.client_message_id)
+    }
 }
 
 impl<'a> Send<'a> {

@@ -167,16 +167,12 @@ impl App {
     /// Unary `SendMessage`: a durable member's checked send, accepted and
     /// published; the sender's answer may go out once this returns.
     pub(crate) async fn send_message(&self, sender: &str, send: Send<'_>) -> Result<Accepted, GatewayError> {
-        if !self.stores.membership.is_member(send.conversation_id(), sender).await? {
-            return Err(GatewayError::PermissionDenied(format!(
-                "{sender} is not a member of conversation {}; join it first",
-                send.conversation_id()
-            )));
-        }
+        self.require_member(send.conversation_id(), sender).await?;
         let accepted = self.accept(sender, &send).await?;
         self.publish_accepted(sender, &send, &accepted).await?;
         Ok(accepted)
     }
+
     /// Joins `outbox`'s stream to a conversation: membership, live
     /// subscription, presence, and the events that announce them. Joining a
     /// conversation the stream already hears refreshes membership and the
@@ -328,14 +324,7 @@ impl App {
         caller: &str,
         message_id: &str,
     ) -> Result<(StoredMessage, Vec<RecipientStatus>), GatewayError> {
-        limits::message_id(message_id)?;
-        self.require_member(conversation_id, caller).await?;
-        let message = self
-            .stores
-            .history
-            .get_message(conversation_id, message_id)
-            .await?
-            .ok_or_else(|| not_stored(conversation_id, message_id))?;
+        let message = self.get_message(conversation_id, caller, message_id).await?;
         let statuses = self.stores.receipts.message_status(&message).await?;
         Ok((message, statuses))
     }
@@ -346,7 +335,9 @@ impl App {
         if self.stores.membership.is_member(conversation_id, user).await? {
             Ok(())
         } else {
-            Err(GatewayError::PermissionDenied(format!("{user} is not a member of conversation {conversation_id}")))
+            Err(GatewayError::PermissionDenied(format!(
+                "{user} is not a member of conversation {conversation_id}; join it (or be added) first"
+            )))
         }
     }
 

@@ -302,11 +302,11 @@ impl Session {
         let send = send.to_owned_send();
         self.app.tasks().spawn(async move {
             let _permit = permit;
-            let send = send.as_send();
-            let (conversation_id, client_message_id) = (send.conversation_id(), send.client_message_id());
-            let event = match app.publish_accepted(&outbox.user_id, &send, &accepted).await {
-                Ok(()) => wire::send_accepted(request_id, conversation_id.into(), client_message_id.into(), accepted),
-                Err(err) => wire::error_event(&request_id, conversation_id, client_message_id, &err),
+            let published = app.publish_accepted(&outbox.user_id, &send.as_send(), &accepted).await;
+            let (conversation_id, client_message_id) = send.into_ids();
+            let event = match published {
+                Ok(()) => wire::send_accepted(request_id, conversation_id, client_message_id, accepted),
+                Err(err) => wire::error_event(&request_id, &conversation_id, &client_message_id, &err),
             };
             let _ = outbox.deliver(event);
         });
