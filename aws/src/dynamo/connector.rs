@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 use chat_core::store::StoreError;
 
-use super::{Item, n, s, seq_value, text, unavailable};
+use super::{Item, conditional, n, s, seq_value, text, unavailable};
 use crate::error::is_condition_failure;
 
 /// How long a completed send is remembered (redeliveries come within the
@@ -252,11 +252,8 @@ impl Records {
             .expression_attribute_values(":busy", s(IN_PROGRESS))
             .send()
             .await;
-        match deleted {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(unavailable("releasing a send", e)),
-        }
+        // Refused: the send completed meanwhile, and stays completed.
+        conditional(deleted, "releasing a send").map(|_| ())
     }
 
     pub async fn reference(&self, channel: &str, channel_message_id: &str) -> Result<Option<Reference>, StoreError> {

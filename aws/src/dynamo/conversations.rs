@@ -8,7 +8,7 @@
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chat_core::store::{StoreError, StoredMessage};
 
-use super::{DynamoStore, Item, get_n, get_s, n, s, string_set, unavailable};
+use super::{DynamoStore, Item, conditional, get_n, get_s, n, s, string_set, unavailable};
 
 /// A conversation's latest stored message, as its summary keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,11 +99,8 @@ impl DynamoStore {
             .expression_attribute_values(":at", n(summary.sent_at_ms))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if crate::error::is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(unavailable("updating a conversation summary", e)),
-        }
+        // Refused: a newer summary is there already.
+        conditional(result, "updating a conversation summary").map(|_| ())
     }
 }
 

@@ -10,8 +10,7 @@ use chat_core::envelope::ReceiptStatus;
 use chat_core::external::ExternalId;
 use chat_core::store::{Joined, MemberState, Membership, StoreError};
 
-use super::{DynamoStore, Item, get_s, n, number_or_zero, query_items, s, unavailable};
-use crate::error::is_condition_failure;
+use super::{DynamoStore, Item, conditional, get_s, n, number_or_zero, query_items, s, unavailable};
 
 impl DynamoStore {
     pub(super) async fn member_item(&self, conversation_id: &str, user_id: &str) -> Result<Option<Item>, StoreError> {
@@ -40,11 +39,7 @@ impl DynamoStore {
             .condition_expression("attribute_not_exists(user_id)")
             .send()
             .await;
-        match put {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(unavailable("recording membership", e)),
-        }
+        conditional(put, "recording membership")
     }
 
     /// The members items of `user_id` (index `by_user`), in conversation

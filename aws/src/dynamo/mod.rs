@@ -177,6 +177,20 @@ where
     StoreError::Unavailable(format!("DynamoDB {what}: {}", crate::error::describe(&err)))
 }
 
+/// A conditional write's outcome: whether its condition held and the write
+/// happened. A refused condition is an answer, not a failure.
+pub(crate) fn conditional<O, E, R>(result: Result<O, SdkError<E, R>>, what: &str) -> Result<bool, StoreError>
+where
+    E: ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if crate::error::is_condition_failure(&e) => Ok(false),
+        Err(e) => Err(unavailable(what, e)),
+    }
+}
+
 pub(crate) fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }

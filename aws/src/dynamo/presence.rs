@@ -10,8 +10,7 @@ use aws_sdk_dynamodb::types::Select;
 use chat_core::store::{Presence, PresenceKey, StoreError};
 use futures::StreamExt;
 
-use super::{DynamoStore, get_s, n, query_items, s, unavailable};
-use crate::error::is_condition_failure;
+use super::{DynamoStore, conditional, get_s, n, query_items, s, unavailable};
 
 /// Presence refreshes in flight at once.
 const PRESENCE_REFRESH_CONCURRENCY: usize = 16;
@@ -66,11 +65,8 @@ impl DynamoStore {
             .expression_attribute_values(":secs", n(expires_at_ms / 1000 + 1))
             .send()
             .await;
-        match update {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(unavailable("refreshing presence", e)),
-        }
+        // Refused: the stream was removed, and a refresh must not revive it.
+        conditional(update, "refreshing presence").map(|_| ())
     }
 }
 

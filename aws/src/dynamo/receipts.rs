@@ -15,8 +15,8 @@ use chat_core::envelope::{ReceiptEvent, ReceiptStatus};
 use chat_core::store::{Failure, MemberState, Receipts, StoreError};
 
 use super::members::{member_state, watermark_attributes};
-use super::{DynamoStore, get_n, get_s, n, query_items, s, seq_value, unavailable};
-use crate::error::{is_condition_failure, is_transaction_condition_failure};
+use super::{DynamoStore, conditional, get_n, get_s, n, query_items, s, seq_value, unavailable};
+use crate::error::is_transaction_condition_failure;
 
 /// The sort key of a receipt step: the time a member's `status` watermark
 /// first covered a seq is that of the step with the smallest seq at or
@@ -83,11 +83,7 @@ impl Receipts for DynamoStore {
             if !receipt.reason.is_empty() {
                 put = put.item("reason", s(&receipt.reason));
             }
-            return match put.send().await {
-                Ok(_) => Ok(true),
-                Err(e) if is_condition_failure(&e) => Ok(false),
-                Err(e) => Err(unavailable("recording a failure", e)),
-            };
+            return conditional(put.send().await, "recording a failure");
         }
         let (seq_attr, at_attr) = watermark_attributes(receipt.status);
         let watermark = Update::builder()
