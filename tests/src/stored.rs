@@ -143,6 +143,11 @@ pub async fn history_paging_and_authorisation(cluster: &Cluster) -> anyhow::Resu
     ensure!(found.message.is_some_and(|m| m.seq == acks[4].seq && m.body == "history 5"));
     let missing = client.get_message(with_token(get("01NOTAMESSAGE"), &token)?).await;
     ensure!(code(&missing) == Some(Code::NotFound), "{missing:?}");
+    // A malformed id is refused by the same rule as every other id.
+    for bad in ["", "has space", "slash/x", &"x".repeat(129)] {
+        let refused = client.get_message(with_token(get(bad), &token)?).await;
+        ensure!(code(&refused) == Some(Code::InvalidArgument), "message_id {bad:?}: {refused:?}");
+    }
 
     // Read markers and unread counts.
     let mark = |seq| MarkReadRequest { conversation_id: room.clone(), seq };
