@@ -143,6 +143,42 @@ async fn inbound_telegram_message_reaches_internal_members_live() -> anyhow::Res
     Ok(())
 }
 
+/// Text from a channel is fitted to the body's byte limit (on a character
+/// boundary) rather than refused, and a blank one (the simulator never
+/// sends one, so it is posted to the webhook directly) is answered and
+/// dropped without taking a seq.
+#[tokio::test]
+async fn inbound_text_is_fitted_to_the_byte_limit_and_blank_text_takes_no_seq() -> anyhow::Result<()> {
+    let (cluster, sim) = cluster_with(&["telegram"], &[]).await?;
+    let mut alice = cluster.connect(0, "alice").await?;
+    let room = room_with(&cluster, &mut alice, &[TG]).await?;
+    let blank =
+        r#"{"update_id":1,"message":{"message_id":7,"date":1,"chat":{"id":123456,"type":"private"},"text":"   "}}"#;
+    let answered = reqwest::Client::new()
+        .post(format!("{}/telegram", sim.webhook_url))
+        .header(channels::telegram::SECRET_HEADER, channel_sim::SimConfig::default().telegram_secret_token)
+        .body(blank)
+        .send()
+        .await?;
+    ensure!(answered.status() == 200, "blank: webhook answered {}", answered.status());
+    let long = "é".repeat(3000); // 6,000 bytes
+    let result = sim.inbound("telegram", "123456", &long).await?;
+    ensure!(result.webhook_status == 200, "long: webhook answered {}", result.webhook_status);
+    let message = alice
+        .wait_for(|e| match e {
+            PbEvent::Message(m) if m.conversation_id == room => Some(m.clone()),
+            _ => None,
+        })
+        .await?;
+    ensure!(message.seq == 1, "the blank text took no seq: {}", message.seq);
+    ensure!(
+        message.body.len() == 4096 && long.starts_with(&message.body),
+        "fitted to 4096 bytes: {} bytes",
+        message.body.len()
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn webhook_refuses_unsigned_and_forged_calls() -> anyhow::Result<()> {
     let (_cluster, sim) = cluster_with(&[], &[]).await?;
