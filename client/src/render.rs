@@ -22,6 +22,24 @@ pub(crate) fn render(event: &Event) -> Option<String> {
         Event::Message(m) => format!("[{} #{}] {}: {}", m.conversation_id, m.seq, m.sender, m.body),
         Event::MemberJoined(j) => format!("* {} joined {}", j.user_id, j.conversation_id),
         Event::MemberLeft(l) => format!("* {} left {}", l.user_id, l.conversation_id),
+        Event::MemberRemoved(r) => format!(
+            "* {} was {} from {} by {}",
+            r.user_id,
+            if r.banned { "banned" } else { "removed" },
+            r.conversation_id,
+            r.by
+        ),
+        Event::RoleChanged(r) => format!(
+            "* {} is now {} of {} (set by {})",
+            r.user_id,
+            pb::Role::try_from(r.role).map_or("member", |role| match role {
+                pb::Role::Owner => "the owner",
+                pb::Role::Admin => "an admin",
+                _ => "a member",
+            }),
+            r.conversation_id,
+            r.by
+        ),
         Event::PresenceSnapshot(p) => format!(
             "* joined {} (latest #{}); online: {}",
             p.conversation_id,

@@ -82,10 +82,32 @@ pub struct Envelope {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     Message(MessageEvent),
-    MemberJoined { user_id: String },
-    MemberLeft { user_id: String },
-    Presence { user_id: String, online: bool },
-    Typing { user_id: String, typing: bool },
+    MemberJoined {
+        user_id: String,
+    },
+    MemberLeft {
+        user_id: String,
+    },
+    /// `user_id` was removed by `by`; with `banned` they are kept out.
+    MemberRemoved {
+        user_id: String,
+        by: String,
+        banned: bool,
+    },
+    /// `user_id` now has `role` (`owner`, `admin`, `member`), set by `by`.
+    RoleChanged {
+        user_id: String,
+        role: String,
+        by: String,
+    },
+    Presence {
+        user_id: String,
+        online: bool,
+    },
+    Typing {
+        user_id: String,
+        typing: bool,
+    },
     Receipt(ReceiptEvent),
     Fallback(FallbackEvent),
 }
@@ -161,6 +183,8 @@ impl Event {
             Event::Message(_) => "message",
             Event::MemberJoined { .. } => "member_joined",
             Event::MemberLeft { .. } => "member_left",
+            Event::MemberRemoved { .. } => "member_removed",
+            Event::RoleChanged { .. } => "role_changed",
             Event::Presence { .. } => "presence",
             Event::Typing { .. } => "typing",
             Event::Receipt(_) => "receipt",

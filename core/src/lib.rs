@@ -3,6 +3,7 @@
 //!
 //! - [`envelope`]: the versioned event every process publishes to and reads
 //!   from the bus, with its routing attributes;
+//! - [`conversation`]: kinds, roles and who may change whom;
 //! - [`external`]: members on external channels (`whatsapp:+55...`);
 //! - [`limits`]: the input rules (ids, bodies) of every entry point;
 //! - [`send`]: a checked send, its acceptance and its bus event;
@@ -17,6 +18,7 @@
 
 pub mod bus;
 pub mod clock;
+pub mod conversation;
 pub mod envelope;
 pub mod external;
 pub mod limits;

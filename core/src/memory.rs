@@ -6,11 +6,13 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use crate::conversation::{Conversation, Kind, NewConversation, Role};
 use crate::envelope::{ReceiptEvent, ReceiptStatus};
 use crate::external::ExternalId;
 use crate::store::{
-    Accepted, ConversationInfo, Direction, Failure, History, HistoryQuery, Joined, Links, MemberState, Membership,
-    Presence, PresenceKey, Receipts, SendRequest, Sequencer, StoreError, StoredMessage, body_digest, idempotency_key,
+    Accepted, ConversationInfo, Created, Direction, Failure, History, HistoryQuery, Joined, Links, MemberState,
+    Membership, Presence, PresenceKey, Receipts, SendRequest, Sequencer, StoreError, StoredMessage, body_digest,
+    idempotency_key,
 };
 
 #[derive(Debug, Default)]
@@ -20,6 +22,7 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Member {
+    role: Role,
     delivered_seq: u64,
     read_seq: u64,
     joined_at_ms: i64,
@@ -27,6 +30,9 @@ struct Member {
 
 #[derive(Debug, Default)]
 struct State {
+    conversations: HashMap<String, Conversation>,
+    /// conversation → users kept out
+    bans: HashMap<String, BTreeSet<String>>,
     last_seq: HashMap<String, u64>,
     /// conversation → member → receipt positions
     members: HashMap<String, BTreeMap<String, Member>>,
@@ -57,11 +63,22 @@ impl MemoryStore {
 }
 
 impl State {
-    fn record_member(&mut self, conversation_id: &str, member_id: &str, now_ms: i64) -> bool {
+    fn record_member(&mut self, conversation_id: &str, member_id: &str, role: Role, now_ms: i64) -> bool {
+        if matches!(ExternalId::parse(member_id), Ok(Some(_))) {
+            self.externals.entry(conversation_id.to_owned()).or_default().insert(member_id.to_owned());
+        }
         let members = self.members.entry(conversation_id.to_owned()).or_default();
         let newly = !members.contains_key(member_id);
-        members.entry(member_id.to_owned()).or_insert(Member { joined_at_ms: now_ms, ..Member::default() });
+        members.entry(member_id.to_owned()).or_insert(Member { role, joined_at_ms: now_ms, ..Member::default() });
         newly
+    }
+
+    fn member_mut(&mut self, conversation_id: &str, member_id: &str) -> Option<&mut Member> {
+        self.members.get_mut(conversation_id).and_then(|m| m.get_mut(member_id))
+    }
+
+    fn is_banned(&self, conversation_id: &str, user_id: &str) -> bool {
+        self.bans.get(conversation_id).is_some_and(|b| b.contains(user_id))
     }
 }
 
@@ -122,11 +139,40 @@ impl Sequencer for MemoryStore {
 
 #[async_trait]
 impl Membership for MemoryStore {
+    async fn create(&self, new: &NewConversation) -> Result<Created, StoreError> {
+        let mut state = self.state();
+        let id = &new.conversation.conversation_id;
+        let (conversation, created) = match state.conversations.get(id) {
+            Some(existing) => (existing.clone(), false),
+            None => {
+                state.conversations.insert(id.clone(), new.conversation.clone());
+                (new.conversation.clone(), true)
+            }
+        };
+        if created || conversation.kind == Kind::Direct {
+            for (member, role) in &new.members {
+                state.record_member(id, member, *role, new.conversation.created_at_ms);
+            }
+        }
+        Ok(Created { conversation, created })
+    }
+
+    async fn conversation(&self, conversation_id: &str) -> Result<Option<Conversation>, StoreError> {
+        Ok(self.state().conversations.get(conversation_id).cloned())
+    }
+
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError> {
         let mut state = self.state();
-        let newly_member = state.record_member(conversation_id, user_id, crate::clock::now_ms());
         let last_seq = state.last_seq.get(conversation_id).copied().unwrap_or(0);
-        Ok(Joined { newly_member, last_seq })
+        if let Some(member) = state.member_mut(conversation_id, user_id) {
+            return Ok(Joined { newly_member: false, role: member.role, last_seq });
+        }
+        let public = state.conversations.get(conversation_id).is_some_and(|c| c.kind == Kind::Public);
+        if !public || state.is_banned(conversation_id, user_id) {
+            return Err(StoreError::NotAdmitted);
+        }
+        state.record_member(conversation_id, user_id, Role::Member, crate::clock::now_ms());
+        Ok(Joined { newly_member: true, role: Role::Member, last_seq })
     }
 
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
@@ -137,16 +183,46 @@ impl Membership for MemoryStore {
         Ok(state.members.get_mut(conversation_id).is_some_and(|m| m.remove(user_id).is_some()))
     }
 
-    async fn is_member(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
-        Ok(self.state().members.get(conversation_id).is_some_and(|m| m.contains_key(user_id)))
+    async fn role(&self, conversation_id: &str, user_id: &str) -> Result<Option<Role>, StoreError> {
+        Ok(self.state().members.get(conversation_id).and_then(|m| m.get(user_id)).map(|m| m.role))
     }
 
     async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let mut state = self.state();
-        if matches!(ExternalId::parse(member_id), Ok(Some(_))) {
-            state.externals.entry(conversation_id.to_owned()).or_default().insert(member_id.to_owned());
+        if state.is_banned(conversation_id, member_id) {
+            return Err(StoreError::Banned);
         }
-        Ok(state.record_member(conversation_id, member_id, now_ms))
+        Ok(state.record_member(conversation_id, member_id, Role::Member, now_ms))
+    }
+
+    async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<bool, StoreError> {
+        if ban {
+            self.state().bans.entry(conversation_id.to_owned()).or_default().insert(member_id.to_owned());
+        }
+        self.leave(conversation_id, member_id).await
+    }
+
+    async fn unban(&self, conversation_id: &str, member_id: &str) -> Result<bool, StoreError> {
+        Ok(self.state().bans.get_mut(conversation_id).is_some_and(|b| b.remove(member_id)))
+    }
+
+    async fn set_role(&self, conversation_id: &str, member_id: &str, role: Role) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        Ok(state.member_mut(conversation_id, member_id).map(|m| m.role = role).is_some())
+    }
+
+    async fn transfer_ownership(&self, conversation_id: &str, from: &str, to: &str) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let from_is_owner = state.member_mut(conversation_id, from).is_some_and(|m| m.role == Role::Owner);
+        if !from_is_owner || state.member_mut(conversation_id, to).is_none() {
+            return Err(StoreError::NotMember);
+        }
+        for (user, role) in [(to, Role::Owner), (from, Role::Admin)] {
+            if let Some(member) = state.member_mut(conversation_id, user) {
+                member.role = role;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -352,5 +428,5 @@ impl Links for MemoryStore {
 }
 
 fn member_state(user_id: &str, m: &Member) -> MemberState {
-    MemberState { user_id: user_id.to_owned(), delivered_seq: m.delivered_seq, read_seq: m.read_seq }
+    MemberState { user_id: user_id.to_owned(), role: m.role, delivered_seq: m.delivered_seq, read_seq: m.read_seq }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::conversation::{Conversation, NewConversation, Role};
 use crate::envelope::{ReceiptEvent, ReceiptStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +28,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("not a member of the conversation")]
     NotMember,
+    /// A join the conversation does not admit: it does not exist, is not
+    /// public, or bans the user. Callers must not say which.
+    #[error("the conversation does not admit this member")]
+    NotAdmitted,
+    #[error("banned from the conversation")]
+    Banned,
 }
 
 /// A message as stored (by `persist` on AWS, by the memory store itself in
@@ -106,6 +113,7 @@ pub struct SendRequest<'a> {
 pub struct Joined {
     /// The user was not a member before.
     pub newly_member: bool,
+    pub role: Role,
     /// The conversation's latest `seq` when the join was recorded.
     pub last_seq: u64,
 }
@@ -131,21 +139,70 @@ pub trait Sequencer: Send + Sync + std::fmt::Debug {
     async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError>;
 }
 
-/// Who belongs to a conversation.
+/// The result of creating a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub conversation: Conversation,
+    /// False when it existed already (a direct conversation created again):
+    /// `conversation` is then the existing one.
+    pub created: bool,
+}
+
+/// Who belongs to a conversation, with which role, and who is kept out.
+/// The stores record; who may ask for what is decided by the rules of
+/// [`crate::conversation`], applied by the caller, except where a rule must
+/// hold atomically with the write (a join of a public conversation, a
+/// banned user's join), which the store enforces itself.
 #[async_trait]
 pub trait Membership: Send + Sync + std::fmt::Debug {
-    /// Records membership (idempotent) and reads the latest `seq`.
+    /// Creates a conversation with its initial members and their roles, all
+    /// or nothing. An existing id is left as it is and returned with
+    /// `created = false`; for a direct conversation its two users are
+    /// members again afterwards.
+    async fn create(&self, new: &NewConversation) -> Result<Created, StoreError>;
+
+    /// A conversation's settings; `None` when it does not exist. One
+    /// created before roles existed reads as public.
+    async fn conversation(&self, conversation_id: &str) -> Result<Option<Conversation>, StoreError>;
+
+    /// Joins a user: a member rejoins as they are; anyone else becomes a
+    /// member only of an existing public conversation that does not ban
+    /// them, and [`StoreError::NotAdmitted`] otherwise. Reads the latest
+    /// `seq` too.
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError>;
 
     /// Removes membership; true when the user was a member.
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError>;
 
-    async fn is_member(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError>;
+    /// The member's role; `None` for a non-member.
+    async fn role(&self, conversation_id: &str, user_id: &str) -> Result<Option<Role>, StoreError>;
+
+    async fn is_member(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        Ok(self.role(conversation_id, user_id).await?.is_some())
+    }
 
     /// Adds a member (a user or an external identity) without them joining
-    /// on a stream; true when they were not a member. External members are
-    /// also recorded on the conversation, so sends name them as recipients.
+    /// on a stream; true when they were not a member;
+    /// [`StoreError::Banned`] when the conversation bans them. External
+    /// members are also recorded on the conversation, so sends name them as
+    /// recipients.
     async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Removes a member, and with `ban` keeps them out: the ban is recorded
+    /// before the membership goes, so no join slips between. True when
+    /// they were a member.
+    async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<bool, StoreError>;
+
+    /// Lifts a ban; true when there was one.
+    async fn unban(&self, conversation_id: &str, member_id: &str) -> Result<bool, StoreError>;
+
+    /// Sets a member's role; false when they are not a member.
+    async fn set_role(&self, conversation_id: &str, member_id: &str, role: Role) -> Result<bool, StoreError>;
+
+    /// Makes `to` (a member) the owner and `from` (the owner) an admin, at
+    /// once; [`StoreError::NotMember`] when `to` is not a member or `from`
+    /// no longer the owner.
+    async fn transfer_ownership(&self, conversation_id: &str, from: &str, to: &str) -> Result<(), StoreError>;
 }
 
 /// Which streams are online where, leased so a crashed gateway's expire.
@@ -334,6 +391,7 @@ const STATUS_QUERIES_IN_FLIGHT: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberState {
     pub user_id: String,
+    pub role: Role,
     /// Every message up to this seq reached the member (or `read_seq` does).
     pub delivered_seq: u64,
     /// The member's read marker.

@@ -118,7 +118,7 @@ mod tests {
     use super::*;
 
     fn member(user: &str, delivered: u64, read: u64) -> MemberState {
-        MemberState { user_id: user.into(), delivered_seq: delivered, read_seq: read }
+        MemberState { user_id: user.into(), role: Default::default(), delivered_seq: delivered, read_seq: read }
     }
 
     #[test]

@@ -8,12 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_core::bus::Bus;
+use chat_core::conversation::{self, Conversation, Kind, Role, RoleChange};
 use chat_core::envelope::{Envelope, Event, ReceiptEvent, ReceiptStatus};
 use chat_core::external::ExternalId;
 use chat_core::limits;
 use chat_core::send::{self, Send, message_envelope};
 use chat_core::store::{
-    Accepted, ConversationInfo, HistoryQuery, MemberState, PresenceKey, RecipientStatus, StoredMessage, Stores,
+    Accepted, ConversationInfo, Created, HistoryQuery, MemberState, PresenceKey, RecipientStatus, StoreError,
+    StoredMessage, Stores,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -196,7 +198,10 @@ impl App {
 
     async fn join_subscribed(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<JoinOutcome, GatewayError> {
         let user = outbox.user_id.as_str();
-        let joined = self.stores.membership.join(conversation_id, user).await?;
+        let joined = match self.stores.membership.join(conversation_id, user).await {
+            Err(StoreError::NotAdmitted) => return Err(not_admitted(conversation_id)),
+            joined => joined?,
+        };
         self.hub.anchor(conversation_id, joined.last_seq);
         let key = self.presence_key(conversation_id, outbox);
         let now_ms = chat_core::clock::now_ms();
@@ -274,7 +279,8 @@ impl App {
         user: &str,
         seq: u64,
     ) -> Result<u64, GatewayError> {
-        limits::conversation_id(conversation_id)?;
+        // Membership first: the latest seq of a conversation is its members' business.
+        self.require_member(conversation_id, user).await?;
         let latest = self.stores.sequencer.latest_seq(conversation_id).await?;
         if seq > latest {
             return Err(GatewayError::InvalidArgument(format!(
@@ -296,25 +302,190 @@ impl App {
     }
 
     /// Adds `member` (a user or an external identity) to a conversation the
-    /// caller is a member of; true when newly added.
+    /// caller administers; true when newly added.
     pub(crate) async fn add_member(
         &self,
         conversation_id: &str,
         caller: &str,
         member: &str,
     ) -> Result<bool, GatewayError> {
-        limits::conversation_id(conversation_id)?;
         limits::member_id(member)?;
-        self.require_member(conversation_id, caller).await?;
+        let (conversation, role) = self.membership_of(conversation_id, caller).await?;
+        conversation::may_add(conversation.kind, role)?;
         // Adding members (external ones cost a channel send each) shares the
         // sender's token bucket.
         self.rate.check(caller, Instant::now())?;
-        let added = self.stores.membership.add_member(conversation_id, member, chat_core::clock::now_ms()).await?;
+        let added = match self.stores.membership.add_member(conversation_id, member, chat_core::clock::now_ms()).await {
+            Err(StoreError::Banned) => {
+                return Err(GatewayError::FailedPrecondition(format!(
+                    "{member} is banned from conversation {conversation_id}; unban them first"
+                )));
+            }
+            added => added?,
+        };
         if added {
             let event = self.envelope(conversation_id, Event::MemberJoined { user_id: member.to_owned() });
             self.bus.publish(&[event]).await?;
         }
         Ok(added)
+    }
+
+    /// Creates a conversation owned by the caller (a direct one belongs to
+    /// its two users and is the same whoever creates it).
+    pub(crate) async fn create_conversation(
+        &self,
+        caller: &str,
+        kind: Kind,
+        title: &str,
+        members: &[String],
+        chosen_id: &str,
+    ) -> Result<Created, GatewayError> {
+        let conversation_id = match kind {
+            Kind::Direct => {
+                let other = members.iter().find(|m| *m != caller).map_or("", String::as_str);
+                conversation::direct_id(caller, other)
+            }
+            _ if chosen_id.is_empty() => format!("c-{}", ulid::Ulid::new().to_string().to_lowercase()),
+            _ if chosen_id.starts_with(conversation::DIRECT_PREFIX) => {
+                return Err(GatewayError::InvalidArgument(format!(
+                    "conversation ids starting with {:?} are reserved for direct conversations",
+                    conversation::DIRECT_PREFIX
+                )));
+            }
+            _ => chosen_id.to_owned(),
+        };
+        let plan = conversation::plan(conversation_id, kind, title, caller, members, chat_core::clock::now_ms())?;
+        self.rate.check(caller, Instant::now())?;
+        let created = self.stores.membership.create(&plan).await?;
+        if !created.created && (kind != Kind::Direct || created.conversation.kind != Kind::Direct) {
+            return Err(GatewayError::AlreadyExists(format!(
+                "conversation id {} is taken; choose another, or leave conversation_id empty for a minted one",
+                plan.conversation.conversation_id
+            )));
+        }
+        tracing::info!(
+            conversation_id = created.conversation.conversation_id,
+            kind = kind.as_str(),
+            created = created.created,
+            members = plan.members.len(),
+            "conversation created"
+        );
+        Ok(created)
+    }
+
+    /// A conversation's settings and its members with their roles; members
+    /// only.
+    pub(crate) async fn conversation_details(
+        &self,
+        conversation_id: &str,
+        caller: &str,
+    ) -> Result<(Conversation, Vec<MemberState>), GatewayError> {
+        let (conversation, _) = self.membership_of(conversation_id, caller).await?;
+        let members = self.stores.receipts.members(conversation_id).await?;
+        Ok((conversation, members))
+    }
+
+    /// Removes (and with `ban`, keeps out) a member ranked below the
+    /// caller; every gateway's streams of theirs stop hearing the
+    /// conversation. True when they were a member.
+    pub(crate) async fn remove_member(
+        &self,
+        conversation_id: &str,
+        caller: &str,
+        member: &str,
+        ban: bool,
+    ) -> Result<bool, GatewayError> {
+        limits::member_id(member)?;
+        if member == caller {
+            return Err(GatewayError::FailedPrecondition("to remove yourself, leave the conversation".into()));
+        }
+        let (conversation, role) = self.membership_of(conversation_id, caller).await?;
+        let target = self.stores.membership.role(conversation_id, member).await?;
+        conversation::may_remove(conversation.kind, role, target)?;
+        let removed = self.stores.membership.remove_member(conversation_id, member, ban).await?;
+        if removed || ban {
+            let event = Event::MemberRemoved { user_id: member.to_owned(), by: caller.to_owned(), banned: ban };
+            self.bus.publish(&[self.envelope(conversation_id, event)]).await?;
+        }
+        tracing::info!(conversation_id, member, by = caller, ban, removed, "member removed");
+        Ok(removed)
+    }
+
+    /// Lifts a ban; admins and the owner. True when there was one.
+    pub(crate) async fn unban(&self, conversation_id: &str, caller: &str, member: &str) -> Result<bool, GatewayError> {
+        limits::member_id(member)?;
+        let (conversation, role) = self.membership_of(conversation_id, caller).await?;
+        conversation::may_remove(conversation.kind, role, None)?;
+        Ok(self.stores.membership.unban(conversation_id, member).await?)
+    }
+
+    /// Sets a member's role, or (to owner) transfers ownership; members
+    /// hear of each change.
+    pub(crate) async fn set_role(
+        &self,
+        conversation_id: &str,
+        caller: &str,
+        member: &str,
+        new_role: Role,
+    ) -> Result<(), GatewayError> {
+        limits::member_id(member)?;
+        let (conversation, role) = self.membership_of(conversation_id, caller).await?;
+        let Some(target) = self.stores.membership.role(conversation_id, member).await? else {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "{member} is not a member of conversation {conversation_id}; add them first"
+            )));
+        };
+        let changes = match conversation::may_set_role(conversation.kind, role, target, new_role)? {
+            RoleChange::Set(new_role) => {
+                if !self.stores.membership.set_role(conversation_id, member, new_role).await? {
+                    return Err(GatewayError::FailedPrecondition(format!(
+                        "{member} left conversation {conversation_id}"
+                    )));
+                }
+                vec![(member, new_role)]
+            }
+            RoleChange::TransferOwnership => {
+                match self.stores.membership.transfer_ownership(conversation_id, caller, member).await {
+                    Err(StoreError::NotMember) => {
+                        return Err(GatewayError::FailedPrecondition(format!(
+                            "ownership of {conversation_id} moved or {member} left meanwhile; look again"
+                        )));
+                    }
+                    moved => moved?,
+                }
+                vec![(member, Role::Owner), (caller, Role::Admin)]
+            }
+        };
+        let events: Vec<Envelope> = changes
+            .into_iter()
+            .map(|(user, role)| {
+                let event = Event::RoleChanged {
+                    user_id: user.to_owned(),
+                    role: role.as_str().to_owned(),
+                    by: caller.to_owned(),
+                };
+                self.envelope(conversation_id, event)
+            })
+            .collect();
+        self.bus.publish(&events).await?;
+        Ok(())
+    }
+
+    /// The caller's role in a conversation with its settings; the same
+    /// `PERMISSION_DENIED` for a non-member as for no conversation at all.
+    async fn membership_of(&self, conversation_id: &str, user: &str) -> Result<(Conversation, Role), GatewayError> {
+        let role = self.require_member(conversation_id, user).await?;
+        let conversation = self.stores.membership.conversation(conversation_id).await?;
+        // Members of a conversation that predates settings (never sent to)
+        // see it as what it was: public.
+        let conversation = conversation.unwrap_or_else(|| Conversation {
+            conversation_id: conversation_id.to_owned(),
+            kind: Kind::Public,
+            title: String::new(),
+            created_by: String::new(),
+            created_at_ms: 0,
+        });
+        Ok((conversation, role))
     }
 
     /// Where a stored message stands with each recipient; members only.
@@ -329,16 +500,11 @@ impl App {
         Ok((message, statuses))
     }
 
-    /// Members only: `PERMISSION_DENIED` otherwise.
-    pub(crate) async fn require_member(&self, conversation_id: &str, user: &str) -> Result<(), GatewayError> {
+    /// Members only: the member's role, or the `PERMISSION_DENIED` that a
+    /// conversation that does not exist gets too.
+    pub(crate) async fn require_member(&self, conversation_id: &str, user: &str) -> Result<Role, GatewayError> {
         limits::conversation_id(conversation_id)?;
-        if self.stores.membership.is_member(conversation_id, user).await? {
-            Ok(())
-        } else {
-            Err(GatewayError::PermissionDenied(format!(
-                "{user} is not a member of conversation {conversation_id}; join it (or be added) first"
-            )))
-        }
+        self.stores.membership.role(conversation_id, user).await?.ok_or_else(|| not_admitted(conversation_id))
     }
 
     pub(crate) async fn typing(&self, conversation_id: &str, user: &str, typing: bool) -> Result<(), GatewayError> {
@@ -466,6 +632,14 @@ impl App {
             tracing::warn!(error = %e, streams = live.len(), "presence refresh failed");
         }
     }
+}
+
+/// The one answer for a conversation the caller may not reach, whether it
+/// exists or not (private, banned, or no such conversation).
+fn not_admitted(conversation_id: &str) -> GatewayError {
+    GatewayError::PermissionDenied(format!(
+        "conversation {conversation_id} does not exist or you are not a member of it; public conversations can be joined, private ones need an admin to add you"
+    ))
 }
 
 /// A message id that names nothing stored in the conversation.

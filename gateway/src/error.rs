@@ -68,6 +68,20 @@ impl From<StoreError> for GatewayError {
             )),
             StoreError::Corrupt(_) => GatewayError::Internal(err.to_string()),
             StoreError::NotMember => GatewayError::PermissionDenied(err.to_string()),
+            StoreError::NotAdmitted => {
+                GatewayError::PermissionDenied("the conversation does not exist or you are not a member of it".into())
+            }
+            StoreError::Banned => GatewayError::FailedPrecondition(err.to_string()),
+        }
+    }
+}
+
+impl From<chat_core::conversation::Refusal> for GatewayError {
+    fn from(refusal: chat_core::conversation::Refusal) -> Self {
+        use chat_core::conversation::Refusal;
+        match refusal {
+            Refusal::Rank(message) => GatewayError::PermissionDenied(message),
+            Refusal::Precondition(message) => GatewayError::FailedPrecondition(message),
         }
     }
 }

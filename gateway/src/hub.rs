@@ -162,7 +162,7 @@ impl Hub {
         }
         let conversation_id = envelope.conversation_id.clone();
         let left = match &envelope.event {
-            Event::MemberLeft { user_id } => Some(user_id.clone()),
+            Event::MemberLeft { user_id } | Event::MemberRemoved { user_id, .. } => Some(user_id.clone()),
             _ => None,
         };
         // Encoded here, once, for every stream it goes to.
@@ -191,8 +191,8 @@ impl Hub {
             },
         };
         self.fan_out(conversation, &released, skip_user.as_deref());
-        // Leaving gives up membership on every device: the leaver's other
-        // streams stop hearing the conversation (their sessions notice on
+        // Leaving (or being removed) ends membership on every device: the
+        // user's streams stop hearing the conversation once told (their sessions notice on
         // their next frame, and release presence then or at their end).
         if let Some(user) = left {
             conversation.members.retain(|_, outbox| outbox.user_id != user);

@@ -60,7 +60,7 @@ mod tests {
         assert!(p.advance("r", "carol", ReceiptStatus::Delivered, 1), "per user");
         assert!(p.advance("q", "bob", ReceiptStatus::Delivered, 1), "per conversation");
         assert!(p.advance("r", "bob", ReceiptStatus::Failed, 1));
-        p.seed("r", &[MemberState { user_id: "dave".into(), delivered_seq: 5, read_seq: 2 }]);
+        p.seed("r", &[MemberState { user_id: "dave".into(), role: Default::default(), delivered_seq: 5, read_seq: 2 }]);
         assert!(!p.advance("r", "dave", ReceiptStatus::Delivered, 5));
         assert!(!p.advance("r", "dave", ReceiptStatus::Read, 2));
         assert!(p.advance("r", "dave", ReceiptStatus::Read, 3));

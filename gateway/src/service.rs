@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use chat_proto::pb::{
-    self, AddMemberRequest, AddMemberResponse, ClientFrame, EchoRequest, EchoResponse, GetHistoryRequest,
-    GetHistoryResponse, GetMessageRequest, GetMessageResponse, GetMessageStatusRequest, GetMessageStatusResponse,
-    LinkChannelRequest, LinkChannelResponse, ListConversationsRequest, ListConversationsResponse, MarkReadRequest,
-    MarkReadResponse, SendMessageRequest, SendMessageResponse, chat_service_server::ChatService,
+    self, AddMemberRequest, AddMemberResponse, ClientFrame, CreateConversationRequest, CreateConversationResponse,
+    EchoRequest, EchoResponse, GetConversationRequest, GetConversationResponse, GetHistoryRequest, GetHistoryResponse,
+    GetMessageRequest, GetMessageResponse, GetMessageStatusRequest, GetMessageStatusResponse, LinkChannelRequest,
+    LinkChannelResponse, ListConversationsRequest, ListConversationsResponse, MarkReadRequest, MarkReadResponse,
+    RemoveMemberRequest, RemoveMemberResponse, SendMessageRequest, SendMessageResponse, SetRoleRequest,
+    SetRoleResponse, UnbanMemberRequest, UnbanMemberResponse, chat_service_server::ChatService,
     echo_service_server::EchoService,
 };
 use tokio_util::task::TaskTracker;
@@ -130,6 +132,62 @@ impl ChatService for ChatApi {
         let req = request.into_inner();
         let added = self.app.add_member(&req.conversation_id, &user.0, &req.member_id).await?;
         Ok(Response::new(AddMemberResponse { added }))
+    }
+
+    async fn create_conversation(
+        &self,
+        request: Request<CreateConversationRequest>,
+    ) -> Result<Response<CreateConversationResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        let kind = wire::kind_from_pb(req.kind)?;
+        let created =
+            self.app.create_conversation(&user.0, kind, &req.title, &req.members, &req.conversation_id).await?;
+        Ok(Response::new(CreateConversationResponse {
+            conversation: Some(wire::conversation(created.conversation)),
+            created: created.created,
+        }))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<GetConversationRequest>,
+    ) -> Result<Response<GetConversationResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        let (conversation, members) = self.app.conversation_details(&req.conversation_id, &user.0).await?;
+        Ok(Response::new(GetConversationResponse {
+            conversation: Some(wire::conversation(conversation)),
+            members: members.into_iter().map(wire::member).collect(),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        let removed = self.app.remove_member(&req.conversation_id, &user.0, &req.member_id, req.ban).await?;
+        Ok(Response::new(RemoveMemberResponse { removed }))
+    }
+
+    async fn unban_member(
+        &self,
+        request: Request<UnbanMemberRequest>,
+    ) -> Result<Response<UnbanMemberResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        let unbanned = self.app.unban(&req.conversation_id, &user.0, &req.member_id).await?;
+        Ok(Response::new(UnbanMemberResponse { unbanned }))
+    }
+
+    async fn set_role(&self, request: Request<SetRoleRequest>) -> Result<Response<SetRoleResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        let role = wire::role_from_pb(req.role)?;
+        self.app.set_role(&req.conversation_id, &user.0, &req.member_id, role).await?;
+        Ok(Response::new(SetRoleResponse {}))
     }
 
     async fn link_channel(

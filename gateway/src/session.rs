@@ -148,7 +148,7 @@ impl Session {
     }
 
     /// The conversation must be joined on this stream, and still heard by it:
-    /// a leave from another of the user's streams ends that.
+    /// a leave from another of the user's streams, or a removal, ends that.
     async fn joined_conversation(&mut self, conversation_id: &str) -> Result<(), GatewayError> {
         limits::conversation_id(conversation_id)?;
         if !self.joined.contains(conversation_id) {
@@ -160,7 +160,7 @@ impl Session {
             self.joined.remove(conversation_id);
             self.app.unsubscribe(conversation_id, &self.outbox).await?;
             return Err(GatewayError::FailedPrecondition(format!(
-                "you left conversation {conversation_id} (from another stream); join it again"
+                "you are no longer in conversation {conversation_id} (you left it on another stream, or were removed)"
             )));
         }
         Ok(())

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use chat_core::conversation::{Conversation, Kind, Role};
 use chat_core::envelope::{Envelope, Event, ReceiptStatus};
 use chat_core::store::{Accepted, ConversationInfo, DeliveryStatus, MemberState, RecipientStatus, StoredMessage};
 use chat_proto::encoded::EncodedServerEvent;
@@ -179,6 +180,14 @@ pub(crate) fn bus_event(envelope: Envelope) -> Option<Outgoing> {
         Event::MemberLeft { user_id } => {
             (Facts::Other, PbEvent::MemberLeft(pb::MemberLeft { conversation_id, user_id }), None, None)
         }
+        Event::MemberRemoved { user_id, by, banned } => {
+            let event = PbEvent::MemberRemoved(pb::MemberRemoved { conversation_id, user_id, by, banned });
+            (Facts::Other, event, None, None)
+        }
+        Event::RoleChanged { user_id, role, by } => {
+            let role = role_to_pb(Role::parse_stored(Some(&role))) as i32;
+            (Facts::Other, PbEvent::RoleChanged(pb::RoleChanged { conversation_id, user_id, role, by }), None, None)
+        }
         Event::Presence { user_id, online } => (
             Facts::Other,
             PbEvent::PresenceChanged(pb::PresenceChanged { conversation_id, user_id, online }),
@@ -211,6 +220,60 @@ pub(crate) fn bus_event(envelope: Envelope) -> Option<Outgoing> {
         Event::Fallback(_) => return None,
     };
     Some(Outgoing { event: shared(facts, event), seq, skip_user })
+}
+
+fn role_to_pb(role: Role) -> pb::Role {
+    match role {
+        Role::Member => pb::Role::Member,
+        Role::Admin => pb::Role::Admin,
+        Role::Owner => pb::Role::Owner,
+    }
+}
+
+/// A role a client asks for.
+pub(crate) fn role_from_pb(value: i32) -> Result<Role, GatewayError> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::Member) => Ok(Role::Member),
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        Ok(pb::Role::Owner) => Ok(Role::Owner),
+        _ => Err(GatewayError::InvalidArgument(format!(
+            "role {value} is not one of ROLE_MEMBER, ROLE_ADMIN, ROLE_OWNER"
+        ))),
+    }
+}
+
+/// A conversation kind a client asks for (unspecified is private: the
+/// safe default).
+pub(crate) fn kind_from_pb(value: i32) -> Result<Kind, GatewayError> {
+    match pb::ConversationKind::try_from(value) {
+        Ok(pb::ConversationKind::Unspecified | pb::ConversationKind::Private) => Ok(Kind::Private),
+        Ok(pb::ConversationKind::Public) => Ok(Kind::Public),
+        Ok(pb::ConversationKind::Direct) => Ok(Kind::Direct),
+        Err(_) => Err(GatewayError::InvalidArgument(format!(
+            "kind {value} is not one of CONVERSATION_KIND_PUBLIC, CONVERSATION_KIND_PRIVATE, CONVERSATION_KIND_DIRECT"
+        ))),
+    }
+}
+
+/// The protobuf form of a conversation's settings.
+pub(crate) fn conversation(c: Conversation) -> pb::Conversation {
+    let kind = match c.kind {
+        Kind::Public => pb::ConversationKind::Public,
+        Kind::Private => pb::ConversationKind::Private,
+        Kind::Direct => pb::ConversationKind::Direct,
+    };
+    pb::Conversation {
+        conversation_id: c.conversation_id,
+        kind: kind as i32,
+        title: c.title,
+        created_by: c.created_by,
+        created_at_ms: c.created_at_ms,
+    }
+}
+
+/// A member and their role.
+pub(crate) fn member(m: MemberState) -> pb::Member {
+    pb::Member { user_id: m.user_id, role: role_to_pb(m.role) as i32 }
 }
 
 /// The protobuf form of a stored message.

@@ -3,12 +3,21 @@
 //! - `externals` (SS): the external members, read back by the counter
 //!   update so a send names its external recipients in the same call;
 //! - the summary `persist` moves forward (never back): `last_persisted_seq`,
-//!   `last_message_id`, `last_sender`, `last_preview`, `last_sent_at_ms`.
+//!   `last_message_id`, `last_sender`, `last_preview`, `last_sent_at_ms`;
+//! - the settings `CreateConversation` writes once: `kind` (`public`,
+//!   `private`, `direct`; absent on conversations created before roles,
+//!   which read as public), `title`, `created_by`, `created_at_ms`;
+//! - `banned` (SS): users kept out, checked atomically by a join.
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue};
+use chat_core::conversation::{Conversation, Kind, NewConversation};
 use chat_core::store::{StoreError, StoredMessage};
 
-use super::{DynamoStore, Item, conditional, get_n, get_s, n, s, string_set, unavailable};
+use super::{DynamoStore, Item, conditional, get_n, get_s, n, s, string_set, text, unavailable};
+
+/// The condition under which a non-member may join: the conversation exists,
+/// is public (or predates kinds) and does not ban them (`:u`).
+pub(super) const ADMITS_JOIN: &str = "attribute_exists(conversation_id) AND (attribute_not_exists(#kind) OR #kind = :public) AND NOT contains(banned, :u)";
 
 /// A conversation's latest stored message, as its summary keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +31,81 @@ pub struct Summary {
 }
 
 impl DynamoStore {
+    /// The conversation item written by a creation, conditional on the id
+    /// being new.
+    pub(super) fn new_conversation_put(&self, new: &NewConversation) -> Result<Put, StoreError> {
+        let c = &new.conversation;
+        let externals: Vec<String> = new
+            .members
+            .iter()
+            .filter(|(m, _)| chat_core::external::ExternalId::has_channel_prefix(m))
+            .map(|(m, _)| m.clone())
+            .collect();
+        let mut put = Put::builder()
+            .table_name(&self.tables.conversations)
+            .item("conversation_id", s(&c.conversation_id))
+            .item("kind", s(c.kind.as_str()))
+            .item("created_by", s(&c.created_by))
+            .item("created_at_ms", n(c.created_at_ms))
+            .condition_expression("attribute_not_exists(conversation_id)");
+        if !c.title.is_empty() {
+            put = put.item("title", s(&c.title));
+        }
+        if !externals.is_empty() {
+            put = put.item("externals", AttributeValue::Ss(externals));
+        }
+        put.build().map_err(|e| StoreError::Corrupt(format!("building a conversation item: {e}")))
+    }
+
+    /// A conversation's settings; `None` when it does not exist.
+    pub(super) async fn read_conversation(&self, conversation_id: &str) -> Result<Option<Conversation>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.conversations)
+            .key("conversation_id", s(conversation_id))
+            .consistent_read(true)
+            .projection_expression("conversation_id, #kind, title, created_by, created_at_ms")
+            .expression_attribute_names("#kind", "kind")
+            .send()
+            .await
+            .map_err(|e| unavailable("reading a conversation", e))?;
+        Ok(out.item().map(|item| conversation(conversation_id, item)))
+    }
+
+    /// Whether the conversation bans `user_id`.
+    pub(super) async fn is_banned(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.conversations)
+            .key("conversation_id", s(conversation_id))
+            .consistent_read(true)
+            .projection_expression("banned")
+            .send()
+            .await
+            .map_err(|e| unavailable("reading bans", e))?;
+        Ok(out.item().is_some_and(|item| string_set(item, "banned").iter().any(|u| u == user_id)))
+    }
+
+    /// Adds (`ban`) or lifts a ban; true when the set changed.
+    pub(super) async fn set_ban(&self, conversation_id: &str, user_id: &str, ban: bool) -> Result<bool, StoreError> {
+        let action = if ban { "ADD" } else { "DELETE" };
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.conversations)
+            .key("conversation_id", s(conversation_id))
+            .update_expression(format!("{action} banned :u"))
+            .expression_attribute_values(":u", AttributeValue::Ss(vec![user_id.to_owned()]))
+            .return_values(ReturnValue::UpdatedOld)
+            .send()
+            .await
+            .map_err(|e| unavailable(if ban { "recording a ban" } else { "lifting a ban" }, e))?;
+        let was_banned = out.attributes().is_some_and(|old| string_set(old, "banned").iter().any(|u| u == user_id));
+        Ok(was_banned != ban)
+    }
+
     /// Allocates the conversation's next seq (one `UpdateItem`); returns it
     /// with the conversation's external members.
     pub async fn next_seq(&self, conversation_id: &str, now_ms: i64) -> Result<(u64, Vec<String>), StoreError> {
@@ -101,6 +185,23 @@ impl DynamoStore {
             .await;
         // Refused: a newer summary is there already.
         conditional(result, "updating a conversation summary").map(|_| ())
+    }
+}
+
+/// A conversation item's settings; one without a kind predates kinds and
+/// reads as public, one with a kind this build does not know as private
+/// (failing closed).
+fn conversation(conversation_id: &str, item: &Item) -> Conversation {
+    let kind = match text(item, "kind") {
+        None => Kind::Public,
+        Some(kind) => Kind::parse(&kind).unwrap_or(Kind::Private),
+    };
+    Conversation {
+        conversation_id: conversation_id.to_owned(),
+        kind,
+        title: text(item, "title").unwrap_or_default(),
+        created_by: text(item, "created_by").unwrap_or_default(),
+        created_at_ms: get_n(item, "created_at_ms").unwrap_or(0),
     }
 }
 

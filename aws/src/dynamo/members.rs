@@ -1,16 +1,24 @@
 //! The members table, one item per (`conversation_id`, `user_id`):
-//! `joined_at_ms`, and the member's receipt watermarks `delivered_seq` /
+//! `joined_at_ms`, `role` (`owner`, `admin`, `member`; absent on items
+//! written before roles, which are members), and the member's receipt watermarks `delivered_seq` /
 //! `delivered_at_ms` and `last_read_seq` / `read_at_ms` (absent until set).
 //! Index `by_user` (`user_id`, `conversation_id`) lists a user's
 //! conversations.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::{ConditionCheck, Put, ReturnValue, TransactWriteItem, Update};
+use chat_core::conversation::{Conversation, Kind, NewConversation, Role};
 use chat_core::envelope::ReceiptStatus;
 use chat_core::external::ExternalId;
-use chat_core::store::{Joined, MemberState, Membership, StoreError};
+use chat_core::store::{Created, Joined, MemberState, Membership, StoreError};
 
-use super::{DynamoStore, Item, conditional, get_s, n, number_or_zero, query_items, s, unavailable};
+use super::conversations::ADMITS_JOIN;
+use super::{DynamoStore, Item, conditional, get_s, n, number_or_zero, query_items, s, text, unavailable};
+use crate::error::is_transaction_condition_failure;
+
+fn built<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<T, StoreError> {
+    result.map_err(|e| StoreError::Corrupt(format!("building a request: {e}")))
+}
 
 impl DynamoStore {
     pub(super) async fn member_item(&self, conversation_id: &str, user_id: &str) -> Result<Option<Item>, StoreError> {
@@ -27,19 +35,87 @@ impl DynamoStore {
         Ok(out.item)
     }
 
+    /// A new member's item, conditional on them not being one.
+    fn member_put(&self, conversation_id: &str, user_id: &str, role: Role, now_ms: i64) -> Result<Put, StoreError> {
+        built(
+            Put::builder()
+                .table_name(&self.tables.members)
+                .item("conversation_id", s(conversation_id))
+                .item("user_id", s(user_id))
+                .item("joined_at_ms", n(now_ms))
+                .item("role", s(role.as_str()))
+                .condition_expression("attribute_not_exists(user_id)")
+                .build(),
+        )
+    }
+
     /// Records a member unless they are one; true when they were not.
-    async fn put_member(&self, conversation_id: &str, user_id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let put = self
+    async fn put_member(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        role: Role,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let put = self.member_put(conversation_id, user_id, role, now_ms)?;
+        let result = self
             .client
             .put_item()
-            .table_name(&self.tables.members)
-            .item("conversation_id", s(conversation_id))
-            .item("user_id", s(user_id))
-            .item("joined_at_ms", n(now_ms))
-            .condition_expression("attribute_not_exists(user_id)")
+            .table_name(put.table_name)
+            .set_item(Some(put.item))
+            .set_condition_expression(put.condition_expression)
             .send()
             .await;
-        conditional(put, "recording membership")
+        conditional(result, "recording membership")
+    }
+
+    /// A non-member's join, in one transaction with the conversation's
+    /// admission check; false when the conversation does not admit them
+    /// (or they became a member meanwhile).
+    async fn admit(&self, conversation_id: &str, user_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let check = built(
+            ConditionCheck::builder()
+                .table_name(&self.tables.conversations)
+                .key("conversation_id", s(conversation_id))
+                .condition_expression(ADMITS_JOIN)
+                .expression_attribute_names("#kind", "kind")
+                .expression_attribute_values(":public", s(Kind::Public.as_str()))
+                .expression_attribute_values(":u", s(user_id))
+                .build(),
+        )?;
+        let put = self.member_put(conversation_id, user_id, Role::Member, now_ms)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().condition_check(check).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_transaction_condition_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("joining a conversation", e)),
+        }
+    }
+
+    fn role_update(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        role: Role,
+        condition: &str,
+    ) -> Result<Update, StoreError> {
+        built(
+            Update::builder()
+                .table_name(&self.tables.members)
+                .key("conversation_id", s(conversation_id))
+                .key("user_id", s(user_id))
+                .update_expression("SET #role = :role")
+                .condition_expression(condition)
+                .expression_attribute_names("#role", "role")
+                .expression_attribute_values(":role", s(role.as_str()))
+                .build(),
+        )
     }
 
     /// The members items of `user_id` (index `by_user`), in conversation
@@ -70,6 +146,7 @@ impl DynamoStore {
 pub(super) fn member_state(item: &Item) -> Result<MemberState, StoreError> {
     Ok(MemberState {
         user_id: get_s(item, "user_id")?,
+        role: Role::parse_stored(text(item, "role").as_deref()),
         delivered_seq: number_or_zero(item, "delivered_seq"),
         read_seq: number_or_zero(item, "last_read_seq"),
     })
@@ -85,10 +162,48 @@ pub(super) fn watermark_attributes(status: ReceiptStatus) -> (&'static str, &'st
 
 #[async_trait]
 impl Membership for DynamoStore {
+    async fn create(&self, new: &NewConversation) -> Result<Created, StoreError> {
+        let id = new.conversation.conversation_id.as_str();
+        let mut transaction = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(self.new_conversation_put(new)?).build());
+        for (member, role) in &new.members {
+            let put = self.member_put(id, member, *role, new.conversation.created_at_ms)?;
+            transaction = transaction.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        match transaction.send().await {
+            Ok(_) => return Ok(Created { conversation: new.conversation.clone(), created: true }),
+            Err(e) if is_transaction_condition_failure(&e) => {}
+            Err(e) => return Err(unavailable("creating a conversation", e)),
+        }
+        // The id exists (members are new with their conversation, so only
+        // its condition can have failed).
+        let existing: Conversation = self
+            .read_conversation(id)
+            .await?
+            .ok_or_else(|| StoreError::Unavailable("a conversation vanished while being created".into()))?;
+        if existing.kind == Kind::Direct {
+            for (member, role) in &new.members {
+                self.put_member(id, member, *role, new.conversation.created_at_ms).await?;
+            }
+        }
+        Ok(Created { conversation: existing, created: false })
+    }
+
+    async fn conversation(&self, conversation_id: &str) -> Result<Option<Conversation>, StoreError> {
+        self.read_conversation(conversation_id).await
+    }
+
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError> {
-        let newly_member = self.put_member(conversation_id, user_id, chat_core::clock::now_ms()).await?;
+        let (role, newly_member) = match self.role(conversation_id, user_id).await? {
+            Some(role) => (role, false),
+            None if self.admit(conversation_id, user_id, chat_core::clock::now_ms()).await? => (Role::Member, true),
+            // A concurrent join of the same user may have won.
+            None => (self.role(conversation_id, user_id).await?.ok_or(StoreError::NotAdmitted)?, false),
+        };
         let last_seq = self.last_seq(conversation_id).await?;
-        Ok(Joined { newly_member, last_seq })
+        Ok(Joined { newly_member, role, last_seq })
     }
 
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
@@ -108,16 +223,68 @@ impl Membership for DynamoStore {
         Ok(out.attributes().is_some_and(|a| !a.is_empty()))
     }
 
-    async fn is_member(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
-        Ok(self.member_item(conversation_id, user_id).await?.is_some())
+    async fn role(&self, conversation_id: &str, user_id: &str) -> Result<Option<Role>, StoreError> {
+        let item = self.member_item(conversation_id, user_id).await?;
+        Ok(item.map(|item| Role::parse_stored(text(&item, "role").as_deref())))
     }
 
     async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        if self.is_banned(conversation_id, member_id).await? {
+            return Err(StoreError::Banned);
+        }
         // Recorded on the conversation first: a send accepted after the
         // member exists then always names them.
         if matches!(ExternalId::parse(member_id), Ok(Some(_))) {
             self.set_external(conversation_id, member_id, true).await?;
         }
-        self.put_member(conversation_id, member_id, now_ms).await
+        self.put_member(conversation_id, member_id, Role::Member, now_ms).await
+    }
+
+    async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<bool, StoreError> {
+        if ban {
+            self.set_ban(conversation_id, member_id, true).await?;
+        }
+        self.leave(conversation_id, member_id).await
+    }
+
+    async fn unban(&self, conversation_id: &str, member_id: &str) -> Result<bool, StoreError> {
+        self.set_ban(conversation_id, member_id, false).await
+    }
+
+    async fn set_role(&self, conversation_id: &str, member_id: &str, role: Role) -> Result<bool, StoreError> {
+        let update = self.role_update(conversation_id, member_id, role, "attribute_exists(user_id)")?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(update.table_name)
+            .set_key(Some(update.key))
+            .update_expression(update.update_expression)
+            .set_condition_expression(update.condition_expression)
+            .set_expression_attribute_names(update.expression_attribute_names)
+            .set_expression_attribute_values(update.expression_attribute_values)
+            .send()
+            .await;
+        conditional(result, "setting a role")
+    }
+
+    async fn transfer_ownership(&self, conversation_id: &str, from: &str, to: &str) -> Result<(), StoreError> {
+        let mut demote = self.role_update(conversation_id, from, Role::Admin, "#role = :owner")?;
+        demote
+            .expression_attribute_values
+            .get_or_insert_with(Default::default)
+            .insert(":owner".into(), s(Role::Owner.as_str()));
+        let promote = self.role_update(conversation_id, to, Role::Owner, "attribute_exists(user_id)")?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(demote).build())
+            .transact_items(TransactWriteItem::builder().update(promote).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_transaction_condition_failure(&e) => Err(StoreError::NotMember),
+            Err(e) => Err(unavailable("transferring ownership", e)),
+        }
     }
 }

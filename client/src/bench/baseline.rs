@@ -179,4 +179,40 @@ impl ChatService for Baseline {
     ) -> Result<Response<pb::LinkChannelResponse>, Status> {
         unimplemented()
     }
+    /// The load generator creates its rooms first on either server; here
+    /// any room exists once named.
+    async fn create_conversation(
+        &self,
+        request: Request<pb::CreateConversationRequest>,
+    ) -> Result<Response<pb::CreateConversationResponse>, Status> {
+        let req = request.into_inner();
+        let conversation = pb::Conversation {
+            conversation_id: req.conversation_id,
+            kind: req.kind,
+            title: req.title,
+            ..pb::Conversation::default()
+        };
+        Ok(Response::new(pb::CreateConversationResponse { conversation: Some(conversation), created: true }))
+    }
+    async fn get_conversation(
+        &self,
+        _: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::GetConversationResponse>, Status> {
+        unimplemented()
+    }
+    async fn remove_member(
+        &self,
+        _: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        unimplemented()
+    }
+    async fn unban_member(
+        &self,
+        _: Request<pb::UnbanMemberRequest>,
+    ) -> Result<Response<pb::UnbanMemberResponse>, Status> {
+        unimplemented()
+    }
+    async fn set_role(&self, _: Request<pb::SetRoleRequest>) -> Result<Response<pb::SetRoleResponse>, Status> {
+        unimplemented()
+    }
 }
