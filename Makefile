@@ -140,4 +140,4 @@ NAME ?= alice
 PORT ?= 50051
 ROOM ?= room1
 chat:
-	./chat connect --gateway http://127.0.0.1:$(PORT) --user $(NAME) --conversation $(ROOM)
+	./chat connect --gateway http://127.0.0.1:$(PORT) --user $(NAME) --conversation $(ROOM) --create

@@ -20,8 +20,9 @@ use anyhow::{Context, bail};
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::echo_service_client::EchoServiceClient;
 use chat_proto::pb::{
-    AddMemberRequest, EchoRequest, GetHistoryRequest, GetMessageStatusRequest, LinkChannelRequest,
-    ListConversationsRequest, MarkReadRequest, MessageStatus, SendMessageRequest,
+    AddMemberRequest, ConversationKind, CreateConversationRequest, EchoRequest, GetConversationRequest,
+    GetHistoryRequest, GetMessageStatusRequest, LinkChannelRequest, ListConversationsRequest, MarkReadRequest,
+    MessageStatus, RemoveMemberRequest, Role, SendMessageRequest, SetRoleRequest, UnbanMemberRequest,
 };
 use clap::{Args, Parser, Subcommand};
 use tonic::metadata::MetadataValue;
@@ -54,6 +55,10 @@ enum Command {
         /// typed lines go until `/switch`.
         #[arg(long = "conversation", short = 'c')]
         conversations: Vec<String>,
+        /// First create each conversation given whose name is free, as a
+        /// public conversation you own (a taken name is simply joined).
+        #[arg(long)]
+        create: bool,
     },
     /// Send one message with the unary API and print its seq.
     Send {
@@ -83,8 +88,72 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Add a member to a conversation you are in: a user, or an external
-    /// identity such as whatsapp:+5511999990000 or telegram:123456.
+    /// Create a conversation you own (private unless --public) and print
+    /// its id.
+    Create {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// A name of your choosing instead of a minted id (names are
+        /// public: anyone can find out one is taken).
+        #[arg(long, short = 'c', default_value = "")]
+        conversation: String,
+        /// Anyone may join by id.
+        #[arg(long)]
+        public: bool,
+        #[arg(long, default_value = "")]
+        title: String,
+        /// Initial members besides you (repeatable).
+        #[arg(long = "member", short = 'm')]
+        members: Vec<String>,
+    },
+    /// Open (or find) your direct conversation with another user and print
+    /// its id.
+    Dm {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        with: String,
+    },
+    /// A conversation's settings and members with their roles.
+    Info {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, short = 'c')]
+        conversation: String,
+    },
+    /// Remove a member (admins and the owner); --ban keeps them out.
+    Remove {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, short = 'c')]
+        conversation: String,
+        #[arg(long)]
+        member: String,
+        #[arg(long)]
+        ban: bool,
+    },
+    /// Lift a ban (admins and the owner).
+    Unban {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, short = 'c')]
+        conversation: String,
+        #[arg(long)]
+        member: String,
+    },
+    /// Set a member's role; `owner` transfers your ownership to them.
+    Role {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, short = 'c')]
+        conversation: String,
+        #[arg(long)]
+        member: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Add a member to a conversation you administer: a user, or an
+    /// external identity such as whatsapp:+5511999990000 or telegram:123456.
     AddMember {
         #[command(flatten)]
         conn: ConnArgs,
@@ -348,10 +417,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History { conn, conversation, limit } => history(conn, conversation, limit).await,
         Command::Conversations { conn } => conversations(conn).await,
         Command::AddMember { conn, conversation, member } => add_member(conn, conversation, member).await,
+        Command::Create { conn, conversation, public, title, members } => {
+            let kind = if public { ConversationKind::Public } else { ConversationKind::Private };
+            create(conn, CreateConversationRequest { kind: kind as i32, title, members, conversation_id: conversation })
+                .await
+        }
+        Command::Dm { conn, with } => {
+            let request = CreateConversationRequest {
+                kind: ConversationKind::Direct as i32,
+                members: vec![with],
+                ..CreateConversationRequest::default()
+            };
+            create(conn, request).await
+        }
+        Command::Info { conn, conversation } => info(conn, conversation).await,
+        Command::Remove { conn, conversation, member, ban } => remove(conn, conversation, member, ban).await,
+        Command::Unban { conn, conversation, member } => unban(conn, conversation, member).await,
+        Command::Role { conn, conversation, member, role } => set_role(conn, conversation, member, role).await,
         Command::Link { conn, external_id } => link(conn, external_id).await,
         Command::Status { conn, conversation, message_id } => status(conn, conversation, message_id).await,
         Command::Read { conn, conversation, seq } => read(conn, conversation, seq).await,
-        Command::Connect { conn, conversations } => connect_interactive(conn, conversations).await,
+        Command::Connect { conn, conversations, create } => connect_interactive(conn, conversations, create).await,
     }
 }
 
@@ -514,6 +600,99 @@ async fn conversations(conn: ConnArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl RoleArg {
+    fn pb(self) -> Role {
+        match self {
+            RoleArg::Member => Role::Member,
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Owner => Role::Owner,
+        }
+    }
+}
+
+fn role_name(role: i32) -> &'static str {
+    match Role::try_from(role) {
+        Ok(Role::Owner) => "owner",
+        Ok(Role::Admin) => "admin",
+        _ => "member",
+    }
+}
+
+/// Creates a conversation (or finds a direct one) and prints its id alone
+/// on stdout, so scripts can capture it.
+async fn create(conn: ConnArgs, request: CreateConversationRequest) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let response = client.create_conversation(request).await.map_err(rpc_error)?.into_inner();
+    let conversation = response.conversation.context("the gateway answered without a conversation")?;
+    if !response.created {
+        eprintln!("(existing conversation)");
+    }
+    println!("{}", conversation.conversation_id);
+    Ok(())
+}
+
+/// Prints a conversation's settings and members.
+async fn info(conn: ConnArgs, conversation: String) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let response = client
+        .get_conversation(GetConversationRequest { conversation_id: conversation })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let c = response.conversation.context("the gateway answered without a conversation")?;
+    let kind = match ConversationKind::try_from(c.kind) {
+        Ok(ConversationKind::Public) => "public",
+        Ok(ConversationKind::Direct) => "direct",
+        _ => "private",
+    };
+    println!("{} ({kind}) {}", c.conversation_id, c.title);
+    for m in &response.members {
+        println!("  {} — {}", m.user_id, role_name(m.role));
+    }
+    Ok(())
+}
+
+/// Removes (or bans) a member.
+async fn remove(conn: ConnArgs, conversation: String, member: String, ban: bool) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let request = RemoveMemberRequest { conversation_id: conversation.clone(), member_id: member.clone(), ban };
+    let removed = client.remove_member(request).await.map_err(rpc_error)?.into_inner().removed;
+    let what = match (removed, ban) {
+        (true, true) => "removed from and banned in",
+        (true, false) => "removed from",
+        (false, true) => "was not a member; now banned in",
+        (false, false) => "was not a member of",
+    };
+    println!("{member} {what} {conversation}");
+    Ok(())
+}
+
+/// Lifts a ban.
+async fn unban(conn: ConnArgs, conversation: String, member: String) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let request = UnbanMemberRequest { conversation_id: conversation.clone(), member_id: member.clone() };
+    let unbanned = client.unban_member(request).await.map_err(rpc_error)?.into_inner().unbanned;
+    println!("{member} {} {conversation}", if unbanned { "may join again" } else { "was not banned in" });
+    Ok(())
+}
+
+/// Sets a member's role.
+async fn set_role(conn: ConnArgs, conversation: String, member: String, role: RoleArg) -> anyhow::Result<()> {
+    let (_, mut client) = conn.client().await?;
+    let request =
+        SetRoleRequest { conversation_id: conversation.clone(), member_id: member.clone(), role: role.pb() as i32 };
+    client.set_role(request).await.map_err(rpc_error)?;
+    println!("{member} is now {} of {conversation}", role_name(role.pb() as i32));
+    Ok(())
+}
+
 /// Adds a member (a user or an external identity).
 async fn add_member(conn: ConnArgs, conversation: String, member: String) -> anyhow::Result<()> {
     let (_, mut client) = conn.client().await?;
@@ -570,7 +749,22 @@ async fn read(conn: ConnArgs, conversation: String, seq: u64) -> anyhow::Result<
 }
 
 /// The interactive chat.
-async fn connect_interactive(conn: ConnArgs, conversations: Vec<String>) -> anyhow::Result<()> {
+async fn connect_interactive(conn: ConnArgs, conversations: Vec<String>, create: bool) -> anyhow::Result<()> {
+    if create {
+        let (_, mut client) = conn.client().await?;
+        for conversation in &conversations {
+            let request = CreateConversationRequest {
+                kind: ConversationKind::Public as i32,
+                conversation_id: conversation.clone(),
+                ..CreateConversationRequest::default()
+            };
+            match client.create_conversation(request).await {
+                Ok(_) => eprintln!("* created public conversation {conversation}"),
+                Err(status) if status.code() == tonic::Code::AlreadyExists => {}
+                Err(status) => return Err(rpc_error(status)),
+            }
+        }
+    }
     let (user, bearer) = conn.bearer()?;
     connect::interactive(conn.gateways()?, bearer, user, conversations).await?;
     Ok(())

@@ -691,10 +691,15 @@ mod tests {
         App::new("gw".into(), stores, Arc::new(MemoryBus::new(hub.clone(), store)), hub, Limits::default(), 16)
     }
 
+    async fn public_room(app: &App, id: &str) {
+        app.create_conversation("owner", Kind::Public, "", &[], id).await.expect("created");
+    }
+
     #[tokio::test]
     async fn failed_join_leaves_no_subscription_or_presence() {
         let presence = Arc::new(FlakyPresence::default());
         let app = app(presence.clone());
+        public_room(&app, "r").await;
         let (outbox, _stream) = Outbox::new("s1".into(), "alice".into(), 16);
         presence.fail.store(true, Ordering::Relaxed);
         let err = app.join("r", &outbox).await.expect_err("presence fails");
@@ -708,11 +713,103 @@ mod tests {
     async fn failed_rejoin_keeps_the_existing_subscription() {
         let presence = Arc::new(FlakyPresence::default());
         let app = app(presence.clone());
+        public_room(&app, "r").await;
         let (outbox, _stream) = Outbox::new("s1".into(), "alice".into(), 16);
         app.join("r", &outbox).await.expect("first join");
         presence.fail.store(true, Ordering::Relaxed);
         assert!(app.join("r", &outbox).await.is_err());
         assert!(app.hub.is_subscribed("r", "s1"), "a failed rejoin must not unsubscribe");
         assert_eq!(app.presence_set().len(), 1);
+    }
+
+    /// Every answer a non-member gets about a private conversation, with
+    /// the conversation's id blanked out.
+    async fn answers(app: &App, conversation_id: &str, user: &str) -> Vec<String> {
+        let (outbox, _stream) = Outbox::new("s9".into(), user.into(), 16);
+        let send = Send::new(conversation_id, "c1", "hi", 100).expect("valid send");
+        let page = PageRequest { conversation_id, forward: true, from_seq: 0, cursor: "", page_size: 10 };
+        let results = vec![
+            app.join(conversation_id, &outbox).await.map(|_| ()),
+            app.send_message(user, send).await.map(|_| ()),
+            app.history_page(user, page).await.map(|_| ()),
+            app.get_message(conversation_id, user, "m1").await.map(|_| ()),
+            app.message_status(conversation_id, user, "m1").await.map(|_| ()),
+            app.mark_read_checked(conversation_id, user, 1).await.map(|_| ()),
+            app.add_member(conversation_id, user, "mallory2").await.map(|_| ()),
+            app.conversation_details(conversation_id, user).await.map(|_| ()),
+            app.remove_member(conversation_id, user, "alice", true).await.map(|_| ()),
+            app.set_role(conversation_id, user, "alice", Role::Member).await.map(|_| ()),
+        ];
+        results
+            .into_iter()
+            .map(|r| {
+                let err = r.expect_err("a non-member is refused");
+                format!("{:?} {}", err.code(), err.to_string().replace(conversation_id, "<id>"))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_private_conversation_looks_like_none_to_a_non_member() {
+        let app = app(Arc::new(FlakyPresence::default()));
+        let created =
+            app.create_conversation("alice", Kind::Private, "secret", &["bob".to_owned()], "").await.expect("created");
+        let private = created.conversation.conversation_id;
+        let send = Send::new(&private, "c1", "hi", 100).expect("valid send");
+        app.send_message("alice", send).await.expect("a member sends");
+        let refused = answers(&app, &private, "mallory").await;
+        assert!(refused.iter().all(|a| a.starts_with("PermissionDenied")), "{refused:#?}");
+        assert_eq!(refused, answers(&app, "no-such-room", "mallory").await);
+    }
+
+    #[tokio::test]
+    async fn a_ban_removes_and_keeps_out_until_lifted() {
+        let app = app(Arc::new(FlakyPresence::default()));
+        public_room(&app, "r").await;
+        let (outbox, _stream) = Outbox::new("s1".into(), "mallory".into(), 16);
+        app.join("r", &outbox).await.expect("anyone joins a public conversation");
+        assert_eq!(
+            app.remove_member("r", "mallory", "owner", true).await.map_err(|e| e.code()),
+            Err(tonic::Code::PermissionDenied),
+            "a member cannot remove the owner"
+        );
+        assert!(app.remove_member("r", "owner", "mallory", true).await.expect("the owner bans"));
+        assert_eq!(app.join("r", &outbox).await.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::PermissionDenied));
+        assert_eq!(
+            app.add_member("r", "owner", "mallory").await.map_err(|e| e.code()),
+            Err(tonic::Code::FailedPrecondition)
+        );
+        assert!(app.unban("r", "owner", "mallory").await.expect("unbanned"));
+        assert!(app.add_member("r", "owner", "mallory").await.expect("added again"));
+    }
+
+    #[tokio::test]
+    async fn ownership_moves_and_the_old_owner_becomes_admin() {
+        let app = app(Arc::new(FlakyPresence::default()));
+        let created =
+            app.create_conversation("alice", Kind::Private, "", &["bob".to_owned()], "").await.expect("created");
+        let id = created.conversation.conversation_id;
+        app.set_role(&id, "alice", "bob", Role::Owner).await.expect("transferred");
+        let (_, members) = app.conversation_details(&id, "alice").await.expect("details");
+        let roles: Vec<(String, Role)> = members.into_iter().map(|m| (m.user_id, m.role)).collect();
+        assert_eq!(roles, vec![("alice".to_owned(), Role::Admin), ("bob".to_owned(), Role::Owner)]);
+        let refused = app.remove_member(&id, "alice", "bob", false).await.map_err(|e| e.code());
+        assert_eq!(refused, Err(tonic::Code::PermissionDenied), "an admin cannot remove the owner");
+    }
+
+    #[tokio::test]
+    async fn a_direct_conversation_is_one_per_pair() {
+        let app = app(Arc::new(FlakyPresence::default()));
+        let first = app.create_conversation("alice", Kind::Direct, "", &["bob".to_owned()], "").await.expect("created");
+        let second = app.create_conversation("bob", Kind::Direct, "", &["alice".to_owned()], "").await.expect("found");
+        assert!(first.created && !second.created);
+        assert_eq!(first.conversation.conversation_id, second.conversation.conversation_id);
+        let squat =
+            app.create_conversation("mallory", Kind::Public, "", &[], &first.conversation.conversation_id).await;
+        assert_eq!(squat.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::InvalidArgument));
+        let taken = app.create_conversation("mallory", Kind::Public, "", &[], "r").await;
+        assert!(taken.is_ok());
+        let again = app.create_conversation("mallory", Kind::Public, "", &[], "r").await;
+        assert_eq!(again.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::AlreadyExists));
     }
 }

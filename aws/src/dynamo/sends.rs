@@ -1,21 +1,65 @@
 //! The send-dedup table, one record per idempotent send (`idem_key`:
-//! conversation/sender/client_message_id): `message_id`, `seq`,
-//! `accepted_at_ms`, `body_digest`, `externals` (SS, absent when none) and
-//! `expires_at` (TTL, a day). Written with `attribute_not_exists`, so the
-//! first accepted identity wins.
+//! conversation/sender/client_message_id): `message_id`, `accepted_at_ms`,
+//! `body_digest`, `claimed_at_ms`, `expires_at` (TTL, a day) and, once the
+//! send has its place, `seq` and `externals` (SS, absent when none).
+//!
+//! **Claim first, then number.** A send claims its key (`attribute_not_exists`)
+//! before it takes a seq, so of two copies of one send racing on two
+//! gateways only the winner ever takes a seq: the loser waits for the
+//! winner's seq and answers with it. (Numbering first would leave the
+//! loser's seq unused, a hole every receiver's reorderer waits out.) A claim
+//! that never got its seq (its gateway died in between) is taken over once
+//! older than [`CLAIM_LEASE`].
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chat_core::store::{Accepted, SendRequest, Sequencer, StoreError, body_digest, idempotency_key};
 
-use super::{DynamoStore, get_n, get_s, n, s, seq_value, string_set, unavailable};
-use crate::error::is_condition_failure;
+use super::{DynamoStore, Item, conditional, get_n, get_s, n, s, seq_value, string_set, unavailable};
 
 /// How long a send stays idempotent.
 const SEND_DEDUP_TTL_SECS: i64 = 24 * 3600;
+/// A claim without a seq for this long belongs to a sender that died; a
+/// retry takes it over. Well above the time between claim and numbering
+/// (two DynamoDB writes).
+const CLAIM_LEASE: Duration = Duration::from_secs(5);
+/// How long a racing copy waits for the winner's seq before answering
+/// UNAVAILABLE (a retry then finds it).
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
+const CLAIM_POLL: Duration = Duration::from_millis(20);
+
+/// A send record as read back.
+#[derive(Debug)]
+enum Record {
+    /// Numbered: its first identity, for a retry's answer.
+    Numbered { accepted: Accepted, digest: String },
+    /// Claimed and not yet numbered.
+    Claimed { digest: String, claimed_at_ms: i64 },
+}
+
+fn record(item: &Item) -> Result<Record, StoreError> {
+    let digest = get_s(item, "body_digest")?;
+    if item.contains_key("seq") {
+        let accepted = Accepted {
+            message_id: get_s(item, "message_id")?,
+            seq: get_n(item, "seq")?,
+            accepted_at_ms: get_n(item, "accepted_at_ms")?,
+            duplicate: true,
+            external_recipients: string_set(item, "externals"),
+        };
+        return Ok(Record::Numbered { accepted, digest });
+    }
+    Ok(Record::Claimed { digest, claimed_at_ms: get_n(item, "claimed_at_ms").unwrap_or(0) })
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 impl DynamoStore {
-    async fn read_send(&self, key: &str) -> Result<Option<(Accepted, String)>, StoreError> {
+    async fn read_send(&self, key: &str) -> Result<Option<Record>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -25,17 +69,107 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| unavailable("reading send record", e))?;
-        let Some(item) = out.item() else {
-            return Ok(None);
-        };
-        let accepted = Accepted {
-            message_id: get_s(item, "message_id")?,
-            seq: get_n(item, "seq")?,
-            accepted_at_ms: get_n(item, "accepted_at_ms")?,
-            duplicate: true,
-            external_recipients: string_set(item, "externals"),
-        };
-        Ok(Some((accepted, get_s(item, "body_digest")?)))
+        out.item().map(record).transpose()
+    }
+
+    /// Claims `key` for this send; false when another send holds it.
+    async fn claim(&self, key: &str, req: &SendRequest<'_>, digest: &str) -> Result<bool, StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.tables.send_dedup)
+            .item("idem_key", s(key))
+            .item("message_id", s(&req.new_message_id))
+            .item("accepted_at_ms", n(req.now_ms))
+            .item("claimed_at_ms", n(req.now_ms))
+            .item("body_digest", s(digest))
+            .item("expires_at", n(req.now_ms / 1000 + SEND_DEDUP_TTL_SECS))
+            .condition_expression("attribute_not_exists(idem_key)")
+            .send()
+            .await;
+        conditional(put, "claiming a send")
+    }
+
+    /// Takes over a claim that was never numbered; false when it moved
+    /// meanwhile (numbered, or taken over by another retry).
+    async fn take_over(&self, key: &str, req: &SendRequest<'_>, claimed_at_ms: i64) -> Result<bool, StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.send_dedup)
+            .key("idem_key", s(key))
+            .update_expression("SET message_id = :id, accepted_at_ms = :now, claimed_at_ms = :now")
+            .condition_expression("attribute_not_exists(seq) AND claimed_at_ms = :then")
+            .expression_attribute_values(":id", s(&req.new_message_id))
+            .expression_attribute_values(":now", n(req.now_ms))
+            .expression_attribute_values(":then", n(claimed_at_ms))
+            .send()
+            .await;
+        conditional(update, "taking over a stale send claim")
+    }
+
+    /// Records the seq a claimed send was given; false when the claim was
+    /// taken over meanwhile (this sender stalled past the lease).
+    async fn number(&self, key: &str, message_id: &str, accepted: &Accepted) -> Result<bool, StoreError> {
+        let mut expression = "SET seq = :seq".to_owned();
+        let mut update = self.client.update_item().expression_attribute_values(":seq", seq_value(accepted.seq));
+        if !accepted.external_recipients.is_empty() {
+            // DynamoDB has no empty sets: the attribute is absent instead.
+            expression.push_str(", externals = :ext");
+            update =
+                update.expression_attribute_values(":ext", AttributeValue::Ss(accepted.external_recipients.clone()));
+        }
+        let result = update
+            .table_name(&self.tables.send_dedup)
+            .key("idem_key", s(key))
+            .update_expression(expression)
+            .condition_expression("message_id = :id AND attribute_not_exists(seq)")
+            .expression_attribute_values(":id", s(message_id))
+            .send()
+            .await;
+        conditional(result, "numbering a send")
+    }
+
+    /// The answer for a send that found its key claimed: the first send's
+    /// identity once it is numbered; the claim itself when its sender died
+    /// (`None`: go on as the claimant).
+    async fn settle_race(
+        &self,
+        key: &str,
+        req: &SendRequest<'_>,
+        digest: &str,
+    ) -> Result<Option<Accepted>, StoreError> {
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            match self.read_send(key).await? {
+                Some(Record::Numbered { accepted, digest: first }) => {
+                    return if first == digest { Ok(Some(accepted)) } else { Err(StoreError::ClientMessageIdReused) };
+                }
+                Some(Record::Claimed { digest: first, .. }) if first != digest => {
+                    return Err(StoreError::ClientMessageIdReused);
+                }
+                Some(Record::Claimed { claimed_at_ms, .. }) => {
+                    if req.now_ms.saturating_sub(claimed_at_ms) >= millis(CLAIM_LEASE)
+                        && self.take_over(key, req, claimed_at_ms).await?
+                    {
+                        tracing::warn!(
+                            conversation_id = req.conversation_id,
+                            "took over a send claim its sender never numbered"
+                        );
+                        return Ok(None);
+                    }
+                }
+                // Expired by TTL between the claim and now: claim afresh.
+                None if self.claim(key, req, digest).await? => return Ok(None),
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(
+                    "the same send (client_message_id) is being accepted elsewhere right now".into(),
+                ));
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
+        }
     }
 }
 
@@ -56,54 +190,28 @@ impl Sequencer for DynamoStore {
         }
         let key = idempotency_key(req.conversation_id, req.sender, req.client_message_id);
         let digest = body_digest(req.body);
-        let check = |(first, first_digest): (Accepted, String)| {
-            if first_digest == digest { Ok(first) } else { Err(StoreError::ClientMessageIdReused) }
-        };
-        // A retry is answered from the record without touching the counter,
-        // so retries leave no hole in the conversation's seq.
-        if let Some(found) = self.read_send(&key).await? {
-            return check(found);
+        if !self.claim(&key, &req, &digest).await?
+            && let Some(first) = self.settle_race(&key, &req, &digest).await?
+        {
+            return Ok(first);
         }
         let (seq, externals) = self.next_seq(req.conversation_id, req.now_ms).await?;
         let accepted = Accepted {
-            message_id: req.new_message_id,
+            message_id: req.new_message_id.clone(),
             seq,
             accepted_at_ms: req.now_ms,
             duplicate: false,
             external_recipients: recipients(externals),
         };
-        let mut put = self.client.put_item();
-        if !accepted.external_recipients.is_empty() {
-            // DynamoDB has no empty sets: the attribute is absent instead.
-            put = put.item("externals", AttributeValue::Ss(accepted.external_recipients.clone()));
+        if self.number(&key, &req.new_message_id, &accepted).await? {
+            return Ok(accepted);
         }
-        let put = put
-            .table_name(&self.tables.send_dedup)
-            .item("idem_key", s(&key))
-            .item("message_id", s(&accepted.message_id))
-            .item("seq", seq_value(seq))
-            .item("accepted_at_ms", n(req.now_ms))
-            .item("body_digest", s(&digest))
-            .item("expires_at", n(req.now_ms / 1000 + SEND_DEDUP_TTL_SECS))
-            .condition_expression("attribute_not_exists(idem_key)")
-            .send()
-            .await;
-        match put {
-            Ok(_) => Ok(accepted),
-            // A concurrent duplicate won the race; its identity stands and
-            // the seq this call allocated stays unused.
-            Err(e) if is_condition_failure(&e) => {
-                tracing::warn!(
-                    conversation_id = req.conversation_id,
-                    seq,
-                    "concurrent duplicate send; seq left unused"
-                );
-                match self.read_send(&key).await? {
-                    Some(found) => check(found),
-                    None => Err(StoreError::Unavailable("send record vanished during a race".into())),
-                }
-            }
-            Err(e) => Err(unavailable("writing send record", e)),
+        // Only a sender stalled past the lease gets here; its seq stays
+        // unused and receivers skip it after their reorder window.
+        tracing::warn!(conversation_id = req.conversation_id, seq, "send claim taken over while numbering; seq unused");
+        match self.read_send(&key).await? {
+            Some(Record::Numbered { accepted, .. }) => Ok(accepted),
+            _ => Err(StoreError::Unavailable("the send was taken over by a retry; retry it again".into())),
         }
     }
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::client_frame::Frame;
 use chat_proto::pb::server_event::Event;
-use chat_proto::pb::{ClientFrame, JoinFrame, SendFrame, ServerEvent};
+use chat_proto::pb::{ClientFrame, ConversationKind, CreateConversationRequest, JoinFrame, SendFrame, ServerEvent};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
@@ -363,15 +363,7 @@ async fn open_connection(plan: &Plan, index: usize) -> Result<(String, Channel),
 async fn connect_user(plan: &Plan, index: usize, gateway: &str, channel: Channel) -> Result<Connected, BenchError> {
     let setup = |what: String| BenchError::Setup { user: index, gateway: gateway.to_owned(), what };
     let (frames, outbound) = mpsc::channel::<ClientFrame>(64);
-    let mut request = tonic::Request::new(ReceiverStream::new(outbound));
-    if let Some(auth) = &plan.auth {
-        let user = user_name(&plan.run_id, index);
-        let token =
-            chat_proto::token::mint(&auth.secret, &user, &auth.issuer, &auth.audience, Duration::from_secs(3600))
-                .map_err(|e| setup(format!("minting a token: {e}")))?;
-        let value = format!("Bearer {token}").parse().map_err(|_| setup("token is not valid metadata".into()))?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    let request = as_user(plan, index, ReceiverStream::new(outbound)).map_err(setup)?;
     let mut events = ChatServiceClient::new(channel)
         .max_decoding_message_size(1 << 20)
         .connect(request)
@@ -399,6 +391,46 @@ async fn connect_user(plan: &Plan, index: usize, gateway: &str, channel: Channel
     .map_err(|_| setup(format!("no answer to the join within {JOIN_TIMEOUT:?}")))?
     .map_err(setup)?;
     Ok(Connected { index, frames, events })
+}
+
+/// A request as user `index` (with their token when the plan authenticates).
+fn as_user<T>(plan: &Plan, index: usize, message: T) -> Result<tonic::Request<T>, String> {
+    let mut request = tonic::Request::new(message);
+    if let Some(auth) = &plan.auth {
+        let user = user_name(&plan.run_id, index);
+        let token =
+            chat_proto::token::mint(&auth.secret, &user, &auth.issuer, &auth.audience, Duration::from_secs(3600))
+                .map_err(|e| format!("minting a token: {e}"))?;
+        let value = format!("Bearer {token}").parse().map_err(|_| "token is not valid metadata".to_owned())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
+/// Creates the step's conversations, public so that their users join them,
+/// each by its first user on that user's connection.
+async fn create_conversations(plan: &Plan, connections: &[(String, Channel)]) -> Result<(), BenchError> {
+    let firsts: Vec<usize> = (0..plan.users).step_by(plan.conversation_size).collect();
+    futures::stream::iter(firsts)
+        .map(|index| async move {
+            let (gateway, channel) = &connections[index / plan.streams_per_connection];
+            let setup = |what: String| BenchError::Setup { user: index, gateway: gateway.clone(), what };
+            let create = CreateConversationRequest {
+                kind: ConversationKind::Public as i32,
+                conversation_id: conversation_of(&plan.run_id, index, plan.conversation_size),
+                ..CreateConversationRequest::default()
+            };
+            ChatServiceClient::new(channel.clone())
+                .create_conversation(as_user(plan, index, create).map_err(setup)?)
+                .await
+                .map_err(|s| setup(format!("CreateConversation: {:?}: {}", s.code(), s.message())))?;
+            Ok(())
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect::<Vec<Result<(), BenchError>>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// Sends on schedule until `end`, while reading every event until `stop`.
@@ -508,6 +540,7 @@ async fn connect_all(plan: &Arc<Plan>) -> Result<Vec<Connected>, BenchError> {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
+    create_conversations(plan, &connections).await?;
     let mut connected: Vec<Connected> = futures::stream::iter(0..plan.users)
         .map(|index| {
             let plan = Arc::clone(plan);
