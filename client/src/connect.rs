@@ -1,7 +1,7 @@
 //! The interactive terminal chat: stdin lines become frames, server events
 //! become lines on stdout.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -60,13 +60,16 @@ fn parse(line: &str) -> Input {
     }
 }
 
-/// What the chat keeps across reconnections: the conversations joined and,
-/// per conversation, the last seq shown (the resume point).
+/// What the chat keeps across reconnections: the conversations joined,
+/// per conversation the last seq shown (the resume point), and the sends
+/// not yet answered.
 #[derive(Debug, Default)]
 struct Chat {
     joined: BTreeSet<String>,
     last_seq: HashMap<String, u64>,
     current: Option<String>,
+    /// By `client_message_id` (a ULID, so in the order typed).
+    unanswered: BTreeMap<String, SendFrame>,
 }
 
 impl Chat {
@@ -75,17 +78,25 @@ impl Chat {
         *last = (*last).max(seq);
     }
 
-    /// The join frames that restore this chat on a new stream.
+    /// The frames that restore this chat on a new stream: its joins, then
+    /// every send its last stream did not answer, with the same
+    /// `client_message_id`. A send the lost gateway had accepted is then
+    /// answered as a duplicate (and republished, so a seq it had taken is
+    /// not left a hole); one it had not is sent now.
     fn rejoin_frames(&self) -> Vec<ClientFrame> {
-        self.joined
-            .iter()
-            .map(|c| {
-                frame(Frame::Join(JoinFrame {
-                    conversation_id: c.clone(),
-                    resume_after_seq: self.last_seq.get(c).copied(),
-                }))
-            })
-            .collect()
+        let joins = self.joined.iter().map(|c| {
+            frame(Frame::Join(JoinFrame {
+                conversation_id: c.clone(),
+                resume_after_seq: self.last_seq.get(c).copied(),
+            }))
+        });
+        let resends = self.unanswered.values().map(|send| frame(Frame::Send(send.clone())));
+        joins.chain(resends).collect()
+    }
+
+    /// A send is answered, accepted or refused.
+    fn answered(&mut self, client_message_id: &str) {
+        self.unanswered.remove(client_message_id);
     }
 }
 
@@ -183,7 +194,11 @@ async fn session(
                     Input::Help => { println!("{HELP}"); None }
                     Input::Nothing => None,
                     Input::Say(body) => match &chat.current {
-                        Some(c) => Some(Frame::Send(SendFrame { conversation_id: c.clone(), client_message_id: ulid::Ulid::new().to_string(), body })),
+                        Some(c) => {
+                            let send = SendFrame { conversation_id: c.clone(), client_message_id: ulid::Ulid::new().to_string(), body };
+                            chat.unanswered.insert(send.client_message_id.clone(), send.clone());
+                            Some(Frame::Send(send))
+                        }
                         None => { println!("! join a room first: /join ROOM"); None }
                     },
                 };
@@ -222,6 +237,8 @@ async fn session(
                             chat.saw(&point.conversation_id, point.last_seq);
                         }
                     }
+                    Event::SendAccepted(a) => chat.answered(&a.client_message_id),
+                    Event::Error(e) if !e.client_message_id.is_empty() => chat.answered(&e.client_message_id),
                     _ => {}
                 }
                 if worth_showing(&event, user)
@@ -252,6 +269,26 @@ mod tests {
             })
             .collect();
         assert_eq!(joins, vec![("a".to_string(), Some(7)), ("b".to_string(), None)]);
+    }
+
+    #[test]
+    fn unanswered_sends_are_resent_after_the_joins_with_their_ids() {
+        let mut chat = Chat { joined: ["a".to_string()].into(), ..Default::default() };
+        for (id, body) in [("01B", "second"), ("01A", "first"), ("01C", "answered")] {
+            let send = SendFrame { conversation_id: "a".into(), client_message_id: id.into(), body: body.into() };
+            chat.unanswered.insert(id.into(), send);
+        }
+        chat.answered("01C");
+        let frames: Vec<String> = chat
+            .rejoin_frames()
+            .into_iter()
+            .filter_map(|f| match f.frame {
+                Some(Frame::Join(j)) => Some(format!("join {}", j.conversation_id)),
+                Some(Frame::Send(s)) => Some(format!("send {} {}", s.client_message_id, s.body)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(frames, ["join a", "send 01A first", "send 01B second"]);
     }
 
     #[test]
