@@ -24,10 +24,11 @@ const SEND_DEDUP_TTL_SECS: i64 = 24 * 3600;
 /// A claim without a seq for this long belongs to a sender that died; a
 /// retry takes it over. Well above the time between claim and numbering
 /// (two DynamoDB writes).
-const CLAIM_LEASE: Duration = Duration::from_secs(5);
+const CLAIM_LEASE: Duration = Duration::from_secs(2);
 /// How long a racing copy waits for the winner's seq before answering
-/// UNAVAILABLE (a retry then finds it).
-const CLAIM_WAIT: Duration = Duration::from_secs(2);
+/// UNAVAILABLE (a retry then finds it); longer than the lease, so a retry
+/// of a dead sender's send takes the claim over within one call.
+const CLAIM_WAIT: Duration = Duration::from_millis(2500);
 const CLAIM_POLL: Duration = Duration::from_millis(20);
 
 /// A send record as read back.
@@ -149,7 +150,7 @@ impl DynamoStore {
                     return Err(StoreError::ClientMessageIdReused);
                 }
                 Some(Record::Claimed { claimed_at_ms, .. }) => {
-                    if req.now_ms.saturating_sub(claimed_at_ms) >= millis(CLAIM_LEASE)
+                    if chat_core::clock::now_ms().saturating_sub(claimed_at_ms) >= millis(CLAIM_LEASE)
                         && self.take_over(key, req, claimed_at_ms).await?
                     {
                         tracing::warn!(
