@@ -9,9 +9,11 @@ checks, across two gateways:
 
 - EchoService.Echo answers on both gateways (no authentication), and the two
   are different gateway instances;
+- alice creates a private conversation named --conversation with bob as a
+  member (CreateConversation; she becomes its owner);
 - alice (gateway A) and bob (gateway B) open ChatService.Connect with
-  `authorization: Bearer <jwt>` metadata and join one conversation (each waits
-  for its PresenceSnapshot);
+  `authorization: Bearer <jwt>` metadata and join it (each waits for its
+  PresenceSnapshot);
 - alice sends --count messages with distinct client_message_ids on her stream
   and gets a SendAccepted for each; bob receives every one, exactly once, in
   increasing seq order, bodies matching;
@@ -266,6 +268,23 @@ def run(args: argparse.Namespace, work_dir: str) -> str:
         gw_b = echo(pb, pb_grpc, channel_b, "B", deadline)
         if gw_a == gw_b:
             raise Failure(f"gateways A and B are the same instance ({gw_a}): expected two gateways")
+
+        # Joining admits members only (or anyone to a public conversation):
+        # alice creates the conversation, bob is in it from the start.
+        try:
+            created = pb_grpc.ChatServiceStub(channel_a).CreateConversation(
+                pb.CreateConversationRequest(
+                    kind=pb.CONVERSATION_KIND_PRIVATE, members=["bob"], conversation_id=conversation
+                ),
+                metadata=auth(args.token_alice),
+                timeout=deadline.check("calling CreateConversation"),
+            )
+        except grpc.RpcError as e:
+            raise rpc_error("alice's CreateConversation on gateway A", e) from None
+        if not created.created or created.conversation.conversation_id != conversation:
+            raise Failure(f"CreateConversation answered {created}, expected a new {conversation!r}")
+        if created.conversation.created_by != "alice":
+            raise Failure(f"the conversation names {created.conversation.created_by!r} as its creator, not alice")
 
         alice = Stream("alice", "A", pb, pb_grpc.ChatServiceStub(channel_a), args.token_alice, deadline)
         streams.append(alice)

@@ -10,8 +10,10 @@ use anyhow::{Context, bail};
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::echo_service_client::EchoServiceClient;
 use chat_proto::pb::{
-    AddMemberRequest, EchoRequest, GetMessageStatusRequest, GetMessageStatusResponse, LinkChannelRequest,
-    SendMessageRequest, SendMessageResponse,
+    AddMemberRequest, ConversationKind, CreateConversationRequest, CreateConversationResponse, EchoRequest,
+    GetConversationRequest, GetConversationResponse, GetMessageStatusRequest, GetMessageStatusResponse,
+    LinkChannelRequest, RemoveMemberRequest, Role, SendMessageRequest, SendMessageResponse, SetRoleRequest,
+    UnbanMemberRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -361,6 +363,114 @@ impl Cluster {
         let request = AddMemberRequest { conversation_id: conversation.into(), member_id: member.into() };
         let mut client = ChatServiceClient::new(self.channel(index).await?);
         Ok(client.add_member(with_token(request, &self.token(user)?)?).await.map(|r| r.into_inner().added))
+    }
+
+    /// `CreateConversation` as `user` on gateway `index`.
+    pub async fn create_conversation(
+        &self,
+        index: usize,
+        user: &str,
+        request: CreateConversationRequest,
+    ) -> anyhow::Result<Result<CreateConversationResponse, tonic::Status>> {
+        let mut client = ChatServiceClient::new(self.channel(index).await?);
+        Ok(client.create_conversation(with_token(request, &self.token(user)?)?).await.map(tonic::Response::into_inner))
+    }
+
+    /// A new conversation of `kind` named `unique(prefix)`, created by
+    /// `user` (its owner) on gateway `index` with `members` besides them;
+    /// returns its id.
+    pub async fn room_on(
+        &self,
+        index: usize,
+        user: &str,
+        prefix: &str,
+        kind: ConversationKind,
+        members: &[&str],
+    ) -> anyhow::Result<String> {
+        let id = unique(prefix);
+        let request = CreateConversationRequest {
+            kind: kind as i32,
+            title: String::new(),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+            conversation_id: id.clone(),
+        };
+        let created = self
+            .create_conversation(index, user, request)
+            .await?
+            .map_err(|s| anyhow::anyhow!("{user} creating {id}: {:?} {}", s.code(), s.message()))?;
+        let conversation = created.conversation.context("CreateConversation answered no conversation")?;
+        anyhow::ensure!(created.created && conversation.conversation_id == id, "creating {id} gave {conversation:?}");
+        Ok(id)
+    }
+
+    /// A public conversation (anyone may join it) named `unique(prefix)`,
+    /// owned by `user`: what a test that only chats needs.
+    pub async fn public_room(&self, user: &str, prefix: &str) -> anyhow::Result<String> {
+        self.room_on(0, user, prefix, ConversationKind::Public, &[]).await
+    }
+
+    /// A public conversation created through gateway `index`.
+    pub async fn public_room_on(&self, index: usize, user: &str, prefix: &str) -> anyhow::Result<String> {
+        self.room_on(index, user, prefix, ConversationKind::Public, &[]).await
+    }
+
+    /// A private conversation (members only) owned by `user` with `members`.
+    pub async fn private_room(&self, user: &str, prefix: &str, members: &[&str]) -> anyhow::Result<String> {
+        self.room_on(0, user, prefix, ConversationKind::Private, members).await
+    }
+
+    /// `GetConversation` as `user` on gateway `index`.
+    pub async fn get_conversation(
+        &self,
+        index: usize,
+        user: &str,
+        conversation: &str,
+    ) -> anyhow::Result<Result<GetConversationResponse, tonic::Status>> {
+        let request = GetConversationRequest { conversation_id: conversation.into() };
+        let mut client = ChatServiceClient::new(self.channel(index).await?);
+        Ok(client.get_conversation(with_token(request, &self.token(user)?)?).await.map(tonic::Response::into_inner))
+    }
+
+    /// `RemoveMember` as `user` on gateway `index`: whether `member` was one.
+    pub async fn remove_member(
+        &self,
+        index: usize,
+        user: &str,
+        conversation: &str,
+        member: &str,
+        ban: bool,
+    ) -> anyhow::Result<Result<bool, tonic::Status>> {
+        let request = RemoveMemberRequest { conversation_id: conversation.into(), member_id: member.into(), ban };
+        let mut client = ChatServiceClient::new(self.channel(index).await?);
+        Ok(client.remove_member(with_token(request, &self.token(user)?)?).await.map(|r| r.into_inner().removed))
+    }
+
+    /// `UnbanMember` as `user` on gateway `index`: whether there was a ban.
+    pub async fn unban_member(
+        &self,
+        index: usize,
+        user: &str,
+        conversation: &str,
+        member: &str,
+    ) -> anyhow::Result<Result<bool, tonic::Status>> {
+        let request = UnbanMemberRequest { conversation_id: conversation.into(), member_id: member.into() };
+        let mut client = ChatServiceClient::new(self.channel(index).await?);
+        Ok(client.unban_member(with_token(request, &self.token(user)?)?).await.map(|r| r.into_inner().unbanned))
+    }
+
+    /// `SetRole` as `user` on gateway `index`.
+    pub async fn set_role(
+        &self,
+        index: usize,
+        user: &str,
+        conversation: &str,
+        member: &str,
+        role: Role,
+    ) -> anyhow::Result<Result<(), tonic::Status>> {
+        let request =
+            SetRoleRequest { conversation_id: conversation.into(), member_id: member.into(), role: role as i32 };
+        let mut client = ChatServiceClient::new(self.channel(index).await?);
+        Ok(client.set_role(with_token(request, &self.token(user)?)?).await.map(|_| ()))
     }
 
     /// `LinkChannel` as `user` on gateway `index`.

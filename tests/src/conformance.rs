@@ -2,6 +2,7 @@
 //! implementation: the memory store and the DynamoDB store (against the
 //! emulator) in `tests/tests/store.rs`.
 
+use chat_core::conversation::{self, Kind, NewConversation, Role};
 use chat_core::envelope::{ReceiptEvent, ReceiptStatus};
 use chat_core::store::{DeliveryStatus, PresenceKey, SendRequest, Store, StoreError, StoredMessage};
 
@@ -28,11 +29,28 @@ fn failed(e: StoreError) -> String {
     format!("store call failed: {e}")
 }
 
+/// A checked creation plan: `creator` and `members` in a new conversation.
+fn plan(id: &str, kind: Kind, creator: &str, members: &[&str]) -> Result<NewConversation, String> {
+    let members: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+    conversation::plan(id.to_owned(), kind, "", creator, &members, 1_700_000_000_000)
+        .map_err(|e| format!("planning {id}: {e}"))
+}
+
+/// Creates a conversation that must be new.
+async fn create(store: &dyn Store, id: &str, kind: Kind, creator: &str, members: &[&str]) -> Result<(), String> {
+    let created = store.create(&plan(id, kind, creator, members)?).await.map_err(failed)?;
+    check!(created.created && created.conversation.conversation_id == id, "creating {id}: {created:?}");
+    Ok(())
+}
+
 /// Runs every rule; `prefix` keeps conversations apart from other runs on a
 /// shared backend. Returns what was wrong.
 pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
     let a = format!("{prefix}-a");
     let b = format!("{prefix}-b");
+    // Joins admit only to existing conversations; these two are public.
+    create(store, &a, Kind::Public, "creator", &[]).await?;
+    create(store, &b, Kind::Public, "creator", &[]).await?;
 
     // seq: per conversation, dense, starting at 1.
     let a1 = store.accept_send(send(&a, "u", "", "x", "m1")).await.map_err(failed)?;
@@ -70,11 +88,16 @@ pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
     check!(store.leave(&a, "u").await.map_err(failed)?, "leave reports membership");
     check!(!store.leave(&a, "u").await.map_err(failed)?, "second leave reports none");
     check!(!store.is_member(&a, "u").await.map_err(failed)?, "not a member after leave");
-    check!(store.join(&format!("{prefix}-new"), "u").await.map_err(failed)?.last_seq == 0, "new conversation at 0");
+    let new = format!("{prefix}-new");
+    let absent = store.join(&new, "u").await;
+    check!(absent == Err(StoreError::NotAdmitted), "joining no conversation gave {absent:?}");
+    check!(store.conversation(&new).await.map_err(failed)?.is_none(), "a refused join created {new}");
+    create(store, &new, Kind::Public, "creator", &[]).await?;
+    check!(store.join(&new, "u").await.map_err(failed)?.last_seq == 0, "new conversation at 0");
 
     // Read markers only move forward, for members only.
     let c = format!("{prefix}-c");
-    store.join(&c, "reader").await.map_err(failed)?;
+    create(store, &c, Kind::Private, "reader", &[]).await?;
     check!(store.mark_read(&c, "reader", 5, 1).await.map_err(failed)? == 5, "marker to 5");
     check!(store.mark_read(&c, "reader", 3, 2).await.map_err(failed)? == 5, "marker never moves back");
     let stranger = store.mark_read(&c, "stranger", 1, 3).await;
@@ -83,7 +106,7 @@ pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
     // A user's conversations, in id order, in pages.
     let user = format!("{prefix}-lister");
     for suffix in ["x", "y", "z"] {
-        store.join(&format!("{prefix}-list-{suffix}"), &user).await.map_err(failed)?;
+        create(store, &format!("{prefix}-list-{suffix}"), Kind::Private, &user, &[]).await?;
     }
     store.mark_read(&format!("{prefix}-list-y"), &user, 2, 4).await.map_err(failed)?;
     let (first, more) = store.conversations(&user, 2, None).await.map_err(failed)?;
@@ -126,7 +149,11 @@ pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
         "expired sessions do not count"
     );
     check_receipts(store, prefix).await?;
-    check_external_members(store, prefix).await
+    check_external_members(store, prefix).await?;
+    check_conversations(store, prefix).await?;
+    check_bans(store, prefix).await?;
+    check_roles(store, prefix).await?;
+    check_direct(store, prefix).await
 }
 
 fn receipt(user: &str, status: ReceiptStatus, up_to_seq: u64) -> ReceiptEvent {
@@ -145,9 +172,7 @@ fn receipt(user: &str, status: ReceiptStatus, up_to_seq: u64) -> ReceiptEvent {
 async fn check_receipts(store: &dyn Store, prefix: &str) -> Result<(), String> {
     use ReceiptStatus::{Delivered, Failed, Read};
     let r = format!("{prefix}-receipts");
-    for user in ["sender", "bob", "carol", "dave"] {
-        store.join(&r, user).await.map_err(failed)?;
-    }
+    create(store, &r, Kind::Private, "sender", &["bob", "carol", "dave"]).await?;
     let record = |user: &'static str, status, seq, at| {
         let r = r.clone();
         async move { store.record_receipt(&r, &receipt(user, status, seq), at).await.map_err(failed) }
@@ -213,7 +238,8 @@ async fn check_external_members(store: &dyn Store, prefix: &str) -> Result<(), S
     let x = format!("{prefix}-ext-x");
     let y = format!("{prefix}-ext-y");
     let wa = "whatsapp:+5511999990000";
-    store.join(&x, "alice").await.map_err(failed)?;
+    create(store, &x, Kind::Private, "alice", &[]).await?;
+    create(store, &y, Kind::Private, "bob", &[]).await?;
     check!(store.add_member(&x, wa, 10).await.map_err(failed)?, "external member added");
     check!(!store.add_member(&x, wa, 11).await.map_err(failed)?, "added once");
     check!(store.is_member(&x, wa).await.map_err(failed)?, "external member is a member");
@@ -237,5 +263,138 @@ async fn check_external_members(store: &dyn Store, prefix: &str) -> Result<(), S
     check!(links.len() == 1 && links.get(&users[0]).map(String::as_str) == Some("telegram:42"), "links {links:?}");
     store.link_channel(&users[0], None).await.map_err(failed)?;
     check!(store.linked_channels(&users).await.map_err(failed)?.is_empty(), "link removed");
+    Ok(())
+}
+
+/// Creation: all members at once with their roles; an existing id is left
+/// as it is; private conversations admit members only, and nothing joins
+/// a conversation that does not exist.
+async fn check_conversations(store: &dyn Store, prefix: &str) -> Result<(), String> {
+    let p = format!("{prefix}-private");
+    create(store, &p, Kind::Private, "owner", &["m1", "whatsapp:+5511999990001"]).await?;
+    let settings = store.conversation(&p).await.map_err(failed)?.ok_or("the created conversation reads back")?;
+    check!(
+        settings.kind == Kind::Private && settings.created_by == "owner" && settings.created_at_ms == 1_700_000_000_000,
+        "settings {settings:?}"
+    );
+    check!(store.role(&p, "owner").await.map_err(failed)? == Some(Role::Owner), "the creator owns it");
+    check!(store.role(&p, "m1").await.map_err(failed)? == Some(Role::Member), "m1 is a plain member");
+    let sent = store.accept_send(send(&p, "owner", "", "hi", "p1")).await.map_err(failed)?;
+    check!(
+        sent.external_recipients == vec!["whatsapp:+5511999990001".to_string()],
+        "an external identity created in is a recipient: {:?}",
+        sent.external_recipients
+    );
+    let members = store.members(&p).await.map_err(failed)?;
+    let roles: Vec<(&str, Role)> = members.iter().map(|m| (m.user_id.as_str(), m.role)).collect();
+    check!(
+        roles.len() == 3 && roles.contains(&("owner", Role::Owner)) && roles.contains(&("m1", Role::Member)),
+        "members with roles: {roles:?}"
+    );
+    let owner = store.member(&p, "owner").await.map_err(failed)?.ok_or("the owner is a member")?;
+    check!(owner.role == Role::Owner, "member() carries the role: {owner:?}");
+
+    // The same id again: nothing changes, the existing one is returned.
+    let again = store.create(&plan(&p, Kind::Public, "intruder", &["friend"])?).await.map_err(failed)?;
+    check!(
+        !again.created && again.conversation.kind == Kind::Private && again.conversation.created_by == "owner",
+        "creating a taken id gave {again:?}"
+    );
+    check!(store.role(&p, "intruder").await.map_err(failed)?.is_none(), "a refused creation added its creator");
+    check!(store.role(&p, "friend").await.map_err(failed)?.is_none(), "a refused creation added its members");
+
+    // Private: members rejoin as they are, nobody else gets in.
+    let stranger = store.join(&p, "stranger").await;
+    check!(stranger == Err(StoreError::NotAdmitted), "a stranger joining a private conversation: {stranger:?}");
+    check!(store.role(&p, "stranger").await.map_err(failed)?.is_none(), "a refused join left a member");
+    let m1 = store.join(&p, "m1").await.map_err(failed)?;
+    check!(!m1.newly_member && m1.role == Role::Member && m1.last_seq == 1, "a member's join: {m1:?}");
+    let owner = store.join(&p, "owner").await.map_err(failed)?;
+    check!(owner.role == Role::Owner, "the owner joins as the owner: {owner:?}");
+
+    // Public: anyone joins, as a plain member.
+    let q = format!("{prefix}-public");
+    create(store, &q, Kind::Public, "owner", &[]).await?;
+    let walker = store.join(&q, "walker").await.map_err(failed)?;
+    check!(walker.newly_member && walker.role == Role::Member, "joining a public conversation: {walker:?}");
+    check!(store.conversation(&format!("{prefix}-nowhere")).await.map_err(failed)?.is_none(), "no such conversation");
+    Ok(())
+}
+
+/// A ban is kept before the membership goes, keeps the user from joining
+/// and from being added, and is lifted once.
+async fn check_bans(store: &dyn Store, prefix: &str) -> Result<(), String> {
+    let q = format!("{prefix}-bans");
+    create(store, &q, Kind::Public, "owner", &[]).await?;
+    store.join(&q, "troll").await.map_err(failed)?;
+    check!(store.remove_member(&q, "troll", true).await.map_err(failed)?, "a member was removed");
+    check!(store.role(&q, "troll").await.map_err(failed)?.is_none(), "not a member after removal");
+    check!(store.join(&q, "troll").await == Err(StoreError::NotAdmitted), "a banned user joined");
+    check!(store.add_member(&q, "troll", 5).await == Err(StoreError::Banned), "a banned user was added");
+    check!(store.role(&q, "troll").await.map_err(failed)?.is_none(), "a refused add left a member");
+    check!(!store.remove_member(&q, "troll", true).await.map_err(failed)?, "banning a non-member removes nobody");
+    check!(store.unban(&q, "troll").await.map_err(failed)?, "the ban is lifted");
+    check!(!store.unban(&q, "troll").await.map_err(failed)?, "a second unban finds no ban");
+    check!(store.join(&q, "troll").await.map_err(failed)?.newly_member, "unbanned, they join again");
+
+    // A ban of someone who never was a member keeps them out all the same.
+    check!(!store.remove_member(&q, "future", true).await.map_err(failed)?, "a pre-emptive ban removes nobody");
+    check!(store.join(&q, "future").await == Err(StoreError::NotAdmitted), "a pre-emptively banned user joined");
+    // Removal without a ban: a public conversation takes them back.
+    check!(store.remove_member(&q, "troll", false).await.map_err(failed)?, "removed without a ban");
+    check!(store.join(&q, "troll").await.map_err(failed)?.newly_member, "rejoined after a plain removal");
+    check!(!store.unban(&q, "troll").await.map_err(failed)?, "a plain removal bans nobody");
+    // Bans are per conversation.
+    let other = format!("{prefix}-bans-other");
+    create(store, &other, Kind::Public, "owner", &[]).await?;
+    check!(store.join(&other, "future").await.map_err(failed)?.newly_member, "a ban elsewhere does not apply");
+    Ok(())
+}
+
+/// Roles are set on members only; ownership moves whole, at once.
+async fn check_roles(store: &dyn Store, prefix: &str) -> Result<(), String> {
+    let q = format!("{prefix}-roles");
+    create(store, &q, Kind::Private, "owner", &["helper", "heir"]).await?;
+    check!(store.set_role(&q, "helper", Role::Admin).await.map_err(failed)?, "a member made admin");
+    check!(store.role(&q, "helper").await.map_err(failed)? == Some(Role::Admin), "helper is admin");
+    check!(!store.set_role(&q, "nobody", Role::Admin).await.map_err(failed)?, "a role for a non-member");
+    check!(store.role(&q, "nobody").await.map_err(failed)?.is_none(), "setting a role made a member");
+    check!(store.join(&q, "helper").await.map_err(failed)?.role == Role::Admin, "a join keeps the role");
+
+    store.transfer_ownership(&q, "owner", "heir").await.map_err(failed)?;
+    check!(store.role(&q, "heir").await.map_err(failed)? == Some(Role::Owner), "heir owns it");
+    check!(store.role(&q, "owner").await.map_err(failed)? == Some(Role::Admin), "the former owner is an admin");
+    let stale = store.transfer_ownership(&q, "owner", "helper").await;
+    check!(stale == Err(StoreError::NotMember), "a former owner transferred ownership: {stale:?}");
+    check!(store.role(&q, "helper").await.map_err(failed)? == Some(Role::Admin), "a refused transfer moved nothing");
+    let to_stranger = store.transfer_ownership(&q, "heir", "stranger").await;
+    check!(to_stranger == Err(StoreError::NotMember), "ownership to a non-member: {to_stranger:?}");
+    check!(
+        store.role(&q, "heir").await.map_err(failed)? == Some(Role::Owner)
+            && store.role(&q, "stranger").await.map_err(failed)?.is_none(),
+        "a refused transfer changes nobody"
+    );
+    let owners = store.members(&q).await.map_err(failed)?.into_iter().filter(|m| m.role == Role::Owner).count();
+    check!(owners == 1, "one owner, not {owners}");
+    Ok(())
+}
+
+/// A direct conversation: one per pair, both plain members, created again
+/// by either user it is the same one, with both its users in it.
+async fn check_direct(store: &dyn Store, prefix: &str) -> Result<(), String> {
+    let (ann, ben) = (format!("{prefix}-ann"), format!("{prefix}-ben"));
+    let d = conversation::direct_id(&ann, &ben);
+    create(store, &d, Kind::Direct, &ann, &[&ben]).await?;
+    for user in [&ann, &ben] {
+        check!(store.role(&d, user).await.map_err(failed)? == Some(Role::Member), "{user} in the direct conversation");
+    }
+    check!(store.leave(&d, &ann).await.map_err(failed)?, "ann leaves");
+    let again = store.create(&plan(&d, Kind::Direct, &ben, &[&ann])?).await.map_err(failed)?;
+    check!(
+        !again.created && again.conversation.kind == Kind::Direct && again.conversation.created_by == ann,
+        "the pair's conversation again: {again:?}"
+    );
+    check!(store.role(&d, &ann).await.map_err(failed)? == Some(Role::Member), "creating it again brings ann back");
+    check!(store.join(&d, "cat").await == Err(StoreError::NotAdmitted), "a third user joined a direct conversation");
     Ok(())
 }

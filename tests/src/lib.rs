@@ -19,6 +19,7 @@ pub mod client;
 pub mod cluster;
 pub mod conformance;
 pub mod emulator;
+pub mod faults;
 pub mod localstack;
 pub mod raw_bus;
 pub mod scenarios;

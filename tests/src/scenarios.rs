@@ -71,7 +71,7 @@ pub async fn flush(sender: &mut TestClient, receiver: &mut TestClient, conversat
 /// every one arrives exactly once, in `seq` order, and alice gets a
 /// send-accepted for each.
 pub async fn messages_cross_gateways_in_order(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
-    let room = unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(1, "bob").await?;
     alice.join(&room).await?;
@@ -114,8 +114,8 @@ pub async fn messages_cross_gateways_in_order(cluster: &Cluster, n: usize) -> an
 /// Join, presence, typing and leave are seen across gateways; a user in
 /// another conversation sees none of it.
 pub async fn membership_presence_typing_and_isolation(cluster: &Cluster) -> anyhow::Result<()> {
-    let room = unique("room-");
-    let other = unique("other-");
+    let room = cluster.public_room("alice", "room-").await?;
+    let other = cluster.public_room("carol", "other-").await?;
     let mut carol = cluster.connect(0, "carol").await?;
     carol.join(&other).await?;
     let mut alice = cluster.connect(0, "alice").await?;
@@ -177,7 +177,7 @@ pub async fn membership_presence_typing_and_isolation(cluster: &Cluster) -> anyh
 /// The same `client_message_id` sent twice (on the stream, then unary on the
 /// other gateway) yields one message.
 pub async fn idempotent_send(cluster: &Cluster) -> anyhow::Result<()> {
-    let room = unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(1, "bob").await?;
     alice.join(&room).await?;
@@ -212,7 +212,7 @@ pub async fn idempotent_send(cluster: &Cluster) -> anyhow::Result<()> {
 /// that concern one frame.
 pub async fn bad_input_gets_precise_statuses(cluster: &Cluster) -> anyhow::Result<()> {
     use chat_proto::pb::{ClientFrame, JoinFrame, SendFrame, client_frame::Frame};
-    let room = unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
 
     // Authentication.
     for token in [None, Some("garbage".to_string()), Some(bad_secret_token()?)] {
@@ -311,7 +311,9 @@ fn bad_secret_token() -> anyhow::Result<String> {
 /// A flood beyond the per-user rate gets `RESOURCE_EXHAUSTED` per frame and
 /// the stream survives. The cluster must run with a send burst of 3.
 pub async fn flood_is_rate_limited(cluster: &Cluster) -> anyhow::Result<()> {
-    let room = unique("room-");
+    // Created by someone else: creating takes a token from the creator's
+    // bucket, and alice's burst is what is measured.
+    let room = cluster.public_room("host", "room-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
     for i in 0..10 {
@@ -353,7 +355,7 @@ pub async fn flood_is_rate_limited(cluster: &Cluster) -> anyhow::Result<()> {
 /// cluster needs a `persist` runner (it records statuses).
 pub async fn receipts_flow_live_and_only_forward(cluster: &Cluster) -> anyhow::Result<()> {
     use chat_proto::pb::MessageStatus;
-    let room = unique("receipts-");
+    let room = cluster.public_room("alice", "receipts-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(1, "bob").await?;
     let mut carol = cluster.connect(1, "carol").await?;
@@ -428,13 +430,18 @@ pub async fn receipts_flow_live_and_only_forward(cluster: &Cluster) -> anyhow::R
     let bad = cluster.message_status(0, "alice", &room, "").await?;
     ensure!(bad.as_ref().err().map(tonic::Status::code) == Some(Code::InvalidArgument), "{bad:?}");
 
-    // AddMember: members only, well-formed ids only; external identities
-    // never connect.
+    // AddMember: admins (alice created the room: its owner) only,
+    // well-formed ids only; external identities never connect.
     let code = |r: Result<bool, tonic::Status>| r.err().map(|s| s.code());
     ensure!(code(cluster.add_member(0, "alice", &room, "whatsapp:12345").await?) == Some(Code::InvalidArgument));
     ensure!(code(cluster.add_member(0, "alice", &room, "").await?) == Some(Code::InvalidArgument));
     ensure!(code(cluster.add_member(0, "alice", &room, "has space").await?) == Some(Code::InvalidArgument));
     ensure!(code(cluster.add_member(0, "mallory", &room, "eve").await?) == Some(Code::PermissionDenied));
+    let plain = cluster.add_member(1, "bob", &room, "eve").await?;
+    ensure!(
+        plain.as_ref().err().is_some_and(|s| s.code() == Code::PermissionDenied && s.message().contains("admins")),
+        "a plain member added someone: {plain:?}"
+    );
     ensure!(matches!(cluster.add_member(0, "alice", &room, "erin").await?, Ok(true)), "alice adds erin");
     let impostor = cluster.connect(0, "telegram:123456").await;
     ensure!(

@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 
 use crate::client::with_token;
 use crate::cluster::Cluster;
-use crate::{DEADLINE, scenarios, unique};
+use crate::{DEADLINE, scenarios};
 
 #[derive(Debug)]
 pub struct Reader {
@@ -67,8 +67,8 @@ fn code<T: std::fmt::Debug>(r: &Result<T, tonic::Status>) -> Option<Code> {
 /// Paging in both directions, boundaries, page limits, bad cursors, read
 /// markers and unread counts, and non-members refused.
 pub async fn history_paging_and_authorisation(cluster: &Cluster) -> anyhow::Result<()> {
-    let room = unique("hist-");
-    let empty = unique("empty-");
+    let room = cluster.public_room("alice", "hist-").await?;
+    let empty = cluster.public_room("alice", "empty-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
     alice.join(&empty).await?;
@@ -200,7 +200,7 @@ pub async fn history_paging_and_authorisation(cluster: &Cluster) -> anyhow::Resu
 /// bob drops off, misses messages, and reconnects (to the other gateway)
 /// with his last seq: he gets exactly what he missed, then live ones.
 pub async fn resume_after_reconnect(cluster: &Cluster) -> anyhow::Result<()> {
-    let room = unique("resume-");
+    let room = cluster.public_room("alice", "resume-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
     let mut bob = cluster.connect(1, "bob").await?;

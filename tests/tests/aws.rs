@@ -36,7 +36,7 @@ async fn bad_input_gets_precise_statuses() -> anyhow::Result<()> {
 #[tokio::test]
 async fn graceful_stop_tells_clients_and_removes_queue_and_subscription() -> anyhow::Result<()> {
     let mut cluster = Cluster::new(Mode::Aws, 2).await?;
-    let room = chat_e2e::unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(1, "bob").await?;
     alice.join(&room).await?;

@@ -24,13 +24,14 @@ async fn cluster_with(channels: &[&str], parameters: &[&str]) -> anyhow::Result<
     Ok((cluster, sim))
 }
 
-/// `alice` (any member) in a new room with `members` added; returns the room.
+/// `alice` in a new room she owns (only admins add members) with
+/// `members` added; returns the room.
 async fn room_with(
     cluster: &Cluster,
     alice: &mut chat_e2e::client::TestClient,
     members: &[&str],
 ) -> anyhow::Result<String> {
-    let room = unique("ext-");
+    let room = cluster.public_room(&alice.user, "ext-").await?;
     alice.join(&room).await?;
     for member in members {
         let added = cluster.add_member(0, &alice.user, &room, member).await?;
@@ -281,7 +282,7 @@ async fn receipts_never_move_backwards_under_reordering() -> anyhow::Result<()> 
     let (cluster, _sim) = cluster_with(&[], &[]).await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(0, "bob").await?;
-    let room = unique("reorder-");
+    let room = cluster.public_room("alice", "reorder-").await?;
     alice.join(&room).await?;
     bob.join(&room).await?;
     for i in 1..=3 {
@@ -362,7 +363,7 @@ async fn offline_fallback_fires_once_and_only_without_an_ack() -> anyhow::Result
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(0, "bob").await?;
     let mut carol = cluster.connect(0, "carol").await?;
-    let room = unique("fallback-");
+    let room = cluster.public_room("alice", "fallback-").await?;
     for client in [&mut alice, &mut bob, &mut carol] {
         client.join(&room).await?;
     }

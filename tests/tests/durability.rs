@@ -10,7 +10,7 @@ use anyhow::ensure;
 use chat_e2e::checker::{self, Received};
 use chat_e2e::client::TestClient;
 use chat_e2e::cluster::Cluster;
-use chat_e2e::{scenarios, stored, unique};
+use chat_e2e::{scenarios, stored};
 
 async fn aws_with_persist(gateways: usize) -> anyhow::Result<Cluster> {
     let mut cluster = Cluster::aws(gateways).await?;
@@ -36,7 +36,7 @@ fn seqs(client: &TestClient, room: &str) -> Vec<u64> {
 #[tokio::test]
 async fn thousand_messages_from_several_users_on_two_gateways() -> anyhow::Result<()> {
     let cluster = aws_with_persist(2).await?;
-    let room = unique("load-");
+    let room = cluster.public_room("u0", "load-").await?;
     let users = ["u0", "u1", "u2", "u3"];
     let mut listeners = Vec::new();
     let mut senders = Vec::new();
@@ -69,7 +69,7 @@ async fn thousand_messages_from_several_users_on_two_gateways() -> anyhow::Resul
 #[tokio::test]
 async fn gateway_killed_mid_stream_clients_resume_on_the_other() -> anyhow::Result<()> {
     let mut cluster = aws_with_persist(2).await?;
-    let room = unique("kill-");
+    let room = cluster.public_room("alice", "kill-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
     let mut bob = cluster.connect(1, "bob").await?;
@@ -131,7 +131,7 @@ async fn persist_stopped_and_restarted_drains_its_backlog() -> anyhow::Result<()
     // short here.
     let mut cluster = Cluster::aws_custom(1, &[], &["PersistVisibilityTimeoutSeconds=3"]).await?;
     let runner = cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?;
-    let room = unique("backlog-");
+    let room = cluster.public_room("alice", "backlog-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
     let mut accepted = BTreeSet::new();

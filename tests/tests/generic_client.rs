@@ -1,7 +1,7 @@
 //! A generic gRPC client that has nothing but `proto/chat.proto` can chat:
 //! `tests/python/generic_client.py` (Python, grpcio, stubs generated from the
-//! proto at run time) connects, joins, sends and receives across two gateways
-//! on the AWS path.
+//! proto at run time) creates a conversation, connects, joins, sends and
+//! receives across two gateways on the AWS path.
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -61,7 +61,8 @@ async fn janitor_reaps_a_killed_gateways_queue_and_leaves_live_ones() -> anyhow:
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The survivor still chats.
-    let room = chat_e2e::unique("after-reap-");
+    // Gateway 0 is dead: the room is created through the survivor.
+    let room = cluster.public_room_on(1, "alice", "after-reap-").await?;
     let mut alice = cluster.connect(1, "alice").await?;
     alice.join(&room).await?;
     alice.send(&room, "a-1", "still here").await?;

@@ -42,23 +42,28 @@ async fn flood_beyond_the_rate_limit_is_refused_per_frame() -> anyhow::Result<()
 #[tokio::test]
 async fn conversations_per_connection_are_limited() -> anyhow::Result<()> {
     let cluster = Cluster::memory_with(&[("CHAT_MAX_CONVERSATIONS_PER_CONNECTION", "2")]).await?;
+    let [r1, r2, r3] = [
+        cluster.public_room("alice", "r1-").await?,
+        cluster.public_room("alice", "r2-").await?,
+        cluster.public_room("alice", "r3-").await?,
+    ];
     let mut alice = cluster.connect(0, "alice").await?;
-    alice.join("r1").await?;
-    alice.join("r2").await?;
-    alice.join("r2").await?; // re-joining a joined conversation is not a new one
+    alice.join(&r1).await?;
+    alice.join(&r2).await?;
+    alice.join(&r2).await?; // re-joining a joined conversation is not a new one
     alice
         .frame(
             "third",
             chat_proto::pb::client_frame::Frame::Join(chat_proto::pb::JoinFrame {
-                conversation_id: "r3".into(),
+                conversation_id: r3.clone(),
                 resume_after_seq: None,
             }),
         )
         .await?;
     let (code, message) = scenarios::error_for(&mut alice, "third").await?;
     anyhow::ensure!(code == tonic::Code::ResourceExhausted, "{code:?} {message}");
-    alice.leave("r1").await?;
-    alice.join("r3").await?;
+    alice.leave(&r1).await?;
+    alice.join(&r3).await?;
     Ok(())
 }
 
@@ -67,7 +72,7 @@ async fn conversations_per_connection_are_limited() -> anyhow::Result<()> {
 #[tokio::test]
 async fn slow_consumer_is_disconnected_with_a_resume_hint() -> anyhow::Result<()> {
     let cluster = Cluster::memory_with(&[("CHAT_OUTBOUND_BUFFER", "16")]).await?;
-    let room = chat_e2e::unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut sleepy = cluster.connect(0, "sleepy").await?;
     alice.join(&room).await?;
@@ -114,7 +119,7 @@ async fn slow_consumer_is_disconnected_with_a_resume_hint() -> anyhow::Result<()
 #[tokio::test]
 async fn half_closed_client_keeps_receiving() -> anyhow::Result<()> {
     let cluster = Cluster::memory().await?;
-    let room = chat_e2e::unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let mut listener = cluster.connect(0, "listener").await?;
     listener.join(&room).await?;
     listener.close_send();

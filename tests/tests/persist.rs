@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chat_e2e::cluster::Cluster;
-use chat_e2e::{DEADLINE, scenarios, unique};
+use chat_e2e::{DEADLINE, scenarios};
 
 /// Short visibility and two receives, so redrive happens within a test.
 const FAST_REDRIVE: &[&str] = &["PersistVisibilityTimeoutSeconds=2", "PersistMaxReceiveCount=2"];
@@ -25,7 +25,7 @@ async fn wait_persisted(cluster: &Cluster, conversation: &str, expected: &BTreeS
 async fn messages_are_persisted_once() -> anyhow::Result<()> {
     let mut cluster = Cluster::aws(2).await?;
     cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?;
-    let room = unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(1, "bob").await?;
     alice.join(&room).await?;
@@ -62,7 +62,7 @@ async fn poison_record_is_dead_lettered_and_batch_mates_persist() -> anyhow::Res
     let dlq = cluster.output("CHAT_PERSIST_DEAD_LETTER_QUEUE_URL")?;
     // Queue the poison first so it shares a batch with real messages.
     sqs.send_message().queue_url(&queue).message_body("{\"v\":1,\"this is\":\"not an envelope\"").send().await?;
-    let room = unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
     for i in 0..5 {
@@ -90,7 +90,7 @@ async fn every_record_delivered_twice_still_makes_one_message_each() -> anyhow::
     let sdk = cluster.emulator.as_ref().context("emulator")?.sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue = cluster.output("CHAT_PERSIST_QUEUE_URL")?;
-    let room = unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
     for i in 0..20 {

@@ -87,7 +87,8 @@ async fn latency(args: &Args) -> anyhow::Result<()> {
     cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[("CHAT_BATCHING_WINDOW_MS", "50")])?;
     let sim = cluster.start_channels(&["whatsapp", "telegram"], &[]).await?;
     sim.receipts("whatsapp", "delivered").await?;
-    let room = chat_e2e::unique("channels-latency-");
+    // alice owns the room: only admins add (external) members.
+    let room = cluster.public_room("alice", "channels-latency-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut observer = cluster.connect(0, "observer").await?;
     alice.join(&room).await?;

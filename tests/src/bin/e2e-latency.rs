@@ -52,7 +52,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let cluster = Cluster::new(args.mode, 2).await?;
-    let room = chat_e2e::unique("latency-");
+    let room = cluster.public_room("alice", "latency-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(1, "bob").await?;
     alice.join(&room).await?;
