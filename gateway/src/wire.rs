@@ -460,4 +460,158 @@ mod tests {
         });
         assert!(bus_event(Envelope::new("f".into(), "room".into(), "gw".into(), 1, fallback)).is_none());
     }
+
+    mod props {
+        use super::*;
+        use chat_proto::pb::{AckFrame, JoinFrame, LeaveFrame, ReadFrame, SendFrame, TypingFrame};
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+        use prost::Message as _;
+
+        fn command() -> impl Strategy<Value = Command> {
+            let id = || any::<String>();
+            prop_oneof![
+                (id(), any::<Option<u64>>())
+                    .prop_map(|(conversation_id, resume_after)| Command::Join { conversation_id, resume_after }),
+                id().prop_map(|conversation_id| Command::Leave { conversation_id }),
+                (id(), id(), any::<String>()).prop_map(|(conversation_id, client_message_id, body)| Command::Send {
+                    conversation_id,
+                    client_message_id,
+                    body
+                }),
+                (id(), any::<bool>()).prop_map(|(conversation_id, typing)| Command::Typing { conversation_id, typing }),
+                (id(), any::<u64>()).prop_map(|(conversation_id, seq)| Command::Ack { conversation_id, seq }),
+                (id(), any::<u64>()).prop_map(|(conversation_id, seq)| Command::Read { conversation_id, seq }),
+            ]
+        }
+
+        /// The frame a client sends for `command`.
+        fn frame(command: Command) -> Frame {
+            match command {
+                Command::Join { conversation_id, resume_after } => {
+                    Frame::Join(JoinFrame { conversation_id, resume_after_seq: resume_after })
+                }
+                Command::Leave { conversation_id } => Frame::Leave(LeaveFrame { conversation_id }),
+                Command::Send { conversation_id, client_message_id, body } => {
+                    Frame::Send(SendFrame { conversation_id, client_message_id, body })
+                }
+                Command::Typing { conversation_id, typing } => Frame::Typing(TypingFrame { conversation_id, typing }),
+                Command::Ack { conversation_id, seq } => Frame::Ack(AckFrame { conversation_id, seq }),
+                Command::Read { conversation_id, seq } => Frame::Read(ReadFrame { conversation_id, seq }),
+            }
+        }
+
+        /// What the gateway does with bytes off a stream: decode, then read.
+        fn read_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
+            if let Ok(decoded) = ClientFrame::decode(bytes) {
+                let set = decoded.frame.is_some();
+                let (_, command) = read_frame(decoded);
+                prop_assert_eq!(command.is_some(), set);
+                if let Some(command) = command {
+                    // Reading it again gives the same command.
+                    let again = ClientFrame { request_id: String::new(), frame: Some(frame(command.clone())) };
+                    prop_assert_eq!(
+                        read_frame(
+                            ClientFrame::decode(again.encode_to_vec().as_slice())
+                                .map_err(|e| TestCaseError::fail(e.to_string()))?
+                        )
+                        .1,
+                        Some(command)
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        fn envelope() -> impl Strategy<Value = Envelope> {
+            let event = prop_oneof![
+                (any::<String>(), any::<u64>(), any::<String>(), any::<String>()).prop_map(
+                    |(message_id, seq, sender, body)| Event::Message(chat_core::envelope::MessageEvent {
+                        message_id,
+                        seq,
+                        sender,
+                        body,
+                        client_message_id: String::new(),
+                        external_recipients: Vec::new(),
+                    })
+                ),
+                any::<String>().prop_map(|user_id| Event::MemberJoined { user_id }),
+                (any::<String>(), any::<bool>()).prop_map(|(user_id, online)| Event::Presence { user_id, online }),
+                (any::<String>(), any::<bool>()).prop_map(|(user_id, typing)| Event::Typing { user_id, typing }),
+                (any::<String>(), any::<u64>()).prop_map(|(user_id, up_to_seq)| Event::Receipt(ReceiptEvent {
+                    user_id,
+                    status: ReceiptStatus::Failed,
+                    up_to_seq,
+                    message_id: String::new(),
+                    reason: "r".into(),
+                    via: String::new(),
+                })),
+            ];
+            (any::<String>(), any::<i64>(), event).prop_map(|(conversation_id, at_ms, event)| {
+                Envelope::new("e".into(), conversation_id, "gw".into(), at_ms, event)
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn frames_round_trip_to_their_command(request_id in any::<String>(), command in command()) {
+                let sent = ClientFrame { request_id: request_id.clone(), frame: Some(frame(command.clone())) };
+                let decoded = ClientFrame::decode(sent.encode_to_vec().as_slice()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(read_frame(decoded), (request_id, Some(command)));
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..128)) {
+                read_bytes(&bytes)?;
+            }
+
+            #[test]
+            fn mutated_frames_never_panic(
+                command in command(),
+                edits in prop::collection::vec((any::<Index>(), any::<u8>(), any::<bool>()), 1..4),
+            ) {
+                let mut bytes = ClientFrame { request_id: "r".into(), frame: Some(frame(command)) }.encode_to_vec();
+                for (at, byte, cut) in edits {
+                    let at = at.index(bytes.len() + 1);
+                    match (cut, at < bytes.len()) {
+                        (true, _) => bytes.truncate(at),
+                        (false, true) => bytes[at] = byte,
+                        (false, false) => bytes.push(byte),
+                    }
+                }
+                read_bytes(&bytes)?;
+            }
+
+            /// A bus event reaches streams carrying what the envelope said,
+            /// beside facts that agree with it.
+            #[test]
+            fn bus_events_keep_their_fields(envelope in envelope()) {
+                let out = bus_event(envelope.clone()).ok_or_else(|| TestCaseError::fail("meant for streams"))?;
+                let decoded = out.event.wire().decode_event().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let conversation_id = envelope.conversation_id.clone();
+                match (envelope.event, decoded.event) {
+                    (Event::Message(m), Some(PbEvent::Message(pb))) => {
+                        prop_assert_eq!((pb.seq, pb.sent_at_ms, &pb.body, &pb.conversation_id), (m.seq, envelope.at_ms, &m.body, &conversation_id));
+                        prop_assert_eq!(out.seq, Some(m.seq));
+                        prop_assert_eq!(out.event.seq_in(&conversation_id), Some(m.seq));
+                    }
+                    (Event::MemberJoined { user_id }, Some(PbEvent::MemberJoined(pb))) => {
+                        prop_assert_eq!((pb.user_id, pb.conversation_id), (user_id, conversation_id));
+                    }
+                    (Event::Presence { user_id, online }, Some(PbEvent::PresenceChanged(pb))) => {
+                        prop_assert_eq!((pb.user_id, pb.online, pb.conversation_id), (user_id, online, conversation_id));
+                    }
+                    (Event::Typing { user_id, typing }, Some(PbEvent::Typing(pb))) => {
+                        prop_assert_eq!(out.skip_user.as_deref(), Some(user_id.as_str()));
+                        prop_assert_eq!((pb.user_id, pb.typing, pb.conversation_id), (user_id, typing, conversation_id));
+                    }
+                    (Event::Receipt(r), Some(PbEvent::Receipt(pb))) => {
+                        prop_assert_eq!((pb.up_to_seq, pb.status, pb.at_ms), (r.up_to_seq, pb::MessageStatus::Failed as i32, envelope.at_ms));
+                        prop_assert_eq!(out.event.facts(), &Facts::Receipt { conversation_id, user_id: r.user_id, status: r.status, up_to_seq: r.up_to_seq });
+                    }
+                    (sent, got) => prop_assert!(false, "{:?} became {:?}", sent, got),
+                }
+            }
+        }
+    }
 }
