@@ -56,7 +56,7 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if !bytes.len().is_multiple_of(2) {
         return None;
     }
-    bytes.chunks_exact(2).map(|pair| Some(u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?)).collect()
+    bytes.chunks_exact(2).map(|pair| u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()).collect()
 }
 
 #[cfg(test)]
