@@ -468,13 +468,18 @@ mod tests {
         use proptest::sample::Index;
         use prost::Message as _;
 
+        /// Any text, kept short: edge cases are in the characters, not the length.
+        fn text() -> impl Strategy<Value = String> {
+            prop::collection::vec(any::<char>(), 0..24).prop_map(String::from_iter)
+        }
+
         fn command() -> impl Strategy<Value = Command> {
-            let id = || any::<String>();
+            let id = text;
             prop_oneof![
                 (id(), any::<Option<u64>>())
                     .prop_map(|(conversation_id, resume_after)| Command::Join { conversation_id, resume_after }),
                 id().prop_map(|conversation_id| Command::Leave { conversation_id }),
-                (id(), id(), any::<String>()).prop_map(|(conversation_id, client_message_id, body)| Command::Send {
+                (id(), id(), text()).prop_map(|(conversation_id, client_message_id, body)| Command::Send {
                     conversation_id,
                     client_message_id,
                     body
@@ -525,20 +530,20 @@ mod tests {
 
         fn envelope() -> impl Strategy<Value = Envelope> {
             let event = prop_oneof![
-                (any::<String>(), any::<u64>(), any::<String>(), any::<String>()).prop_map(
-                    |(message_id, seq, sender, body)| Event::Message(chat_core::envelope::MessageEvent {
+                (text(), any::<u64>(), text(), text()).prop_map(|(message_id, seq, sender, body)| Event::Message(
+                    chat_core::envelope::MessageEvent {
                         message_id,
                         seq,
                         sender,
                         body,
                         client_message_id: String::new(),
                         external_recipients: Vec::new(),
-                    })
-                ),
-                any::<String>().prop_map(|user_id| Event::MemberJoined { user_id }),
-                (any::<String>(), any::<bool>()).prop_map(|(user_id, online)| Event::Presence { user_id, online }),
-                (any::<String>(), any::<bool>()).prop_map(|(user_id, typing)| Event::Typing { user_id, typing }),
-                (any::<String>(), any::<u64>()).prop_map(|(user_id, up_to_seq)| Event::Receipt(ReceiptEvent {
+                    }
+                )),
+                text().prop_map(|user_id| Event::MemberJoined { user_id }),
+                (text(), any::<bool>()).prop_map(|(user_id, online)| Event::Presence { user_id, online }),
+                (text(), any::<bool>()).prop_map(|(user_id, typing)| Event::Typing { user_id, typing }),
+                (text(), any::<u64>()).prop_map(|(user_id, up_to_seq)| Event::Receipt(ReceiptEvent {
                     user_id,
                     status: ReceiptStatus::Failed,
                     up_to_seq,
@@ -547,14 +552,14 @@ mod tests {
                     via: String::new(),
                 })),
             ];
-            (any::<String>(), any::<i64>(), event).prop_map(|(conversation_id, at_ms, event)| {
+            (text(), any::<i64>(), event).prop_map(|(conversation_id, at_ms, event)| {
                 Envelope::new("e".into(), conversation_id, "gw".into(), at_ms, event)
             })
         }
 
         proptest! {
             #[test]
-            fn frames_round_trip_to_their_command(request_id in any::<String>(), command in command()) {
+            fn frames_round_trip_to_their_command(request_id in text(), command in command()) {
                 let sent = ClientFrame { request_id: request_id.clone(), frame: Some(frame(command.clone())) };
                 let decoded = ClientFrame::decode(sent.encode_to_vec().as_slice()).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(read_frame(decoded), (request_id, Some(command)));

@@ -120,8 +120,13 @@ mod tests {
         use proptest::prelude::*;
         use proptest::sample::Index;
 
+        /// Any text, kept short: edge cases are in the characters, not the length.
+        fn text() -> impl Strategy<Value = String> {
+            prop::collection::vec(any::<char>(), 0..24).prop_map(String::from_iter)
+        }
+
         fn message() -> impl Strategy<Value = pb::Message> {
-            (any::<String>(), any::<String>(), any::<u64>(), any::<String>(), any::<i64>()).prop_map(
+            (text(), text(), any::<u64>(), text(), any::<i64>()).prop_map(
                 |(message_id, conversation_id, seq, body, sent_at_ms)| pb::Message {
                     message_id,
                     conversation_id,
@@ -136,18 +141,16 @@ mod tests {
         fn event() -> impl Strategy<Value = ServerEvent> {
             let event = prop_oneof![
                 message().prop_map(Event::Message),
-                (any::<String>(), any::<String>(), any::<bool>()).prop_map(|(conversation_id, user_id, typing)| {
+                (text(), text(), any::<bool>()).prop_map(|(conversation_id, user_id, typing)| {
                     Event::Typing(pb::Typing { conversation_id, user_id, typing })
                 }),
-                (any::<String>(), any::<i32>(), any::<u64>(), any::<i64>()).prop_map(
-                    |(user_id, status, up_to_seq, at_ms)| {
-                        Event::Receipt(pb::Receipt { user_id, status, up_to_seq, at_ms, ..Default::default() })
-                    }
-                ),
-                (any::<String>(), any::<i32>(), any::<String>()).prop_map(|(request_id, code, message)| {
+                (text(), any::<i32>(), any::<u64>(), any::<i64>()).prop_map(|(user_id, status, up_to_seq, at_ms)| {
+                    Event::Receipt(pb::Receipt { user_id, status, up_to_seq, at_ms, ..Default::default() })
+                }),
+                (text(), any::<i32>(), text()).prop_map(|(request_id, code, message)| {
                     Event::Error(pb::ErrorEvent { request_id, code, message, ..Default::default() })
                 }),
-                (any::<i32>(), any::<u32>(), prop::collection::vec((any::<String>(), any::<u64>()), 0..4)).prop_map(
+                (any::<i32>(), any::<u32>(), prop::collection::vec((text(), any::<u64>()), 0..4)).prop_map(
                     |(reason, retry_after_ms, resume)| {
                         Event::Disconnect(pb::Disconnect {
                             reason,
