@@ -297,3 +297,14 @@ proptest! {
         }
     }
 }
+
+/// Nesting deep enough to exhaust a naive recursive reader is refused.
+#[test]
+fn deeply_nested_bodies_are_refused() {
+    for depth in [127, 128, 129, 100_000] {
+        for open in ["[", r#"{"v":"#] {
+            let body = format!(r#"{{"v":1,"kind":"typing","user_id":{}"#, open.repeat(depth));
+            assert!(matches!(Envelope::decode(&body), Err(DecodeError::Malformed(_))), "{depth} {open}");
+        }
+    }
+}

@@ -363,3 +363,17 @@ fn whatsapp_body(from: &str) -> Vec<u8> {
     .to_string()
     .into_bytes()
 }
+
+/// Nesting deep enough to exhaust a naive recursive reader is refused.
+#[test]
+fn deeply_nested_bodies_are_refused_clearly() {
+    for channel in Channel::ALL {
+        for depth in [127, 128, 129, 100_000] {
+            for open in ["[", r#"{"entry":"#] {
+                let body = format!(r#"{{"object":"x","entry":{}"#, open.repeat(depth));
+                let refused = parse(channel, body.as_bytes()).expect_err("nested too deep");
+                assert!(refused.starts_with(&format!("body is not a {channel} webhook")), "{refused}");
+            }
+        }
+    }
+}
