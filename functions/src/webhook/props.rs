@@ -185,7 +185,8 @@ fn refused_clearly(channel: Channel, result: Result<Vec<Notice>, String>) -> Res
     Ok(())
 }
 
-/// Every JSON value in `value`, by position, replaced by `with` at `at`.
+/// Replaces the `at`-th JSON value of `value` (depth first, `value` itself
+/// first) by `with`; false when there are fewer.
 fn replace_node(value: &mut Value, at: &mut usize, with: &Value) -> bool {
     if *at == 0 {
         *value = with.clone();
