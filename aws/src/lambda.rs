@@ -182,4 +182,97 @@ mod tests {
         reported.sort();
         assert_eq!(reported, vec!["2", "3"]);
     }
+
+    mod props {
+        use super::*;
+        use chat_core::envelope::MessageEvent;
+        use proptest::prelude::*;
+
+        /// Any text, kept short: edge cases are in the characters, not the length.
+        fn text() -> impl Strategy<Value = String> {
+            prop::collection::vec(any::<char>(), 0..24).prop_map(String::from_iter)
+        }
+
+        fn envelope() -> impl Strategy<Value = Envelope> {
+            let event = prop_oneof![
+                (text(), any::<bool>()).prop_map(|(user_id, typing)| Event::Typing { user_id, typing }),
+                (text(), any::<u64>(), text()).prop_map(|(message_id, seq, body)| {
+                    Event::Message(MessageEvent {
+                        message_id,
+                        seq,
+                        sender: "alice".into(),
+                        body,
+                        client_message_id: String::new(),
+                        external_recipients: Vec::new(),
+                    })
+                }),
+            ];
+            (text(), text(), any::<i64>(), event).prop_map(|(event_id, conversation_id, at_ms, event)| {
+                Envelope::new(event_id, conversation_id, "gw".into(), at_ms, event)
+            })
+        }
+
+        /// A record's body: an envelope, a valid one cut short, anything,
+        /// or none.
+        fn body() -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                envelope().prop_map(|e| Some(e.encode())),
+                (envelope(), any::<prop::sample::Index>()).prop_map(|(e, at)| {
+                    let body = e.encode();
+                    Some(String::from_utf8_lossy(&body.as_bytes()[..at.index(body.len())]).into_owned())
+                }),
+                text().prop_map(Some),
+                Just(None),
+            ]
+        }
+
+        fn records() -> impl Strategy<Value = Vec<SqsMessage>> {
+            let count = prop_oneof![any::<u32>().prop_map(|n| Some(n.to_string())), any::<Option<String>>()];
+            let record = (prop::option::of("[a-z0-9-]{1,8}"), body(), count).prop_map(|(id, body, count)| {
+                let mut m = SqsMessage::default();
+                m.message_id = id;
+                m.body = body;
+                if let Some(count) = count {
+                    m.attributes.insert("ApproximateReceiveCount".into(), count);
+                }
+                m
+            });
+            prop::collection::vec(record, 0..8)
+        }
+
+        proptest! {
+            /// Every record is decoded or failed, in order, under its id;
+            /// a decoded record is the envelope that was sent.
+            #[test]
+            fn every_record_is_decoded_or_failed(records in records(), failed in prop::collection::vec("[a-z0-9-]{1,8}", 0..4)) {
+                let batch = Batch::decode(&event(records.clone()));
+                let (mut decoded, mut undecodable) = (batch.records.iter(), batch.undecodable.iter());
+                for (index, record) in records.iter().enumerate() {
+                    let id = record.message_id.clone().unwrap_or_else(|| format!("record-{index}"));
+                    match record.body.as_deref().map(Envelope::decode) {
+                        Some(Ok(envelope)) => {
+                            let got = decoded.next().ok_or_else(|| TestCaseError::fail("a record is missing"))?;
+                            let count = record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok());
+                            prop_assert_eq!(got, &Record { id, envelope, receive_count: count.unwrap_or(1) });
+                        }
+                        _ => {
+                            let (got, reason) = undecodable.next().ok_or_else(|| TestCaseError::fail("a failure is missing"))?;
+                            prop_assert_eq!(got, &id);
+                            prop_assert!(!reason.is_empty());
+                        }
+                    }
+                }
+                prop_assert!(decoded.next().is_none() && undecodable.next().is_none());
+                let reported: Vec<String> =
+                    batch.response(failed.clone()).batch_item_failures.into_iter().map(|f| f.item_identifier).collect();
+                let mut expected: Vec<String> = Vec::new();
+                for id in batch.undecodable.iter().map(|(id, _)| id.clone()).chain(failed) {
+                    if !expected.contains(&id) {
+                        expected.push(id);
+                    }
+                }
+                prop_assert_eq!(reported, expected);
+            }
+        }
+    }
 }

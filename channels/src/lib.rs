@@ -48,11 +48,15 @@ fn hmac_sha256(key: &str) -> Hmac<Sha256> {
     Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap_or_else(|e| unreachable!("HMAC accepts any key: {e}"))
 }
 
+/// Hex digits only, two per byte: `u8::from_str_radix` alone would also
+/// take a sign (`+f`), letting a second spelling of a signature through.
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
+    let digit = |b: u8| char::from(b).to_digit(16);
+    let bytes = hex.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+    bytes.chunks_exact(2).map(|pair| u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()).collect()
 }
 
 #[cfg(test)]
@@ -69,6 +73,76 @@ mod tests {
         assert!(!verify_meta_signature("app-secret", b"{}", &header));
         assert!(!verify_meta_signature("app-secret", body, "sha256=zz"));
         assert!(!verify_meta_signature("app-secret", body, "md5=00"));
+    }
+
+    #[test]
+    fn signed_hex_is_not_hex() {
+        assert_eq!(decode_hex("0aFf"), Some(vec![0x0a, 0xff]));
+        for bad in ["+a", "-0", "+f0a", "0x", " a", "é", "0"] {
+            assert_eq!(decode_hex(bad), None, "{bad}");
+        }
+        // This body's signature has bytes below 0x10 (`...0b...`); spelled
+        // with a sign (`+b`) it is not the signature.
+        let (secret, body) = ("app-secret", [0u8]);
+        let header = meta_signature(secret, &body);
+        let hex = &header["sha256=".len()..];
+        let signed: String = (0..hex.len())
+            .step_by(2)
+            .map(|i| match &hex[i..i + 2] {
+                pair if pair.starts_with('0') => format!("+{}", &pair[1..]),
+                pair => pair.to_owned(),
+            })
+            .collect();
+        assert_ne!(signed, hex);
+        assert!(!verify_meta_signature(secret, &body, &format!("sha256={signed}")), "{signed}");
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        /// A header is accepted only when it is this body's `sha256=<hex>`,
+        /// the hex in either case.
+        fn accepted(secret: &str, body: &[u8], header: &str) -> bool {
+            let expected = meta_signature(secret, body);
+            header.strip_prefix("sha256=").is_some_and(|hex| hex.to_ascii_lowercase() == expected["sha256=".len()..])
+        }
+
+        proptest! {
+            #[test]
+            fn signatures_verify_their_body(secret in ".{0,16}", body in prop::collection::vec(any::<u8>(), 0..64)) {
+                let header = meta_signature(&secret, &body);
+                prop_assert!(verify_meta_signature(&secret, &body, &header));
+                let upper = format!("sha256={}", header["sha256=".len()..].to_ascii_uppercase());
+                prop_assert!(verify_meta_signature(&secret, &body, &upper));
+            }
+
+            /// Any other header, a valid one with one character changed
+            /// included, is refused; none panics.
+            #[test]
+            fn other_headers_are_refused(
+                secret in ".{0,16}",
+                body in prop::collection::vec(any::<u8>(), 0..64),
+                at in any::<Index>(),
+                replacement in prop_oneof![any::<char>(), prop::sample::select("+-0123456789abcdefABCDEF ".chars().collect::<Vec<_>>())],
+                arbitrary in any::<String>(),
+            ) {
+                let mut chars: Vec<char> = meta_signature(&secret, &body).chars().collect();
+                let i = at.index(chars.len());
+                chars[i] = replacement;
+                let mutated: String = chars.into_iter().collect();
+                for header in [mutated, arbitrary.clone(), format!("sha256={arbitrary}")] {
+                    prop_assert_eq!(verify_meta_signature(&secret, &body, &header), accepted(&secret, &body, &header), "{}", header);
+                }
+            }
+
+            #[test]
+            fn secrets_are_equal_exactly_when_they_are(a in ".{0,8}", b in ".{0,8}") {
+                prop_assert_eq!(secrets_equal(&a, &b), a == b);
+                prop_assert!(secrets_equal(&a, &a));
+            }
+        }
     }
 
     #[test]

@@ -388,6 +388,9 @@ pub fn from_function_url(
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -183,4 +183,118 @@ mod tests {
             assert_eq!(list_after(bad).map_err(|e| e.code()), Err(tonic::Code::InvalidArgument), "{bad}");
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn direction() -> impl Strategy<Value = Direction> {
+            prop_oneof![Just(Direction::Forward), Just(Direction::Backward)]
+        }
+
+        /// A cursor-like string: the right prefix with any parts, or anything.
+        fn cursor_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                (
+                    prop_oneof![Just("h1"), Just("h2"), Just("")],
+                    prop_oneof![Just("f".to_owned()), Just("b".to_owned()), any::<String>()],
+                    prop_oneof![any::<u64>().prop_map(|n| n.to_string()), "[-+0-9 ]{0,24}", any::<String>()],
+                    prop_oneof![Just("room".to_owned()), any::<String>()],
+                )
+                    .prop_map(|(v, d, seq, c)| format!("{v}:{d}:{seq}:{c}")),
+                prop_oneof![Just("room".to_owned()), any::<String>()].prop_map(|c| format!("c1:{c}")),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn history_cursors_round_trip(
+                conversation in any::<String>(),
+                direction in direction(),
+                seq in any::<u64>(),
+                forward in any::<bool>(),
+                from_seq in any::<u64>(),
+                limit in 1..=MAX_HISTORY_PAGE,
+            ) {
+                let cursor = history_cursor(&conversation, direction, seq);
+                let query = history_query(&conversation, forward, from_seq, &cursor, limit).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(query, HistoryQuery { direction, from_seq: Some(seq), limit });
+            }
+
+            #[test]
+            fn cursors_of_other_conversations_are_refused(a in any::<String>(), b in any::<String>(), seq in any::<u64>(), direction in direction()) {
+                prop_assume!(a != b);
+                let refused = history_query(&a, true, 0, &history_cursor(&b, direction, seq), 10).map_err(|e| e.code());
+                prop_assert_eq!(refused, Err(tonic::Code::InvalidArgument));
+            }
+
+            /// Any cursor is refused as INVALID_ARGUMENT or read to a
+            /// position in this conversation that re-encodes to itself.
+            #[test]
+            fn arbitrary_cursors_are_refused_or_read_consistently(cursor in cursor_like(), conversation in prop_oneof![Just("room".to_owned()), any::<String>()]) {
+                prop_assume!(!cursor.is_empty(), "no cursor is the first page");
+                match history_query(&conversation, true, 0, &cursor, 10) {
+                    Ok(query) => {
+                        let seq = query.from_seq.ok_or_else(|| TestCaseError::fail("a cursor names a position"))?;
+                        let named = format!(":{conversation}");
+                        prop_assert!(cursor.ends_with(&named));
+                        let again = history_query(&conversation, false, 0, &history_cursor(&conversation, query.direction, seq), 10);
+                        prop_assert_eq!(again.ok(), Some(query));
+                    }
+                    Err(e) => prop_assert_eq!(e.code(), tonic::Code::InvalidArgument),
+                }
+                match list_after(&cursor) {
+                    Ok(Some(after)) => {
+                        prop_assert_eq!(list_cursor(&after), cursor);
+                        prop_assert!(limits::conversation_id(&after).is_ok());
+                    }
+                    Ok(None) => prop_assert!(false, "a cursor is read"),
+                    Err(e) => prop_assert_eq!(e.code(), tonic::Code::InvalidArgument),
+                }
+            }
+
+            #[test]
+            fn list_cursors_round_trip(conversation in "[A-Za-z0-9_.:@+-]{1,128}") {
+                prop_assert_eq!(list_after(&list_cursor(&conversation)).ok(), Some(Some(conversation)));
+            }
+
+            #[test]
+            fn page_sizes_are_defaulted_kept_or_refused(requested in any::<u32>(), max in 1..=MAX_HISTORY_PAGE) {
+                match page_size(requested, max) {
+                    Ok(n) if requested == 0 => prop_assert_eq!(n, DEFAULT_PAGE.min(max)),
+                    Ok(n) => prop_assert_eq!(n, requested as usize),
+                    Err(e) => {
+                        prop_assert!(requested as usize > max);
+                        prop_assert_eq!(e.code(), tonic::Code::InvalidArgument);
+                    }
+                }
+            }
+
+            /// A page's cursors lead on from its last message and back from
+            /// its first.
+            #[test]
+            fn page_cursors_lead_both_ways(
+                seqs in prop::collection::vec(any::<u64>(), 0..5),
+                direction in direction(),
+                more in any::<bool>(),
+            ) {
+                let page: Vec<StoredMessage> = seqs.iter().map(|&seq| message(seq)).collect();
+                let (next, prev) = page_cursors("r", direction, &page, more);
+                let read = |cursor: &str| history_query("r", true, 0, cursor, 1).ok().map(|q| (q.direction, q.from_seq));
+                match (seqs.first(), seqs.last()) {
+                    (Some(&first), Some(&last)) => {
+                        let opposite = if direction == Direction::Forward { Direction::Backward } else { Direction::Forward };
+                        prop_assert_eq!(read(&prev), Some((opposite, Some(first))));
+                        if more {
+                            prop_assert_eq!(read(&next), Some((direction, Some(last))));
+                        } else {
+                            prop_assert!(next.is_empty());
+                        }
+                    }
+                    _ => prop_assert!(next.is_empty() && prev.is_empty()),
+                }
+            }
+        }
+    }
 }

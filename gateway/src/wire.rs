@@ -523,4 +523,162 @@ mod tests {
         });
         assert!(bus_event(Envelope::new("f".into(), "room".into(), "gw".into(), 1, fallback)).is_none());
     }
+
+    mod props {
+        use super::*;
+        use chat_proto::pb::{AckFrame, JoinFrame, LeaveFrame, ReadFrame, SendFrame, TypingFrame};
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+        use prost::Message as _;
+
+        /// Any text, kept short: edge cases are in the characters, not the length.
+        fn text() -> impl Strategy<Value = String> {
+            prop::collection::vec(any::<char>(), 0..24).prop_map(String::from_iter)
+        }
+
+        fn command() -> impl Strategy<Value = Command> {
+            prop_oneof![
+                (text(), any::<Option<u64>>())
+                    .prop_map(|(conversation_id, resume_after)| Command::Join { conversation_id, resume_after }),
+                text().prop_map(|conversation_id| Command::Leave { conversation_id }),
+                (text(), text(), text()).prop_map(|(conversation_id, client_message_id, body)| Command::Send {
+                    conversation_id,
+                    client_message_id,
+                    body
+                }),
+                (text(), any::<bool>())
+                    .prop_map(|(conversation_id, typing)| Command::Typing { conversation_id, typing }),
+                (text(), any::<u64>()).prop_map(|(conversation_id, seq)| Command::Ack { conversation_id, seq }),
+                (text(), any::<u64>()).prop_map(|(conversation_id, seq)| Command::Read { conversation_id, seq }),
+            ]
+        }
+
+        /// The frame a client sends for `command`.
+        fn frame(command: Command) -> Frame {
+            match command {
+                Command::Join { conversation_id, resume_after } => {
+                    Frame::Join(JoinFrame { conversation_id, resume_after_seq: resume_after })
+                }
+                Command::Leave { conversation_id } => Frame::Leave(LeaveFrame { conversation_id }),
+                Command::Send { conversation_id, client_message_id, body } => {
+                    Frame::Send(SendFrame { conversation_id, client_message_id, body })
+                }
+                Command::Typing { conversation_id, typing } => Frame::Typing(TypingFrame { conversation_id, typing }),
+                Command::Ack { conversation_id, seq } => Frame::Ack(AckFrame { conversation_id, seq }),
+                Command::Read { conversation_id, seq } => Frame::Read(ReadFrame { conversation_id, seq }),
+            }
+        }
+
+        /// What the gateway does with bytes off a stream: decode, then read.
+        fn read_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
+            if let Ok(decoded) = ClientFrame::decode(bytes) {
+                let set = decoded.frame.is_some();
+                let (_, command) = read_frame(decoded);
+                prop_assert_eq!(command.is_some(), set);
+                if let Some(command) = command {
+                    // Sent again, it reads as the same command.
+                    let again = ClientFrame { request_id: String::new(), frame: Some(frame(command.clone())) };
+                    let again = ClientFrame::decode(again.encode_to_vec().as_slice());
+                    prop_assert_eq!(again.ok().and_then(|f| read_frame(f).1), Some(command));
+                }
+            }
+            Ok(())
+        }
+
+        fn envelope() -> impl Strategy<Value = Envelope> {
+            let event = prop_oneof![
+                (text(), any::<u64>(), text(), text()).prop_map(|(message_id, seq, sender, body)| Event::Message(
+                    chat_core::envelope::MessageEvent {
+                        message_id,
+                        seq,
+                        sender,
+                        body,
+                        client_message_id: String::new(),
+                        external_recipients: Vec::new(),
+                    }
+                )),
+                text().prop_map(|user_id| Event::MemberJoined { user_id }),
+                (text(), any::<bool>()).prop_map(|(user_id, online)| Event::Presence { user_id, online }),
+                (text(), any::<bool>()).prop_map(|(user_id, typing)| Event::Typing { user_id, typing }),
+                (
+                    text(),
+                    prop::sample::select(vec![ReceiptStatus::Delivered, ReceiptStatus::Read, ReceiptStatus::Failed]),
+                    any::<u64>()
+                )
+                    .prop_map(|(user_id, status, up_to_seq)| Event::Receipt(ReceiptEvent {
+                        user_id,
+                        status,
+                        up_to_seq,
+                        message_id: String::new(),
+                        reason: "r".into(),
+                        via: String::new(),
+                    })),
+            ];
+            (text(), any::<i64>(), event).prop_map(|(conversation_id, at_ms, event)| {
+                Envelope::new("e".into(), conversation_id, "gw".into(), at_ms, event)
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn frames_round_trip_to_their_command(request_id in text(), command in command()) {
+                let sent = ClientFrame { request_id: request_id.clone(), frame: Some(frame(command.clone())) };
+                let decoded = ClientFrame::decode(sent.encode_to_vec().as_slice()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(read_frame(decoded), (request_id, Some(command)));
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..128)) {
+                read_bytes(&bytes)?;
+            }
+
+            #[test]
+            fn mutated_frames_never_panic(
+                command in command(),
+                edits in prop::collection::vec((any::<Index>(), any::<u8>(), any::<bool>()), 1..4),
+            ) {
+                let mut bytes = ClientFrame { request_id: "r".into(), frame: Some(frame(command)) }.encode_to_vec();
+                for (at, byte, cut) in edits {
+                    let at = at.index(bytes.len() + 1);
+                    match (cut, at < bytes.len()) {
+                        (true, _) => bytes.truncate(at),
+                        (false, true) => bytes[at] = byte,
+                        (false, false) => bytes.push(byte),
+                    }
+                }
+                read_bytes(&bytes)?;
+            }
+
+            /// A bus event reaches streams carrying what the envelope said,
+            /// beside facts that agree with it.
+            #[test]
+            fn bus_events_keep_their_fields(envelope in envelope()) {
+                let out = bus_event(envelope.clone()).ok_or_else(|| TestCaseError::fail("meant for streams"))?;
+                let decoded = out.event.wire().decode_event().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let conversation_id = envelope.conversation_id.clone();
+                match (envelope.event, decoded.event) {
+                    (Event::Message(m), Some(PbEvent::Message(pb))) => {
+                        prop_assert_eq!((pb.seq, pb.sent_at_ms, &pb.body, &pb.conversation_id), (m.seq, envelope.at_ms, &m.body, &conversation_id));
+                        prop_assert_eq!(out.seq, Some(m.seq));
+                        prop_assert_eq!(out.event.seq_in(&conversation_id), Some(m.seq));
+                    }
+                    (Event::MemberJoined { user_id }, Some(PbEvent::MemberJoined(pb))) => {
+                        prop_assert_eq!((pb.user_id, pb.conversation_id), (user_id, conversation_id));
+                    }
+                    (Event::Presence { user_id, online }, Some(PbEvent::PresenceChanged(pb))) => {
+                        prop_assert_eq!((pb.user_id, pb.online, pb.conversation_id), (user_id, online, conversation_id));
+                    }
+                    (Event::Typing { user_id, typing }, Some(PbEvent::Typing(pb))) => {
+                        prop_assert_eq!(out.skip_user.as_deref(), Some(user_id.as_str()));
+                        prop_assert_eq!((pb.user_id, pb.typing, pb.conversation_id), (user_id, typing, conversation_id));
+                    }
+                    (Event::Receipt(r), Some(PbEvent::Receipt(pb))) => {
+                        prop_assert_eq!((pb.up_to_seq, pb.status, pb.at_ms), (r.up_to_seq, receipt_status(r.status) as i32, envelope.at_ms));
+                        prop_assert_eq!(out.event.facts(), &Facts::Receipt { conversation_id, user_id: r.user_id, status: r.status, up_to_seq: r.up_to_seq });
+                    }
+                    (sent, got) => prop_assert!(false, "{:?} became {:?}", sent, got),
+                }
+            }
+        }
+    }
 }

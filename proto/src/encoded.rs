@@ -114,4 +114,118 @@ mod tests {
         assert!(EncodedServerEvent::decode(&[0x0a, 0x05, 0x01][..]).is_err(), "truncated field");
         assert_eq!(EncodedServerEvent::default().encoded_len(), 0);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        /// Any text, kept short: edge cases are in the characters, not the length.
+        fn text() -> impl Strategy<Value = String> {
+            prop::collection::vec(any::<char>(), 0..24).prop_map(String::from_iter)
+        }
+
+        fn message() -> impl Strategy<Value = pb::Message> {
+            (text(), text(), any::<u64>(), text(), any::<i64>()).prop_map(
+                |(message_id, conversation_id, seq, body, sent_at_ms)| pb::Message {
+                    message_id,
+                    conversation_id,
+                    seq,
+                    body,
+                    sent_at_ms,
+                    ..Default::default()
+                },
+            )
+        }
+
+        fn event() -> impl Strategy<Value = ServerEvent> {
+            let event = prop_oneof![
+                message().prop_map(Event::Message),
+                (text(), text(), any::<bool>()).prop_map(|(conversation_id, user_id, typing)| {
+                    Event::Typing(pb::Typing { conversation_id, user_id, typing })
+                }),
+                (text(), any::<i32>(), any::<u64>(), any::<i64>()).prop_map(|(user_id, status, up_to_seq, at_ms)| {
+                    Event::Receipt(pb::Receipt { user_id, status, up_to_seq, at_ms, ..Default::default() })
+                }),
+                (text(), any::<i32>(), text()).prop_map(|(request_id, code, message)| {
+                    Event::Error(pb::ErrorEvent { request_id, code, message, ..Default::default() })
+                }),
+                (any::<i32>(), any::<u32>(), prop::collection::vec((text(), any::<u64>()), 0..4)).prop_map(
+                    |(reason, retry_after_ms, resume)| {
+                        Event::Disconnect(pb::Disconnect {
+                            reason,
+                            detail: String::new(),
+                            retry_after_ms,
+                            resume: resume
+                                .into_iter()
+                                .map(|(conversation_id, last_seq)| pb::ResumePoint { conversation_id, last_seq })
+                                .collect(),
+                        })
+                    }
+                ),
+            ];
+            prop::option::weighted(0.95, event).prop_map(|event| ServerEvent { event })
+        }
+
+        /// Bytes with a few edits: set, deleted, inserted or cut.
+        fn mutated(bytes: Vec<u8>, edits: &[(u8, Index, Vec<u8>)]) -> Vec<u8> {
+            let mut bytes = bytes;
+            for (kind, at, data) in edits {
+                let at = at.index(bytes.len() + 1);
+                match kind % 4 {
+                    0 if at < bytes.len() => bytes[at] = data.first().copied().unwrap_or(0),
+                    1 => {
+                        let end = (at + data.len()).min(bytes.len());
+                        bytes.drain(at..end);
+                    }
+                    2 => drop(bytes.splice(at..at, data.iter().copied())),
+                    _ => bytes.truncate(at),
+                }
+            }
+            bytes
+        }
+
+        fn edits() -> impl Strategy<Value = Vec<(u8, Index, Vec<u8>)>> {
+            prop::collection::vec((any::<u8>(), any::<Index>(), prop::collection::vec(any::<u8>(), 1..6)), 1..4)
+        }
+
+        /// Bytes a client or test decodes: read as they came, and read to
+        /// the same event as `ServerEvent` reads them whenever it can.
+        fn decodes_like_the_event(bytes: &[u8]) -> Result<(), TestCaseError> {
+            let encoded = EncodedServerEvent::decode(bytes);
+            if let Ok(event) = ServerEvent::decode(bytes) {
+                let encoded = encoded.map_err(|e| TestCaseError::fail(format!("ServerEvent reads it: {e}")))?;
+                prop_assert_eq!(encoded.decode_event().ok(), Some(event));
+            }
+            if let Ok(encoded) = EncodedServerEvent::decode(bytes) {
+                let again =
+                    EncodedServerEvent::decode(encoded.as_bytes()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(again.as_bytes(), encoded.as_bytes());
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn events_round_trip(event in event()) {
+                let encoded = EncodedServerEvent::new(&event);
+                let bytes = event.encode_to_vec();
+                prop_assert_eq!(encoded.as_bytes(), bytes.as_slice());
+                prop_assert_eq!(encoded.encoded_len(), event.encoded_len());
+                prop_assert_eq!(encoded.decode_event().ok(), Some(event.clone()));
+                let decoded = EncodedServerEvent::decode(encoded.as_bytes()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(decoded, encoded);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                decodes_like_the_event(&bytes)?;
+            }
+
+            #[test]
+            fn mutated_events_never_panic(event in event(), edits in edits()) {
+                decodes_like_the_event(&mutated(event.encode_to_vec(), &edits))?;
+            }
+        }
+    }
 }

@@ -177,7 +177,9 @@ fn telegram_outcome(status: u16, body: &[u8], retry_after: Option<Duration>) -> 
         let channel_message_id = result.as_ref().map(|m| format!("{}:{}", m.chat.id, m.message_id)).unwrap_or_default();
         return Ok(Sent { channel_message_id });
     }
-    let description = answer.as_ref().and_then(|a| a.description.clone()).unwrap_or_else(|| {
+    // A blank description would leave a failed message with no reason.
+    let description = answer.as_ref().and_then(|a| a.description.clone()).filter(|d| !d.trim().is_empty());
+    let description = description.unwrap_or_else(|| {
         format!("HTTP {status}: {}", String::from_utf8_lossy(body).chars().take(200).collect::<String>())
     });
     let code = answer.as_ref().and_then(|a| a.error_code).and_then(|c| u16::try_from(c).ok()).unwrap_or(status);
@@ -262,5 +264,64 @@ mod tests {
             Err(SendError::Permanent { reason: "Bad Request: chat not found".into() })
         );
         assert!(matches!(tg.request("abc", "x", ""), Err(SendError::Permanent { .. })));
+    }
+
+    #[test]
+    fn a_blank_telegram_description_still_gives_a_reason() {
+        let blank = br#"{"ok":false,"error_code":400,"description":" "}"#;
+        assert_eq!(
+            adapter(Channel::Telegram).outcome(400, blank, None),
+            Err(SendError::Permanent { reason: r#"HTTP 400: {"ok":false,"error_code":400,"description":" "}"#.into() })
+        );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A channel's answer: its documented shapes with any values, or
+        /// anything at all.
+        fn answer() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                (any::<String>(), any::<i64>()).prop_map(|(message, code)| {
+                    serde_json::json!({"error": {"message": message, "code": code}}).to_string().into_bytes()
+                }),
+                (any::<bool>(), any::<i64>(), any::<u64>(), any::<i64>(), any::<String>()).prop_map(|(ok, code, wait, id, description)| {
+                    serde_json::json!({"ok": ok, "error_code": code, "description": description, "parameters": {"retry_after": wait},
+                        "result": {"message_id": id, "date": 0, "chat": {"id": id, "type": "private"}}})
+                    .to_string()
+                    .into_bytes()
+                }),
+                any::<String>().prop_map(|id| serde_json::json!({"messaging_product": "whatsapp", "messages": [{"id": id}]})
+                    .to_string()
+                    .into_bytes()),
+            ]
+        }
+
+        proptest! {
+            /// Any answer is read as sent, retryable or permanent; a Meta 2xx
+            /// is always sent (never sent twice), anything else never is.
+            #[test]
+            fn any_answer_is_classified(
+                channel in prop::sample::select(Channel::ALL.to_vec()),
+                status in prop_oneof![any::<u16>(), 200..300u16, Just(429u16)],
+                body in answer(),
+                header in prop::option::of(prop_oneof![any::<String>(), any::<u64>().prop_map(|n| n.to_string())]),
+            ) {
+                let outcome = adapter(channel).outcome(status, &body, header.as_deref());
+                let success = (200..300).contains(&status);
+                match channel {
+                    Channel::WhatsApp | Channel::Instagram => prop_assert_eq!(outcome.is_ok(), success),
+                    Channel::Telegram => {
+                        let ok = serde_json::from_slice::<telegram::ApiResponse<telegram::Message>>(&body).is_ok_and(|a| a.ok);
+                        prop_assert_eq!(outcome.is_ok(), ok);
+                    }
+                }
+                if let Err(SendError::Retryable { reason, .. } | SendError::Permanent { reason }) = outcome {
+                    prop_assert!(!reason.is_empty());
+                }
+            }
+        }
     }
 }
