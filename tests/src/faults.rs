@@ -76,8 +76,8 @@ impl Rule {
 #[derive(Debug, Default)]
 struct Shared {
     rules: Vec<(Rule, u64)>,
-    /// (service, operation) → (calls seen, calls failed)
-    calls: HashMap<(Service, String), (u64, u64)>,
+    /// (service, operation, SQS queue URL or empty) → (calls seen, calls failed)
+    calls: HashMap<(Service, String, String), (u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -155,10 +155,16 @@ impl FaultProxy {
 
     /// Calls seen and failed of `service` (and `operation`, when given).
     pub fn calls(&self, service: Service, operation: Option<&str>) -> (u64, u64) {
+        self.calls_on(service, operation, "")
+    }
+
+    /// As [`FaultProxy::calls`], of SQS calls on queues whose URL contains
+    /// `queue` (empty: every queue).
+    pub fn calls_on(&self, service: Service, operation: Option<&str>, queue: &str) -> (u64, u64) {
         self.shared()
             .calls
             .iter()
-            .filter(|((s, op), _)| *s == service && operation.is_none_or(|o| o == op))
+            .filter(|((s, op, q), _)| *s == service && operation.is_none_or(|o| o == op) && q.contains(queue))
             .fold((0, 0), |(seen, failed), (_, (s, f))| (seen + s, failed + f))
     }
 }
@@ -255,7 +261,11 @@ async fn try_forward(proxy: Proxy, request: Request<Body>) -> anyhow::Result<Res
                     *seen += 1;
                     (*seen % rule.every == 0).then_some(rule.fault)
                 });
-            let counts = shared.calls.entry((service, operation)).or_default();
+            let queue = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("QueueUrl").and_then(|q| q.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            let counts = shared.calls.entry((service, operation, queue)).or_default();
             counts.0 += 1;
             if fault.is_some() {
                 counts.1 += 1;

@@ -66,7 +66,7 @@ async fn sends_survive_throttling_and_server_errors_with_nothing_lost() -> anyho
     proxy.inject(Rule::every(Service::DynamoDb, Fault::Throttle, 4));
     proxy.inject(Rule::every(Service::Sns, Fault::Unavailable, 3));
     proxy.inject(Rule::every(Service::Sqs, Fault::Internal, 3));
-    let per_sender = 40;
+    let per_sender = 25;
     let mut accepted = BTreeSet::new();
     let mut retries = 0;
     for i in 0..per_sender {
@@ -136,11 +136,22 @@ async fn pollers_back_off_while_sqs_fails_and_recover_after() -> anyhow::Result<
     let mut bob = cluster.connect(1, "bob").await?;
     bob.join(&room).await?;
     let outage = Duration::from_secs(3);
-    let (before, _) = proxy.calls(Service::Sqs, Some("ReceiveMessage"));
     proxy.inject(Rule::all(Service::Sqs, Fault::Unavailable).operation("ReceiveMessage"));
+    // A long poll already in flight is not affected: wait until every
+    // gateway's poller has met the outage.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for gateway in &cluster.gateways {
+        while proxy.calls_on(Service::Sqs, Some("ReceiveMessage"), &gateway.instance_id).1 == 0 {
+            ensure!(Instant::now() < deadline, "gateway {} never polled into the outage", gateway.instance_id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (before, failed_before) = proxy.calls(Service::Sqs, Some("ReceiveMessage"));
     let sent = cluster.send_unary(0, "alice", &room, "in-outage", "sent while receives fail").await??;
-    tokio::time::sleep(outage).await; // the outage itself: a duration by design, not a wait for a condition
-    let (during, failed) = proxy.calls(Service::Sqs, Some("ReceiveMessage"));
+    let early = bob.wait_for_within(outage, |e| matches!(e, Event::Message(_)).then_some(())).await;
+    ensure!(early.is_err(), "a message arrived while every receive failed: the outage is not in the path");
+    let (during, failed_during) = proxy.calls(Service::Sqs, Some("ReceiveMessage"));
+    let failed = failed_during - failed_before;
     proxy.heal();
     let healed = Instant::now();
     let got = scenarios::messages(&mut bob, &room, 1).await?;
