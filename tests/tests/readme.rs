@@ -104,6 +104,18 @@ fn finds_the_commands() {
     );
 }
 
+/// room1 as `make chat` makes it: public, owned by alice.
+async fn create_room1(cluster: &Cluster) -> anyhow::Result<()> {
+    let request = chat_proto::pb::CreateConversationRequest {
+        kind: chat_proto::pb::ConversationKind::Public as i32,
+        conversation_id: "room1".into(),
+        ..Default::default()
+    };
+    let created = cluster.create_conversation(0, "alice", request).await?;
+    ensure!(created.as_ref().is_ok_and(|c| c.created), "creating room1: {created:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn readme_chat_commands_work_as_written() -> anyhow::Result<()> {
     let readme = std::fs::read_to_string(workspace_root().join("README.md"))?;
@@ -113,7 +125,9 @@ async fn readme_chat_commands_work_as_written() -> anyhow::Result<()> {
     ensure!(exported_names(&readme) == EXPORTED, "README's export line: {:?}", exported_names(&readme));
 
     let cluster = Cluster::memory().await?;
-    // The README's chat: alice and bob in room1, two messages.
+    // The README's chat: alice and bob in room1 (public, created by alice,
+    // as `make chat`'s `--create` does), two messages.
+    create_room1(&cluster).await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(0, "bob").await?;
     alice.join("room1").await?;
@@ -153,6 +167,7 @@ async fn readme_chat_commands_work_as_written() -> anyhow::Result<()> {
 #[tokio::test]
 async fn commands_use_the_first_gateway_that_answers() -> anyhow::Result<()> {
     let cluster = Cluster::memory().await?;
+    create_room1(&cluster).await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join("room1").await?;
     let dir = std::env::temp_dir().join(unique("chat-gateways-"));
