@@ -37,6 +37,7 @@ async fn racing_copies_of_one_send_leave_no_hole() -> anyhow::Result<()> {
         let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
         ensure!(seqs == [a.seq, next.seq], "bob got both once, in order: {seqs:?}");
     }
+    eprintln!("racing sends: the message after each race reached its receiver within {slowest:?} (window {REORDER_WINDOW:?})");
     ensure!(
         slowest < REORDER_WINDOW / 4,
         "the message after a race reached its receiver in {slowest:?}; a hole would hold it for the {REORDER_WINDOW:?} window"
@@ -79,6 +80,7 @@ async fn a_retry_fills_the_seq_its_dead_sender_took() -> anyhow::Result<()> {
     let waited = retried_at.elapsed();
     let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
     ensure!(seqs == [lost.seq, next.seq], "bob got the hole's message and then the next: {seqs:?}");
+    eprintln!("dead sender: the retry filled its seq and the next message arrived {waited:?} after it");
     ensure!(waited < REORDER_WINDOW / 4, "filled {waited:?} after the retry; the window is {REORDER_WINDOW:?}");
     Ok(())
 }
