@@ -34,6 +34,7 @@ use crate::bus::memory::MemoryBus;
 use crate::bus::sqs;
 use crate::config::{BusKind, Config};
 use crate::hub::Hub;
+use crate::limits::AddressLimits;
 use crate::service::{ChatApi, EchoApi};
 
 /// How long streams get to end after the shutdown signal.
@@ -173,6 +174,8 @@ struct Gateway {
     verifier: Verifier,
     hub: Arc<Hub>,
     app: Arc<App>,
+    /// Admission of connections by source address.
+    addresses: Arc<AddressLimits>,
     aws: Option<AwsParts>,
     /// Pollers, heartbeat, reorder gaps, presence refresh.
     background: TaskTracker,
@@ -209,6 +212,7 @@ impl Gateway {
             verifier,
             hub,
             app,
+            addresses: Arc::new(AddressLimits::new(&config.limits())),
             aws,
             background: TaskTracker::new(),
             stop_background: CancellationToken::new(),
@@ -247,6 +251,11 @@ impl Gateway {
             hub.expire_gaps(Instant::now());
             std::future::ready(())
         }));
+        let addresses = self.addresses.clone();
+        background.spawn(every(PRESENCE_REFRESH, stop.clone(), move || {
+            addresses.purge_idle();
+            std::future::ready(())
+        }));
         let app = self.app.clone();
         background.spawn(every(PRESENCE_REFRESH, stop.clone(), move || {
             let app = app.clone();
@@ -279,7 +288,13 @@ impl Gateway {
         let echo = EchoServiceServer::new(EchoApi::new(self.id.clone()))
             .max_decoding_message_size(config.max_grpc_message_bytes)
             .max_encoding_message_size(config.max_grpc_message_bytes);
-        let chat = InterceptedService::new(chat, crate::auth::interceptor(Arc::new(self.verifier.clone())));
+        // A connection its address's limits refused is told so before
+        // anything else.
+        let authenticate = crate::auth::interceptor(Arc::new(self.verifier.clone()));
+        let chat = InterceptedService::new(chat, move |request: tonic::Request<()>| {
+            crate::conn::refusal(&request)?;
+            authenticate(request)
+        });
 
         let local_addr = listener.local_addr().ok();
         tracing::info!(gateway_id = self.id, bus = ?self.bus_kind, addr = ?local_addr, "gateway serving");
@@ -298,7 +313,10 @@ impl Gateway {
             .add_service(reflection_v1alpha)
             .add_service(echo)
             .add_service(chat)
-            .serve_with_incoming_shutdown(chat_proto::transport::incoming(listener), stopped);
+            .serve_with_incoming_shutdown(
+                crate::conn::admitted(chat_proto::transport::incoming(listener), self.addresses.clone()),
+                stopped,
+            );
         // Draining is bounded: a stream that will not end must not keep the
         // gateway (and its queue) alive.
         let drained = async {
