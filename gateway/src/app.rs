@@ -96,10 +96,7 @@ impl App {
     /// A new stream's outbox, the stream tonic sends from it, and the
     /// user's stream slot it holds; refused while the gateway is shutting
     /// down.
-    pub(crate) fn open_stream(
-        &self,
-        user: String,
-    ) -> Result<(Arc<Outbox>, EventStream, Slot<String>), GatewayError> {
+    pub(crate) fn open_stream(&self, user: String) -> Result<(Arc<Outbox>, EventStream, Slot<String>), GatewayError> {
         if self.closing.is_cancelled() {
             return Err(GatewayError::Unavailable("the gateway is shutting down; connect to another".into()));
         }

@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::HashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
-use governor::middleware::NoOpMiddleware;
 use governor::{Quota, RateLimiter};
 
 use crate::error::GatewayError;
@@ -136,9 +136,9 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> KeyedLimit<K, C> {
     /// Takes one cell of `key`'s budget, or says when to retry.
     pub(crate) fn check(&self, key: &K) -> Result<(), GatewayError> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
-        limiter.check_key(key).map_err(|not_until| {
-            exhausted(&self.rate.describe(self.what), not_until.wait_time_from(self.clock.now()))
-        })
+        limiter
+            .check_key(key)
+            .map_err(|not_until| exhausted(&self.rate.describe(self.what), not_until.wait_time_from(self.clock.now())))
     }
 
     /// Forgets keys whose budget has refilled (indistinguishable from a
@@ -185,9 +185,9 @@ impl<C: Clock + Clone> DirectLimit<C> {
 
     pub(crate) fn check(&self) -> Result<(), GatewayError> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
-        limiter.check().map_err(|not_until| {
-            exhausted(&self.rate.describe(self.what), not_until.wait_time_from(self.clock.now()))
-        })
+        limiter
+            .check()
+            .map_err(|not_until| exhausted(&self.rate.describe(self.what), not_until.wait_time_from(self.clock.now())))
     }
 }
 
@@ -465,7 +465,10 @@ mod tests {
         }
         let (code, message) = refusal(frames.check());
         assert_eq!(code, Code::ResourceExhausted);
-        assert!(message.contains("frames per connection rate limit") && message.contains("retry in 10 ms"), "{message}");
+        assert!(
+            message.contains("frames per connection rate limit") && message.contains("retry in 10 ms"),
+            "{message}"
+        );
         clock.advance(Duration::from_millis(10));
         frames.check().expect("refilled");
     }
@@ -492,12 +495,9 @@ mod tests {
         let err = hung.expect_err("timed out");
         assert_eq!(err.code(), Code::Unavailable);
         assert!(err.to_string().contains("within 5000 ms; retry with the same client_message_id"), "{err}");
-        let failed =
-            SendDeadline::start(Duration::from_secs(1)).bound(async { Err::<(), _>(GatewayError::Unavailable("down".into())) });
-        assert_eq!(
-            failed.await,
-            Err(GatewayError::Unavailable("down; retry with the same client_message_id".into()))
-        );
+        let failed = SendDeadline::start(Duration::from_secs(1))
+            .bound(async { Err::<(), _>(GatewayError::Unavailable("down".into())) });
+        assert_eq!(failed.await, Err(GatewayError::Unavailable("down; retry with the same client_message_id".into())));
         let refused = SendDeadline::start(Duration::from_secs(1))
             .bound(async { Err::<(), _>(GatewayError::PermissionDenied("no".into())) });
         assert_eq!(refused.await, Err(GatewayError::PermissionDenied("no".into())));
@@ -525,11 +525,7 @@ mod tests {
 
     #[test]
     fn user_streams_are_limited_by_rate_and_by_count() {
-        let limits = Limits {
-            new_streams: Rate::new(0.001, 3),
-            max_streams_per_user: 2,
-            ..Limits::default()
-        };
+        let limits = Limits { new_streams: Rate::new(0.001, 3), max_streams_per_user: 2, ..Limits::default() };
         let users = UserLimits::new(&limits);
         let a = users.open_stream("alice").expect("1");
         let _b = users.open_stream("alice").expect("2");

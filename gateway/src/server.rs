@@ -41,6 +41,17 @@ use crate::service::{ChatApi, EchoApi};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often reorder gaps are checked.
 const GAP_TICK: Duration = Duration::from_millis(50);
+/// HTTP/2 flow-control windows for what clients send. h2 ends a connection
+/// (GOAWAY `ENHANCE_YOUR_CALM`, which clients see as `UNAVAILABLE`) once
+/// small DATA frames it holds unread cost more than half the connection
+/// window in framing overhead (about 250 bytes each). A stream's window
+/// bounds how many whole gRPC frames a client can get in before the
+/// session reads them (32 KiB: some 3,000 of 10 bytes, 2,000 of 16), well
+/// within that budget (2 MiB), so a flood of frames meets the gateway's own
+/// frame limit (`RESOURCE_EXHAUSTED`) first. (hyper's defaults, 1 MiB
+/// each, let one stream's unread frames exhaust the budget.)
+const STREAM_WINDOW: u32 = 32 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -308,6 +319,8 @@ impl Gateway {
         let serve = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_secs.max(1))))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -356,7 +356,9 @@ impl Session {
         // backpressure, not an unbounded queue.
         let publishing = self.publishing.clone();
         let permit = deadline
-            .bound(async { publishing.acquire_owned().await.map_err(|_| GatewayError::Internal("publish limiter closed".into())) })
+            .bound(async {
+                publishing.acquire_owned().await.map_err(|_| GatewayError::Internal("publish limiter closed".into()))
+            })
             .await?;
         let app = self.app.clone();
         let outbox = self.outbox.clone();
@@ -438,8 +440,15 @@ async fn read_frames<S>(
             }
         };
         if let Err(limit) = conn.frames.check() {
-            tracing::info!(user_id = outbox.user_id, session_id = outbox.session_id, "frame limit broken; ending the stream");
-            outbox.fail(Code::ResourceExhausted, format!("{limit}; reconnect then, and send fewer frames"));
+            tracing::info!(
+                user_id = outbox.user_id,
+                session_id = outbox.session_id,
+                "frame limit broken; ending the stream"
+            );
+            outbox.fail(
+                Code::ResourceExhausted,
+                format!("{limit} (this stream is ended: open another then, and send fewer frames)"),
+            );
             return;
         }
         let size = u32::try_from(frame.encoded_len().clamp(1, MAX_QUEUED_FRAME_BYTES)).unwrap_or(u32::MAX);
@@ -528,7 +537,8 @@ mod tests {
     fn setup(limits: Limits, sequencer: Option<Arc<dyn Sequencer>>) -> Setup {
         let hub = Arc::new(Hub::new(Duration::from_secs(1)));
         let store = Arc::new(MemoryStore::new());
-        let bus = Arc::new(HangingBus { inner: MemoryBus::new(hub.clone(), store.clone()), hang: AtomicBool::new(false) });
+        let bus =
+            Arc::new(HangingBus { inner: MemoryBus::new(hub.clone(), store.clone()), hang: AtomicBool::new(false) });
         let mut stores = Stores::of(store);
         if let Some(sequencer) = sequencer {
             stores.sequencer = sequencer;
@@ -562,7 +572,9 @@ mod tests {
     async fn next_answer(events: &mut Events) -> Event {
         loop {
             match events.next().await {
-                Some(Ok(pb::ServerEvent { event: Some(event @ (Event::Error(_) | Event::SendAccepted(_) | Event::PresenceSnapshot(_))) })) => {
+                Some(Ok(pb::ServerEvent {
+                    event: Some(event @ (Event::Error(_) | Event::SendAccepted(_) | Event::PresenceSnapshot(_))),
+                })) => {
                     return event;
                 }
                 Some(Ok(_)) => {}
