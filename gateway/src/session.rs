@@ -675,6 +675,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn acks_and_reads_over_the_user_limit_are_refused() {
+        let limits = Limits { receipts: Rate::new(0.001, 2), ..Limits::default() };
+        let Setup { app, .. } = setup(limits, None);
+        let (frames, mut events) = connect(&app, "alice");
+        frames.unbounded_send(frame("j", join("r"))).expect("frame");
+        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
+        for i in 1..=3 {
+            frames.unbounded_send(frame("s", send("r", &format!("c{i}")))).expect("frame");
+            assert!(matches!(next_answer(&mut events).await, Event::SendAccepted(_)));
+        }
+        let ack = |seq| Frame::Ack(pb::AckFrame { conversation_id: "r".into(), seq });
+        frames.unbounded_send(frame("a1", ack(1))).expect("frame");
+        frames.unbounded_send(frame("a1-again", ack(1))).expect("a repeat publishes nothing and costs nothing");
+        frames
+            .unbounded_send(frame("r2", Frame::Read(pb::ReadFrame { conversation_id: "r".into(), seq: 2 })))
+            .expect("frame");
+        frames.unbounded_send(frame("a3", ack(3))).expect("frame");
+        let Event::Error(err) = next_answer(&mut events).await else { panic!("expected an error") };
+        assert_eq!((err.code, err.request_id.as_str()), (Code::ResourceExhausted as i32, "a3"));
+        assert!(err.message.contains("ack/read rate limit"), "{}", err.message);
+        let unary = app.mark_read_checked("r", "alice", 3).await.expect_err("MarkRead shares the budget");
+        assert_eq!(unary.code(), Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
     async fn streams_per_user_are_limited_and_freed_when_a_stream_ends() {
         let limits = Limits { max_streams_per_user: 1, ..Limits::default() };
         let Setup { app, .. } = setup(limits, None);

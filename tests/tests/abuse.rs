@@ -212,9 +212,23 @@ async fn a_client_that_stops_reading_learns_of_the_cut_off_within_the_grace() ->
 /// (what the README promises), not with HTTP/2's `ENHANCE_YOUR_CALM`.
 #[tokio::test]
 async fn ten_thousand_frames_back_to_back_end_with_resource_exhausted() -> anyhow::Result<()> {
-    let cluster = Cluster::memory_with(&[("CHAT_FRAME_RATE", "100"), ("CHAT_FRAME_BURST", "200")]).await?;
+    let cluster = Cluster::memory_with(FRAME_LIMIT).await?;
+    frame_flood(&cluster).await
+}
+
+/// The same on the emulator, where each join takes storage and bus round
+/// trips: frames keep being read (and counted) while joins are handled.
+#[tokio::test]
+async fn ten_thousand_frames_on_aws_end_with_resource_exhausted() -> anyhow::Result<()> {
+    let cluster = Cluster::aws_with(1, FRAME_LIMIT).await?;
+    frame_flood(&cluster).await
+}
+
+const FRAME_LIMIT: &[(&str, &str)] = &[("CHAT_FRAME_RATE", "100"), ("CHAT_FRAME_BURST", "200")];
+
+async fn frame_flood(cluster: &Cluster) -> anyhow::Result<()> {
     let room = unique("flood-");
-    let RawStream { mut send, response, connection: _connection } = raw_connect(&cluster, "mallory").await?;
+    let RawStream { mut send, response, connection: _connection } = raw_connect(cluster, "mallory").await?;
     // Answers are read while the frames are written, as a client would.
     let reader = tokio::spawn(read_to_end(response));
     let frame = grpc_message(&join_frame("j", &room));
