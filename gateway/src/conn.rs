@@ -11,7 +11,7 @@
 //!
 //! A connection refused by its address's limits is still served for a
 //! moment, so each call on it is answered `RESOURCE_EXHAUSTED` with the
-//! reason (the interceptor asks [`refusal`]) instead of a bare reset; then it
+//! reason (the interceptor asks [`admit`]) instead of a bare reset; then it
 //! is closed.
 
 use std::future::Future;
@@ -69,12 +69,23 @@ impl ConnState {
     }
 }
 
-/// The refusal of a request on a connection that was not admitted.
-pub(crate) fn refusal<T>(request: &tonic::Request<T>) -> Result<(), Status> {
-    match request.extensions().get::<ConnInfo>().and_then(|c| c.state.refused.clone()) {
-        Some(err) => Err(err.into()),
-        None => Ok(()),
+/// The connection a request came on, when the transport is the gateway's
+/// (the one place that knows where tonic puts it).
+pub(crate) fn info<T>(request: &tonic::Request<T>) -> Option<&ConnInfo> {
+    request.extensions().get::<ConnInfo>()
+}
+
+/// Passes a request on an admitted connection, with tonic's own
+/// `TcpConnectInfo` beside ours so `Request::remote_addr` keeps working;
+/// refuses one on a connection that was not admitted, saying why.
+pub(crate) fn admit(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+    let Some(conn) = info(&request) else { return Ok(request) };
+    if let Some(err) = conn.state.refused.clone() {
+        return Err(err.into());
     }
+    let tcp = conn.tcp.clone();
+    request.extensions_mut().insert(tcp);
+    Ok(request)
 }
 
 /// An accepted connection: the socket, its address slot, and its close.
@@ -228,14 +239,19 @@ mod tests {
         assert!(kept.info.state.refused.is_none());
         let mut request = tonic::Request::new(());
         request.extensions_mut().insert(refused.info.clone());
-        let status = refusal(&request).expect_err("refused");
+        let status = admit(request).expect_err("refused");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(status.message().contains("connections from your address"), "{}", status.message());
         let mut buf = [0u8; 1];
         let read = tokio::time::timeout(REFUSED_LINGER * 5, refused.read(&mut buf)).await.expect("ends");
         assert_eq!(read.expect_err("ended").kind(), io::ErrorKind::ConnectionAborted);
         let plain = tonic::Request::new(());
-        assert!(refusal(&plain).is_ok(), "no connection info: nothing to refuse");
+        assert!(admit(plain).is_ok(), "no connection info: nothing to refuse");
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(kept.info.clone());
+        let admitted = admit(request).expect("admitted");
+        assert_eq!(admitted.remote_addr(), kept.info.remote_addr(), "tonic's remote_addr still answers");
+        assert!(admitted.remote_addr().is_some());
     }
 
     #[tokio::test]

@@ -302,10 +302,7 @@ impl Gateway {
         // A connection its address's limits refused is told so before
         // anything else.
         let authenticate = crate::auth::interceptor(Arc::new(self.verifier.clone()));
-        let chat = InterceptedService::new(chat, move |request: tonic::Request<()>| {
-            crate::conn::refusal(&request)?;
-            authenticate(request)
-        });
+        let chat = InterceptedService::new(chat, move |request| authenticate(crate::conn::admit(request)?));
 
         let local_addr = listener.local_addr().ok();
         tracing::info!(gateway_id = self.id, bus = ?self.bus_kind, addr = ?local_addr, "gateway serving");

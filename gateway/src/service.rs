@@ -16,7 +16,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::app::App;
 use crate::auth::caller;
-use crate::conn::ConnInfo;
 use crate::history::PageRequest;
 use crate::limits::SendDeadline;
 use crate::outbox::EventStream;
@@ -45,7 +44,7 @@ impl ChatService for ChatApi {
     async fn connect(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<Self::ConnectStream>, Status> {
         let user = caller(&request)?;
         let (outbox, events, slot) = self.app.open_stream(user.0)?;
-        let conn = request.extensions().get::<ConnInfo>().map(|c| c.state.clone());
+        let conn = crate::conn::info(&request).map(|c| c.state.clone());
         let session = Session::new(self.app.clone(), outbox, conn, slot);
         self.sessions.spawn(session.run(request.into_inner()));
         Ok(Response::new(events.map_ok(|event: SharedEvent| event.wire())))
