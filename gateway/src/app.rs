@@ -328,7 +328,7 @@ impl App {
         limits::member_id(member)?;
         self.require_member(conversation_id, caller).await?;
         // Adding members (external ones cost a channel send each) shares the
-        // sender's token bucket.
+        // sender's budget.
         self.rate.send(caller)?;
         let added = self.stores.membership.add_member(conversation_id, member, chat_core::clock::now_ms()).await?;
         if added {
