@@ -338,3 +338,77 @@ async fn connections_per_address_are_limited() -> anyhow::Result<()> {
     drop((a, b));
     Ok(())
 }
+
+/// A process frozen with SIGSTOP until this is dropped (SIGCONT).
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(pid: u32) -> anyhow::Result<Self> {
+        signal(pid, "-STOP")?;
+        Ok(Self(pid))
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, which: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill").args([which, &pid.to_string()]).status()?;
+    ensure!(status.success(), "kill {which} {pid}: {status}");
+    Ok(())
+}
+
+/// While the emulator is frozen, every send is answered `UNAVAILABLE` at
+/// its deadline (unary and on the stream), not after the SDK's own
+/// timeouts; once it answers again, the retry with the same
+/// `client_message_id` goes through.
+#[tokio::test]
+async fn sends_answer_unavailable_at_their_deadline_while_aws_is_frozen() -> anyhow::Result<()> {
+    let deadline = Duration::from_secs(2);
+    let cluster = Cluster::aws_with(1, &[("CHAT_SEND_DEADLINE_MS", "2000")]).await?;
+    let Some(pid) = cluster.emulator.as_ref().and_then(|e| e.pid()) else {
+        eprintln!("skipped: the emulator was not started by this harness, so it cannot be frozen");
+        return Ok(());
+    };
+    let room = unique("frozen-");
+    let mut alice = cluster.connect(0, "alice").await?;
+    alice.join(&room).await?;
+    cluster.send_unary(0, "alice", &room, "before", "hello").await?.context("send before the freeze")?;
+
+    let frozen = Frozen::new(pid)?;
+    let started = Instant::now();
+    let unary = cluster.send_unary(0, "alice", &room, "unary-during", "hello").await?;
+    let unary_took = started.elapsed();
+    let status = unary.err().context("a send succeeded with the emulator frozen")?;
+    ensure!(status.code() == Code::Unavailable, "{status:?}");
+    ensure!(status.message().contains("retry with the same client_message_id"), "{status:?}");
+
+    let started = Instant::now();
+    alice.send(&room, "stream-during", "hello").await?;
+    let (code, message) = scenarios::error_for(&mut alice, "stream-during").await?;
+    let stream_took = started.elapsed();
+    ensure!(code == Code::Unavailable, "{code:?} {message}");
+    ensure!(message.contains("retry with the same client_message_id"), "{message}");
+    eprintln!("frozen emulator: unary send answered in {unary_took:?}, stream send in {stream_took:?}");
+    for took in [unary_took, stream_took] {
+        ensure!(
+            took >= deadline - Duration::from_millis(100) && took < deadline + Duration::from_millis(1500),
+            "answered after {took:?}, the deadline is {deadline:?}"
+        );
+    }
+
+    drop(frozen);
+    let retried = cluster.send_unary(0, "alice", &room, "unary-during", "hello").await?.context("unary retry")?;
+    alice.send(&room, "stream-during", "hello").await?;
+    let accepted = alice
+        .wait_for(|e| match e {
+            Event::SendAccepted(a) if a.client_message_id == "stream-during" => Some(a.seq),
+            _ => None,
+        })
+        .await?;
+    ensure!(retried.seq > 1 && accepted > 1, "retries got seqs {} and {accepted}", retried.seq);
+    Ok(())
+}
