@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_core::bus::Bus;
 use chat_core::conversation::{self, Conversation, Kind, Role, RoleChange};
@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::GatewayError;
 use crate::history::{self, PageRequest};
 use crate::hub::Hub;
-use crate::limits::{Limits, RateLimiter};
+use crate::limits::{Limits, Slot, UserLimits};
 use crate::outbox::{EventStream, Outbox};
 
 /// How long a stream's presence lasts without a refresh; a crashed gateway's
@@ -39,7 +39,7 @@ pub(crate) struct App {
     bus: Arc<dyn Bus>,
     hub: Arc<Hub>,
     limits: Limits,
-    rate: RateLimiter,
+    rate: UserLimits,
     outbound_buffer: usize,
     /// Cancelled when the gateway starts shutting down: sessions close.
     closing: CancellationToken,
@@ -76,7 +76,7 @@ impl App {
             stores,
             bus,
             hub,
-            rate: RateLimiter::new(&limits),
+            rate: UserLimits::new(&limits),
             limits,
             outbound_buffer,
             closing: CancellationToken::new(),
@@ -95,15 +95,23 @@ impl App {
         &self.tasks
     }
 
-    /// A new stream's outbox and the stream tonic sends from it; refused
-    /// while the gateway is shutting down.
-    pub(crate) fn open_stream(&self, user: String) -> Result<(Arc<Outbox>, EventStream), GatewayError> {
+    /// A new stream's outbox, the stream tonic sends from it, and the
+    /// user's stream slot it holds; refused while the gateway is shutting
+    /// down.
+    pub(crate) fn open_stream(&self, user: String) -> Result<(Arc<Outbox>, EventStream, Slot<String>), GatewayError> {
         if self.closing.is_cancelled() {
             return Err(GatewayError::Unavailable("the gateway is shutting down; connect to another".into()));
         }
+        let slot = self.rate.open_stream(&user)?;
         let session_id = ulid::Ulid::new().to_string();
         tracing::info!(user_id = user, session_id, "stream opened");
-        Ok(Outbox::new(session_id, user, self.outbound_buffer))
+        let (outbox, events) = Outbox::new(session_id, user, self.outbound_buffer);
+        Ok((outbox, events, slot))
+    }
+
+    /// The configured limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Conversations one stream may hear at once.
@@ -141,7 +149,7 @@ impl App {
     /// and `seq`. Sends of one stream are accepted one after another, so a
     /// sender's messages are ordered as it sent them.
     pub(crate) async fn accept(&self, sender: &str, send: &Send<'_>) -> Result<Accepted, GatewayError> {
-        self.rate.check(sender, Instant::now())?;
+        self.rate.send(sender)?;
         Ok(send::accept(self.stores.sequencer.as_ref(), sender, send).await?)
     }
 
@@ -182,6 +190,7 @@ impl App {
     /// subscription and its presence are undone, so a failed join leaves
     /// nothing behind.
     pub(crate) async fn join(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<JoinOutcome, GatewayError> {
+        self.rate.join(&outbox.user_id)?;
         let already_subscribed = self.hub.is_subscribed(conversation_id, &outbox.session_id);
         if !already_subscribed {
             self.hub.subscribe(conversation_id, outbox.clone());
@@ -259,6 +268,17 @@ impl App {
         status: ReceiptStatus,
         up_to_seq: u64,
     ) -> Result<(), GatewayError> {
+        self.rate.receipt(user)?;
+        self.announce_receipt(conversation_id, user, status, up_to_seq).await
+    }
+
+    async fn announce_receipt(
+        &self,
+        conversation_id: &str,
+        user: &str,
+        status: ReceiptStatus,
+        up_to_seq: u64,
+    ) -> Result<(), GatewayError> {
         let receipt = ReceiptEvent {
             user_id: user.to_owned(),
             status,
@@ -294,9 +314,10 @@ impl App {
     /// caller's next `ListConversations` sees it) and publishes the READ
     /// receipt when the marker moved there.
     pub(crate) async fn mark_read(&self, conversation_id: &str, user: &str, seq: u64) -> Result<u64, GatewayError> {
+        self.rate.receipt(user)?;
         let marker = self.stores.receipts.mark_read(conversation_id, user, seq, chat_core::clock::now_ms()).await?;
         if marker == seq && seq > 0 {
-            self.publish_receipt(conversation_id, user, ReceiptStatus::Read, seq).await?;
+            self.announce_receipt(conversation_id, user, ReceiptStatus::Read, seq).await?;
         }
         Ok(marker)
     }
@@ -313,8 +334,8 @@ impl App {
         let (conversation, role) = self.membership_of(conversation_id, caller).await?;
         conversation::may_add(conversation.kind, role)?;
         // Adding members (external ones cost a channel send each) shares the
-        // sender's token bucket.
-        self.rate.check(caller, Instant::now())?;
+        // sender's budget.
+        self.rate.send(caller)?;
         let added = match self.stores.membership.add_member(conversation_id, member, chat_core::clock::now_ms()).await {
             Err(StoreError::Banned) => {
                 return Err(GatewayError::FailedPrecondition(format!(
@@ -355,7 +376,7 @@ impl App {
             _ => chosen_id.to_owned(),
         };
         let plan = conversation::plan(conversation_id, kind, title, caller, members, chat_core::clock::now_ms())?;
-        self.rate.check(caller, Instant::now())?;
+        self.rate.send(caller)?;
         let created = self.stores.membership.create(&plan).await?;
         if !created.created && (kind != Kind::Direct || created.conversation.kind != Kind::Direct) {
             return Err(GatewayError::AlreadyExists(format!(
@@ -508,7 +529,7 @@ impl App {
     }
 
     pub(crate) async fn typing(&self, conversation_id: &str, user: &str, typing: bool) -> Result<(), GatewayError> {
-        self.rate.check(user, Instant::now())?;
+        self.rate.send(user)?;
         let event = self.envelope(conversation_id, Event::Typing { user_id: user.to_owned(), typing });
         self.bus.publish(&[event]).await?;
         Ok(())
@@ -623,7 +644,7 @@ impl App {
                 tracing::warn!(error = %e, conversation_id = key.conversation_id, "releasing presence failed");
             }
         }
-        self.rate.purge_idle(Instant::now());
+        self.rate.purge_idle();
         if live.is_empty() {
             return;
         }

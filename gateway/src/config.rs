@@ -107,14 +107,81 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_CONVERSATIONS_PER_CONNECTION", default_value_t = 64)]
     pub max_conversations_per_connection: usize,
 
-    /// Sustained sends (and typing frames) per second allowed per user on
-    /// this gateway.
+    /// Sustained sends (and typing frames, added members) per second allowed
+    /// per user on this gateway. Every rate below: 0 turns the limit off.
     #[arg(long, env = "CHAT_SEND_RATE", default_value_t = 20.0)]
     pub send_rate_per_sec: f64,
 
     /// Burst of sends allowed above the sustained rate.
     #[arg(long, env = "CHAT_SEND_BURST", default_value_t = 40)]
     pub send_burst: u32,
+
+    /// Sustained join frames per second per user.
+    #[arg(long, env = "CHAT_JOIN_RATE", default_value_t = 10.0)]
+    pub join_rate_per_sec: f64,
+
+    /// Burst of joins above the sustained rate.
+    #[arg(long, env = "CHAT_JOIN_BURST", default_value_t = 100)]
+    pub join_burst: u32,
+
+    /// Sustained acks and reads (frames and `MarkRead`) per second per user.
+    #[arg(long, env = "CHAT_RECEIPT_RATE", default_value_t = 20.0)]
+    pub receipt_rate_per_sec: f64,
+
+    /// Burst of acks and reads above the sustained rate.
+    #[arg(long, env = "CHAT_RECEIPT_BURST", default_value_t = 100)]
+    pub receipt_burst: u32,
+
+    /// Sustained new `Connect` streams per second per user.
+    #[arg(long, env = "CHAT_STREAM_RATE", default_value_t = 1.0)]
+    pub stream_rate_per_sec: f64,
+
+    /// Burst of new streams above the sustained rate.
+    #[arg(long, env = "CHAT_STREAM_BURST", default_value_t = 20)]
+    pub stream_burst: u32,
+
+    /// `Connect` streams one user may have open at once on this gateway
+    /// (0: no limit).
+    #[arg(long, env = "CHAT_MAX_STREAMS_PER_USER", default_value_t = 16)]
+    pub max_streams_per_user: usize,
+
+    /// Sustained client frames per second on one connection (all its
+    /// `Connect` streams); going over ends the stream with
+    /// `RESOURCE_EXHAUSTED`.
+    #[arg(long, env = "CHAT_FRAME_RATE", default_value_t = 100.0)]
+    pub frame_rate_per_sec: f64,
+
+    /// Burst of frames per connection above the sustained rate; also how
+    /// many frames of a stream wait to be processed before reading pauses.
+    #[arg(long, env = "CHAT_FRAME_BURST", default_value_t = 200)]
+    pub frame_burst: u32,
+
+    /// Sustained new connections per second from one source address. Behind
+    /// a load balancer that does not preserve client addresses (the
+    /// template's), every connection comes from the balancer: set 0 there.
+    #[arg(long, env = "CHAT_CONNECTION_RATE_PER_ADDRESS", default_value_t = 20.0)]
+    pub connection_rate_per_address: f64,
+
+    /// Burst of new connections from one address above the sustained rate.
+    #[arg(long, env = "CHAT_CONNECTION_BURST_PER_ADDRESS", default_value_t = 100)]
+    pub connection_burst_per_address: u32,
+
+    /// Connections open at once from one source address (0: no limit; see
+    /// `--connection-rate-per-address` about load balancers).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    pub max_connections_per_address: usize,
+
+    /// The longest a send waits for storage and the bus, in milliseconds;
+    /// then it is answered `UNAVAILABLE` (retry with the same
+    /// `client_message_id`).
+    #[arg(long, env = "CHAT_SEND_DEADLINE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub send_deadline_ms: u64,
+
+    /// How long a stream that was ended (a slow consumer cut off) gets for
+    /// its client to read the end, in milliseconds; a client that has not by
+    /// then has its connection closed, so it learns at once.
+    #[arg(long, env = "CHAT_STALL_GRACE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub stall_grace_ms: u64,
 
     /// Events buffered per connection before a client counts as too slow
     /// and is disconnected with a resume hint.
@@ -160,11 +227,20 @@ impl Config {
     }
 
     pub(crate) fn limits(&self) -> crate::limits::Limits {
+        use crate::limits::Rate;
         crate::limits::Limits {
             max_body_bytes: self.max_body_bytes,
             max_conversations_per_connection: self.max_conversations_per_connection,
-            send_rate_per_sec: self.send_rate_per_sec,
-            send_burst: self.send_burst,
+            sends: Rate::new(self.send_rate_per_sec, self.send_burst),
+            joins: Rate::new(self.join_rate_per_sec, self.join_burst),
+            receipts: Rate::new(self.receipt_rate_per_sec, self.receipt_burst),
+            new_streams: Rate::new(self.stream_rate_per_sec, self.stream_burst),
+            max_streams_per_user: self.max_streams_per_user,
+            frames: Rate::new(self.frame_rate_per_sec, self.frame_burst),
+            connections_per_address: Rate::new(self.connection_rate_per_address, self.connection_burst_per_address),
+            max_connections_per_address: self.max_connections_per_address,
+            send_deadline: Duration::from_millis(self.send_deadline_ms),
+            stall_grace: Duration::from_millis(self.stall_grace_ms),
         }
     }
 }
@@ -181,6 +257,15 @@ mod tests {
         assert_eq!(aws.effective_bus(), BusKind::SnsSqs);
         let forced = Config::parse_from(["gateway", "--bus", "memory", "--topic-arn", "arn:x"]);
         assert_eq!(forced.effective_bus(), BusKind::Memory);
+    }
+
+    #[test]
+    fn limits_follow_the_flags() {
+        let limits = Config::parse_from(["gateway", "--join-rate-per-sec", "0", "--frame-burst", "7"]).limits();
+        assert_eq!(limits.joins.per_sec, 0.0);
+        assert_eq!(limits.frames.burst, 7);
+        assert_eq!(limits.send_deadline, Duration::from_secs(5));
+        assert!(Config::try_parse_from(["gateway", "--send-deadline-ms", "0"]).is_err());
     }
 
     #[test]

@@ -63,9 +63,7 @@ impl From<StoreError> for GatewayError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::ClientMessageIdReused => GatewayError::AlreadyExists(err.to_string()),
-            StoreError::Unavailable(_) => GatewayError::Unavailable(format!(
-                "storage is unavailable ({err}); retry with the same client_message_id"
-            )),
+            StoreError::Unavailable(_) => GatewayError::Unavailable(format!("storage is unavailable ({err}); retry")),
             StoreError::Corrupt(_) => GatewayError::Internal(err.to_string()),
             StoreError::NotMember => GatewayError::PermissionDenied(err.to_string()),
             StoreError::NotAdmitted => {
@@ -91,7 +89,9 @@ impl From<BusError> for GatewayError {
         if let BusError::Store(store) = err {
             return store.into();
         }
-        GatewayError::Unavailable(format!("publishing failed ({err}); retry with the same client_message_id"))
+        // A send's answer adds its own hint (`SendDeadline`): only a send
+        // has a client_message_id to retry with.
+        GatewayError::Unavailable(format!("publishing failed ({err}); retry"))
     }
 }
 
@@ -111,6 +111,10 @@ mod tests {
         let err = GatewayError::from(BusError::Request { operation: "SNS Publish", detail: "timeout".into() });
         assert_eq!(err.code(), Code::Unavailable);
         assert!(err.to_string().contains("retry"));
+        // Joins, leaves and receipts fail this way too: no send's hint here.
+        assert!(!err.to_string().contains("client_message_id"), "{err}");
+        let err = GatewayError::from(StoreError::Unavailable("throttled".into()));
+        assert!(err.to_string().ends_with("; retry") && err.code() == Code::Unavailable, "{err}");
         let err = GatewayError::from(StoreError::ClientMessageIdReused);
         assert_eq!(err.code(), Code::AlreadyExists);
     }

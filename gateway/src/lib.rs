@@ -5,7 +5,8 @@
 //! Map (see ARCHITECTURE.md for the whole path of a message):
 //! - `server::run` assembles everything and owns shutdown;
 //! - `service` is the gRPC surface, `auth` its interceptor;
-//! - `session` serves one `Connect` stream, `outbox` is its bounded
+//! - `conn` wraps each connection (admission by address, closing it);
+//!   `session` serves one `Connect` stream, `outbox` is its bounded
 //!   outbound buffer;
 //! - `app` holds every operation a client can ask for, where each is checked
 //!   and authorised;
@@ -23,6 +24,7 @@ mod app;
 mod auth;
 mod bus;
 pub mod config;
+mod conn;
 mod error;
 mod history;
 mod hub;

@@ -34,12 +34,24 @@ use crate::bus::memory::MemoryBus;
 use crate::bus::sqs;
 use crate::config::{BusKind, Config};
 use crate::hub::Hub;
+use crate::limits::AddressLimits;
 use crate::service::{ChatApi, EchoApi};
 
 /// How long streams get to end after the shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often reorder gaps are checked.
 const GAP_TICK: Duration = Duration::from_millis(50);
+/// HTTP/2 flow-control windows for what clients send. h2 ends a connection
+/// (GOAWAY `ENHANCE_YOUR_CALM`, which clients see as `UNAVAILABLE`) once
+/// small DATA frames it holds unread cost more than half the connection
+/// window in framing overhead (about 250 bytes each). A stream's window
+/// bounds how many whole gRPC frames a client can get in before the
+/// session reads them (32 KiB: some 3,000 of 10 bytes, 2,000 of 16), well
+/// within that budget (2 MiB), so a flood of frames meets the gateway's own
+/// frame limit (`RESOURCE_EXHAUSTED`) first. (hyper's defaults, 1 MiB
+/// each, let one stream's unread frames exhaust the budget.)
+const STREAM_WINDOW: u32 = 32 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -173,6 +185,8 @@ struct Gateway {
     verifier: Verifier,
     hub: Arc<Hub>,
     app: Arc<App>,
+    /// Admission of connections by source address.
+    addresses: Arc<AddressLimits>,
     aws: Option<AwsParts>,
     /// Pollers, heartbeat, reorder gaps, presence refresh.
     background: TaskTracker,
@@ -209,6 +223,7 @@ impl Gateway {
             verifier,
             hub,
             app,
+            addresses: Arc::new(AddressLimits::new(&config.limits())),
             aws,
             background: TaskTracker::new(),
             stop_background: CancellationToken::new(),
@@ -247,6 +262,11 @@ impl Gateway {
             hub.expire_gaps(Instant::now());
             std::future::ready(())
         }));
+        let addresses = self.addresses.clone();
+        background.spawn(every(PRESENCE_REFRESH, stop.clone(), move || {
+            addresses.purge_idle();
+            std::future::ready(())
+        }));
         let app = self.app.clone();
         background.spawn(every(PRESENCE_REFRESH, stop.clone(), move || {
             let app = app.clone();
@@ -279,7 +299,10 @@ impl Gateway {
         let echo = EchoServiceServer::new(EchoApi::new(self.id.clone()))
             .max_decoding_message_size(config.max_grpc_message_bytes)
             .max_encoding_message_size(config.max_grpc_message_bytes);
-        let chat = InterceptedService::new(chat, crate::auth::interceptor(Arc::new(self.verifier.clone())));
+        // A connection its address's limits refused is told so before
+        // anything else.
+        let authenticate = crate::auth::interceptor(Arc::new(self.verifier.clone()));
+        let chat = InterceptedService::new(chat, move |request| authenticate(crate::conn::admit(request)?));
 
         let local_addr = listener.local_addr().ok();
         tracing::info!(gateway_id = self.id, bus = ?self.bus_kind, addr = ?local_addr, "gateway serving");
@@ -293,12 +316,17 @@ impl Gateway {
         let serve = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_secs.max(1))))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(echo)
             .add_service(chat)
-            .serve_with_incoming_shutdown(chat_proto::transport::incoming(listener), stopped);
+            .serve_with_incoming_shutdown(
+                crate::conn::admitted(chat_proto::transport::incoming(listener), self.addresses.clone()),
+                stopped,
+            );
         // Draining is bounded: a stream that will not end must not keep the
         // gateway (and its queue) alive.
         let drained = async {

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::app::App;
 use crate::auth::caller;
 use crate::history::PageRequest;
+use crate::limits::SendDeadline;
 use crate::outbox::EventStream;
 use crate::session::Session;
 use crate::wire::{self, SharedEvent};
@@ -44,8 +45,9 @@ impl ChatService for ChatApi {
 
     async fn connect(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<Self::ConnectStream>, Status> {
         let user = caller(&request)?;
-        let (outbox, events) = self.app.open_stream(user.0)?;
-        let session = Session::new(self.app.clone(), outbox);
+        let (outbox, events, slot) = self.app.open_stream(user.0)?;
+        let conn = crate::conn::info(&request).map(|c| c.state.clone());
+        let session = Session::new(self.app.clone(), outbox, conn, slot);
         self.sessions.spawn(session.run(request.into_inner()));
         Ok(Response::new(events.map_ok(|event: SharedEvent| event.wire())))
     }
@@ -57,7 +59,8 @@ impl ChatService for ChatApi {
         let user = caller(&request)?;
         let req = request.into_inner();
         let send = self.app.check_send(&req.conversation_id, &req.client_message_id, &req.body)?;
-        let accepted = self.app.send_message(&user.0, send).await?;
+        let deadline = SendDeadline::start(self.app.limits().send_deadline);
+        let accepted = deadline.bound(self.app.send_message(&user.0, send)).await?;
         Ok(Response::new(SendMessageResponse {
             message_id: accepted.message_id,
             conversation_id: req.conversation_id,

@@ -3,19 +3,35 @@
 //!
 //! A frame's own error (bad input, a limit, a failed dependency) is answered
 //! with an `ErrorEvent` naming the frame and the stream goes on. The stream
-//! ends when the client goes away, when its outbox overflows, or when the
-//! gateway shuts down (after a `Disconnect` with resume points).
+//! ends when the client goes away, when its outbox overflows, when its
+//! connection sends frames faster than its frame limit, or when the gateway
+//! shuts down (after a `Disconnect` with resume points).
+//!
+//! Frames are read as soon as they arrive, apart from handling them: the
+//! connection's frame limit is checked on arrival, and HTTP/2 never holds
+//! many unread frames (h2 ends a connection with `ENHANCE_YOUR_CALM` when
+//! too many small DATA frames wait unread, which a client would see as
+//! `UNAVAILABLE`). Frames then wait their turn in a bounded queue; a full
+//! queue pauses reading (backpressure).
+//!
+//! A stream ended by the gateway (a slow consumer, a broken limit) gives its
+//! client the stall grace to read the end; one that has not by then stopped
+//! reading, and its connection is closed (`conn`), so it learns at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chat_proto::pb::ClientFrame;
 use futures::Stream;
-use tokio::sync::Semaphore;
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use crate::app::App;
+use crate::conn::ConnState;
 use crate::error::GatewayError;
+use crate::limits::{DirectLimit, SendDeadline, Slot};
 use crate::outbox::Outbox;
 use crate::wire::{self, CloseReason, Command, SharedEvent};
 use chat_core::envelope::ReceiptStatus;
@@ -33,6 +49,10 @@ const RESUME_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 const RESUME_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long a closing stream waits for its sends being published.
 const PUBLISH_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// Frames read but not yet handled, at most (the frame burst, up to this).
+const MAX_QUEUED_FRAMES: usize = 1024;
+/// Bytes of frames read but not yet handled, at most; reading pauses there.
+const MAX_QUEUED_FRAME_BYTES: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -46,10 +66,23 @@ pub(crate) struct Session {
     /// Per conversation and receipt kind: the highest this stream reported,
     /// so a repeated ack publishes nothing.
     reported: HashMap<(String, ReceiptStatus), u64>,
+    /// The connection this stream is on: its frame limit, and its close for
+    /// a client that stalls.
+    conn: Arc<ConnState>,
+    /// The user's stream slot, held while the stream is served.
+    _slot: Slot<String>,
 }
 
+/// A frame read off the stream, with its share of the queue's bytes.
+type Queued = (ClientFrame, OwnedSemaphorePermit);
+
 impl Session {
-    pub(crate) fn new(app: Arc<App>, outbox: Arc<Outbox>) -> Self {
+    /// `conn` is the connection's state when the transport gave one; without
+    /// it the stream is limited as a connection of its own.
+    pub(crate) fn new(app: Arc<App>, outbox: Arc<Outbox>, conn: Option<Arc<ConnState>>, slot: Slot<String>) -> Self {
+        let conn = conn.unwrap_or_else(|| {
+            Arc::new(ConnState::new(None, DirectLimit::new("frames per connection", app.limits().frames)))
+        });
         Self {
             app,
             outbox,
@@ -57,6 +90,8 @@ impl Session {
             publishing: Arc::new(Semaphore::new(PUBLISHES_IN_FLIGHT)),
             known_seq: HashMap::new(),
             reported: HashMap::new(),
+            conn,
+            _slot: slot,
         }
     }
 
@@ -70,35 +105,63 @@ impl Session {
     where
         S: Stream<Item = Result<ClientFrame, Status>> + Unpin,
     {
-        use futures::StreamExt;
-        let mut inbound = inbound.fuse();
-        let mut reading = true;
-        loop {
-            tokio::select! {
-                () = self.app.closing().cancelled() => {
-                    // Answers to sends being published go out before the
-                    // Disconnect, so no accepted send goes unacknowledged.
-                    let all = u32::try_from(PUBLISHES_IN_FLIGHT).unwrap_or(u32::MAX);
-                    let _ = tokio::time::timeout(PUBLISH_DRAIN, self.publishing.acquire_many(all)).await;
-                    self.outbox.close(CloseReason::Shutdown);
-                    break;
-                }
-                () = self.outbox.closed().cancelled() => break,
-                () = self.outbox.gone() => break,
-                frame = inbound.next(), if reading => match frame {
-                    Some(Ok(frame)) => self.handle(frame).await,
-                    // A client that half-closes may still be listening
-                    // (grpcurl does): keep delivering until it goes away.
-                    None => reading = false,
-                    Some(Err(status)) => {
-                        tracing::debug!(user_id = self.user(), code = ?status.code(), "inbound stream failed");
-                        self.outbox.fail(inbound_error_code(&status), status.message().to_owned());
+        let burst = usize::try_from(self.app.limits().frames.burst).unwrap_or(MAX_QUEUED_FRAMES);
+        let (queue, mut frames) = mpsc::channel::<Queued>(burst.clamp(1, MAX_QUEUED_FRAMES));
+        let stop = CancellationToken::new();
+        let reader = read_frames(inbound, queue, self.outbox.clone(), self.conn.clone(), stop.clone());
+        let mut ended_here = false;
+        let serve = async {
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    () = self.app.closing().cancelled() => {
+                        // Answers to sends being published go out before the
+                        // Disconnect, so no accepted send goes unacknowledged.
+                        let all = u32::try_from(PUBLISHES_IN_FLIGHT).unwrap_or(u32::MAX);
+                        let _ = tokio::time::timeout(PUBLISH_DRAIN, self.publishing.acquire_many(all)).await;
+                        self.outbox.close(CloseReason::Shutdown);
                         break;
                     }
-                },
+                    () = self.outbox.closed().cancelled() => {
+                        ended_here = true;
+                        break;
+                    }
+                    () = self.outbox.gone() => break,
+                    frame = frames.recv(), if reading => match frame {
+                        Some((frame, _bytes)) => self.handle(frame).await,
+                        // A client that half-closes may still be listening
+                        // (grpcurl does): keep delivering until it goes away.
+                        None => reading = false,
+                    },
+                }
             }
-        }
+            stop.cancel();
+        };
+        tokio::join!(reader, serve);
         self.cleanup().await;
+        if ended_here {
+            self.close_if_stalled();
+        }
+    }
+
+    /// The stream was ended here: its client gets the stall grace to read
+    /// the end (hyper drops the response once it has taken the trailers);
+    /// one that has not by then is not reading, and hyper would keep waiting
+    /// for its flow-control window with the end unsent. Its connection is
+    /// closed, which it notices at once.
+    fn close_if_stalled(&self) {
+        let (outbox, conn, grace) = (self.outbox.clone(), self.conn.clone(), self.app.limits().stall_grace);
+        tokio::spawn(async move {
+            if tokio::time::timeout(grace, outbox.gone()).await.is_err() {
+                tracing::warn!(
+                    user_id = outbox.user_id,
+                    session_id = outbox.session_id,
+                    grace_ms = grace.as_millis(),
+                    "client did not read the end of its stream; closing its connection"
+                );
+                conn.close();
+            }
+        });
     }
 
     async fn cleanup(&mut self) {
@@ -285,24 +348,25 @@ impl Session {
         client_message_id: &str,
         body: &str,
     ) -> Result<(), GatewayError> {
+        let deadline = SendDeadline::start(self.app.limits().send_deadline);
         let send = self.app.check_send(conversation_id, client_message_id, body)?;
         self.joined_conversation(conversation_id).await?;
-        let accepted = self.app.accept(&self.outbox.user_id, &send).await?;
-        // Waiting for a permit holds back reading this stream's next frames:
+        let accepted = deadline.bound(self.app.accept(&self.outbox.user_id, &send)).await?;
+        // Waiting for a permit holds back this stream's next frames:
         // backpressure, not an unbounded queue.
-        let permit = self
-            .publishing
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| GatewayError::Internal("publish limiter closed".into()))?;
+        let publishing = self.publishing.clone();
+        let permit = deadline
+            .bound(async {
+                publishing.acquire_owned().await.map_err(|_| GatewayError::Internal("publish limiter closed".into()))
+            })
+            .await?;
         let app = self.app.clone();
         let outbox = self.outbox.clone();
         let request_id = request_id.to_owned();
         let send = send.to_owned_send();
         self.app.tasks().spawn(async move {
             let _permit = permit;
-            let published = app.publish_accepted(&outbox.user_id, &send.as_send(), &accepted).await;
+            let published = deadline.bound(app.publish_accepted(&outbox.user_id, &send.as_send(), &accepted)).await;
             let (conversation_id, client_message_id) = send.into_ids();
             let event = match published {
                 Ok(()) => wire::send_accepted(request_id, conversation_id, client_message_id, accepted),
@@ -345,6 +409,64 @@ impl Session {
     }
 }
 
+/// Reads the client's frames as they arrive until the stream ends or `stop`:
+/// each is counted against the connection's frame limit (going over ends the
+/// stream with `RESOURCE_EXHAUSTED`) and queued for the session; a full queue
+/// pauses reading. Ending (the client half-closed) closes the queue.
+async fn read_frames<S>(
+    inbound: S,
+    queue: mpsc::Sender<Queued>,
+    outbox: Arc<Outbox>,
+    conn: Arc<ConnState>,
+    stop: CancellationToken,
+) where
+    S: Stream<Item = Result<ClientFrame, Status>> + Unpin,
+{
+    use futures::StreamExt;
+    let mut inbound = inbound;
+    let bytes = Arc::new(Semaphore::new(MAX_QUEUED_FRAME_BYTES));
+    loop {
+        let item = tokio::select! {
+            () = stop.cancelled() => return,
+            item = inbound.next() => item,
+        };
+        let frame = match item {
+            Some(Ok(frame)) => frame,
+            None => return,
+            Some(Err(status)) => {
+                tracing::debug!(user_id = outbox.user_id, code = ?status.code(), "inbound stream failed");
+                outbox.fail(inbound_error_code(&status), status.message().to_owned());
+                return;
+            }
+        };
+        if let Err(limit) = conn.frames.check() {
+            tracing::info!(
+                user_id = outbox.user_id,
+                session_id = outbox.session_id,
+                "frame limit broken; ending the stream"
+            );
+            outbox.fail(
+                Code::ResourceExhausted,
+                format!("{limit} (this stream is ended: open another then, and send fewer frames)"),
+            );
+            return;
+        }
+        let size = u32::try_from(frame.encoded_len().clamp(1, MAX_QUEUED_FRAME_BYTES)).unwrap_or(u32::MAX);
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            permit = bytes.clone().acquire_many_owned(size) => permit,
+        };
+        let Ok(permit) = permit else { return };
+        let queued = tokio::select! {
+            () = stop.cancelled() => return,
+            queued = queue.send((frame, permit)) => queued,
+        };
+        if queued.is_err() {
+            return;
+        }
+    }
+}
+
 /// The status a stream ends with when the client's side of it broke: a frame
 /// over the size limit is `RESOURCE_EXHAUSTED`, an undecodable one
 /// `INVALID_ARGUMENT`; anything else is passed on.
@@ -354,5 +476,250 @@ fn inbound_error_code(status: &Status) -> Code {
         Code::OutOfRange => Code::ResourceExhausted,
         Code::Internal if status.message().contains("decode") => Code::InvalidArgument,
         code => code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::hub::Hub;
+    use crate::limits::{Limits, Rate};
+    use async_trait::async_trait;
+    use chat_core::bus::{Bus, BusError};
+    use chat_core::envelope::Envelope;
+    use chat_core::memory::MemoryStore;
+    use chat_core::store::{Accepted, SendRequest, Sequencer, StoreError, Stores};
+    use chat_proto::pb::{self, client_frame::Frame, server_event::Event};
+    use futures::StreamExt;
+    use futures::channel::mpsc::{UnboundedSender, unbounded};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    /// A bus that never answers while `hang` is set (a frozen SNS).
+    #[derive(Debug)]
+    struct HangingBus {
+        inner: MemoryBus,
+        hang: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Bus for HangingBus {
+        async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
+            if self.hang.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+            self.inner.publish(events).await
+        }
+    }
+
+    /// A sequencer that never answers (a frozen DynamoDB).
+    #[derive(Debug, Default)]
+    struct HangingSequencer {
+        inner: MemoryStore,
+    }
+
+    #[async_trait]
+    impl Sequencer for HangingSequencer {
+        async fn accept_send(&self, _: SendRequest<'_>) -> Result<Accepted, StoreError> {
+            std::future::pending().await
+        }
+        async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {
+            self.inner.latest_seq(conversation_id).await
+        }
+    }
+
+    struct Setup {
+        app: Arc<App>,
+        bus: Arc<HangingBus>,
+    }
+
+    /// An app on the memory store where public rooms `r`, `a`, `b` and `c`
+    /// exist.
+    async fn setup(limits: Limits, sequencer: Option<Arc<dyn Sequencer>>) -> Setup {
+        let hub = Arc::new(Hub::new(Duration::from_secs(1)));
+        let store = Arc::new(MemoryStore::new());
+        for room in ["r", "a", "b", "c"] {
+            let plan =
+                chat_core::conversation::plan(room.into(), chat_core::conversation::Kind::Public, "", "owner", &[], 0)
+                    .expect("a valid room");
+            chat_core::store::Membership::create(store.as_ref(), &plan).await.expect("room created");
+        }
+        let bus =
+            Arc::new(HangingBus { inner: MemoryBus::new(hub.clone(), store.clone()), hang: AtomicBool::new(false) });
+        let mut stores = Stores::of(store);
+        if let Some(sequencer) = sequencer {
+            stores.sequencer = sequencer;
+        }
+        let app = Arc::new(App::new("gw".into(), stores, bus.clone(), hub, limits, 64));
+        Setup { app, bus }
+    }
+
+    type Events = std::pin::Pin<Box<dyn Stream<Item = Result<pb::ServerEvent, Status>> + Send>>;
+
+    /// A stream of `user` served by a session: its frames' sender and events.
+    fn connect(app: &Arc<App>, user: &str) -> (UnboundedSender<Result<ClientFrame, Status>>, Events) {
+        let (outbox, events, slot) = app.open_stream(user.into()).expect("open");
+        let (frames, inbound) = unbounded();
+        tokio::spawn(Session::new(app.clone(), outbox, None, slot).run(inbound));
+        (frames, Box::pin(crate::outbox::decoded(events)))
+    }
+
+    fn frame(id: &str, frame: Frame) -> Result<ClientFrame, Status> {
+        Ok(ClientFrame { request_id: id.into(), frame: Some(frame) })
+    }
+
+    fn join(room: &str) -> Frame {
+        Frame::Join(pb::JoinFrame { conversation_id: room.into(), resume_after_seq: None })
+    }
+
+    fn send(room: &str, id: &str) -> Frame {
+        Frame::Send(pb::SendFrame { conversation_id: room.into(), client_message_id: id.into(), body: "hi".into() })
+    }
+
+    async fn next_answer(events: &mut Events) -> Event {
+        loop {
+            match events.next().await {
+                Some(Ok(pb::ServerEvent {
+                    event: Some(event @ (Event::Error(_) | Event::SendAccepted(_) | Event::PresenceSnapshot(_))),
+                })) => {
+                    return event;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("stream ended: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_the_bus_never_answers_is_unavailable_at_the_deadline() {
+        let Setup { app, bus } = setup(Limits::default(), None).await;
+        let (frames, mut events) = connect(&app, "alice");
+        frames.unbounded_send(frame("j", join("r"))).expect("frame");
+        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
+        frames.unbounded_send(frame("s1", send("r", "c1"))).expect("frame");
+        assert!(matches!(next_answer(&mut events).await, Event::SendAccepted(_)));
+
+        bus.hang.store(true, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        frames.unbounded_send(frame("s2", send("r", "c2"))).expect("frame");
+        let Event::Error(err) = next_answer(&mut events).await else { panic!("expected an error") };
+        assert_eq!(started.elapsed(), Duration::from_secs(5), "answered at the deadline, not later");
+        assert_eq!(err.code, Code::Unavailable as i32);
+        assert_eq!((err.request_id.as_str(), err.client_message_id.as_str()), ("s2", "c2"));
+        assert!(err.message.contains("retry with the same client_message_id"), "{}", err.message);
+
+        // Retried once the bus answers again: the first attempt's identity.
+        bus.hang.store(false, Ordering::Relaxed);
+        frames.unbounded_send(frame("s3", send("r", "c2"))).expect("frame");
+        let Event::SendAccepted(accepted) = next_answer(&mut events).await else { panic!("expected acceptance") };
+        assert_eq!((accepted.seq, accepted.duplicate), (2, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_storage_never_answers_is_unavailable_at_the_deadline_on_both_paths() {
+        let limits = Limits { send_deadline: Duration::from_millis(1500), ..Limits::default() };
+        let Setup { app, .. } = setup(limits, Some(Arc::new(HangingSequencer::default()))).await;
+        let (frames, mut events) = connect(&app, "alice");
+        frames.unbounded_send(frame("j", join("r"))).expect("frame");
+        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
+        let started = tokio::time::Instant::now();
+        frames.unbounded_send(frame("s", send("r", "c1"))).expect("frame");
+        let Event::Error(err) = next_answer(&mut events).await else { panic!("expected an error") };
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
+        assert_eq!(err.code, Code::Unavailable as i32);
+        assert!(err.message.contains("within 1500 ms"), "{}", err.message);
+
+        // The unary send, as `SendMessage` runs it.
+        let started = tokio::time::Instant::now();
+        let checked = app.check_send("r", "c2", "hi").expect("valid");
+        let err = SendDeadline::start(app.limits().send_deadline)
+            .bound(app.send_message("alice", checked))
+            .await
+            .expect_err("times out");
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_its_frame_limit_ends_with_resource_exhausted() {
+        let limits = Limits { frames: Rate::new(0.001, 5), ..Limits::default() };
+        let Setup { app, .. } = setup(limits, None).await;
+        let (frames, mut events) = connect(&app, "alice");
+        for i in 0..50 {
+            frames.unbounded_send(frame(&format!("j{i}"), join("r"))).expect("frame");
+        }
+        let mut snapshots = 0;
+        let end = loop {
+            match events.next().await {
+                Some(Ok(pb::ServerEvent { event: Some(Event::PresenceSnapshot(_)) })) => snapshots += 1,
+                Some(Ok(_)) => {}
+                Some(Err(status)) => break status,
+                None => panic!("ended without a status"),
+            }
+        };
+        assert_eq!(end.code(), Code::ResourceExhausted);
+        assert!(end.message().contains("frames per connection rate limit of 0.001 per second (burst 5)"), "{end:?}");
+        assert!(snapshots <= 5, "only the burst was handled: {snapshots}");
+    }
+
+    #[tokio::test]
+    async fn joins_over_the_user_limit_are_refused_per_frame() {
+        let limits = Limits { joins: Rate::new(0.001, 2), ..Limits::default() };
+        let Setup { app, .. } = setup(limits, None).await;
+        let (frames, mut events) = connect(&app, "alice");
+        for room in ["a", "b", "c"] {
+            frames.unbounded_send(frame(room, join(room))).expect("frame");
+        }
+        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
+        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
+        let Event::Error(err) = next_answer(&mut events).await else { panic!("expected an error") };
+        assert_eq!((err.code, err.request_id.as_str()), (Code::ResourceExhausted as i32, "c"));
+        assert!(err.message.contains("join rate limit") && err.message.contains("retry in"), "{}", err.message);
+        // The stream goes on: another user's budget is their own.
+        let (bob, mut bob_events) = connect(&app, "bob");
+        bob.unbounded_send(frame("j", join("c"))).expect("frame");
+        assert!(matches!(next_answer(&mut bob_events).await, Event::PresenceSnapshot(_)));
+    }
+
+    #[tokio::test]
+    async fn acks_and_reads_over_the_user_limit_are_refused() {
+        let limits = Limits { receipts: Rate::new(0.001, 2), ..Limits::default() };
+        let Setup { app, .. } = setup(limits, None).await;
+        let (frames, mut events) = connect(&app, "alice");
+        frames.unbounded_send(frame("j", join("r"))).expect("frame");
+        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
+        for i in 1..=3 {
+            frames.unbounded_send(frame("s", send("r", &format!("c{i}")))).expect("frame");
+            assert!(matches!(next_answer(&mut events).await, Event::SendAccepted(_)));
+        }
+        let ack = |seq| Frame::Ack(pb::AckFrame { conversation_id: "r".into(), seq });
+        frames.unbounded_send(frame("a1", ack(1))).expect("frame");
+        frames.unbounded_send(frame("a1-again", ack(1))).expect("a repeat publishes nothing and costs nothing");
+        frames
+            .unbounded_send(frame("r2", Frame::Read(pb::ReadFrame { conversation_id: "r".into(), seq: 2 })))
+            .expect("frame");
+        frames.unbounded_send(frame("a3", ack(3))).expect("frame");
+        let Event::Error(err) = next_answer(&mut events).await else { panic!("expected an error") };
+        assert_eq!((err.code, err.request_id.as_str()), (Code::ResourceExhausted as i32, "a3"));
+        assert!(err.message.contains("ack/read rate limit"), "{}", err.message);
+        let unary = app.mark_read_checked("r", "alice", 3).await.expect_err("MarkRead shares the budget");
+        assert_eq!(unary.code(), Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn streams_per_user_are_limited_and_freed_when_a_stream_ends() {
+        let limits = Limits { max_streams_per_user: 1, ..Limits::default() };
+        let Setup { app, .. } = setup(limits, None).await;
+        let (frames, events) = connect(&app, "alice");
+        let Err(err) = app.open_stream("alice".into()) else { panic!("one stream at a time") };
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        drop((frames, events));
+        // The session ends once its client is gone, and frees the slot.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while app.open_stream("alice".into()).is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "the slot was never freed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

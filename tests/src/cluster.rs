@@ -22,8 +22,24 @@ use crate::emulator::Emulator;
 use crate::{free_port, unique, workspace_bin};
 
 /// Limits high enough that only tests of limits meet them.
-const TEST_ENV: &[(&str, &str)] =
-    &[("CHAT_SEND_RATE", "100000"), ("CHAT_SEND_BURST", "100000"), ("CHAT_LOG_FORMAT", "text"), ("NO_COLOR", "1")];
+const TEST_ENV: &[(&str, &str)] = &[
+    ("CHAT_SEND_RATE", "100000"),
+    ("CHAT_SEND_BURST", "100000"),
+    ("CHAT_JOIN_RATE", "100000"),
+    ("CHAT_JOIN_BURST", "100000"),
+    ("CHAT_RECEIPT_RATE", "100000"),
+    ("CHAT_RECEIPT_BURST", "100000"),
+    ("CHAT_STREAM_RATE", "100000"),
+    ("CHAT_STREAM_BURST", "100000"),
+    ("CHAT_MAX_STREAMS_PER_USER", "100000"),
+    ("CHAT_FRAME_RATE", "100000"),
+    ("CHAT_FRAME_BURST", "100000"),
+    ("CHAT_CONNECTION_RATE_PER_ADDRESS", "100000"),
+    ("CHAT_CONNECTION_BURST_PER_ADDRESS", "100000"),
+    ("CHAT_MAX_CONNECTIONS_PER_ADDRESS", "100000"),
+    ("CHAT_LOG_FORMAT", "text"),
+    ("NO_COLOR", "1"),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

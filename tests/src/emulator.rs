@@ -79,6 +79,12 @@ impl Emulator {
         bail!("moto server did not listen on port {port} within 30 s")
     }
 
+    /// The moto server's process id, when this harness started one: a test
+    /// may freeze it (SIGSTOP) to stand for an AWS that stops answering.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+
     /// The AWS environment for a process that should use this emulator;
     /// per-service endpoints (`AWS_ENDPOINT_URL_DYNAMODB` when SNS/SQS are
     /// LocalStack and DynamoDB is moto) pass through.
