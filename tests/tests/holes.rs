@@ -37,7 +37,9 @@ async fn racing_copies_of_one_send_leave_no_hole() -> anyhow::Result<()> {
         let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
         ensure!(seqs == [a.seq, next.seq], "bob got both once, in order: {seqs:?}");
     }
-    eprintln!("racing sends: the message after each race reached its receiver within {slowest:?} (window {REORDER_WINDOW:?})");
+    eprintln!(
+        "racing sends: the message after each race reached its receiver within {slowest:?} (window {REORDER_WINDOW:?})"
+    );
     ensure!(
         slowest < REORDER_WINDOW / 4,
         "the message after a race reached its receiver in {slowest:?}; a hole would hold it for the {REORDER_WINDOW:?} window"
