@@ -263,6 +263,31 @@ async fn removed_member_is_cut_off_everywhere(cluster: &Cluster) -> anyhow::Resu
     messages(&mut bob, &side, 1).await?;
     let leaked: Vec<u64> = bob.messages_of(&room).iter().filter(|m| m.seq >= after.seq).map(|m| m.seq).collect();
     ensure!(leaked.is_empty(), "bob received seqs {leaked:?} after his removal");
+    // Nor is he online there: his stream lives on, but holds the room no
+    // longer (checked before his stream sends anything more, since any frame
+    // about the room makes it notice).
+    let mut still_online = None;
+    let deadline = Instant::now() + chat_e2e::DEADLINE;
+    loop {
+        let mut look = cluster.connect(0, "alice").await?;
+        let online = look.join(&room).await?.online;
+        if !online.iter().any(|u| u == "bob") {
+            println!("bob listed online for {:?} after his removal", started.elapsed());
+            break;
+        }
+        if Instant::now() > deadline {
+            still_online = Some(online);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut client = ChatServiceClient::new(cluster.channel(1).await?);
+    let listing = client
+        .list_conversations(with_token(ListConversationsRequest::default(), &cluster.token("bob")?)?)
+        .await?
+        .into_inner();
+    let ids: Vec<&str> = listing.conversations.iter().map(|c| c.conversation_id.as_str()).collect();
+    ensure!(!ids.contains(&room.as_str()) && ids.contains(&side.as_str()), "bob's conversations: {ids:?}");
 
     bob.send(&room, "removed-send", "am I still here?").await?;
     let (code, message) = error_for(&mut bob, "removed-send").await?;
@@ -287,6 +312,11 @@ async fn removed_member_is_cut_off_everywhere(cluster: &Cluster) -> anyhow::Resu
         "removing oneself points to leaving"
     );
     println!("removal reached the other gateway's stream in {took:?}");
+    ensure!(
+        still_online.is_none(),
+        "{:?} after bob's removal, a join's snapshot still lists him online: {still_online:?}",
+        chat_e2e::DEADLINE
+    );
     Ok(())
 }
 
