@@ -10,7 +10,7 @@ use anyhow::{Context, bail, ensure};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use chat_e2e::client::with_token;
 use chat_e2e::cluster::Cluster;
-use chat_e2e::{scenarios, unique};
+use chat_e2e::scenarios;
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::client_frame::Frame;
 use chat_proto::pb::server_event::Event;
@@ -143,7 +143,7 @@ async fn read_to_end(response: h2::client::ResponseFuture) -> anyhow::Result<(Ve
 async fn a_client_that_stops_reading_learns_of_the_cut_off_within_the_grace() -> anyhow::Result<()> {
     let grace = Duration::from_millis(500);
     let cluster = Cluster::memory_with(&[("CHAT_OUTBOUND_BUFFER", "16"), ("CHAT_STALL_GRACE_MS", "500")]).await?;
-    let room = unique("stall-");
+    let room = cluster.public_room("alice", "stall-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
 
@@ -227,7 +227,7 @@ async fn ten_thousand_frames_on_aws_end_with_resource_exhausted() -> anyhow::Res
 const FRAME_LIMIT: &[(&str, &str)] = &[("CHAT_FRAME_RATE", "100"), ("CHAT_FRAME_BURST", "200")];
 
 async fn frame_flood(cluster: &Cluster) -> anyhow::Result<()> {
-    let room = unique("flood-");
+    let room = cluster.public_room("alice", "flood-").await?;
     let RawStream { mut send, response, connection: _connection } = raw_connect(cluster, "mallory").await?;
     // Answers are read while the frames are written, as a client would.
     let reader = tokio::spawn(read_to_end(response));
@@ -262,9 +262,14 @@ async fn frame_flood(cluster: &Cluster) -> anyhow::Result<()> {
 async fn joins_over_the_user_limit_are_refused_with_a_retry_time() -> anyhow::Result<()> {
     let cluster = Cluster::memory_with(&[("CHAT_JOIN_RATE", "0.01"), ("CHAT_JOIN_BURST", "2")]).await?;
     let mut alice = cluster.connect(0, "alice").await?;
-    alice.join(&unique("a-")).await?;
-    alice.join(&unique("b-")).await?;
-    alice.frame("third", Frame::Join(JoinFrame { conversation_id: unique("c-"), resume_after_seq: None })).await?;
+    let rooms = [
+        cluster.public_room("alice", "a-").await?,
+        cluster.public_room("alice", "b-").await?,
+        cluster.public_room("alice", "c-").await?,
+    ];
+    alice.join(&rooms[0]).await?;
+    alice.join(&rooms[1]).await?;
+    alice.frame("third", Frame::Join(JoinFrame { conversation_id: rooms[2].clone(), resume_after_seq: None })).await?;
     let (code, message) = scenarios::error_for(&mut alice, "third").await?;
     ensure!(code == Code::ResourceExhausted, "{code:?} {message}");
     ensure!(
@@ -273,7 +278,7 @@ async fn joins_over_the_user_limit_are_refused_with_a_retry_time() -> anyhow::Re
     );
     // Another user is not held back by alice's joins.
     let mut bob = cluster.connect(0, "bob").await?;
-    bob.join(&unique("d-")).await?;
+    bob.join(&rooms[2]).await?;
     Ok(())
 }
 
@@ -373,7 +378,7 @@ async fn sends_answer_unavailable_at_their_deadline_while_aws_is_frozen() -> any
         eprintln!("skipped: the emulator was not started by this harness, so it cannot be frozen");
         return Ok(());
     };
-    let room = unique("frozen-");
+    let room = cluster.public_room("alice", "frozen-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
     cluster.send_unary(0, "alice", &room, "before", "hello").await?.context("send before the freeze")?;
