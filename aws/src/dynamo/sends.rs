@@ -150,8 +150,8 @@ impl DynamoStore {
                     return Err(StoreError::ClientMessageIdReused);
                 }
                 Some(Record::Claimed { claimed_at_ms, .. }) => {
-                    if chat_core::clock::now_ms().saturating_sub(claimed_at_ms) >= millis(CLAIM_LEASE)
-                        && self.take_over(key, req, claimed_at_ms).await?
+                    let stale = chat_core::clock::now_ms().saturating_sub(claimed_at_ms) >= millis(CLAIM_LEASE);
+                    if stale && self.take_over(key, req, claimed_at_ms).await?
                     {
                         tracing::warn!(
                             conversation_id = req.conversation_id,
