@@ -233,7 +233,9 @@ async fn removed_member_is_cut_off_everywhere(cluster: &Cluster) -> anyhow::Resu
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(1, "bob").await?;
     let mut carol = cluster.connect(1, "carol").await?;
-    for client in [&mut alice, &mut bob, &mut carol] {
+    // bob's other device, on alice's gateway.
+    let mut bob_laptop = cluster.connect(0, "bob").await?;
+    for client in [&mut alice, &mut bob, &mut carol, &mut bob_laptop] {
         client.join(&room).await?;
     }
     alice.join(&side).await?;
@@ -252,6 +254,8 @@ async fn removed_member_is_cut_off_everywhere(cluster: &Cluster) -> anyhow::Resu
     ensure!(told.by == "alice" && !told.banned, "bob's MemberRemoved: {told:?}");
     let seen = removal_of(&mut carol, &room, "bob", chat_e2e::DEADLINE).await?;
     ensure!(seen == told, "carol saw {seen:?}, bob {told:?}");
+    let laptop = removal_of(&mut bob_laptop, &room, "bob", REMOVAL_WITHIN).await.context("bob's other device")?;
+    ensure!(laptop == told, "bob's laptop saw {laptop:?}");
     removal_of(&mut alice, &room, "bob", chat_e2e::DEADLINE).await?;
 
     alice.send(&room, "after", "bob must not see this").await?;
@@ -295,10 +299,17 @@ async fn removed_member_is_cut_off_everywhere(cluster: &Cluster) -> anyhow::Resu
         code == Code::FailedPrecondition && message.contains("removed"),
         "a removed stream's send: {code:?} {message}"
     );
-    refused("bob's unary send", cluster.send_unary(1, "bob", &room, "", "and now?").await?, Code::PermissionDenied)?;
-    bob.frame("rejoin", Frame::Join(JoinFrame { conversation_id: room.clone(), resume_after_seq: None })).await?;
-    let (code, _) = error_for(&mut bob, "rejoin").await?;
-    ensure!(code == Code::PermissionDenied, "rejoining a private conversation after removal: {code:?}");
+    bob_laptop.typing(&room, true).await?;
+    let (code, _) = error_for(&mut bob_laptop, "typing").await?;
+    ensure!(code == Code::FailedPrecondition, "typing on a removed device's stream: {code:?}");
+    // A former member of a private conversation now learns of it what
+    // anyone does of one that does not exist.
+    let removed = outsider_answers(cluster, 1, "bob", &room, &after.message_id).await?;
+    let absent = outsider_answers(cluster, 1, "bob", &unique("removal-"), &after.message_id).await?;
+    ensure!(
+        removed == absent,
+        "a removed member's answers {removed:?} differ from an absent conversation's {absent:?}"
+    );
     ensure!(roles(cluster, 1, "carol", &room).await? == listed(&[("alice", Role::Owner), ("carol", Role::Member)]));
     // The same member removed again: nobody to remove, no error.
     ensure!(matches!(cluster.remove_member(0, "alice", &room, "bob", false).await?, Ok(false)));
