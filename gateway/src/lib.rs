@@ -4,7 +4,8 @@
 //!
 //! Map (see ARCHITECTURE.md for the whole path of a message):
 //! - `server::run` assembles everything and owns shutdown;
-//! - `service` is the gRPC surface, `auth` its interceptor;
+//! - `service` is the gRPC surface, `auth` authenticates its calls (with
+//!   `jwks`, the identity provider's keys, when configured);
 //! - `session` serves one `Connect` stream, `outbox` is its bounded
 //!   outbound buffer;
 //! - `app` holds every operation a client can ask for, where each is checked
@@ -26,6 +27,7 @@ pub mod config;
 mod error;
 mod history;
 mod hub;
+mod jwks;
 mod limits;
 mod outbox;
 mod receipts;

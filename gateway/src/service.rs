@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::app::App;
-use crate::auth::caller;
+use crate::auth::{Authenticator, caller, expiry};
 use crate::history::PageRequest;
 use crate::outbox::EventStream;
 use crate::session::Session;
@@ -27,11 +27,13 @@ use futures::TryStreamExt;
 pub(crate) struct ChatApi {
     app: Arc<App>,
     sessions: TaskTracker,
+    /// Streams check refreshed tokens with it.
+    auth: Arc<Authenticator>,
 }
 
 impl ChatApi {
-    pub(crate) fn new(app: Arc<App>, sessions: TaskTracker) -> Self {
-        Self { app, sessions }
+    pub(crate) fn new(app: Arc<App>, sessions: TaskTracker, auth: Arc<Authenticator>) -> Self {
+        Self { app, sessions, auth }
     }
 }
 
@@ -42,8 +44,9 @@ impl ChatService for ChatApi {
 
     async fn connect(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<Self::ConnectStream>, Status> {
         let user = caller(&request)?;
+        let expires_at = expiry(&request)?.0;
         let (outbox, events) = self.app.open_stream(user.0)?;
-        let session = Session::new(self.app.clone(), outbox);
+        let session = Session::new(self.app.clone(), outbox, self.auth.clone(), expires_at);
         self.sessions.spawn(session.run(request.into_inner()));
         Ok(Response::new(events.map_ok(|event: SharedEvent| event.wire())))
     }

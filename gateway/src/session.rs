@@ -4,7 +4,9 @@
 //! A frame's own error (bad input, a limit, a failed dependency) is answered
 //! with an `ErrorEvent` naming the frame and the stream goes on. The stream
 //! ends when the client goes away, when its outbox overflows, or when the
-//! gateway shuts down (after a `Disconnect` with resume points).
+//! gateway shuts down or the stream's token expires (after a `Disconnect`
+//! with resume points). A refresh frame with a fresh token of the same user
+//! moves the expiry on.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
 use crate::app::App;
+use crate::auth::Authenticator;
 use crate::error::GatewayError;
 use crate::outbox::Outbox;
 use crate::wire::{self, CloseReason, Command, SharedEvent};
@@ -33,6 +36,9 @@ const RESUME_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 const RESUME_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long a closing stream waits for its sends being published.
 const PUBLISH_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest a stream is timed to live at once, whatever its token's `exp`
+/// says (a timer must not overflow); a stream outliving it is timed again.
+const MAX_EXPIRY_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -46,11 +52,17 @@ pub(crate) struct Session {
     /// Per conversation and receipt kind: the highest this stream reported,
     /// so a repeated ack publishes nothing.
     reported: HashMap<(String, ReceiptStatus), u64>,
+    auth: Arc<Authenticator>,
+    /// The `exp` of the token the stream is authorised by (the one it was
+    /// opened with, or the latest refreshed), in seconds since the epoch.
+    expires_at: u64,
 }
 
 impl Session {
-    pub(crate) fn new(app: Arc<App>, outbox: Arc<Outbox>) -> Self {
+    pub(crate) fn new(app: Arc<App>, outbox: Arc<Outbox>, auth: Arc<Authenticator>, expires_at: u64) -> Self {
         Self {
+            auth,
+            expires_at,
             app,
             outbox,
             joined: BTreeSet::new(),
@@ -73,14 +85,23 @@ impl Session {
         use futures::StreamExt;
         let mut inbound = inbound.fuse();
         let mut reading = true;
+        let expiry = tokio::time::sleep(self.until_expiry());
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 () = self.app.closing().cancelled() => {
-                    // Answers to sends being published go out before the
-                    // Disconnect, so no accepted send goes unacknowledged.
-                    let all = u32::try_from(PUBLISHES_IN_FLIGHT).unwrap_or(u32::MAX);
-                    let _ = tokio::time::timeout(PUBLISH_DRAIN, self.publishing.acquire_many(all)).await;
-                    self.outbox.close(CloseReason::Shutdown);
+                    self.close_after_publishes(CloseReason::Shutdown).await;
+                    break;
+                }
+                () = &mut expiry => {
+                    let left = self.until_expiry();
+                    if !left.is_zero() {
+                        // A refresh moved the expiry, or it was beyond one wait.
+                        expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                        continue;
+                    }
+                    tracing::info!(user_id = self.user(), session_id = self.outbox.session_id, "stream token expired");
+                    self.close_after_publishes(CloseReason::TokenExpired).await;
                     break;
                 }
                 () = self.outbox.closed().cancelled() => break,
@@ -101,6 +122,19 @@ impl Session {
         self.cleanup().await;
     }
 
+    /// Ends the stream with `reason` once the answers to sends being
+    /// published have gone out, so no accepted send goes unacknowledged.
+    async fn close_after_publishes(&self, reason: CloseReason) {
+        let all = u32::try_from(PUBLISHES_IN_FLIGHT).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(PUBLISH_DRAIN, self.publishing.acquire_many(all)).await;
+        self.outbox.close(reason);
+    }
+
+    /// How long until the stream's token expires (leeway included), capped.
+    fn until_expiry(&self) -> std::time::Duration {
+        self.auth.verifier().remaining(self.expires_at, chat_core::clock::now_ms(), MAX_EXPIRY_WAIT)
+    }
+
     async fn cleanup(&mut self) {
         for conversation_id in std::mem::take(&mut self.joined) {
             if let Err(e) = self.app.unsubscribe(&conversation_id, &self.outbox).await {
@@ -117,7 +151,9 @@ impl Session {
                 &request_id,
                 "",
                 "",
-                GatewayError::InvalidArgument("frame is empty: set one of join, leave, send, typing, ack, read".into()),
+                GatewayError::InvalidArgument(
+                    "frame is empty: set one of join, leave, send, typing, ack, read, refresh".into(),
+                ),
             );
             return;
         };
@@ -132,6 +168,7 @@ impl Session {
                 self.receipt(conversation_id, ReceiptStatus::Delivered, *seq).await
             }
             Command::Read { conversation_id, seq } => self.receipt(conversation_id, ReceiptStatus::Read, *seq).await,
+            Command::Refresh { token } => self.refresh(token).await,
         };
         if let Err(err) = result {
             self.report(&request_id, command.conversation_id(), command.client_message_id(), err);
@@ -336,6 +373,26 @@ impl Session {
             _ => self.app.publish_receipt(conversation_id, &self.outbox.user_id, status, seq).await?,
         }
         self.reported.insert((conversation_id.to_owned(), status), seq);
+        Ok(())
+    }
+
+    /// A fresh token: valid and of this stream's user, it moves the stream's
+    /// expiry to its own (never earlier).
+    async fn refresh(&mut self, token: &str) -> Result<(), GatewayError> {
+        let identity = self
+            .auth
+            .identify(token.trim())
+            .await
+            .map_err(|status| GatewayError::Unauthenticated(format!("refresh refused: {}", status.message())))?;
+        if identity.user != self.user() {
+            return Err(GatewayError::PermissionDenied(format!(
+                "refresh refused: the token is for {:?}, this stream is {:?}'s",
+                identity.user,
+                self.user()
+            )));
+        }
+        self.expires_at = self.expires_at.max(identity.expires_at);
+        tracing::debug!(user_id = self.user(), expires_at = self.expires_at, "stream token refreshed");
         Ok(())
     }
 
