@@ -1,5 +1,11 @@
 //! The interactive terminal chat: stdin lines become frames, server events
 //! become lines on stdout.
+//!
+//! Tokens: a chat that mints its own (the shared secret is at hand) sends
+//! the gateway a fresh one on the stream before the current one expires,
+//! so the stream is never cut; one given a token (`--token`) runs until the
+//! gateway ends the stream with `Disconnect { TOKEN_EXPIRED }`, then says so
+//! and stops.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -7,14 +13,13 @@ use std::time::Duration;
 use anyhow::Context;
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::{
-    AckFrame, ClientFrame, JoinFrame, LeaveFrame, SendFrame, ServerEvent, TypingFrame, client_frame::Frame,
-    server_event::Event,
+    AckFrame, ClientFrame, JoinFrame, LeaveFrame, RefreshTokenFrame, SendFrame, ServerEvent, TypingFrame,
+    client_frame::Frame, disconnect, server_event::Event,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -89,6 +94,38 @@ impl Chat {
     }
 }
 
+/// Where the chat's bearer tokens come from.
+pub(crate) enum Credentials {
+    /// A token given as is: used until it expires.
+    Given(String),
+    /// Minted here with the shared secret, each valid for `ttl`.
+    Minted { mint: Box<dyn Fn() -> anyhow::Result<String> + Send + Sync>, ttl: Duration },
+}
+
+impl Credentials {
+    /// A token for the next connection.
+    fn token(&self) -> anyhow::Result<String> {
+        match self {
+            Credentials::Given(token) => Ok(token.clone()),
+            Credentials::Minted { mint, .. } => mint(),
+        }
+    }
+
+    /// How often a fresh token is sent on the stream, when one can be made.
+    fn refresh_every(&self) -> Option<Duration> {
+        match self {
+            Credentials::Given(_) => None,
+            Credentials::Minted { ttl, .. } => Some(refresh_period(*ttl)),
+        }
+    }
+}
+
+/// When to send a fresh token: at four fifths of a token's lifetime (at
+/// least a second in), well before the gateway's cut-off.
+fn refresh_period(ttl: Duration) -> Duration {
+    (ttl * 4 / 5).max(Duration::from_secs(1))
+}
+
 /// How a stream ended.
 enum Ended {
     Quit,
@@ -102,7 +139,8 @@ enum Ended {
 /// after the last seq it showed, so nothing is missed or shown twice.
 pub(crate) async fn interactive(
     gateways: Vec<String>,
-    bearer: MetadataValue<Ascii>,
+    ca_cert: Option<Vec<u8>>,
+    credentials: Credentials,
     user: String,
     conversations: Vec<String>,
 ) -> anyhow::Result<()> {
@@ -118,14 +156,15 @@ pub(crate) async fn interactive(
     loop {
         let gateway = &gateways[attempt % gateways.len()];
         attempt += 1;
-        let ended = match connect_once(gateway, &bearer).await {
+        let ended = match connect_once(gateway, ca_cert.as_deref(), &credentials.token()?).await {
             Ok((tx, events)) => {
                 backoff = Duration::from_millis(250);
                 println!("* connected to {gateway} as {user}. {HELP}");
                 for join in chat.rejoin_frames() {
                     tx.send(join).await.context("stream closed")?;
                 }
-                session(&mut chat, &user, tx, events, &mut lines, &mut stdin_open).await?
+                let terminal = Terminal { lines: &mut lines, open: &mut stdin_open };
+                session(&mut chat, &user, &credentials, tx, events, terminal).await?
             }
             Err(e) => {
                 println!("! {e:#}");
@@ -145,9 +184,11 @@ pub(crate) async fn interactive(
 
 async fn connect_once(
     gateway: &str,
-    bearer: &MetadataValue<Ascii>,
+    ca_cert: Option<&[u8]>,
+    token: &str,
 ) -> anyhow::Result<(mpsc::Sender<ClientFrame>, Streaming<ServerEvent>)> {
-    let mut client = crate::authed(crate::channel(gateway).await?, bearer.clone());
+    let bearer = format!("Bearer {token}").parse().context("token is not valid metadata")?;
+    let mut client = crate::authed(crate::channel(gateway, ca_cert).await?, bearer);
     let (tx, rx) = mpsc::channel::<ClientFrame>(64);
     let events = client.connect(ReceiverStream::new(rx)).await.context("opening the chat stream")?.into_inner();
     Ok((tx, events))
@@ -155,16 +196,36 @@ async fn connect_once(
 
 type Lines = tokio::io::Lines<BufReader<tokio::io::Stdin>>;
 
+/// The terminal's input, kept across reconnections.
+struct Terminal<'a> {
+    lines: &'a mut Lines,
+    open: &'a mut bool,
+}
+
 async fn session(
     chat: &mut Chat,
     user: &str,
+    credentials: &Credentials,
     tx: mpsc::Sender<ClientFrame>,
     mut events: Streaming<ServerEvent>,
-    lines: &mut Lines,
-    stdin_open: &mut bool,
+    terminal: Terminal<'_>,
 ) -> anyhow::Result<Ended> {
+    let Terminal { lines, open: stdin_open } = terminal;
+    let refresh_every = credentials.refresh_every();
+    // The first tick of an interval is immediate: start one period in.
+    let period = refresh_every.unwrap_or(Duration::from_secs(3600));
+    let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut token_expired = false;
     loop {
         tokio::select! {
+            _ = refresh.tick(), if refresh_every.is_some() => {
+                match credentials.token() {
+                    Ok(token) => {
+                        let _ = tx.send(frame(Frame::Refresh(RefreshTokenFrame { token }))).await;
+                    }
+                    Err(e) => println!("! could not make a fresh token: {e:#}"),
+                }
+            }
             line = lines.next_line(), if *stdin_open => {
                 let Some(line) = line? else { *stdin_open = false; continue };
                 let out = match parse(&line) {
@@ -199,7 +260,16 @@ async fn session(
                     Ok(Some(_)) => continue,
                     Ok(None) => return Ok(Ended::Reconnect(Duration::from_millis(250))),
                     Err(status) if status.code() == tonic::Code::Unauthenticated => {
-                        anyhow::bail!("the gateway refused the token: {}", status.message())
+                        return match (token_expired, credentials) {
+                            (true, Credentials::Minted { .. }) => {
+                                println!("* the token expired; reconnecting with a fresh one");
+                                Ok(Ended::Reconnect(Duration::ZERO))
+                            }
+                            (true, Credentials::Given(_)) => anyhow::bail!(
+                                "your token expired: get a fresh one (`chat token`, or your identity provider) and connect again"
+                            ),
+                            (false, _) => anyhow::bail!("the gateway refused the token: {}", status.message()),
+                        };
                     }
                     Err(status) => {
                         println!("* stream ended: {:?}: {}", status.code(), status.message());
@@ -221,6 +291,7 @@ async fn session(
                         for point in &d.resume {
                             chat.saw(&point.conversation_id, point.last_seq);
                         }
+                        token_expired = d.reason == disconnect::Reason::TokenExpired as i32;
                     }
                     _ => {}
                 }
@@ -252,6 +323,19 @@ mod tests {
             })
             .collect();
         assert_eq!(joins, vec![("a".to_string(), Some(7)), ("b".to_string(), None)]);
+    }
+
+    #[test]
+    fn fresh_tokens_go_out_well_before_expiry() {
+        assert_eq!(refresh_period(Duration::from_secs(100)), Duration::from_secs(80));
+        assert_eq!(refresh_period(Duration::from_secs(24 * 3600)), Duration::from_secs(24 * 3600 * 4 / 5));
+        assert_eq!(refresh_period(Duration::from_millis(500)), Duration::from_secs(1));
+        let given = Credentials::Given("t".into());
+        assert_eq!(given.refresh_every(), None);
+        assert_eq!(given.token().expect("token"), "t");
+        let minted = Credentials::Minted { mint: Box::new(|| Ok("m".into())), ttl: Duration::from_secs(10) };
+        assert_eq!(minted.refresh_every(), Some(Duration::from_secs(8)));
+        assert_eq!(minted.token().expect("token"), "m");
     }
 
     #[test]
