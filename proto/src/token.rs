@@ -135,13 +135,14 @@ impl KeySet {
         let mut skipped = Vec::new();
         for (index, value) in raw.keys.into_iter().enumerate() {
             match trusted_key(value) {
-                Ok((kid, key)) => {
-                    if keys.contains_key(&kid) {
-                        skipped.push(format!("key {index}: kid {kid:?} repeats an earlier key"));
-                    } else {
-                        keys.insert(kid, key);
+                Ok((kid, key)) => match keys.entry(kid) {
+                    std::collections::hash_map::Entry::Occupied(taken) => {
+                        skipped.push(format!("key {index}: kid {:?} repeats an earlier key", taken.key()));
                     }
-                }
+                    std::collections::hash_map::Entry::Vacant(free) => {
+                        free.insert(key);
+                    }
+                },
                 Err(why) => skipped.push(format!("key {index}: {why}")),
             }
         }
