@@ -120,10 +120,11 @@ impl Credentials {
     }
 }
 
-/// When to send a fresh token: at four fifths of a token's lifetime (at
-/// least a second in), well before the gateway's cut-off.
+/// When to send a fresh token: at four fifths of the shortest life a token
+/// minted for `ttl` can have (`exp` is in whole seconds, so a token minted
+/// late in a second lives up to one second less), well before the cut-off.
 fn refresh_period(ttl: Duration) -> Duration {
-    (ttl * 4 / 5).max(Duration::from_secs(1))
+    (ttl.saturating_sub(Duration::from_secs(1)) * 4 / 5).max(Duration::from_millis(200))
 }
 
 /// How a stream ended.
@@ -327,13 +328,13 @@ mod tests {
 
     #[test]
     fn fresh_tokens_go_out_well_before_expiry() {
-        assert_eq!(refresh_period(Duration::from_secs(100)), Duration::from_secs(80));
-        assert_eq!(refresh_period(Duration::from_secs(24 * 3600)), Duration::from_secs(24 * 3600 * 4 / 5));
-        assert_eq!(refresh_period(Duration::from_millis(500)), Duration::from_secs(1));
+        assert_eq!(refresh_period(Duration::from_secs(101)), Duration::from_secs(80));
+        assert_eq!(refresh_period(Duration::from_secs(2)), Duration::from_millis(800));
+        assert_eq!(refresh_period(Duration::from_secs(1)), Duration::from_millis(200));
         let given = Credentials::Given("t".into());
         assert_eq!(given.refresh_every(), None);
         assert_eq!(given.token().expect("token"), "t");
-        let minted = Credentials::Minted { mint: Box::new(|| Ok("m".into())), ttl: Duration::from_secs(10) };
+        let minted = Credentials::Minted { mint: Box::new(|| Ok("m".into())), ttl: Duration::from_secs(11) };
         assert_eq!(minted.refresh_every(), Some(Duration::from_secs(8)));
         assert_eq!(minted.token().expect("token"), "m");
     }

@@ -310,3 +310,93 @@ async fn streams_end_when_their_token_expires_unless_refreshed() -> anyhow::Resu
     alice.join(&room).await?;
     Ok(())
 }
+
+/// Lines a child process writes, collected as they come.
+fn collect_lines(output: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    use tokio::io::AsyncBufReadExt;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(output).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if let Ok(mut lines) = sink.lock() {
+                lines.push(line);
+            }
+        }
+    });
+    lines
+}
+
+/// Waits (bounded) until a stream with a `ttl` token minted now has been
+/// cut off: by then every token minted before it has expired too.
+async fn outlive_tokens_minted_before(cluster: &Cluster, ttl: Duration) -> anyhow::Result<()> {
+    let clock_token = hs256(cluster, "clock", ttl)?;
+    let mut clock = TestClient::connect(cluster.channel(0).await?, "clock", &clock_token).await?;
+    let status = clock.wait_end().await?;
+    anyhow::ensure!(status.code() == Code::Unauthenticated, "the clock stream ended with {status:?}");
+    Ok(())
+}
+
+/// The `chat connect` client as shipped: with tokens it mints, it sends a
+/// fresh one before each expires and the stream is never cut; with a token
+/// given as is, it says the token expired and stops.
+#[tokio::test]
+async fn the_chat_client_refreshes_the_tokens_it_mints() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let cluster = Cluster::memory_with(&[("CHAT_JWT_LEEWAY_SECS", "0")]).await?;
+    let room = unique("room-");
+    let mut alice = cluster.connect(0, "alice").await?;
+    alice.join(&room).await?;
+    let chat = |args: &[&str]| -> anyhow::Result<tokio::process::Child> {
+        Ok(tokio::process::Command::new(chat_e2e::workspace_bin("chat")?)
+            .args(["connect", "--gateway", cluster.url(0), "--conversation", &room])
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?)
+    };
+    let online = |user: &'static str| {
+        move |e: &Event| match e {
+            Event::PresenceChanged(p) if p.user_id == user && p.online => Some(()),
+            _ => None,
+        }
+    };
+
+    // Minted tokens of 2 s: the client refreshes them on its stream.
+    let mut bob = chat(&["--user", "bob", "--secret", cluster.secret(), "--token-ttl-secs", "2"])?;
+    let bob_out = collect_lines(bob.stdout.take().context("stdout")?);
+    alice.wait_for(online("bob")).await?;
+    outlive_tokens_minted_before(&cluster, Duration::from_secs(3)).await?;
+    let mut stdin = bob.stdin.take().context("stdin")?;
+    stdin.write_all(b"still here after my first token ran out\n").await?;
+    let said = alice
+        .wait_for(|e| match e {
+            Event::Message(m) if m.sender == "bob" => Some(m.body.clone()),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(said, "still here after my first token ran out");
+    let printed = bob_out.lock().map(|l| l.clone()).unwrap_or_default();
+    assert!(
+        printed.iter().filter(|l| l.starts_with("* connected")).count() == 1
+            && !printed.iter().any(|l| l.contains("expired") || l.contains("reconnecting")),
+        "bob's stream was cut: {printed:?}"
+    );
+    stdin.write_all(b"/quit\n").await?;
+    let status = tokio::time::timeout(chat_e2e::DEADLINE, bob.wait()).await??;
+    assert!(status.success(), "{status:?}");
+
+    // A token given as is: when it expires the client says so and stops.
+    let short = hs256(&cluster, "carol", Duration::from_secs(2))?;
+    let mut carol = chat(&["--user", "carol", "--token", &short])?;
+    let carol_err = collect_lines(carol.stderr.take().context("stderr")?);
+    let _carol_in = carol.stdin.take();
+    let status = tokio::time::timeout(chat_e2e::DEADLINE, carol.wait()).await??;
+    let err = carol_err.lock().map(|l| l.join("\n")).unwrap_or_default();
+    assert!(!status.success() && err.contains("token expired"), "{status:?}: {err}");
+    Ok(())
+}
