@@ -147,6 +147,120 @@ async fn fetch(http: &reqwest::Client, url: &str) -> Result<KeySet, JwksError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A public EC JWK (two made-up coordinates: loading does not check the
+    /// point, and nothing here verifies a signature).
+    fn jwk(kid: &str) -> serde_json::Value {
+        let coordinate = |b: u8| base64_url(&[b; 32]);
+        serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": coordinate(1), "y": coordinate(2)})
+    }
+
+    fn base64_url(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// A JWKS server on a loopback port: `/jwks` answers with what `serve`
+    /// holds (status and body) and counts requests.
+    struct Server {
+        url: String,
+        serve: Arc<std::sync::Mutex<(u16, String)>>,
+        hits: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Server {
+        async fn start(status: u16, body: String) -> Self {
+            let serve = Arc::new(std::sync::Mutex::new((status, body)));
+            let hits = Arc::new(AtomicUsize::new(0));
+            let (state, counter) = (serve.clone(), hits.clone());
+            let app = axum::Router::new().route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let (state, counter) = (state.clone(), counter.clone());
+                    async move {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let (status, body) = state.lock().map(|s| s.clone()).unwrap_or((500, String::new()));
+                        let status = axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK);
+                        (status, body)
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let url = format!("http://{}/jwks", listener.local_addr().expect("addr"));
+            let task = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Self { url, serve, hits, task }
+        }
+
+        fn answer(&self, status: u16, body: String) {
+            *self.serve.lock().expect("lock") = (status, body);
+        }
+
+        fn hits(&self) -> usize {
+            self.hits.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn set(kids: &[&str]) -> String {
+        serde_json::json!({ "keys": kids.iter().map(|k| jwk(k)).collect::<Vec<_>>() }).to_string()
+    }
+
+    #[tokio::test]
+    async fn unreadable_key_sets_stop_the_load() {
+        let big = format!("{{\"keys\": [], \"pad\": \"{}\"}}", "x".repeat(MAX_DOCUMENT_BYTES));
+        let cases = [
+            (404, set(&["k1"])),
+            (500, set(&["k1"])),
+            (200, "not json".to_string()),
+            (200, "{\"keys\": []}".to_string()),
+            (200, serde_json::json!({"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]}).to_string()),
+            (200, big),
+        ];
+        for (status, body) in cases {
+            let server = Server::start(status, body.clone()).await;
+            let loaded = KeyCache::load(&server.url, Duration::from_secs(30)).await;
+            assert!(loaded.is_err(), "{status} {}", &body[..body.len().min(80)]);
+        }
+        assert!(KeyCache::load("http://127.0.0.1:1/jwks", Duration::from_secs(30)).await.is_err());
+        assert!(KeyCache::load("not a url", Duration::from_secs(30)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_fetch_once_per_interval_and_failures_keep_the_keys() {
+        let server = Server::start(200, set(&["k1"])).await;
+        let cache = KeyCache::load(&server.url, Duration::from_secs(3600)).await.expect("load");
+        assert_eq!((cache.current().kids(), server.hits()), (vec!["k1".to_string()], 1));
+        // A kid already held fetches nothing.
+        cache.refresh_for("k1").await;
+        assert_eq!(server.hits(), 1);
+        // The first unknown kid fetches; the next ones within the interval
+        // do not, even once the provider has their key.
+        server.answer(200, set(&["k1", "k2"]));
+        cache.refresh_for("k2").await;
+        assert_eq!((cache.current().kids().len(), server.hits()), (2, 2));
+        server.answer(200, set(&["k1", "k2", "k3"]));
+        cache.refresh_for("k3").await;
+        cache.refresh_for("made-up").await;
+        assert_eq!((cache.current().contains("k3"), server.hits()), (false, 2));
+        // The periodic refresh is not gated; a failed one keeps the keys.
+        cache.refresh().await;
+        assert!(cache.current().contains("k3"));
+        server.answer(503, String::new());
+        cache.refresh().await;
+        server.answer(200, "{\"keys\": []}".to_string());
+        cache.refresh().await;
+        assert_eq!(cache.current().kids(), vec!["k1".to_string(), "k2".to_string(), "k3".to_string()]);
+        assert_eq!(server.hits(), 5);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn unknown_kid_fetches_are_spaced_by_the_minimum_interval() {
