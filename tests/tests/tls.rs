@@ -30,10 +30,16 @@ fn write(dir: &Path, name: &str, contents: &str) -> anyhow::Result<PathBuf> {
 
 /// Runs the `chat` client with `args`; its exit status and output.
 async fn chat(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    chat_with(args, &[]).await
+}
+
+/// Runs the `chat` client with `args` and environment `env`.
+async fn chat_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(bool, String, String)> {
     let run = tokio::process::Command::new(workspace_bin("chat")?)
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(30), run).await.context("chat did not finish")??;
@@ -79,6 +85,12 @@ async fn the_client_trusts_a_private_ca_and_refuses_a_wrong_one() -> anyhow::Res
     let token = cluster.token("alice")?;
     let (ok, out, err) = chat(&["conversations", "--gateway", &url, "--ca-cert", &ca_arg, "--token", &token]).await?;
     assert!(ok && out.contains(&room), "conversations with the CA: {out} {err}");
+
+    // The system's roots path, the one the template's load balancer needs:
+    // no `--ca-cert`, the CA installed as the trust store (`SSL_CERT_FILE`
+    // is where the platform's roots are read from).
+    let (ok, out, err) = chat_with(&["echo", "--gateway", &url], &[("SSL_CERT_FILE", &ca_arg)]).await?;
+    assert!(ok && out.contains("ping"), "echo trusting the system roots: {out} {err}");
 
     // A wrong CA, and the system's roots: refused, saying why.
     let wrong = wrong_path.display().to_string();
