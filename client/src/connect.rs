@@ -1,11 +1,12 @@
 //! The interactive terminal chat: stdin lines become frames, server events
 //! become lines on stdout.
 //!
-//! Tokens: a chat that mints its own (the shared secret is at hand) sends
-//! the gateway a fresh one on the stream before the current one expires,
-//! so the stream is never cut; one given a token (`--token`) runs until the
-//! gateway ends the stream with `Disconnect { TOKEN_EXPIRED }`, then says so
-//! and stops.
+//! Tokens: a chat that can get fresh ones (it mints them with the shared
+//! secret, or runs `--token-command`, e.g. one asking the identity
+//! provider) sends the gateway a fresh one on the stream well before the
+//! current one expires, so the stream is never cut; one given a token
+//! (`--token`) runs until the gateway ends the stream with
+//! `Disconnect { TOKEN_EXPIRED }`, then says so and stops.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -98,33 +99,60 @@ impl Chat {
 pub(crate) enum Credentials {
     /// A token given as is: used until it expires.
     Given(String),
-    /// Minted here with the shared secret, each valid for `ttl`.
-    Minted { mint: Box<dyn Fn() -> anyhow::Result<String> + Send + Sync>, ttl: Duration },
+    /// Minted here with the shared secret.
+    Minted(Box<dyn Fn() -> anyhow::Result<String> + Send + Sync>),
+    /// Printed by a shell command.
+    Command(String),
 }
 
 impl Credentials {
-    /// A token for the next connection.
-    fn token(&self) -> anyhow::Result<String> {
+    /// A token for the next connection or refresh.
+    async fn token(&self) -> anyhow::Result<String> {
         match self {
             Credentials::Given(token) => Ok(token.clone()),
-            Credentials::Minted { mint, .. } => mint(),
+            Credentials::Minted(mint) => mint(),
+            Credentials::Command(command) => {
+                let command = command.clone();
+                tokio::task::spawn_blocking(move || run_token_command(&command)).await?
+            }
         }
     }
 
-    /// How often a fresh token is sent on the stream, when one can be made.
-    fn refresh_every(&self) -> Option<Duration> {
-        match self {
-            Credentials::Given(_) => None,
-            Credentials::Minted { ttl, .. } => Some(refresh_period(*ttl)),
-        }
+    /// Whether fresh tokens can be had.
+    fn renewable(&self) -> bool {
+        !matches!(self, Credentials::Given(_))
     }
 }
 
-/// When to send a fresh token: at four fifths of the shortest life a token
-/// minted for `ttl` can have (`exp` is in whole seconds, so a token minted
-/// late in a second lives up to one second less), well before the cut-off.
-fn refresh_period(ttl: Duration) -> Duration {
-    (ttl.saturating_sub(Duration::from_secs(1)) * 4 / 5).max(Duration::from_millis(200))
+/// Runs `command` with `sh -c`: its trimmed output is a token.
+pub(crate) fn run_token_command(command: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running the token command {command:?}"))?;
+    anyhow::ensure!(out.status.success(), "the token command {command:?} failed ({})", out.status);
+    let token = String::from_utf8(out.stdout).context("the token command printed something other than UTF-8")?;
+    let token = token.trim();
+    anyhow::ensure!(!token.is_empty() && !token.contains(char::is_whitespace), "the token command printed no token");
+    Ok(token.to_owned())
+}
+
+/// How long until a fresh token should replace `token`: four fifths of the
+/// time it has left (read from its `exp`, unverified), at least 200 ms; an
+/// hour when it has no readable `exp`.
+fn renew_in(token: &str, now_ms: i64) -> Duration {
+    let Some(exp) = chat_proto::token::unverified_expiry(token) else { return Duration::from_secs(3600) };
+    let left_ms = (i128::from(exp) * 1000 - i128::from(now_ms)).max(0);
+    let left = Duration::from_millis(u64::try_from(left_ms).unwrap_or(u64::MAX));
+    (left * 4 / 5).max(Duration::from_millis(200))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// How a stream ended.
@@ -157,7 +185,8 @@ pub(crate) async fn interactive(
     loop {
         let gateway = &gateways[attempt % gateways.len()];
         attempt += 1;
-        let ended = match connect_once(gateway, ca_cert.as_deref(), &credentials.token()?).await {
+        let token = credentials.token().await?;
+        let ended = match connect_once(gateway, ca_cert.as_deref(), &token).await {
             Ok((tx, events)) => {
                 backoff = Duration::from_millis(250);
                 println!("* connected to {gateway} as {user}. {HELP}");
@@ -165,7 +194,8 @@ pub(crate) async fn interactive(
                     tx.send(join).await.context("stream closed")?;
                 }
                 let terminal = Terminal { lines: &mut lines, open: &mut stdin_open };
-                session(&mut chat, &user, &credentials, tx, events, terminal).await?
+                let renew = Renewal { credentials: &credentials, token: &token };
+                session(&mut chat, &user, renew, tx, events, terminal).await?
             }
             Err(e) => {
                 println!("! {e:#}");
@@ -197,6 +227,13 @@ async fn connect_once(
 
 type Lines = tokio::io::Lines<BufReader<tokio::io::Stdin>>;
 
+/// How a stream's token is renewed: where fresh ones come from, and the
+/// one the stream was opened with.
+struct Renewal<'a> {
+    credentials: &'a Credentials,
+    token: &'a str,
+}
+
 /// The terminal's input, kept across reconnections.
 struct Terminal<'a> {
     lines: &'a mut Lines,
@@ -206,26 +243,31 @@ struct Terminal<'a> {
 async fn session(
     chat: &mut Chat,
     user: &str,
-    credentials: &Credentials,
+    renewal: Renewal<'_>,
     tx: mpsc::Sender<ClientFrame>,
     mut events: Streaming<ServerEvent>,
     terminal: Terminal<'_>,
 ) -> anyhow::Result<Ended> {
     let Terminal { lines, open: stdin_open } = terminal;
-    let refresh_every = credentials.refresh_every();
-    // The first tick of an interval is immediate: start one period in.
-    let period = refresh_every.unwrap_or(Duration::from_secs(3600));
-    let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let Renewal { credentials, token } = renewal;
+    let renew = tokio::time::sleep(renew_in(token, now_ms()));
+    tokio::pin!(renew);
     let mut token_expired = false;
     loop {
         tokio::select! {
-            _ = refresh.tick(), if refresh_every.is_some() => {
-                match credentials.token() {
+            () = &mut renew, if credentials.renewable() => {
+                let next = match credentials.token().await {
                     Ok(token) => {
+                        let next = renew_in(&token, now_ms());
                         let _ = tx.send(frame(Frame::Refresh(RefreshTokenFrame { token }))).await;
+                        next
                     }
-                    Err(e) => println!("! could not make a fresh token: {e:#}"),
-                }
+                    Err(e) => {
+                        println!("! could not get a fresh token: {e:#}");
+                        Duration::from_secs(5)
+                    }
+                };
+                renew.as_mut().reset(tokio::time::Instant::now() + next);
             }
             line = lines.next_line(), if *stdin_open => {
                 let Some(line) = line? else { *stdin_open = false; continue };
@@ -261,12 +303,12 @@ async fn session(
                     Ok(Some(_)) => continue,
                     Ok(None) => return Ok(Ended::Reconnect(Duration::from_millis(250))),
                     Err(status) if status.code() == tonic::Code::Unauthenticated => {
-                        return match (token_expired, credentials) {
-                            (true, Credentials::Minted { .. }) => {
+                        return match (token_expired, credentials.renewable()) {
+                            (true, true) => {
                                 println!("* the token expired; reconnecting with a fresh one");
                                 Ok(Ended::Reconnect(Duration::ZERO))
                             }
-                            (true, Credentials::Given(_)) => anyhow::bail!(
+                            (true, false) => anyhow::bail!(
                                 "your token expired: get a fresh one (`chat token`, or your identity provider) and connect again"
                             ),
                             (false, _) => anyhow::bail!("the gateway refused the token: {}", status.message()),
@@ -326,17 +368,38 @@ mod tests {
         assert_eq!(joins, vec![("a".to_string(), Some(7)), ("b".to_string(), None)]);
     }
 
+    fn token_expiring_at(exp: u64) -> String {
+        let claims = serde_json::json!({ "sub": "alice", "exp": exp });
+        format!("e30.{}.sig", base64_url(claims.to_string().as_bytes()))
+    }
+
+    fn base64_url(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
     #[test]
     fn fresh_tokens_go_out_well_before_expiry() {
-        assert_eq!(refresh_period(Duration::from_secs(101)), Duration::from_secs(80));
-        assert_eq!(refresh_period(Duration::from_secs(2)), Duration::from_millis(800));
-        assert_eq!(refresh_period(Duration::from_secs(1)), Duration::from_millis(200));
+        let now_ms = 1_000_000;
+        assert_eq!(renew_in(&token_expiring_at(1_100), now_ms), Duration::from_secs(80));
+        assert_eq!(renew_in(&token_expiring_at(1_001), now_ms), Duration::from_millis(800));
+        assert_eq!(renew_in(&token_expiring_at(999), now_ms), Duration::from_millis(200));
+        assert_eq!(renew_in("not a token", now_ms), Duration::from_secs(3600));
+    }
+
+    #[tokio::test]
+    async fn credentials_give_tokens() {
         let given = Credentials::Given("t".into());
-        assert_eq!(given.refresh_every(), None);
-        assert_eq!(given.token().expect("token"), "t");
-        let minted = Credentials::Minted { mint: Box::new(|| Ok("m".into())), ttl: Duration::from_secs(11) };
-        assert_eq!(minted.refresh_every(), Some(Duration::from_secs(8)));
-        assert_eq!(minted.token().expect("token"), "m");
+        assert!(!given.renewable());
+        assert_eq!(given.token().await.expect("token"), "t");
+        let minted = Credentials::Minted(Box::new(|| Ok("m".into())));
+        assert!(minted.renewable());
+        assert_eq!(minted.token().await.expect("token"), "m");
+        let command = Credentials::Command("echo '  c.o.m  '".into());
+        assert_eq!(command.token().await.expect("token"), "c.o.m");
+        for bad in ["false", "true", "echo two words", "exit 3"] {
+            assert!(Credentials::Command(bad.into()).token().await.is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -242,8 +242,13 @@ struct ConnArgs {
     #[arg(long, short = 'u', env = "CHAT_USER")]
     user: Option<String>,
     /// Bearer token to use as is.
-    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true, conflicts_with = "token_command")]
     token: Option<String>,
+    /// Shell command printing a bearer token (e.g. one asking your identity
+    /// provider); `connect` runs it again for a fresh token before each
+    /// expires.
+    #[arg(long, env = "CHAT_TOKEN_COMMAND")]
+    token_command: Option<String>,
     /// Validity of the tokens minted for `--user`, in seconds (`connect`
     /// sends a fresh one on its stream before each expires).
     #[arg(long, default_value_t = 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
@@ -286,10 +291,14 @@ impl SecretArgs {
 
 impl ConnArgs {
     fn bearer(&self) -> anyhow::Result<(String, MetadataValue<tonic::metadata::Ascii>)> {
-        let (user, token) = match (&self.token, &self.user) {
-            (Some(token), user) => (user.clone().unwrap_or_else(|| "me".into()), token.clone()),
-            (None, Some(user)) => (user.clone(), self.secret.mint(user, self.token_ttl())?),
-            (None, None) => bail!("give --user NAME (or set CHAT_USER) to mint a token, or --token (CHAT_TOKEN)"),
+        let named = || self.user.clone().unwrap_or_else(|| "me".into());
+        let (user, token) = match (&self.token, &self.token_command, &self.user) {
+            (Some(token), _, _) => (named(), token.clone()),
+            (None, Some(command), _) => (named(), connect::run_token_command(command)?),
+            (None, None, Some(user)) => (user.clone(), self.secret.mint(user, self.token_ttl())?),
+            (None, None, None) => bail!(
+                "give --user NAME (or set CHAT_USER) to mint a token, or --token (CHAT_TOKEN), or --token-command"
+            ),
         };
         let value = format!("Bearer {token}").parse().context("token is not valid metadata")?;
         Ok((user, value))
@@ -302,17 +311,21 @@ impl ConnArgs {
     /// The user and where the interactive chat's tokens come from: the
     /// token given, or ones minted here (which can be refreshed).
     fn credentials(self) -> anyhow::Result<(String, connect::Credentials)> {
-        match (self.token, self.user) {
-            (Some(token), user) => Ok((user.unwrap_or_else(|| "me".into()), connect::Credentials::Given(token))),
-            (None, Some(user)) => {
+        let named = |user: Option<String>| user.unwrap_or_else(|| "me".into());
+        match (self.token, self.token_command, self.user) {
+            (Some(token), _, user) => Ok((named(user), connect::Credentials::Given(token))),
+            (None, Some(command), user) => Ok((named(user), connect::Credentials::Command(command))),
+            (None, None, Some(user)) => {
                 let ttl = Duration::from_secs(self.token_ttl_secs);
                 let secret = self.secret;
                 secret.mint(&user, ttl)?; // fail now, not at the first refresh
                 let name = user.clone();
                 let mint = Box::new(move || secret.mint(&name, ttl));
-                Ok((user, connect::Credentials::Minted { mint, ttl }))
+                Ok((user, connect::Credentials::Minted(mint)))
             }
-            (None, None) => bail!("give --user NAME (or set CHAT_USER) to mint a token, or --token (CHAT_TOKEN)"),
+            (None, None, None) => bail!(
+                "give --user NAME (or set CHAT_USER) to mint a token, or --token (CHAT_TOKEN), or --token-command"
+            ),
         }
     }
 

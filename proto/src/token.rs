@@ -91,6 +91,16 @@ pub fn mint(secret: &[u8], user: &str, issuer: &str, audience: &str, ttl: Durati
         .map_err(|e| TokenError::Invalid(e.to_string()))
 }
 
+/// A token's `exp`, read without verifying anything: for a client deciding
+/// when to fetch a fresh token, never for trusting one.
+pub fn unverified_expiry(token: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Exp {
+        exp: u64,
+    }
+    jsonwebtoken::dangerous::insecure_decode_claims::<Exp>(token.trim()).ok().map(|c| c.exp)
+}
+
 /// A public key of the identity provider and the one algorithm it verifies.
 #[derive(Clone)]
 struct TrustedKey {
@@ -599,6 +609,22 @@ mod tests {
         assert_eq!(verifier.remaining(100, 200_000, cap), Duration::ZERO);
         assert_eq!(verifier.remaining(u64::MAX, 0, cap), cap);
         assert_eq!(verifier.with_leeway(0).remaining(100, 100_000, cap), Duration::ZERO);
+    }
+
+    #[test]
+    fn expiry_is_read_without_verifying() {
+        let token = mint(SECRET, "alice", DEFAULT_ISSUER, DEFAULT_AUDIENCE, Duration::from_secs(60)).expect("mint");
+        let exp = unverified_expiry(&token).expect("exp");
+        assert!(exp >= now_secs() + 59 && exp <= now_secs() + 60);
+        let no_exp = jsonwebtoken::encode(
+            &Header::default(),
+            &serde_json::json!({"sub": "a"}),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("encode");
+        for bad in ["", "garbage", "a.b.c", no_exp.as_str()] {
+            assert_eq!(unverified_expiry(bad), None, "{bad}");
+        }
     }
 
     #[test]

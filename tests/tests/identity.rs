@@ -337,9 +337,10 @@ async fn outlive_tokens_minted_before(cluster: &Cluster, ttl: Duration) -> anyho
     Ok(())
 }
 
-/// The `chat connect` client as shipped: with tokens it mints, it sends a
-/// fresh one before each expires and the stream is never cut; with a token
-/// given as is, it says the token expired and stops.
+/// The `chat connect` client as shipped: with tokens it mints, or gets from
+/// a `--token-command`, it sends a fresh one before each expires and the
+/// stream is never cut; with a token given as is, it says the token expired
+/// and stops.
 #[tokio::test]
 async fn the_chat_client_refreshes_the_tokens_it_mints() -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
@@ -366,29 +367,39 @@ async fn the_chat_client_refreshes_the_tokens_it_mints() -> anyhow::Result<()> {
         }
     };
 
-    // Minted tokens of 2 s: the client refreshes them on its stream.
-    let mut bob = chat(&["--user", "bob", "--secret", cluster.secret(), "--token-ttl-secs", "2"])?;
-    let bob_out = collect_lines(bob.stdout.take().context("stdout")?);
-    alice.wait_for(online("bob")).await?;
-    outlive_tokens_minted_before(&cluster, Duration::from_secs(3)).await?;
-    let mut stdin = bob.stdin.take().context("stdin")?;
-    stdin.write_all(b"still here after my first token ran out\n").await?;
-    let said = alice
-        .wait_for(|e| match e {
-            Event::Message(m) if m.sender == "bob" => Some(m.body.clone()),
-            _ => None,
-        })
-        .await?;
-    assert_eq!(said, "still here after my first token ran out");
-    let printed = bob_out.lock().map(|l| l.clone()).unwrap_or_default();
-    assert!(
-        printed.iter().filter(|l| l.starts_with("* connected")).count() == 1
-            && !printed.iter().any(|l| l.contains("expired") || l.contains("reconnecting")),
-        "bob's stream was cut: {printed:?}"
-    );
-    stdin.write_all(b"/quit\n").await?;
-    let status = tokio::time::timeout(chat_e2e::DEADLINE, bob.wait()).await??;
-    assert!(status.success(), "{status:?}");
+    // Tokens of 2 s, minted by the client or printed by a command (here
+    // `chat token`, standing in for an identity provider's CLI): the client
+    // refreshes them on its stream.
+    let chat_bin = chat_e2e::workspace_bin("chat")?.display().to_string();
+    let command = format!("{chat_bin} token --user dave --secret {} --ttl-secs 2", cluster.secret());
+    let variants: [(&'static str, Vec<&str>); 2] = [
+        ("bob", vec!["--user", "bob", "--secret", cluster.secret(), "--token-ttl-secs", "2"]),
+        ("dave", vec!["--user", "dave", "--token-command", &command]),
+    ];
+    for (user, args) in variants {
+        let mut client = chat(&args)?;
+        let out = collect_lines(client.stdout.take().context("stdout")?);
+        alice.wait_for(online(user)).await?;
+        outlive_tokens_minted_before(&cluster, Duration::from_secs(3)).await?;
+        let mut stdin = client.stdin.take().context("stdin")?;
+        stdin.write_all(b"still here after my first token ran out\n").await?;
+        let said = alice
+            .wait_for(|e| match e {
+                Event::Message(m) if m.sender == user => Some(m.body.clone()),
+                _ => None,
+            })
+            .await?;
+        assert_eq!(said, "still here after my first token ran out");
+        let printed = out.lock().map(|l| l.clone()).unwrap_or_default();
+        assert!(
+            printed.iter().filter(|l| l.starts_with("* connected")).count() == 1
+                && !printed.iter().any(|l| l.contains("expired") || l.contains("reconnecting")),
+            "{user}'s stream was cut: {printed:?}"
+        );
+        stdin.write_all(b"/quit\n").await?;
+        let status = tokio::time::timeout(chat_e2e::DEADLINE, client.wait()).await??;
+        assert!(status.success(), "{user}: {status:?}");
+    }
 
     // A token given as is: when it expires the client says so and stops.
     let short = hs256(&cluster, "carol", Duration::from_secs(2))?;
