@@ -1,5 +1,12 @@
 //! The interactive terminal chat: stdin lines become frames, server events
 //! become lines on stdout.
+//!
+//! Tokens: a chat that can get fresh ones (it mints them with the shared
+//! secret, or runs `--token-command`, e.g. one asking the identity
+//! provider) sends the gateway a fresh one on the stream well before the
+//! current one expires, so the stream is never cut; one given a token
+//! (`--token`) runs until the gateway ends the stream with
+//! `Disconnect { TOKEN_EXPIRED }`, then says so and stops.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -7,14 +14,13 @@ use std::time::Duration;
 use anyhow::Context;
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::{
-    AckFrame, ClientFrame, JoinFrame, LeaveFrame, SendFrame, ServerEvent, TypingFrame, client_frame::Frame,
-    server_event::Event,
+    AckFrame, ClientFrame, JoinFrame, LeaveFrame, RefreshTokenFrame, SendFrame, ServerEvent, TypingFrame,
+    client_frame::Frame, disconnect, server_event::Event,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -100,6 +106,66 @@ impl Chat {
     }
 }
 
+/// Where the chat's bearer tokens come from.
+pub(crate) enum Credentials {
+    /// A token given as is: used until it expires.
+    Given(String),
+    /// Minted here with the shared secret.
+    Minted(Box<dyn Fn() -> anyhow::Result<String> + Send + Sync>),
+    /// Printed by a shell command.
+    Command(String),
+}
+
+impl Credentials {
+    /// A token for the next connection or refresh.
+    async fn token(&self) -> anyhow::Result<String> {
+        match self {
+            Credentials::Given(token) => Ok(token.clone()),
+            Credentials::Minted(mint) => mint(),
+            Credentials::Command(command) => {
+                let command = command.clone();
+                tokio::task::spawn_blocking(move || run_token_command(&command)).await?
+            }
+        }
+    }
+
+    /// Whether fresh tokens can be had.
+    fn renewable(&self) -> bool {
+        !matches!(self, Credentials::Given(_))
+    }
+}
+
+/// Runs `command` with `sh -c`: its trimmed output is a token.
+pub(crate) fn run_token_command(command: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running the token command {command:?}"))?;
+    anyhow::ensure!(out.status.success(), "the token command {command:?} failed ({})", out.status);
+    let token = String::from_utf8(out.stdout).context("the token command printed something other than UTF-8")?;
+    let token = token.trim();
+    anyhow::ensure!(!token.is_empty() && !token.contains(char::is_whitespace), "the token command printed no token");
+    Ok(token.to_owned())
+}
+
+/// How long until a fresh token should replace `token`: four fifths of the
+/// time it has left (read from its `exp`, unverified), at least 200 ms; an
+/// hour when it has no readable `exp`.
+fn renew_in(token: &str, now_ms: i64) -> Duration {
+    let Some(exp) = chat_proto::token::unverified_expiry(token) else { return Duration::from_secs(3600) };
+    let left_ms = (i128::from(exp) * 1000 - i128::from(now_ms)).max(0);
+    let left = Duration::from_millis(u64::try_from(left_ms).unwrap_or(u64::MAX));
+    (left * 4 / 5).max(Duration::from_millis(200))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// How a stream ended.
 enum Ended {
     Quit,
@@ -113,7 +179,8 @@ enum Ended {
 /// after the last seq it showed, so nothing is missed or shown twice.
 pub(crate) async fn interactive(
     gateways: Vec<String>,
-    bearer: MetadataValue<Ascii>,
+    ca_cert: Option<Vec<u8>>,
+    credentials: Credentials,
     user: String,
     conversations: Vec<String>,
 ) -> anyhow::Result<()> {
@@ -129,14 +196,17 @@ pub(crate) async fn interactive(
     loop {
         let gateway = &gateways[attempt % gateways.len()];
         attempt += 1;
-        let ended = match connect_once(gateway, &bearer).await {
+        let token = credentials.token().await?;
+        let ended = match connect_once(gateway, ca_cert.as_deref(), &token).await {
             Ok((tx, events)) => {
                 backoff = Duration::from_millis(250);
                 println!("* connected to {gateway} as {user}. {HELP}");
                 for join in chat.rejoin_frames() {
                     tx.send(join).await.context("stream closed")?;
                 }
-                session(&mut chat, &user, tx, events, &mut lines, &mut stdin_open).await?
+                let terminal = Terminal { lines: &mut lines, open: &mut stdin_open };
+                let renew = Renewal { credentials: &credentials, token: &token };
+                session(&mut chat, &user, renew, tx, events, terminal).await?
             }
             Err(e) => {
                 println!("! {e:#}");
@@ -156,9 +226,11 @@ pub(crate) async fn interactive(
 
 async fn connect_once(
     gateway: &str,
-    bearer: &MetadataValue<Ascii>,
+    ca_cert: Option<&[u8]>,
+    token: &str,
 ) -> anyhow::Result<(mpsc::Sender<ClientFrame>, Streaming<ServerEvent>)> {
-    let mut client = crate::authed(crate::channel(gateway).await?, bearer.clone());
+    let bearer = format!("Bearer {token}").parse().context("token is not valid metadata")?;
+    let mut client = crate::authed(crate::channel(gateway, ca_cert).await?, bearer);
     let (tx, rx) = mpsc::channel::<ClientFrame>(64);
     let events = client.connect(ReceiverStream::new(rx)).await.context("opening the chat stream")?.into_inner();
     Ok((tx, events))
@@ -166,16 +238,48 @@ async fn connect_once(
 
 type Lines = tokio::io::Lines<BufReader<tokio::io::Stdin>>;
 
+/// How a stream's token is renewed: where fresh ones come from, and the
+/// one the stream was opened with.
+struct Renewal<'a> {
+    credentials: &'a Credentials,
+    token: &'a str,
+}
+
+/// The terminal's input, kept across reconnections.
+struct Terminal<'a> {
+    lines: &'a mut Lines,
+    open: &'a mut bool,
+}
+
 async fn session(
     chat: &mut Chat,
     user: &str,
+    renewal: Renewal<'_>,
     tx: mpsc::Sender<ClientFrame>,
     mut events: Streaming<ServerEvent>,
-    lines: &mut Lines,
-    stdin_open: &mut bool,
+    terminal: Terminal<'_>,
 ) -> anyhow::Result<Ended> {
+    let Terminal { lines, open: stdin_open } = terminal;
+    let Renewal { credentials, token } = renewal;
+    let renew = tokio::time::sleep(renew_in(token, now_ms()));
+    tokio::pin!(renew);
+    let mut token_expired = false;
     loop {
         tokio::select! {
+            () = &mut renew, if credentials.renewable() => {
+                let next = match credentials.token().await {
+                    Ok(token) => {
+                        let next = renew_in(&token, now_ms());
+                        let _ = tx.send(frame(Frame::Refresh(RefreshTokenFrame { token }))).await;
+                        next
+                    }
+                    Err(e) => {
+                        println!("! could not get a fresh token: {e:#}");
+                        Duration::from_secs(5)
+                    }
+                };
+                renew.as_mut().reset(tokio::time::Instant::now() + next);
+            }
             line = lines.next_line(), if *stdin_open => {
                 let Some(line) = line? else { *stdin_open = false; continue };
                 let out = match parse(&line) {
@@ -214,7 +318,16 @@ async fn session(
                     Ok(Some(_)) => continue,
                     Ok(None) => return Ok(Ended::Reconnect(Duration::from_millis(250))),
                     Err(status) if status.code() == tonic::Code::Unauthenticated => {
-                        anyhow::bail!("the gateway refused the token: {}", status.message())
+                        return match (token_expired, credentials.renewable()) {
+                            (true, true) => {
+                                println!("* the token expired; reconnecting with a fresh one");
+                                Ok(Ended::Reconnect(Duration::ZERO))
+                            }
+                            (true, false) => anyhow::bail!(
+                                "your token expired: get a fresh one (`chat token`, or your identity provider) and connect again"
+                            ),
+                            (false, _) => anyhow::bail!("the gateway refused the token: {}", status.message()),
+                        };
                     }
                     Err(status) => {
                         println!("* stream ended: {:?}: {}", status.code(), status.message());
@@ -236,6 +349,7 @@ async fn session(
                         for point in &d.resume {
                             chat.saw(&point.conversation_id, point.last_seq);
                         }
+                        token_expired = d.reason == disconnect::Reason::TokenExpired as i32;
                     }
                     Event::SendAccepted(a) => chat.answered(&a.client_message_id),
                     Event::Error(e) if !e.client_message_id.is_empty() => chat.answered(&e.client_message_id),
@@ -269,6 +383,40 @@ mod tests {
             })
             .collect();
         assert_eq!(joins, vec![("a".to_string(), Some(7)), ("b".to_string(), None)]);
+    }
+
+    fn token_expiring_at(exp: u64) -> String {
+        let claims = serde_json::json!({ "sub": "alice", "exp": exp });
+        format!("e30.{}.sig", base64_url(claims.to_string().as_bytes()))
+    }
+
+    fn base64_url(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn fresh_tokens_go_out_well_before_expiry() {
+        let now_ms = 1_000_000;
+        assert_eq!(renew_in(&token_expiring_at(1_100), now_ms), Duration::from_secs(80));
+        assert_eq!(renew_in(&token_expiring_at(1_001), now_ms), Duration::from_millis(800));
+        assert_eq!(renew_in(&token_expiring_at(999), now_ms), Duration::from_millis(200));
+        assert_eq!(renew_in("not a token", now_ms), Duration::from_secs(3600));
+    }
+
+    #[tokio::test]
+    async fn credentials_give_tokens() {
+        let given = Credentials::Given("t".into());
+        assert!(!given.renewable());
+        assert_eq!(given.token().await.expect("token"), "t");
+        let minted = Credentials::Minted(Box::new(|| Ok("m".into())));
+        assert!(minted.renewable());
+        assert_eq!(minted.token().await.expect("token"), "m");
+        let command = Credentials::Command("echo '  c.o.m  '".into());
+        assert_eq!(command.token().await.expect("token"), "c.o.m");
+        for bad in ["false", "true", "echo two words", "exit 3"] {
+            assert!(Credentials::Command(bad.into()).token().await.is_err(), "{bad}");
+        }
     }
 
     #[test]

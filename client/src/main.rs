@@ -26,7 +26,7 @@ use chat_proto::pb::{
 };
 use clap::{Args, Parser, Subcommand};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
 #[command(name = "chat", version, about = "Chat from the terminal through a chat gateway.")]
@@ -192,6 +192,8 @@ enum Command {
     Echo {
         #[arg(long = "gateway", short = 'g', env = "CHAT_GATEWAYS", value_delimiter = ',', default_value = DEFAULT_GATEWAY)]
         gateways: Vec<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[arg(long, default_value = "ping")]
         message: String,
     },
@@ -264,6 +266,22 @@ struct BenchArgs {
     /// Send no token (for the baseline server).
     #[arg(long)]
     no_auth: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(Debug, Args)]
+struct TlsArgs {
+    /// PEM certificate of a private CA to trust for `https://` gateways,
+    /// instead of the system's roots.
+    #[arg(long, env = "CHAT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn ca(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.ca_cert.as_deref().map(chat_client::tls::read_ca).transpose()?)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -293,10 +311,21 @@ struct ConnArgs {
     #[arg(long, short = 'u', env = "CHAT_USER")]
     user: Option<String>,
     /// Bearer token to use as is.
-    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true, conflicts_with = "token_command")]
     token: Option<String>,
+    /// Shell command printing a bearer token (e.g. one asking your identity
+    /// provider); `connect` runs it again for a fresh token before each
+    /// expires.
+    #[arg(long, env = "CHAT_TOKEN_COMMAND")]
+    token_command: Option<String>,
+    /// Validity of the tokens minted for `--user`, in seconds (`connect`
+    /// sends a fresh one on its stream before each expires).
+    #[arg(long, default_value_t = 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    token_ttl_secs: u64,
     #[command(flatten)]
     secret: SecretArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl SecretArgs {
@@ -331,13 +360,42 @@ impl SecretArgs {
 
 impl ConnArgs {
     fn bearer(&self) -> anyhow::Result<(String, MetadataValue<tonic::metadata::Ascii>)> {
-        let (user, token) = match (&self.token, &self.user) {
-            (Some(token), user) => (user.clone().unwrap_or_else(|| "me".into()), token.clone()),
-            (None, Some(user)) => (user.clone(), self.secret.mint(user, Duration::from_secs(24 * 3600))?),
-            (None, None) => bail!("give --user NAME (or set CHAT_USER) to mint a token, or --token (CHAT_TOKEN)"),
+        let named = || self.user.clone().unwrap_or_else(|| "me".into());
+        let (user, token) = match (&self.token, &self.token_command, &self.user) {
+            (Some(token), _, _) => (named(), token.clone()),
+            (None, Some(command), _) => (named(), connect::run_token_command(command)?),
+            (None, None, Some(user)) => (user.clone(), self.secret.mint(user, self.token_ttl())?),
+            (None, None, None) => bail!(
+                "give --user NAME (or set CHAT_USER) to mint a token, or --token (CHAT_TOKEN), or --token-command"
+            ),
         };
         let value = format!("Bearer {token}").parse().context("token is not valid metadata")?;
         Ok((user, value))
+    }
+
+    fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+
+    /// The user and where the interactive chat's tokens come from: the
+    /// token given, or ones minted here (which can be refreshed).
+    fn credentials(self) -> anyhow::Result<(String, connect::Credentials)> {
+        let named = |user: Option<String>| user.unwrap_or_else(|| "me".into());
+        match (self.token, self.token_command, self.user) {
+            (Some(token), _, user) => Ok((named(user), connect::Credentials::Given(token))),
+            (None, Some(command), user) => Ok((named(user), connect::Credentials::Command(command))),
+            (None, None, Some(user)) => {
+                let ttl = Duration::from_secs(self.token_ttl_secs);
+                let secret = self.secret;
+                secret.mint(&user, ttl)?; // fail now, not at the first refresh
+                let name = user.clone();
+                let mint = Box::new(move || secret.mint(&name, ttl));
+                Ok((user, connect::Credentials::Minted(mint)))
+            }
+            (None, None, None) => bail!(
+                "give --user NAME (or set CHAT_USER) to mint a token, or --token (CHAT_TOKEN), or --token-command"
+            ),
+        }
     }
 
     /// The gateway URLs given, in order.
@@ -350,9 +408,10 @@ impl ConnArgs {
     async fn client(&self) -> anyhow::Result<(String, connect::Client)> {
         let (user, bearer) = self.bearer()?;
         let gateways = self.gateways()?;
+        let ca = self.tls.ca()?;
         let mut failures = Vec::new();
         for gateway in &gateways {
-            match channel(gateway).await {
+            match channel(gateway, ca.as_deref()).await {
                 Ok(channel) => return Ok((user, authed(channel, bearer))),
                 Err(e) => failures.push(format!("{e:#}")),
             }
@@ -368,15 +427,16 @@ fn gateway_list(given: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(gateways)
 }
 
-pub(crate) async fn channel(gateway: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(gateway.to_owned())
-        .with_context(|| format!("bad gateway URL {gateway}"))?
+/// A connection to a gateway (`https://` over TLS; `ca_cert` is a private
+/// CA to trust instead of the system's roots).
+pub(crate) async fn channel(gateway: &str, ca_cert: Option<&[u8]>) -> anyhow::Result<Channel> {
+    chat_client::tls::endpoint(gateway, ca_cert)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .connect()
         .await
-        .with_context(|| format!("cannot reach gateway {gateway}"))
+        .map_err(|e| anyhow::anyhow!("cannot reach gateway {gateway}: {}", chat_client::tls::describe(&e)))
 }
 
 pub(crate) fn authed(channel: Channel, bearer: MetadataValue<tonic::metadata::Ascii>) -> connect::Client {
@@ -392,9 +452,20 @@ fn rpc_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match run(Cli::parse()).await {
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // `connect` may end (an expired token, a refused one) while a read of
+    // the terminal is pending on a blocking thread: do not wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -410,7 +481,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchBaseline { listen } => bench_baseline(listen).await,
         Command::BenchPlot { csv, out, title } => bench_plot(csv, out, title).await,
         Command::Cost { workload } => cost(workload).await,
-        Command::Echo { gateways, message } => echo(gateways, message).await,
+        Command::Echo { gateways, tls, message } => echo(gateways, tls, message).await,
         Command::Send { conn, conversation, body, client_message_id } => {
             send(conn, conversation, body, client_message_id).await
         }
@@ -457,6 +528,7 @@ async fn run_bench(bench: BenchArgs, secret: SecretArgs) -> anyhow::Result<()> {
     let (duration, drain) =
         (seconds(bench.duration_secs, "--duration-secs")?, seconds(bench.drain_secs, "--drain-secs")?);
     let run_id = ulid::Ulid::new().to_string().to_lowercase();
+    let ca = bench.tls.ca()?;
     for (step, users) in bench.users.iter().enumerate() {
         let plan = chat_client::bench::Plan {
             label: bench.label.clone(),
@@ -470,6 +542,7 @@ async fn run_bench(bench: BenchArgs, secret: SecretArgs) -> anyhow::Result<()> {
             drain,
             body_bytes: bench.body_bytes,
             auth: auth.clone(),
+            ca_cert: ca.clone(),
             run_id: format!("{run_id}-{step}"),
         };
         let result = chat_client::bench::run(plan).await?;
@@ -514,9 +587,10 @@ async fn cost(workload: chat_client::cost::Workload) -> anyhow::Result<()> {
 }
 
 /// Checks every gateway given.
-async fn echo(gateways: Vec<String>, message: String) -> anyhow::Result<()> {
+async fn echo(gateways: Vec<String>, tls: TlsArgs, message: String) -> anyhow::Result<()> {
+    let ca = tls.ca()?;
     for gateway in gateway_list(&gateways)? {
-        let mut client = EchoServiceClient::new(channel(&gateway).await?);
+        let mut client = EchoServiceClient::new(channel(&gateway, ca.as_deref()).await?);
         let reply = client
             .echo(EchoRequest { message: message.clone() })
             .await
@@ -765,7 +839,9 @@ async fn connect_interactive(conn: ConnArgs, conversations: Vec<String>, create:
             }
         }
     }
-    let (user, bearer) = conn.bearer()?;
-    connect::interactive(conn.gateways()?, bearer, user, conversations).await?;
+    let gateways = conn.gateways()?;
+    let ca = conn.tls.ca()?;
+    let (user, credentials) = conn.credentials()?;
+    connect::interactive(gateways, ca, credentials, user, conversations).await?;
     Ok(())
 }

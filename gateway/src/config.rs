@@ -59,6 +59,37 @@ pub struct Config {
     #[arg(long, env = "CHAT_JWT_AUDIENCE", default_value = chat_proto::token::DEFAULT_AUDIENCE)]
     pub jwt_audience: String,
 
+    /// Clock skew tolerated on a token's `exp` and `nbf`, in seconds. A
+    /// stream ends when its token has expired by this much.
+    #[arg(long, env = "CHAT_JWT_LEEWAY_SECS", default_value_t = chat_proto::token::DEFAULT_LEEWAY_SECS, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub jwt_leeway_secs: u64,
+
+    /// The identity provider's JWKS URL. When set, bearer tokens must be
+    /// RS256 or ES256 tokens signed by one of its keys (HS256 and the shared
+    /// secret are then refused); without it, HS256 with the shared secret.
+    #[arg(long, env = "CHAT_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// Least time between two fetches of the JWKS caused by tokens naming a
+    /// key id not held yet, in seconds (bounds what made-up key ids cost).
+    #[arg(long, env = "CHAT_JWKS_MIN_REFRESH_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub jwks_min_refresh_secs: u64,
+
+    /// How often the JWKS is fetched again regardless, in seconds, so keys
+    /// the provider withdrew stop being trusted.
+    #[arg(long, env = "CHAT_JWKS_REFRESH_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    pub jwks_refresh_secs: u64,
+
+    /// PEM certificate chain to serve TLS with (with `--tls-key`). Without
+    /// both, the gateway speaks plain HTTP/2 (h2c), e.g. behind a load
+    /// balancer that terminates TLS.
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// ARN of the SNS topic all events are published to (sns-sqs bus).
     #[arg(long, env = "CHAT_TOPIC_ARN")]
     pub topic_arn: Option<String>,
@@ -222,6 +253,11 @@ impl Config {
         }
     }
 
+    /// The JWKS URL, when one is configured (an empty value is none).
+    pub fn jwks_url(&self) -> Option<&str> {
+        self.jwks_url.as_deref().map(str::trim).filter(|u| !u.is_empty())
+    }
+
     pub fn reorder_window(&self) -> Duration {
         Duration::from_millis(self.reorder_window_ms)
     }
@@ -266,6 +302,22 @@ mod tests {
         assert_eq!(limits.frames.burst, 7);
         assert_eq!(limits.send_deadline, Duration::from_secs(5));
         assert!(Config::try_parse_from(["gateway", "--send-deadline-ms", "0"]).is_err());
+    }
+
+    #[test]
+    fn tls_needs_both_certificate_and_key() {
+        assert!(Config::try_parse_from(["gateway", "--tls-cert", "c.pem"]).is_err());
+        assert!(Config::try_parse_from(["gateway", "--tls-key", "k.pem"]).is_err());
+        let both = Config::parse_from(["gateway", "--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        assert_eq!(both.tls_cert, Some(PathBuf::from("c.pem")));
+    }
+
+    #[test]
+    fn an_empty_jwks_url_is_none() {
+        assert_eq!(Config::parse_from(["gateway", "--jwks-url", " "]).jwks_url(), None);
+        let set = Config::parse_from(["gateway", "--jwks-url", "https://idp.example/jwks.json"]);
+        assert_eq!(set.jwks_url(), Some("https://idp.example/jwks.json"));
+        assert!(Config::try_parse_from(["gateway", "--jwks-min-refresh-secs", "0"]).is_err());
     }
 
     #[test]

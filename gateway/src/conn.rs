@@ -72,7 +72,11 @@ impl ConnState {
 /// The connection a request came on, when the transport is the gateway's
 /// (the one place that knows where tonic puts it).
 pub(crate) fn info<T>(request: &tonic::Request<T>) -> Option<&ConnInfo> {
-    request.extensions().get::<ConnInfo>()
+    let extensions = request.extensions();
+    // Under the gateway's own TLS, tonic wraps the connection's info.
+    extensions
+        .get::<ConnInfo>()
+        .or_else(|| extensions.get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>().map(|tls| tls.get_ref()))
 }
 
 /// Passes a request on an admitted connection, with tonic's own

@@ -15,6 +15,8 @@ pub(crate) enum GatewayError {
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
@@ -34,6 +36,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidArgument(_) => Code::InvalidArgument,
             GatewayError::ResourceExhausted(_) => Code::ResourceExhausted,
+            GatewayError::Unauthenticated(_) => Code::Unauthenticated,
             GatewayError::PermissionDenied(_) => Code::PermissionDenied,
             GatewayError::FailedPrecondition(_) => Code::FailedPrecondition,
             GatewayError::AlreadyExists(_) => Code::AlreadyExists,

@@ -4,7 +4,8 @@
 //!
 //! Map (see ARCHITECTURE.md for the whole path of a message):
 //! - `server::run` assembles everything and owns shutdown;
-//! - `service` is the gRPC surface, `auth` its interceptor;
+//! - `service` is the gRPC surface, `auth` authenticates its calls (with
+//!   `jwks`, the identity provider's keys, when configured);
 //! - `conn` wraps each connection (admission by address, closing it);
 //!   `session` serves one `Connect` stream, `outbox` is its bounded
 //!   outbound buffer;
@@ -28,6 +29,7 @@ mod conn;
 mod error;
 mod history;
 mod hub;
+mod jwks;
 mod limits;
 mod outbox;
 mod receipts;

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, ServerTlsConfig};
 
 use chat_aws::dynamo::DynamoStore;
 use chat_aws::queue::{self, GatewayQueue, QueueError};
@@ -29,11 +30,13 @@ use chat_core::memory::MemoryStore;
 use chat_core::store::{StoreError, Stores};
 
 use crate::app::{App, PRESENCE_REFRESH};
+use crate::auth::{Authenticated, Authenticator};
 use crate::bus::batch::{BatchPolicy, BatchingPublisher};
 use crate::bus::memory::MemoryBus;
 use crate::bus::sqs;
 use crate::config::{BusKind, Config};
 use crate::hub::Hub;
+use crate::jwks::KeyCache;
 use crate::limits::AddressLimits;
 use crate::service::{ChatApi, EchoApi};
 
@@ -52,6 +55,8 @@ const GAP_TICK: Duration = Duration::from_millis(50);
 /// each, let one stream's unread frames exhaust the budget.)
 const STREAM_WINDOW: u32 = 32 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Longest a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -59,6 +64,10 @@ pub enum RunError {
     Config(String),
     #[error("JWT secret: {0}")]
     Secret(String),
+    #[error("identity provider: {0}")]
+    Jwks(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     #[error("gateway queue: {0}")]
@@ -123,6 +132,47 @@ fn read_or_create_secret(path: &Path) -> Result<Vec<u8>, RunError> {
     }
 }
 
+/// How this gateway trusts tokens: the identity provider's keys when a JWKS
+/// URL is configured (the shared secret is then not read), else HS256 with
+/// the shared secret.
+async fn authenticator(config: &Config) -> Result<(Authenticator, Option<Arc<KeyCache>>), RunError> {
+    let (issuer, audience) = (&config.jwt_issuer, &config.jwt_audience);
+    match config.jwks_url() {
+        Some(url) => {
+            let cache = KeyCache::load(url, Duration::from_secs(config.jwks_min_refresh_secs))
+                .await
+                .map_err(|e| RunError::Jwks(e.to_string()))?;
+            let cache = Arc::new(cache);
+            let verifier = Verifier::jwks(issuer, audience).with_leeway(config.jwt_leeway_secs);
+            Ok((Authenticator::with_keys(verifier, cache.clone()), Some(cache)))
+        }
+        None => {
+            let secret = load_secret(config)?;
+            let verifier = Verifier::new(&secret, issuer, audience)
+                .map_err(|e| RunError::Secret(e.to_string()))?
+                .with_leeway(config.jwt_leeway_secs);
+            Ok((Authenticator::with_secret(verifier), None))
+        }
+    }
+}
+
+/// The TLS settings when a certificate and key are configured. Read at
+/// start, so a missing or bad file stops the gateway before it serves.
+fn tls(config: &Config) -> Result<Option<ServerTlsConfig>, RunError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let read = |path: &Path| std::fs::read(path).map_err(|e| RunError::Tls(format!("reading {}: {e}", path.display())));
+    let identity = Identity::from_pem(read(cert)?, read(key)?);
+    // The process-wide rustls provider: the AWS SDK links another one, and
+    // with two linked rustls cannot pick a default by itself. (An error
+    // means one is installed already.)
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = ServerTlsConfig::new().identity(identity).timeout(TLS_HANDSHAKE_TIMEOUT);
+    // Building the acceptor checks that the certificate and key parse and
+    // belong together.
+    tonic::transport::Server::builder().tls_config(tls.clone()).map_err(|e| RunError::Tls(format!("{e}: {e:?}")))?;
+    Ok(Some(tls))
+}
+
 /// Bus-side resources that need tearing down at shutdown.
 struct AwsParts {
     queue: GatewayQueue,
@@ -182,7 +232,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 struct Gateway {
     id: String,
     bus_kind: BusKind,
-    verifier: Verifier,
+    auth: Arc<Authenticator>,
+    /// The identity provider's keys, refreshed in the background.
+    keys: Option<Arc<KeyCache>>,
+    tls: Option<ServerTlsConfig>,
     hub: Arc<Hub>,
     app: Arc<App>,
     /// Admission of connections by source address.
@@ -201,9 +254,8 @@ impl Gateway {
     /// exist once this returns.
     async fn build(config: &Config) -> Result<Self, RunError> {
         let id = instance_id(config)?;
-        let secret = load_secret(config)?;
-        let verifier = Verifier::new(&secret, &config.jwt_issuer, &config.jwt_audience)
-            .map_err(|e| RunError::Secret(e.to_string()))?;
+        let tls = tls(config)?;
+        let (auth, keys) = authenticator(config).await?;
         let hub = Arc::new(Hub::new(config.reorder_window()));
         let bus_kind = config.effective_bus();
         let (stores, bus, aws): (Stores, Arc<dyn Bus>, Option<AwsParts>) = match bus_kind {
@@ -220,7 +272,9 @@ impl Gateway {
         let gateway = Self {
             id,
             bus_kind,
-            verifier,
+            auth: Arc::new(auth),
+            keys,
+            tls,
             hub,
             app,
             addresses: Arc::new(AddressLimits::new(&config.limits())),
@@ -267,6 +321,13 @@ impl Gateway {
             addresses.purge_idle();
             std::future::ready(())
         }));
+        if let Some(keys) = &self.keys {
+            let keys = keys.clone();
+            background.spawn(every(Duration::from_secs(config.jwks_refresh_secs), stop.clone(), move || {
+                let keys = keys.clone();
+                async move { keys.refresh().await }
+            }));
+        }
         let app = self.app.clone();
         background.spawn(every(PRESENCE_REFRESH, stop.clone(), move || {
             let app = app.clone();
@@ -293,19 +354,25 @@ impl Gateway {
         let reflection_v1 = reflection().build_v1().map_err(|e| RunError::Reflection(e.to_string()))?;
         let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| RunError::Reflection(e.to_string()))?;
 
-        let chat = ChatServiceServer::new(ChatApi::new(self.app.clone(), self.sessions.clone()))
+        let chat = ChatServiceServer::new(ChatApi::new(self.app.clone(), self.sessions.clone(), self.auth.clone()))
             .max_decoding_message_size(config.max_grpc_message_bytes)
             .max_encoding_message_size(config.max_grpc_message_bytes);
         let echo = EchoServiceServer::new(EchoApi::new(self.id.clone()))
             .max_decoding_message_size(config.max_grpc_message_bytes)
             .max_encoding_message_size(config.max_grpc_message_bytes);
         // A connection its address's limits refused is told so before
-        // anything else.
-        let authenticate = crate::auth::interceptor(Arc::new(self.verifier.clone()));
-        let chat = InterceptedService::new(chat, move |request| authenticate(crate::conn::admit(request)?));
+        // anything else, authentication included.
+        let chat = InterceptedService::new(Authenticated::new(chat, self.auth.clone()), crate::conn::admit);
 
         let local_addr = listener.local_addr().ok();
-        tracing::info!(gateway_id = self.id, bus = ?self.bus_kind, addr = ?local_addr, "gateway serving");
+        tracing::info!(
+            gateway_id = self.id,
+            bus = ?self.bus_kind,
+            addr = ?local_addr,
+            tls = self.tls.is_some(),
+            identity = ?self.auth.verifier(),
+            "gateway serving"
+        );
         let closing = self.app.closing().clone();
         let signal = shutdown.clone();
         let stopped = async move {
@@ -313,7 +380,11 @@ impl Gateway {
             tracing::info!("shutdown: closing streams");
             closing.cancel();
         };
-        let serve = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(tls.clone())?;
+        }
+        let serve = builder
             .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_secs.max(1))))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .initial_stream_window_size(STREAM_WINDOW)

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::app::App;
-use crate::auth::caller;
+use crate::auth::{Authenticator, caller, expiry};
 use crate::history::PageRequest;
 use crate::limits::SendDeadline;
 use crate::outbox::EventStream;
@@ -30,11 +30,13 @@ use futures::TryStreamExt;
 pub(crate) struct ChatApi {
     app: Arc<App>,
     sessions: TaskTracker,
+    /// Streams check refreshed tokens with it.
+    auth: Arc<Authenticator>,
 }
 
 impl ChatApi {
-    pub(crate) fn new(app: Arc<App>, sessions: TaskTracker) -> Self {
-        Self { app, sessions }
+    pub(crate) fn new(app: Arc<App>, sessions: TaskTracker, auth: Arc<Authenticator>) -> Self {
+        Self { app, sessions, auth }
     }
 }
 
@@ -45,9 +47,10 @@ impl ChatService for ChatApi {
 
     async fn connect(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<Self::ConnectStream>, Status> {
         let user = caller(&request)?;
+        let expires_at = expiry(&request)?.0;
         let (outbox, events, slot) = self.app.open_stream(user.0)?;
         let conn = crate::conn::info(&request).map(|c| c.state.clone());
-        let session = Session::new(self.app.clone(), outbox, conn, slot);
+        let session = Session::new(self.app.clone(), outbox, conn, slot, self.auth.clone(), expires_at);
         self.sessions.spawn(session.run(request.into_inner()));
         Ok(Response::new(events.map_ok(|event: SharedEvent| event.wire())))
     }

@@ -17,6 +17,10 @@
 //! A stream ended by the gateway (a slow consumer, a broken limit) gives its
 //! client the stall grace to read the end; one that has not by then stopped
 //! reading, and its connection is closed (`conn`), so it learns at once.
+//!
+//! A stream also ends when its token expires (after a `Disconnect` with
+//! resume points), unless a refresh frame with a fresh token of the same
+//! user moved the expiry on.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use crate::app::App;
+use crate::auth::Authenticator;
 use crate::conn::ConnState;
 use crate::error::GatewayError;
 use crate::limits::{DirectLimit, SendDeadline, Slot};
@@ -53,6 +58,9 @@ const PUBLISH_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 const MAX_QUEUED_FRAMES: usize = 1024;
 /// Bytes of frames read but not yet handled, at most; reading pauses there.
 const MAX_QUEUED_FRAME_BYTES: usize = 256 * 1024;
+/// Longest a stream is timed to live at once, whatever its token's `exp`
+/// says (a timer must not overflow); a stream outliving it is timed again.
+const MAX_EXPIRY_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -71,6 +79,10 @@ pub(crate) struct Session {
     conn: Arc<ConnState>,
     /// The user's stream slot, held while the stream is served.
     _slot: Slot<String>,
+    auth: Arc<Authenticator>,
+    /// The `exp` of the token the stream is authorised by (the one it was
+    /// opened with, or the latest refreshed), in seconds since the epoch.
+    expires_at: u64,
 }
 
 /// A frame read off the stream, with its share of the queue's bytes.
@@ -78,12 +90,22 @@ type Queued = (ClientFrame, OwnedSemaphorePermit);
 
 impl Session {
     /// `conn` is the connection's state when the transport gave one; without
-    /// it the stream is limited as a connection of its own.
-    pub(crate) fn new(app: Arc<App>, outbox: Arc<Outbox>, conn: Option<Arc<ConnState>>, slot: Slot<String>) -> Self {
+    /// it the stream is limited as a connection of its own. `expires_at` is
+    /// the `exp` of the token the stream was opened with.
+    pub(crate) fn new(
+        app: Arc<App>,
+        outbox: Arc<Outbox>,
+        conn: Option<Arc<ConnState>>,
+        slot: Slot<String>,
+        auth: Arc<Authenticator>,
+        expires_at: u64,
+    ) -> Self {
         let conn = conn.unwrap_or_else(|| {
             Arc::new(ConnState::new(None, DirectLimit::new("frames per connection", app.limits().frames)))
         });
         Self {
+            auth,
+            expires_at,
             app,
             outbox,
             joined: BTreeSet::new(),
@@ -110,16 +132,26 @@ impl Session {
         let stop = CancellationToken::new();
         let reader = read_frames(inbound, queue, self.outbox.clone(), self.conn.clone(), stop.clone());
         let mut ended_here = false;
+        let expiry = tokio::time::sleep(self.until_expiry());
+        tokio::pin!(expiry);
         let serve = async {
             let mut reading = true;
             loop {
                 tokio::select! {
                     () = self.app.closing().cancelled() => {
-                        // Answers to sends being published go out before the
-                        // Disconnect, so no accepted send goes unacknowledged.
-                        let all = u32::try_from(PUBLISHES_IN_FLIGHT).unwrap_or(u32::MAX);
-                        let _ = tokio::time::timeout(PUBLISH_DRAIN, self.publishing.acquire_many(all)).await;
-                        self.outbox.close(CloseReason::Shutdown);
+                        self.close_after_publishes(CloseReason::Shutdown).await;
+                        break;
+                    }
+                    () = &mut expiry => {
+                        let left = self.until_expiry();
+                        if !left.is_zero() {
+                            // A refresh moved the expiry, or it was beyond one wait.
+                            expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                            continue;
+                        }
+                        tracing::info!(user_id = self.user(), session_id = self.outbox.session_id, "stream token expired");
+                        self.close_after_publishes(CloseReason::TokenExpired).await;
+                        ended_here = true;
                         break;
                     }
                     () = self.outbox.closed().cancelled() => {
@@ -164,6 +196,19 @@ impl Session {
         });
     }
 
+    /// Ends the stream with `reason` once the answers to sends being
+    /// published have gone out, so no accepted send goes unacknowledged.
+    async fn close_after_publishes(&self, reason: CloseReason) {
+        let all = u32::try_from(PUBLISHES_IN_FLIGHT).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(PUBLISH_DRAIN, self.publishing.acquire_many(all)).await;
+        self.outbox.close(reason);
+    }
+
+    /// How long until the stream's token expires (leeway included), capped.
+    fn until_expiry(&self) -> std::time::Duration {
+        self.auth.verifier().remaining(self.expires_at, chat_core::clock::now_ms(), MAX_EXPIRY_WAIT)
+    }
+
     async fn cleanup(&mut self) {
         for conversation_id in std::mem::take(&mut self.joined) {
             if let Err(e) = self.app.unsubscribe(&conversation_id, &self.outbox).await {
@@ -180,7 +225,9 @@ impl Session {
                 &request_id,
                 "",
                 "",
-                GatewayError::InvalidArgument("frame is empty: set one of join, leave, send, typing, ack, read".into()),
+                GatewayError::InvalidArgument(
+                    "frame is empty: set one of join, leave, send, typing, ack, read, refresh".into(),
+                ),
             );
             return;
         };
@@ -195,6 +242,7 @@ impl Session {
                 self.receipt(conversation_id, ReceiptStatus::Delivered, *seq).await
             }
             Command::Read { conversation_id, seq } => self.receipt(conversation_id, ReceiptStatus::Read, *seq).await,
+            Command::Refresh { token } => self.refresh(token).await,
         };
         if let Err(err) = result {
             self.report(&request_id, command.conversation_id(), command.client_message_id(), err);
@@ -403,6 +451,26 @@ impl Session {
         Ok(())
     }
 
+    /// A fresh token: valid and of this stream's user, it moves the stream's
+    /// expiry to its own (never earlier).
+    async fn refresh(&mut self, token: &str) -> Result<(), GatewayError> {
+        let identity = self
+            .auth
+            .identify(token.trim())
+            .await
+            .map_err(|status| GatewayError::Unauthenticated(format!("refresh refused: {}", status.message())))?;
+        if identity.user != self.user() {
+            return Err(GatewayError::PermissionDenied(format!(
+                "refresh refused: the token is for {:?}, this stream is {:?}'s",
+                identity.user,
+                self.user()
+            )));
+        }
+        self.expires_at = self.expires_at.max(identity.expires_at);
+        tracing::debug!(user_id = self.user(), expires_at = self.expires_at, "stream token refreshed");
+        Ok(())
+    }
+
     async fn typing(&mut self, conversation_id: &str, typing: bool) -> Result<(), GatewayError> {
         self.joined_conversation(conversation_id).await?;
         self.app.typing(conversation_id, &self.outbox.user_id, typing).await
@@ -561,7 +629,10 @@ mod tests {
     fn connect(app: &Arc<App>, user: &str) -> (UnboundedSender<Result<ClientFrame, Status>>, Events) {
         let (outbox, events, slot) = app.open_stream(user.into()).expect("open");
         let (frames, inbound) = unbounded();
-        tokio::spawn(Session::new(app.clone(), outbox, None, slot).run(inbound));
+        let auth = Arc::new(crate::auth::Authenticator::with_secret(
+            chat_proto::token::Verifier::new(b"a test secret of some length", "iss", "aud").expect("verifier"),
+        ));
+        tokio::spawn(Session::new(app.clone(), outbox, None, slot, auth, u64::MAX).run(inbound));
         (frames, Box::pin(crate::outbox::decoded(events)))
     }
 

@@ -63,6 +63,8 @@ impl SharedEvent {
 pub(crate) enum CloseReason {
     SlowConsumer,
     Shutdown,
+    /// The stream's token expired and was not refreshed.
+    TokenExpired,
 }
 
 /// What a client asked for in one frame of its `Connect` stream.
@@ -94,6 +96,10 @@ pub(crate) enum Command {
         conversation_id: String,
         seq: u64,
     },
+    /// A fresh token for the stream's user.
+    Refresh {
+        token: String,
+    },
 }
 
 impl Command {
@@ -105,6 +111,7 @@ impl Command {
             | Command::Typing { conversation_id, .. }
             | Command::Ack { conversation_id, .. }
             | Command::Read { conversation_id, .. } => conversation_id,
+            Command::Refresh { .. } => "",
         }
     }
 
@@ -127,6 +134,7 @@ pub(crate) fn read_frame(frame: ClientFrame) -> (String, Option<Command>) {
         Frame::Typing(f) => Command::Typing { conversation_id: f.conversation_id, typing: f.typing },
         Frame::Ack(f) => Command::Ack { conversation_id: f.conversation_id, seq: f.seq },
         Frame::Read(f) => Command::Read { conversation_id: f.conversation_id, seq: f.seq },
+        Frame::Refresh(f) => Command::Refresh { token: f.token },
     });
     (frame.request_id, command)
 }
@@ -385,6 +393,12 @@ pub(crate) fn disconnect(reason: CloseReason, resume: Vec<(String, u64)>) -> (Sh
             "the gateway is shutting down; reconnect (to any gateway) and resume",
             250,
         ),
+        CloseReason::TokenExpired => (
+            pb::disconnect::Reason::TokenExpired,
+            Code::Unauthenticated,
+            "the stream's token expired; reconnect with a fresh token and resume (send a refresh frame before expiry to keep a stream)",
+            0,
+        ),
     };
     let resume =
         resume.into_iter().map(|(conversation_id, last_seq)| pb::ResumePoint { conversation_id, last_seq }).collect();
@@ -482,6 +496,14 @@ mod tests {
         let command = command.expect("a command");
         assert_eq!((command.conversation_id(), command.client_message_id()), ("room", "c1"));
         assert_eq!(read_frame(ClientFrame { request_id: "r2".into(), frame: None }), ("r2".into(), None));
+        let refresh = ClientFrame {
+            request_id: "r3".into(),
+            frame: Some(Frame::Refresh(pb::RefreshTokenFrame { token: "t.o.k".into() })),
+        };
+        let (_, command) = read_frame(refresh);
+        let command = command.expect("a command");
+        assert_eq!(command, Command::Refresh { token: "t.o.k".into() });
+        assert_eq!(command.conversation_id(), "");
     }
 
     #[test]
@@ -550,6 +572,7 @@ mod tests {
                     .prop_map(|(conversation_id, typing)| Command::Typing { conversation_id, typing }),
                 (text(), any::<u64>()).prop_map(|(conversation_id, seq)| Command::Ack { conversation_id, seq }),
                 (text(), any::<u64>()).prop_map(|(conversation_id, seq)| Command::Read { conversation_id, seq }),
+                text().prop_map(|token| Command::Refresh { token }),
             ]
         }
 
@@ -566,6 +589,7 @@ mod tests {
                 Command::Typing { conversation_id, typing } => Frame::Typing(TypingFrame { conversation_id, typing }),
                 Command::Ack { conversation_id, seq } => Frame::Ack(AckFrame { conversation_id, seq }),
                 Command::Read { conversation_id, seq } => Frame::Read(ReadFrame { conversation_id, seq }),
+                Command::Refresh { token } => Frame::Refresh(pb::RefreshTokenFrame { token }),
             }
         }
 

@@ -68,6 +68,8 @@ pub struct Cluster {
     /// Local function runners (`local-runner`), killed on drop.
     runners: Vec<(Child, PathBuf)>,
     logs: PathBuf,
+    /// The private CA (PEM) of gateways serving TLS; `None`: plain h2c.
+    ca: Option<Vec<u8>>,
 }
 
 impl Cluster {
@@ -104,6 +106,16 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// One memory-mode gateway serving TLS with the certificate and key
+    /// files in `env` (`CHAT_TLS_CERT`, `CHAT_TLS_KEY`), reached at
+    /// `https://127.0.0.1:<port>` trusting `ca_pem`.
+    pub async fn memory_tls(env: &[(&str, &str)], ca_pem: Vec<u8>) -> anyhow::Result<Self> {
+        let mut cluster = Self::empty(Mode::Memory, None, unique("tls"), Vec::new())?;
+        cluster.ca = Some(ca_pem);
+        cluster.start_gateway(env).await?;
+        Ok(cluster)
+    }
+
     /// Chat tests run on either mode.
     pub async fn new(mode: Mode, gateways: usize) -> anyhow::Result<Self> {
         match mode {
@@ -129,6 +141,7 @@ impl Cluster {
             gateways: Vec::new(),
             runners: Vec::new(),
             logs,
+            ca: None,
         })
     }
 
@@ -167,7 +180,7 @@ impl Cluster {
             cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file).spawn().context("starting gateway")?;
         self.gateways.push(GatewayProcess {
             child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{}://127.0.0.1:{port}", if self.ca.is_some() { "https" } else { "http" }),
             instance_id,
             log,
         });
@@ -184,7 +197,7 @@ impl Cluster {
             {
                 bail!("gateway {index} exited with {status} while starting:\n{}", self.log_tail(index));
             }
-            if let Ok(channel) = Endpoint::from_shared(url.clone())?.connect().await {
+            if let Ok(channel) = self.endpoint(&url)?.connect().await {
                 let mut echo = EchoServiceClient::new(channel);
                 if echo.echo(EchoRequest { message: "ready?".into() }).await.is_ok() {
                     return Ok(());
@@ -593,7 +606,12 @@ impl Cluster {
     }
 
     pub async fn channel(&self, index: usize) -> anyhow::Result<Channel> {
-        Ok(Endpoint::from_shared(self.url(index).to_owned())?.connect().await?)
+        Ok(self.endpoint(self.url(index))?.connect().await?)
+    }
+
+    /// A gateway URL's endpoint, trusting this cluster's CA when it has one.
+    fn endpoint(&self, url: &str) -> anyhow::Result<Endpoint> {
+        Ok(chat_client::tls::endpoint(url, self.ca.as_deref())?)
     }
 
     /// A user's `Connect` stream on gateway `index`.

@@ -151,8 +151,7 @@ impl DynamoStore {
                 }
                 Some(Record::Claimed { claimed_at_ms, .. }) => {
                     let stale = chat_core::clock::now_ms().saturating_sub(claimed_at_ms) >= millis(CLAIM_LEASE);
-                    if stale && self.take_over(key, req, claimed_at_ms).await?
-                    {
+                    if stale && self.take_over(key, req, claimed_at_ms).await? {
                         tracing::warn!(
                             conversation_id = req.conversation_id,
                             "took over a send claim its sender never numbered"

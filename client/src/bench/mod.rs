@@ -36,7 +36,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Connections opened at once while a step sets up.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -64,6 +64,9 @@ pub struct Plan {
     /// How to mint each user's token; `None` sends no token (the baseline
     /// does not check).
     pub auth: Option<Auth>,
+    /// A private CA (PEM) to trust for `https://` gateways instead of the
+    /// system's roots.
+    pub ca_cert: Option<Vec<u8>>,
     /// Makes user and conversation names unique to this step.
     pub run_id: String,
 }
@@ -95,6 +98,7 @@ impl Plan {
             drain: Duration::from_secs(15),
             body_bytes: 64,
             auth: None,
+            ca_cert: None,
             run_id: format!("{label}-{}", ulid::Ulid::new().to_string().to_lowercase()),
         }
     }
@@ -351,12 +355,12 @@ async fn open_connection(plan: &Plan, index: usize) -> Result<(String, Channel),
     let gateway = plan.gateways[index % plan.gateways.len()].clone();
     let setup =
         |what: String| BenchError::Setup { user: index * plan.streams_per_connection, gateway: gateway.clone(), what };
-    let channel = Endpoint::from_shared(gateway.clone())
-        .map_err(|e| setup(format!("bad URL: {e}")))?
+    let channel = crate::tls::endpoint(&gateway, plan.ca_cert.as_deref())
+        .map_err(|e| setup(e.to_string()))?
         .connect_timeout(Duration::from_secs(10))
         .connect()
         .await
-        .map_err(|e| setup(format!("connecting: {e}")))?;
+        .map_err(|e| setup(format!("connecting: {}", crate::tls::describe(&e))))?;
     Ok((gateway, channel))
 }
 
