@@ -64,6 +64,16 @@ impl Role {
         }
     }
 
+    /// The role with its article, for messages: "a member", "an admin",
+    /// "the owner".
+    pub fn described(self) -> &'static str {
+        match self {
+            Role::Member => "a member",
+            Role::Admin => "an admin",
+            Role::Owner => "the owner",
+        }
+    }
+
     /// A stored role; an absent or unknown one is a plain member (items
     /// written before roles existed).
     pub fn parse_stored(value: Option<&str>) -> Self {
@@ -200,6 +210,11 @@ pub enum RoleChange {
     TransferOwnership,
 }
 
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
 fn refuse_direct(kind: Kind, what: &str) -> Result<(), Refusal> {
     if kind == Kind::Direct {
         return Err(Refusal::Precondition(format!(
@@ -229,17 +244,23 @@ pub fn may_remove(kind: Kind, caller: Role, target: Option<Role>) -> Result<(), 
         && target >= caller
     {
         return Err(Refusal::Rank(format!(
-            "a {} cannot remove or ban a {}; only those ranked below you",
-            caller.as_str(),
-            target.as_str()
+            "{} cannot remove or ban {}; only those ranked below you",
+            capitalized(caller.described()),
+            target.described()
         )));
     }
     Ok(())
 }
 
-/// Whether `caller` may give a member ranked `target` the role `new`.
-pub fn may_set_role(kind: Kind, caller: Role, target: Role, new: Role) -> Result<RoleChange, Refusal> {
+/// Whether `caller` may give `member`, ranked `target`, the role `new`.
+/// External identities never connect, so they stay plain members.
+pub fn may_set_role(kind: Kind, caller: Role, member: &str, target: Role, new: Role) -> Result<RoleChange, Refusal> {
     refuse_direct(kind, "change roles")?;
+    if new != Role::Member && crate::external::ExternalId::has_channel_prefix(member) {
+        return Err(Refusal::Precondition(format!(
+            "{member} is an external identity: it cannot act in the conversation, so it cannot hold a role"
+        )));
+    }
     if new == Role::Owner {
         if caller != Role::Owner {
             return Err(Refusal::Rank("only the owner transfers ownership".into()));
@@ -320,20 +341,46 @@ mod tests {
     #[test]
     fn roles_are_granted_up_to_ones_own_and_ownership_only_by_the_owner() {
         assert_eq!(
-            may_set_role(Kind::Public, Role::Admin, Role::Member, Role::Admin),
+            may_set_role(Kind::Public, Role::Admin, "bob", Role::Member, Role::Admin),
             Ok(RoleChange::Set(Role::Admin))
         );
         assert_eq!(
-            may_set_role(Kind::Public, Role::Owner, Role::Admin, Role::Member),
+            may_set_role(Kind::Public, Role::Owner, "bob", Role::Admin, Role::Member),
             Ok(RoleChange::Set(Role::Member))
         );
         assert_eq!(
-            may_set_role(Kind::Public, Role::Owner, Role::Member, Role::Owner),
+            may_set_role(Kind::Public, Role::Owner, "bob", Role::Member, Role::Owner),
             Ok(RoleChange::TransferOwnership)
         );
-        assert!(matches!(may_set_role(Kind::Public, Role::Admin, Role::Member, Role::Owner), Err(Refusal::Rank(_))));
-        assert!(matches!(may_set_role(Kind::Public, Role::Admin, Role::Admin, Role::Member), Err(Refusal::Rank(_))));
-        assert!(matches!(may_set_role(Kind::Public, Role::Member, Role::Member, Role::Admin), Err(Refusal::Rank(_))));
+        assert!(matches!(
+            may_set_role(Kind::Public, Role::Admin, "bob", Role::Member, Role::Owner),
+            Err(Refusal::Rank(_))
+        ));
+        assert!(matches!(
+            may_set_role(Kind::Public, Role::Admin, "bob", Role::Admin, Role::Member),
+            Err(Refusal::Rank(_))
+        ));
+        assert!(matches!(
+            may_set_role(Kind::Public, Role::Member, "bob", Role::Member, Role::Admin),
+            Err(Refusal::Rank(_))
+        ));
+    }
+
+    #[test]
+    fn external_identities_hold_no_role_and_refusals_read_well() {
+        let wa = "whatsapp:+5511999990000";
+        assert!(matches!(
+            may_set_role(Kind::Public, Role::Owner, wa, Role::Member, Role::Admin),
+            Err(Refusal::Precondition(_))
+        ));
+        assert!(matches!(
+            may_set_role(Kind::Public, Role::Owner, wa, Role::Member, Role::Owner),
+            Err(Refusal::Precondition(_))
+        ));
+        assert_eq!(
+            may_remove(Kind::Public, Role::Admin, Some(Role::Owner)).map_err(|e| e.to_string()),
+            Err("An admin cannot remove or ban the owner; only those ranked below you".to_owned())
+        );
     }
 
     #[test]

@@ -234,8 +234,13 @@ impl App {
     pub(crate) async fn unsubscribe(&self, conversation_id: &str, outbox: &Outbox) -> Result<(), GatewayError> {
         self.hub.unsubscribe(conversation_id, &outbox.session_id);
         let key = self.presence_key(conversation_id, outbox);
-        self.presence_set().remove(&key);
-        self.announce_offline(&key).await
+        // Only a stream that went as far as recording its presence is
+        // announced offline: a refused join must not tell a conversation's
+        // members who knocked.
+        if self.presence_set().remove(&key) {
+            self.announce_offline(&key).await?;
+        }
+        Ok(())
     }
 
     /// Removes a stream's presence; announces the user offline when it was
@@ -456,7 +461,7 @@ impl App {
                 "{member} is not a member of conversation {conversation_id}; add them first"
             )));
         };
-        let changes = match conversation::may_set_role(conversation.kind, role, target, new_role)? {
+        let changes = match conversation::may_set_role(conversation.kind, role, member, target, new_role)? {
             RoleChange::Set(new_role) => {
                 if !self.stores.membership.set_role(conversation_id, member, new_role).await? {
                     return Err(GatewayError::FailedPrecondition(format!(

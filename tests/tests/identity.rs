@@ -155,8 +155,17 @@ async fn jwks_tokens_are_accepted_rotated_and_pinned() -> anyhow::Result<()> {
     assert_eq!(idp.fetches(), 1, "the gateway loads the key set once at start");
 
     // RS256 and ES256 tokens of the provider: a stream and a unary call.
-    let room = unique("room-");
     let alice_token = rsa.token(&claims("alice", ISSUER, AUDIENCE))?;
+    let create = chat_proto::pb::CreateConversationRequest {
+        kind: chat_proto::pb::ConversationKind::Public as i32,
+        conversation_id: unique("room-"),
+        ..Default::default()
+    };
+    let room = chat_proto::pb::chat_service_client::ChatServiceClient::new(cluster.channel(0).await?)
+        .create_conversation(chat_e2e::client::with_token(create.clone(), &alice_token)?)
+        .await
+        .map(|_| create.conversation_id)
+        .map_err(|s| anyhow::anyhow!("an RS256 token creates a conversation: {s:?}"))?;
     let mut alice = TestClient::connect(cluster.channel(0).await?, "alice", &alice_token).await?;
     alice.join(&room).await?;
     let bob_token = ec.token(&claims("bob", ISSUER, AUDIENCE))?;
@@ -251,7 +260,7 @@ fn hs256(cluster: &Cluster, user: &str, ttl: Duration) -> anyhow::Result<String>
 #[tokio::test]
 async fn streams_end_when_their_token_expires_unless_refreshed() -> anyhow::Result<()> {
     let cluster = Cluster::memory_with(&[("CHAT_JWT_LEEWAY_SECS", "0")]).await?;
-    let room = unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let short = Duration::from_secs(2);
     // Bob's token is minted first, so it expires no later than alice's.
     let bob_token = hs256(&cluster, "bob", short)?;
@@ -345,7 +354,7 @@ async fn outlive_tokens_minted_before(cluster: &Cluster, ttl: Duration) -> anyho
 async fn the_chat_client_refreshes_the_tokens_it_mints() -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
     let cluster = Cluster::memory_with(&[("CHAT_JWT_LEEWAY_SECS", "0")]).await?;
-    let room = unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
     let chat = |args: &[&str]| -> anyhow::Result<tokio::process::Child> {

@@ -71,7 +71,7 @@ async fn the_client_trusts_a_private_ca_and_refuses_a_wrong_one() -> anyhow::Res
     assert!(url.starts_with("https://"), "{url}");
 
     // A stream over TLS: join and send.
-    let room = unique("room-");
+    let room = cluster.public_room("alice", "room-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     alice.join(&room).await?;
     alice.send(&room, "over-tls", "hello over TLS").await?;
