@@ -14,10 +14,14 @@ LS_PY="${LOCALSTACK_PYTHON:?set LOCALSTACK_PYTHON to the python of the LocalStac
 MOTO_PY="${CHAT_PYTHON:?set CHAT_PYTHON to the python of the moto environment (make does)}"
 CARGO="${CARGO:-cargo}"
 SUITE=(--test aws --test persist --test channels --test janitor --test generic_client --test store --test durability)
+# `--workspace` with `--test` runs only these suites, with the features the
+# whole workspace resolves to: the same artifacts `make test-rust` built
+# (`-p chat-e2e` alone resolves tokio, serde and others differently and
+# rebuilds most of the dependency graph).
 
 if [[ "${CHAT_LOCALSTACK_MODE:-auto}" != host ]] && docker info >/dev/null 2>&1; then
     echo "==> LocalStack 4.14.0 in Docker (testcontainers), one container per test"
-    exec env CHAT_EMULATOR=localstack-docker "$CARGO" test -p chat-e2e --locked "${SUITE[@]}"
+    exec env CHAT_EMULATOR=localstack-docker "$CARGO" test --workspace --locked "${SUITE[@]}"
 fi
 
 work="$(mktemp -d)"
@@ -56,4 +60,4 @@ wait_http "http://127.0.0.1:$ddb_port/moto-api/" moto "$work/moto.log"
 
 AWS_ENDPOINT_URL="http://127.0.0.1:$ls_port" AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$ddb_port" \
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
-    "$CARGO" test -p chat-e2e --locked "${SUITE[@]}"
+    "$CARGO" test --workspace --locked "${SUITE[@]}"

@@ -73,8 +73,17 @@ pub struct Envelope {
     pub origin: String,
     /// Publication time, milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// The conversation's membership version the event was published
+    /// under: a message's when its seq was taken, a removal's after it (see
+    /// `store::Removal`). 0 (absent) for events that need no such order.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub members_version: u64,
     #[serde(flatten)]
     pub event: Event,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// What happened. Serialised with a `kind` tag next to the envelope fields.
@@ -219,7 +228,13 @@ pub enum DecodeError {
 
 impl Envelope {
     pub fn new(event_id: String, conversation_id: String, origin: String, at_ms: i64, event: Event) -> Self {
-        Self { v: ENVELOPE_VERSION, event_id, conversation_id, origin, at_ms, event }
+        Self { v: ENVELOPE_VERSION, event_id, conversation_id, origin, at_ms, members_version: 0, event }
+    }
+
+    /// The same event under membership version `version`.
+    pub fn under_members_version(mut self, version: u64) -> Self {
+        self.members_version = version;
+        self
     }
 
     /// The JSON body published to the bus.

@@ -11,8 +11,8 @@ use crate::envelope::{ReceiptEvent, ReceiptStatus};
 use crate::external::ExternalId;
 use crate::store::{
     Accepted, ConversationInfo, Created, Direction, Failure, History, HistoryQuery, Joined, Links, MemberState,
-    Membership, Presence, PresenceKey, Receipts, SendRequest, Sequencer, StoreError, StoredMessage, body_digest,
-    idempotency_key,
+    Membership, Presence, PresenceKey, Receipts, Removal, SendRequest, Sequencer, StoreError, StoredMessage,
+    body_digest, idempotency_key,
 };
 
 #[derive(Debug, Default)]
@@ -33,6 +33,8 @@ struct State {
     conversations: HashMap<String, Conversation>,
     /// conversation → users kept out
     bans: HashMap<String, BTreeSet<String>>,
+    /// conversation → membership version (removals so far)
+    members_versions: HashMap<String, u64>,
     last_seq: HashMap<String, u64>,
     /// conversation → member → receipt positions
     members: HashMap<String, BTreeMap<String, Member>>,
@@ -105,6 +107,7 @@ impl Sequencer for MemoryStore {
             }
             return Ok(Accepted { duplicate: true, ..first.clone() });
         }
+        let members_version = state.members_versions.get(req.conversation_id).copied().unwrap_or(0);
         let seq = state.last_seq.entry(req.conversation_id.to_owned()).or_insert(0);
         *seq += 1;
         let accepted = Accepted {
@@ -113,6 +116,7 @@ impl Sequencer for MemoryStore {
             accepted_at_ms: req.now_ms,
             duplicate: false,
             external_recipients,
+            members_version,
         };
         if let (Some(key), Some(digest)) = (key, digest) {
             state.sends.insert(key, (accepted.clone(), digest));
@@ -164,15 +168,16 @@ impl Membership for MemoryStore {
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError> {
         let mut state = self.state();
         let last_seq = state.last_seq.get(conversation_id).copied().unwrap_or(0);
+        let members_version = state.members_versions.get(conversation_id).copied().unwrap_or(0);
         if let Some(member) = state.member_mut(conversation_id, user_id) {
-            return Ok(Joined { newly_member: false, role: member.role, last_seq });
+            return Ok(Joined { newly_member: false, role: member.role, last_seq, members_version });
         }
         let public = state.conversations.get(conversation_id).is_some_and(|c| c.kind == Kind::Public);
         if !public || state.is_banned(conversation_id, user_id) {
             return Err(StoreError::NotAdmitted);
         }
         state.record_member(conversation_id, user_id, Role::Member, crate::clock::now_ms());
-        Ok(Joined { newly_member: true, role: Role::Member, last_seq })
+        Ok(Joined { newly_member: true, role: Role::Member, last_seq, members_version })
     }
 
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
@@ -195,11 +200,18 @@ impl Membership for MemoryStore {
         Ok(state.record_member(conversation_id, member_id, Role::Member, now_ms))
     }
 
-    async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<bool, StoreError> {
-        if ban {
-            self.state().bans.entry(conversation_id.to_owned()).or_default().insert(member_id.to_owned());
-        }
-        self.leave(conversation_id, member_id).await
+    async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<Removal, StoreError> {
+        let members_version = {
+            let mut state = self.state();
+            if ban {
+                state.bans.entry(conversation_id.to_owned()).or_default().insert(member_id.to_owned());
+            }
+            let version = state.members_versions.entry(conversation_id.to_owned()).or_insert(0);
+            *version += 1;
+            *version
+        };
+        let was_member = self.leave(conversation_id, member_id).await?;
+        Ok(Removal { was_member, members_version })
     }
 
     async fn unban(&self, conversation_id: &str, member_id: &str) -> Result<bool, StoreError> {
@@ -244,6 +256,19 @@ impl Presence for MemoryStore {
             sessions.remove(&(key.user_id.clone(), key.session_id.clone()));
         }
         Ok(!user_online(state.presence.get(&key.conversation_id), &key.user_id, now_ms))
+    }
+
+    async fn presence_remove_user(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let Some(sessions) = state.presence.get_mut(conversation_id) else { return Ok(false) };
+        let was_online = user_online(Some(sessions), user_id, now_ms);
+        sessions.retain(|(user, _), _| user != user_id);
+        Ok(was_online)
     }
 
     async fn presence_refresh(&self, keys: &[PresenceKey], expires_at_ms: i64) -> Result<(), StoreError> {

@@ -103,6 +103,7 @@ pub fn message_envelope(origin: &str, sender: &str, send: &Send<'_>, accepted: &
             external_recipients: accepted.external_recipients.clone(),
         }),
     )
+    .under_members_version(accepted.members_version)
 }
 
 #[cfg(test)]

@@ -94,6 +94,9 @@ pub struct Accepted {
     /// The conversation's external members when the message was first
     /// accepted, the sender excluded: the connector delivers to them.
     pub external_recipients: Vec<String>,
+    /// The conversation's membership version when the seq was taken (see
+    /// [`Removal::members_version`]).
+    pub members_version: u64,
 }
 
 /// A send waiting for its identity.
@@ -116,6 +119,21 @@ pub struct Joined {
     pub role: Role,
     /// The conversation's latest `seq` when the join was recorded.
     pub last_seq: u64,
+    /// Its membership version then.
+    pub members_version: u64,
+}
+
+/// What a removal did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    /// The user was a member.
+    pub was_member: bool,
+    /// The conversation's membership version after the removal. Every send
+    /// numbered afterwards carries at least this version, so a receiver that
+    /// sees a message of a version it has not seen a removal for holds it
+    /// until the removal arrives: a removed member never receives a message
+    /// sent after their removal, whatever order the bus delivers in.
+    pub members_version: u64,
 }
 
 /// One stream's presence in one conversation.
@@ -188,10 +206,10 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// recipients.
     async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError>;
 
-    /// Removes a member, and with `ban` keeps them out: the ban is recorded
-    /// before the membership goes, so no join slips between. True when
-    /// they were a member.
-    async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<bool, StoreError>;
+    /// Removes a member, and with `ban` keeps them out: the ban and the new
+    /// membership version are recorded before the membership goes, so no
+    /// join or send slips between.
+    async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<Removal, StoreError>;
 
     /// Lifts a ban; true when there was one.
     async fn unban(&self, conversation_id: &str, member_id: &str) -> Result<bool, StoreError>;
@@ -216,6 +234,12 @@ pub trait Presence: Send + Sync + std::fmt::Debug {
     /// Removes a stream's presence. Returns true when no other stream of the
     /// user remains online there (the user went offline).
     async fn presence_offline(&self, key: &PresenceKey, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Removes every stream's presence of `user_id` in a conversation (a
+    /// removed member's, wherever their streams are); true when any was
+    /// online.
+    async fn presence_remove_user(&self, conversation_id: &str, user_id: &str, now_ms: i64)
+    -> Result<bool, StoreError>;
 
     /// Extends the presence of live streams.
     async fn presence_refresh(&self, keys: &[PresenceKey], expires_at_ms: i64) -> Result<(), StoreError>;

@@ -211,7 +211,7 @@ impl App {
             Err(StoreError::NotAdmitted) => return Err(not_admitted(conversation_id)),
             joined => joined?,
         };
-        self.hub.anchor(conversation_id, joined.last_seq);
+        self.hub.anchor(conversation_id, joined.last_seq, joined.members_version);
         let key = self.presence_key(conversation_id, outbox);
         let now_ms = chat_core::clock::now_ms();
         self.presence_set().insert(key.clone());
@@ -428,10 +428,19 @@ impl App {
         let (conversation, role) = self.membership_of(conversation_id, caller).await?;
         let target = self.stores.membership.role(conversation_id, member).await?;
         conversation::may_remove(conversation.kind, role, target)?;
-        let removed = self.stores.membership.remove_member(conversation_id, member, ban).await?;
+        let removal = self.stores.membership.remove_member(conversation_id, member, ban).await?;
+        let removed = removal.was_member;
         if removed || ban {
             let event = Event::MemberRemoved { user_id: member.to_owned(), by: caller.to_owned(), banned: ban };
-            self.bus.publish(&[self.envelope(conversation_id, event)]).await?;
+            let mut events = vec![self.envelope(conversation_id, event).under_members_version(removal.members_version)];
+            // Their streams elsewhere release presence only at their next
+            // refresh; the members see them go now.
+            let now_ms = chat_core::clock::now_ms();
+            if self.stores.presence.presence_remove_user(conversation_id, member, now_ms).await? {
+                let offline = Event::Presence { user_id: member.to_owned(), online: false };
+                events.push(self.envelope(conversation_id, offline));
+            }
+            self.bus.publish(&events).await?;
         }
         tracing::info!(conversation_id, member, by = caller, ban, removed, "member removed");
         Ok(removed)
@@ -704,6 +713,9 @@ mod tests {
         }
         async fn presence_refresh(&self, k: &[PresenceKey], exp: i64) -> Result<(), StoreError> {
             self.inner.presence_refresh(k, exp).await
+        }
+        async fn presence_remove_user(&self, c: &str, u: &str, now: i64) -> Result<bool, StoreError> {
+            self.inner.presence_remove_user(c, u, now).await
         }
         async fn online_users(&self, c: &str, now: i64) -> Result<Vec<String>, StoreError> {
             self.inner.online_users(c, now).await

@@ -31,7 +31,7 @@ impl FanOut {
         for (outbox, _) in &streams {
             hub.subscribe(conversation_id, outbox.clone());
         }
-        hub.anchor(conversation_id, 0);
+        hub.anchor(conversation_id, 0, 0);
         Self { hub, _streams: streams }
     }
 

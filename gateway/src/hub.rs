@@ -51,6 +51,8 @@ pub(crate) struct Counters {
     pub(crate) not_for_streams: AtomicU64,
     pub(crate) deliveries: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
+    /// Messages held for a removal the bus had not delivered yet.
+    pub(crate) parked: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +67,13 @@ struct Conversation {
     order: Reorderer<SharedEvent>,
     /// What this gateway has passed on.
     receipts: ReceiptPositions,
+    /// The membership version this gateway has applied: the one read at the
+    /// first join, moved on by each removal.
+    members_version: u64,
+    /// Messages numbered under a membership version not applied yet: held
+    /// until its removal arrives (the bus may deliver the removal after
+    /// them), so a removed member never receives them.
+    parked: VecDeque<(Instant, Envelope)>,
 }
 
 /// A bounded set of recently seen ids, oldest evicted first.
@@ -109,17 +118,21 @@ impl Hub {
             members: HashMap::new(),
             order: Reorderer::unanchored(self.reorder_window),
             receipts: ReceiptPositions::default(),
+            members_version: 0,
+            parked: VecDeque::new(),
         });
         conversation.members.insert(outbox.session_id.clone(), outbox);
     }
 
-    /// Starts a new conversation's ordering after `last_seq` (no-op when the
+    /// Starts a new conversation's ordering after `last_seq` and its
+    /// membership at `members_version` (ordering is a no-op when the
     /// conversation was already ordered on this gateway).
-    pub(crate) fn anchor(&self, conversation_id: &str, last_seq: u64) {
+    pub(crate) fn anchor(&self, conversation_id: &str, last_seq: u64, members_version: u64) {
         let mut state = self.state();
         if let Some(conversation) = state.conversations.get_mut(conversation_id) {
             let released = conversation.order.anchor(last_seq);
             self.fan_out(conversation, &released, None);
+            self.apply_members_version(conversation, members_version, Instant::now());
         }
     }
 
@@ -158,8 +171,40 @@ impl Hub {
                 self.counters.stale_receipts.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+            Event::Message(_) if envelope.members_version > conversation.members_version => {
+                self.counters.parked.fetch_add(1, Ordering::Relaxed);
+                conversation.parked.push_back((now, envelope));
+                return;
+            }
             _ => {}
         }
+        let conversation_id = envelope.conversation_id.clone();
+        let removal = matches!(envelope.event, Event::MemberRemoved { .. }).then_some(envelope.members_version);
+        self.deliver(conversation, envelope, now);
+        if let Some(version) = removal {
+            self.apply_members_version(conversation, version, now);
+        }
+        if conversation.members.is_empty() {
+            conversations.remove(&conversation_id);
+        }
+    }
+
+    /// Moves the conversation's applied membership version on and delivers
+    /// the messages that were waiting for it.
+    fn apply_members_version(&self, conversation: &mut Conversation, version: u64, now: Instant) {
+        conversation.members_version = conversation.members_version.max(version);
+        let known = conversation.members_version;
+        let (ready, waiting): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut conversation.parked).into_iter().partition(|(_, e)| e.members_version <= known);
+        conversation.parked = waiting;
+        for (_, envelope) in ready {
+            self.deliver(conversation, envelope, now);
+        }
+    }
+
+    /// An event past the checks, in order: encoded once, put in seq order
+    /// (a message), and queued to the members' streams.
+    fn deliver(&self, conversation: &mut Conversation, envelope: Envelope, now: Instant) {
         let conversation_id = envelope.conversation_id.clone();
         let left = match &envelope.event {
             Event::MemberLeft { user_id } | Event::MemberRemoved { user_id, .. } => Some(user_id.clone()),
@@ -192,13 +237,11 @@ impl Hub {
         };
         self.fan_out(conversation, &released, skip_user.as_deref());
         // Leaving (or being removed) ends membership on every device: the
-        // user's streams stop hearing the conversation once told (their sessions notice on
-        // their next frame, and release presence then or at their end).
+        // user's streams stop hearing the conversation once told (their
+        // sessions notice on their next frame, and release presence then or
+        // at their end).
         if let Some(user) = left {
             conversation.members.retain(|_, outbox| outbox.user_id != user);
-            if conversation.members.is_empty() {
-                conversations.remove(&conversation_id);
-            }
         }
     }
 
@@ -207,10 +250,26 @@ impl Hub {
         self.state().conversations.get(conversation_id).is_some_and(|c| c.members.contains_key(session_id))
     }
 
-    /// Releases messages whose gap has waited out the reorder window.
+    /// Releases messages whose gap has waited out the reorder window, and
+    /// messages that waited as long for a removal that never came (the bus
+    /// lost it): the conversation must not stall.
     pub(crate) fn expire_gaps(&self, now: Instant) {
         let mut state = self.state();
         for (conversation_id, conversation) in state.conversations.iter_mut() {
+            let overdue = conversation
+                .parked
+                .iter()
+                .filter(|(at, _)| now.saturating_duration_since(*at) >= self.reorder_window)
+                .map(|(_, e)| e.members_version)
+                .max();
+            if let Some(version) = overdue {
+                tracing::warn!(
+                    conversation_id,
+                    members_version = version,
+                    "a removal never arrived within the reorder window; delivering the messages that waited for it"
+                );
+                self.apply_members_version(conversation, version, now);
+            }
             let released = conversation.order.expire(now);
             if !released.is_empty() {
                 tracing::warn!(conversation_id, released = released.len(), "seq gap skipped after the reorder window");
@@ -308,9 +367,9 @@ mod tests {
         let (bob, bob_stream) = Outbox::new("s-bob".into(), "bob".into(), 64);
         let (carol, carol_stream) = Outbox::new("s-carol".into(), "carol".into(), 64);
         hub.subscribe("room1", bob.clone());
-        hub.anchor("room1", 0);
+        hub.anchor("room1", 0, 0);
         hub.subscribe("room2", carol.clone());
-        hub.anchor("room2", 0);
+        hub.anchor("room2", 0, 0);
         let now = Instant::now();
         for seq in [3, 1, 2, 2, 5, 4] {
             hub.dispatch(message("room1", seq), now);
@@ -330,7 +389,7 @@ mod tests {
         let now = Instant::now();
         hub.dispatch(message("room1", 8), now);
         hub.dispatch(message("room1", 9), now);
-        hub.anchor("room1", 8);
+        hub.anchor("room1", 8, 0);
         hub.dispatch(message("room1", 10), now);
         assert_eq!(seqs(&drain(&bob, stream).await), vec![9, 10]);
     }
@@ -340,7 +399,7 @@ mod tests {
         let hub = Hub::new(Duration::from_millis(100));
         let (bob, stream) = Outbox::new("s".into(), "bob".into(), 64);
         hub.subscribe("room1", bob.clone());
-        hub.anchor("room1", 10);
+        hub.anchor("room1", 10, 0);
         let now = Instant::now();
         hub.dispatch(message("room1", 12), now);
         hub.expire_gaps(now + Duration::from_millis(50));
@@ -357,7 +416,7 @@ mod tests {
         let hub = Hub::new(Duration::from_secs(60));
         let (bob, stream) = Outbox::new("s".into(), "bob".into(), 64);
         hub.subscribe("room1", bob.clone());
-        hub.anchor("room1", 20);
+        hub.anchor("room1", 20, 0);
         let now = Instant::now();
         hub.dispatch(message("room1", 21), now);
         hub.dispatch(message("room1", 10), now);
@@ -372,7 +431,7 @@ mod tests {
         let (bob_phone, phone_stream) = Outbox::new("s-p".into(), "bob".into(), 8);
         hub.subscribe("r", alice.clone());
         hub.subscribe("r", bob_phone.clone());
-        hub.anchor("r", 0);
+        hub.anchor("r", 0, 0);
         let left = Envelope::new("e1".into(), "r".into(), "gw".into(), 1, Event::MemberLeft { user_id: "bob".into() });
         hub.dispatch(left, Instant::now());
         assert!(!hub.is_subscribed("r", "s-p"));
@@ -382,6 +441,52 @@ mod tests {
         assert_eq!(drain(&alice, alice_stream).await.len(), 2);
     }
 
+    fn removal(user: &str, members_version: u64) -> Envelope {
+        let event = Event::MemberRemoved { user_id: user.into(), by: "alice".into(), banned: false };
+        Envelope::new(format!("rm-{user}"), "r".into(), "gw".into(), 1, event).under_members_version(members_version)
+    }
+
+    #[tokio::test]
+    async fn a_message_sent_after_a_removal_waits_for_it_and_never_reaches_the_removed() {
+        let hub = Hub::new(Duration::from_secs(60));
+        let (alice, alice_stream) = Outbox::new("s-a".into(), "alice".into(), 8);
+        let (bob, bob_stream) = Outbox::new("s-b".into(), "bob".into(), 8);
+        hub.subscribe("r", alice.clone());
+        hub.subscribe("r", bob.clone());
+        hub.anchor("r", 0, 0);
+        hub.dispatch(message("r", 1), Instant::now());
+        // Numbered after bob's removal (version 1), delivered by the bus
+        // before the removal itself.
+        hub.dispatch(message("r", 2).under_members_version(1), Instant::now());
+        hub.dispatch(message("r", 3).under_members_version(1), Instant::now());
+        assert_eq!(hub.counters.parked.load(Ordering::Relaxed), 2);
+        hub.dispatch(removal("bob", 1), Instant::now());
+        let bob_saw = drain(&bob, bob_stream).await;
+        assert_eq!(seqs(&bob_saw), vec![1], "bob gets what was sent before his removal, and the removal");
+        assert_eq!(bob_saw.len(), 2);
+        assert_eq!(seqs(&drain(&alice, alice_stream).await), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_removal_that_never_comes_holds_messages_only_for_the_reorder_window() {
+        let window = Duration::from_secs(2);
+        let hub = Hub::new(window);
+        let (alice, alice_stream) = Outbox::new("s-a".into(), "alice".into(), 8);
+        hub.subscribe("r", alice.clone());
+        hub.anchor("r", 0, 0);
+        let start = Instant::now();
+        hub.dispatch(message("r", 1).under_members_version(3), start);
+        hub.expire_gaps(start + window / 2);
+        hub.expire_gaps(start + window);
+        // A later join on this gateway knows the version already.
+        let (carol, carol_stream) = Outbox::new("s-c".into(), "carol".into(), 8);
+        hub.subscribe("r", carol.clone());
+        hub.anchor("r", 1, 3);
+        hub.dispatch(message("r", 2).under_members_version(3), start + window);
+        assert_eq!(seqs(&drain(&alice, alice_stream).await), vec![1, 2]);
+        assert_eq!(seqs(&drain(&carol, carol_stream).await), vec![2]);
+    }
+
     #[tokio::test]
     async fn typing_skips_the_typist_and_unsubscribe_forgets() {
         let hub = Hub::new(Duration::from_secs(1));
@@ -389,7 +494,7 @@ mod tests {
         let (bob, bob_stream) = Outbox::new("s-b".into(), "bob".into(), 8);
         hub.subscribe("r", alice.clone());
         hub.subscribe("r", bob.clone());
-        hub.anchor("r", 0);
+        hub.anchor("r", 0, 0);
         let typing = Envelope::new(
             "t1".into(),
             "r".into(),
@@ -411,7 +516,7 @@ mod tests {
         let hub = Hub::new(Duration::from_secs(1));
         let (alice, stream) = Outbox::new("s-a".into(), "alice".into(), 16);
         hub.subscribe("r", alice.clone());
-        hub.anchor("r", 0);
+        hub.anchor("r", 0, 0);
         let receipt = |id: &str, status, seq| {
             let event = ReceiptEvent {
                 user_id: "bob".into(),
@@ -465,7 +570,7 @@ mod tests {
         let (fast, fast_stream) = Outbox::new("s-fast".into(), "fast".into(), 64);
         hub.subscribe("r", slow.clone());
         hub.subscribe("r", fast.clone());
-        hub.anchor("r", 0);
+        hub.anchor("r", 0, 0);
         for seq in 1..=10 {
             hub.dispatch(message("r", seq), Instant::now());
         }

@@ -148,6 +148,13 @@ pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
         store.presence_online(&key("u", "s4"), later, later + 60_000).await.map_err(failed)?,
         "expired sessions do not count"
     );
+    // A removed member's streams all go at once, wherever they are; only
+    // that user's.
+    check!(!store.presence_online(&key("u", "s5"), later, later + 60_000).await.map_err(failed)?, "u's second stream");
+    check!(store.presence_remove_user(&a, "u", later).await.map_err(failed)?, "u was online");
+    let online = store.online_users(&a, later).await.map_err(failed)?;
+    check!(online == vec!["w".to_string()], "online after u was removed {online:?}");
+    check!(!store.presence_remove_user(&a, "u", later).await.map_err(failed)?, "u is gone already");
     check_receipts(store, prefix).await?;
     check_external_members(store, prefix).await?;
     check_conversations(store, prefix).await?;
@@ -327,21 +334,38 @@ async fn check_bans(store: &dyn Store, prefix: &str) -> Result<(), String> {
     let q = format!("{prefix}-bans");
     create(store, &q, Kind::Public, "owner", &[]).await?;
     store.join(&q, "troll").await.map_err(failed)?;
-    check!(store.remove_member(&q, "troll", true).await.map_err(failed)?, "a member was removed");
+    let before = store.join(&q, "owner").await.map_err(failed)?.members_version;
+    let removal = store.remove_member(&q, "troll", true).await.map_err(failed)?;
+    check!(removal.was_member, "a member was removed");
+    check!(removal.members_version > before, "a removal moves the membership version on: {removal:?} after {before}");
+    let accepted =
+        store.accept_send(send(&q, "owner", "after-removal", "after", "m-after-removal")).await.map_err(failed)?;
+    check!(
+        accepted.members_version == removal.members_version,
+        "a send after a removal carries its version: {accepted:?}"
+    );
+    let joined = store.join(&q, "owner").await.map_err(failed)?;
+    check!(joined.members_version == removal.members_version, "a join reads the version: {joined:?}");
     check!(store.role(&q, "troll").await.map_err(failed)?.is_none(), "not a member after removal");
     check!(store.join(&q, "troll").await == Err(StoreError::NotAdmitted), "a banned user joined");
     check!(store.add_member(&q, "troll", 5).await == Err(StoreError::Banned), "a banned user was added");
     check!(store.role(&q, "troll").await.map_err(failed)?.is_none(), "a refused add left a member");
-    check!(!store.remove_member(&q, "troll", true).await.map_err(failed)?, "banning a non-member removes nobody");
+    check!(
+        !store.remove_member(&q, "troll", true).await.map_err(failed)?.was_member,
+        "banning a non-member removes nobody"
+    );
     check!(store.unban(&q, "troll").await.map_err(failed)?, "the ban is lifted");
     check!(!store.unban(&q, "troll").await.map_err(failed)?, "a second unban finds no ban");
     check!(store.join(&q, "troll").await.map_err(failed)?.newly_member, "unbanned, they join again");
 
     // A ban of someone who never was a member keeps them out all the same.
-    check!(!store.remove_member(&q, "future", true).await.map_err(failed)?, "a pre-emptive ban removes nobody");
+    check!(
+        !store.remove_member(&q, "future", true).await.map_err(failed)?.was_member,
+        "a pre-emptive ban removes nobody"
+    );
     check!(store.join(&q, "future").await == Err(StoreError::NotAdmitted), "a pre-emptively banned user joined");
     // Removal without a ban: a public conversation takes them back.
-    check!(store.remove_member(&q, "troll", false).await.map_err(failed)?, "removed without a ban");
+    check!(store.remove_member(&q, "troll", false).await.map_err(failed)?.was_member, "removed without a ban");
     check!(store.join(&q, "troll").await.map_err(failed)?.newly_member, "rejoined after a plain removal");
     check!(!store.unban(&q, "troll").await.map_err(failed)?, "a plain removal bans nobody");
     // Bans are per conversation.

@@ -228,7 +228,7 @@ pub async fn measure(
             }
             RawMode::LikeASend { store } => {
                 let conversation_id = format!("raw-{}", n % 10);
-                let (seq, _) = store.next_seq(&conversation_id, 0).await.context("allocating seq")?;
+                let seq = store.next_seq(&conversation_id, 0).await.context("allocating seq")?.seq;
                 let id = ulid::Ulid::new().to_string();
                 let envelope = Envelope::new(
                     id.clone(),

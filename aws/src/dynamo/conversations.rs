@@ -7,17 +7,28 @@
 //! - the settings `CreateConversation` writes once: `kind` (`public`,
 //!   `private`, `direct`; absent on conversations created before roles,
 //!   which read as public), `title`, `created_by`, `created_at_ms`;
-//! - `banned` (SS): users kept out, checked atomically by a join.
+//! - `banned` (SS): users kept out, checked atomically by a join;
+//! - `members_version` (N): removals so far, read back by the counter update
+//!   so each message carries the version it was numbered under.
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue};
 use chat_core::conversation::{Conversation, Kind, NewConversation};
 use chat_core::store::{StoreError, StoredMessage};
 
-use super::{DynamoStore, Item, conditional, get_n, get_s, n, s, string_set, text, unavailable};
+use super::{DynamoStore, Item, conditional, get_n, get_s, n, number_or_zero, s, string_set, text, unavailable};
 
 /// The condition under which a non-member may join: the conversation exists,
 /// is public (or predates kinds) and does not ban them (`:u`).
 pub(super) const ADMITS_JOIN: &str = "attribute_exists(conversation_id) AND (attribute_not_exists(#kind) OR #kind = :public) AND NOT contains(banned, :u)";
+
+/// A seq just taken, with what a send needs to know at that moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Numbered {
+    pub seq: u64,
+    /// The external members, the sender included.
+    pub externals: Vec<String>,
+    pub members_version: u64,
+}
 
 /// A conversation's latest stored message, as its summary keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,8 +118,8 @@ impl DynamoStore {
     }
 
     /// Allocates the conversation's next seq (one `UpdateItem`); returns it
-    /// with the conversation's external members.
-    pub async fn next_seq(&self, conversation_id: &str, now_ms: i64) -> Result<(u64, Vec<String>), StoreError> {
+    /// with the conversation's external members and membership version.
+    pub async fn next_seq(&self, conversation_id: &str, now_ms: i64) -> Result<Numbered, StoreError> {
         let out = self
             .client
             .update_item()
@@ -122,24 +133,49 @@ impl DynamoStore {
             .await
             .map_err(|e| unavailable("allocating seq", e))?;
         let item = out.attributes().ok_or_else(|| StoreError::Corrupt("counter update returned nothing".into()))?;
-        Ok((get_n(item, "last_seq")?, string_set(item, "externals")))
+        Ok(Numbered {
+            seq: get_n(item, "last_seq")?,
+            externals: string_set(item, "externals"),
+            members_version: number_or_zero(item, "members_version"),
+        })
+    }
+
+    /// Moves the membership version on (a removal); returns the new one.
+    pub(super) async fn next_members_version(&self, conversation_id: &str) -> Result<u64, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.conversations)
+            .key("conversation_id", s(conversation_id))
+            .update_expression("ADD members_version :one")
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| unavailable("moving the membership version", e))?;
+        let item = out.attributes().ok_or_else(|| StoreError::Corrupt("version update returned nothing".into()))?;
+        get_n(item, "members_version")
     }
 
     pub(super) async fn last_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {
+        Ok(self.position(conversation_id).await?.0)
+    }
+
+    /// The conversation's latest seq and membership version (0 before any).
+    pub(super) async fn position(&self, conversation_id: &str) -> Result<(u64, u64), StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.tables.conversations)
             .key("conversation_id", s(conversation_id))
             .consistent_read(true)
-            .projection_expression("last_seq")
+            .projection_expression("last_seq, members_version")
             .send()
             .await
             .map_err(|e| unavailable("reading last_seq", e))?;
-        match out.item() {
-            Some(item) if item.contains_key("last_seq") => get_n(item, "last_seq"),
-            _ => Ok(0),
-        }
+        Ok(out
+            .item()
+            .map_or((0, 0), |item| (number_or_zero(item, "last_seq"), number_or_zero(item, "members_version"))))
     }
 
     /// Adds (`ADD`) or removes (`DELETE`) an external member of the

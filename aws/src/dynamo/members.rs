@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{ConditionCheck, Put, ReturnValue, TransactWriteIte
 use chat_core::conversation::{Conversation, Kind, NewConversation, Role};
 use chat_core::envelope::ReceiptStatus;
 use chat_core::external::ExternalId;
-use chat_core::store::{Created, Joined, MemberState, Membership, StoreError};
+use chat_core::store::{Created, Joined, MemberState, Membership, Removal, StoreError};
 
 use super::conversations::ADMITS_JOIN;
 use super::{DynamoStore, Item, conditional, get_s, n, number_or_zero, query_items, s, text, unavailable};
@@ -202,8 +202,8 @@ impl Membership for DynamoStore {
             // A concurrent join of the same user may have won.
             None => (self.role(conversation_id, user_id).await?.ok_or(StoreError::NotAdmitted)?, false),
         };
-        let last_seq = self.last_seq(conversation_id).await?;
-        Ok(Joined { newly_member, role, last_seq })
+        let (last_seq, members_version) = self.position(conversation_id).await?;
+        Ok(Joined { newly_member, role, last_seq, members_version })
     }
 
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
@@ -240,11 +240,13 @@ impl Membership for DynamoStore {
         self.put_member(conversation_id, member_id, Role::Member, now_ms).await
     }
 
-    async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<bool, StoreError> {
+    async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<Removal, StoreError> {
         if ban {
             self.set_ban(conversation_id, member_id, true).await?;
         }
-        self.leave(conversation_id, member_id).await
+        let members_version = self.next_members_version(conversation_id).await?;
+        let was_member = self.leave(conversation_id, member_id).await?;
+        Ok(Removal { was_member, members_version })
     }
 
     async fn unban(&self, conversation_id: &str, member_id: &str) -> Result<bool, StoreError> {

@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::Select;
 use chat_core::store::{Presence, PresenceKey, StoreError};
 use futures::StreamExt;
 
-use super::{DynamoStore, conditional, get_s, n, query_items, s, unavailable};
+use super::{DynamoStore, conditional, get_n, get_s, n, query_items, s, unavailable};
 
 /// Presence refreshes in flight at once.
 const PRESENCE_REFRESH_CONCURRENCY: usize = 16;
@@ -96,6 +96,37 @@ impl Presence for DynamoStore {
             .await
             .map_err(|e| unavailable("removing presence", e))?;
         Ok(self.other_sessions(key, now_ms).await? == 0)
+    }
+
+    async fn presence_remove_user(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let request = self
+            .client
+            .query()
+            .table_name(&self.tables.presence)
+            .key_condition_expression("conversation_id = :c AND begins_with(session_key, :u)")
+            .expression_attribute_values(":c", s(conversation_id))
+            .expression_attribute_values(":u", s(&format!("{user_id}#")))
+            .consistent_read(true);
+        let items = query_items(request, None, "querying a user's presence").await?;
+        let mut was_online = false;
+        for item in &items {
+            was_online |= get_n::<i64>(item, "expires_at_ms").is_ok_and(|exp| exp > now_ms);
+            let key = get_s(item, "session_key")?;
+            self.client
+                .delete_item()
+                .table_name(&self.tables.presence)
+                .key("conversation_id", s(conversation_id))
+                .key("session_key", s(&key))
+                .send()
+                .await
+                .map_err(|e| unavailable("removing presence", e))?;
+        }
+        Ok(was_online)
     }
 
     async fn presence_refresh(&self, keys: &[PresenceKey], expires_at_ms: i64) -> Result<(), StoreError> {

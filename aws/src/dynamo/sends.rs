@@ -1,7 +1,8 @@
 //! The send-dedup table, one record per idempotent send (`idem_key`:
 //! conversation/sender/client_message_id): `message_id`, `accepted_at_ms`,
 //! `body_digest`, `claimed_at_ms`, `expires_at` (TTL, a day) and, once the
-//! send has its place, `seq` and `externals` (SS, absent when none).
+//! send has its place, `seq`, `members_version` and `externals` (SS, absent
+//! when none).
 //!
 //! **Claim first, then number.** A send claims its key (`attribute_not_exists`)
 //! before it takes a seq, so of two copies of one send racing on two
@@ -17,7 +18,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chat_core::store::{Accepted, SendRequest, Sequencer, StoreError, body_digest, idempotency_key};
 
-use super::{DynamoStore, Item, conditional, get_n, get_s, n, s, seq_value, string_set, unavailable};
+use super::{DynamoStore, Item, conditional, get_n, get_s, n, number_or_zero, s, seq_value, string_set, unavailable};
 
 /// How long a send stays idempotent.
 const SEND_DEDUP_TTL_SECS: i64 = 24 * 3600;
@@ -49,6 +50,7 @@ fn record(item: &Item) -> Result<Record, StoreError> {
             accepted_at_ms: get_n(item, "accepted_at_ms")?,
             duplicate: true,
             external_recipients: string_set(item, "externals"),
+            members_version: number_or_zero(item, "members_version"),
         };
         return Ok(Record::Numbered { accepted, digest });
     }
@@ -112,8 +114,12 @@ impl DynamoStore {
     /// Records the seq a claimed send was given; false when the claim was
     /// taken over meanwhile (this sender stalled past the lease).
     async fn number(&self, key: &str, message_id: &str, accepted: &Accepted) -> Result<bool, StoreError> {
-        let mut expression = "SET seq = :seq".to_owned();
-        let mut update = self.client.update_item().expression_attribute_values(":seq", seq_value(accepted.seq));
+        let mut expression = "SET seq = :seq, members_version = :mv".to_owned();
+        let mut update = self
+            .client
+            .update_item()
+            .expression_attribute_values(":seq", seq_value(accepted.seq))
+            .expression_attribute_values(":mv", n(accepted.members_version));
         if !accepted.external_recipients.is_empty() {
             // DynamoDB has no empty sets: the attribute is absent instead.
             expression.push_str(", externals = :ext");
@@ -179,13 +185,14 @@ impl Sequencer for DynamoStore {
         let recipients =
             |externals: Vec<String>| -> Vec<String> { externals.into_iter().filter(|id| id != req.sender).collect() };
         if req.client_message_id.is_empty() {
-            let (seq, externals) = self.next_seq(req.conversation_id, req.now_ms).await?;
+            let numbered = self.next_seq(req.conversation_id, req.now_ms).await?;
             return Ok(Accepted {
                 message_id: req.new_message_id,
-                seq,
+                seq: numbered.seq,
                 accepted_at_ms: req.now_ms,
                 duplicate: false,
-                external_recipients: recipients(externals),
+                external_recipients: recipients(numbered.externals),
+                members_version: numbered.members_version,
             });
         }
         let key = idempotency_key(req.conversation_id, req.sender, req.client_message_id);
@@ -195,13 +202,15 @@ impl Sequencer for DynamoStore {
         {
             return Ok(first);
         }
-        let (seq, externals) = self.next_seq(req.conversation_id, req.now_ms).await?;
+        let numbered = self.next_seq(req.conversation_id, req.now_ms).await?;
+        let seq = numbered.seq;
         let accepted = Accepted {
             message_id: req.new_message_id.clone(),
             seq,
             accepted_at_ms: req.now_ms,
             duplicate: false,
-            external_recipients: recipients(externals),
+            external_recipients: recipients(numbered.externals),
+            members_version: numbered.members_version,
         };
         if self.number(&key, &req.new_message_id, &accepted).await? {
             return Ok(accepted);
