@@ -125,11 +125,16 @@ impl Hub {
     }
 
     /// Starts a new conversation's ordering after `last_seq` and its
-    /// membership at `members_version` (ordering is a no-op when the
-    /// conversation was already ordered on this gateway).
+    /// membership at `members_version`. A no-op when the conversation was
+    /// already ordered on this gateway: its version then moves only with the
+    /// removals it receives, so a later join cannot release messages ahead
+    /// of a removal still on its way to the streams here.
     pub(crate) fn anchor(&self, conversation_id: &str, last_seq: u64, members_version: u64) {
         let mut state = self.state();
         if let Some(conversation) = state.conversations.get_mut(conversation_id) {
+            if conversation.order.next_seq().is_some() {
+                return;
+            }
             let released = conversation.order.anchor(last_seq);
             self.fan_out(conversation, &released, None);
             self.apply_members_version(conversation, members_version, Instant::now());
@@ -468,6 +473,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_later_join_does_not_release_messages_ahead_of_their_removal() {
+        let hub = Hub::new(Duration::from_secs(60));
+        let (alice, alice_stream) = Outbox::new("s-a".into(), "alice".into(), 8);
+        let (bob, bob_stream) = Outbox::new("s-b".into(), "bob".into(), 8);
+        hub.subscribe("r", alice.clone());
+        hub.subscribe("r", bob.clone());
+        hub.anchor("r", 0, 0);
+        hub.dispatch(message("r", 1).under_members_version(1), Instant::now());
+        // Carol joins here after bob's removal was recorded (version 1), its
+        // event still on the way.
+        let (carol, carol_stream) = Outbox::new("s-c".into(), "carol".into(), 8);
+        hub.subscribe("r", carol.clone());
+        hub.anchor("r", 1, 1);
+        hub.dispatch(removal("bob", 1), Instant::now());
+        assert!(seqs(&drain(&bob, bob_stream).await).is_empty(), "bob never gets what followed his removal");
+        assert_eq!(seqs(&drain(&alice, alice_stream).await), vec![1]);
+        assert!(seqs(&drain(&carol, carol_stream).await).len() <= 1);
+    }
+
+    #[tokio::test]
     async fn a_removal_that_never_comes_holds_messages_only_for_the_reorder_window() {
         let window = Duration::from_secs(2);
         let hub = Hub::new(window);
@@ -478,7 +503,8 @@ mod tests {
         hub.dispatch(message("r", 1).under_members_version(3), start);
         hub.expire_gaps(start + window / 2);
         hub.expire_gaps(start + window);
-        // A later join on this gateway knows the version already.
+        // The version the overdue messages carried is applied: what follows
+        // under it flows.
         let (carol, carol_stream) = Outbox::new("s-c".into(), "carol".into(), 8);
         hub.subscribe("r", carol.clone());
         hub.anchor("r", 1, 3);

@@ -1,7 +1,8 @@
-//! Identity through a real gateway (memory mode: nothing here depends on
-//! the bus): RS256/ES256 tokens checked against a JWKS served by a local
-//! identity provider, key rotation and the bound on refetching, what is
-//! refused; and streams that end when their token expires unless the
+//! Identity through real gateways: RS256/ES256 tokens checked against a
+//! JWKS served by a local identity provider, key rotation and the bound on
+//! refetching, what is refused (memory mode: nothing there depends on the
+//! bus); the same provider's users chatting across two gateways on the
+//! emulator; and streams that end when their token expires unless the
 //! client refreshed it.
 //!
 //! Keys are generated when the test runs; none is stored.
@@ -418,5 +419,50 @@ async fn the_chat_client_refreshes_the_tokens_it_mints() -> anyhow::Result<()> {
     let status = tokio::time::timeout(chat_e2e::DEADLINE, carol.wait()).await??;
     let err = carol_err.lock().map(|l| l.join("\n")).unwrap_or_default();
     assert!(!status.success() && err.contains("token expired"), "{status:?}: {err}");
+    Ok(())
+}
+
+/// The AWS path across two gateways: each loads the provider's keys, and
+/// users holding RS256 and ES256 tokens chat from one gateway to the other;
+/// a token of another provider's key is refused on both.
+#[tokio::test]
+async fn jwks_tokens_chat_across_two_gateways_on_the_emulator() -> anyhow::Result<()> {
+    let rsa = SigningKey::rs256("rsa-aws")?;
+    let ec = SigningKey::es256("ec-aws")?;
+    let idp = IdentityProvider::start(&[&rsa, &ec]).await?;
+    let cluster = Cluster::aws_with(
+        2,
+        &[("CHAT_JWKS_URL", idp.url.as_str()), ("CHAT_JWT_ISSUER", ISSUER), ("CHAT_JWT_AUDIENCE", AUDIENCE)],
+    )
+    .await?;
+    anyhow::ensure!(idp.fetches() == 2, "each gateway loads the key set at start: {}", idp.fetches());
+    let alice_token = rsa.token(&claims("alice", ISSUER, AUDIENCE))?;
+    let bob_token = ec.token(&claims("bob", ISSUER, AUDIENCE))?;
+    let create = chat_proto::pb::CreateConversationRequest {
+        kind: chat_proto::pb::ConversationKind::Public as i32,
+        conversation_id: unique("idp-"),
+        ..Default::default()
+    };
+    ChatServiceClient::new(cluster.channel(0).await?)
+        .create_conversation(with_token(create.clone(), &alice_token)?)
+        .await
+        .map_err(|s| anyhow::anyhow!("an RS256 token creates a conversation: {s:?}"))?;
+    let room = create.conversation_id;
+    let mut alice = TestClient::connect(cluster.channel(0).await?, "alice", &alice_token).await?;
+    let mut bob = TestClient::connect(cluster.channel(1).await?, "bob", &bob_token).await?;
+    alice.join(&room).await?;
+    bob.join(&room).await?;
+    alice.send(&room, "across", "from gateway 0 with RS256").await?;
+    bob.wait_for(|e| matches!(e, Event::Message(m) if m.sender == "alice").then_some(())).await?;
+    bob.send(&room, "back", "from gateway 1 with ES256").await?;
+    alice.wait_for(|e| matches!(e, Event::Message(m) if m.sender == "bob").then_some(())).await?;
+    let stranger = SigningKey::rs256("rsa-aws")?; // the same kid, another key
+    let forged = stranger.token(&claims("alice", ISSUER, AUDIENCE))?;
+    for index in 0..2 {
+        let mut client = ChatServiceClient::new(cluster.channel(index).await?);
+        let request = with_token(ListConversationsRequest { page_size: 10, cursor: String::new() }, &forged)?;
+        let status = client.list_conversations(request).await.err().context("a forged token was accepted")?;
+        anyhow::ensure!(status.code() == Code::Unauthenticated, "gateway {index}: {status:?}");
+    }
     Ok(())
 }
