@@ -77,7 +77,7 @@ impl<T> Reorderer<T> {
         out
     }
 
-    #[cfg(test)]
+    /// The next seq expected; `None` until anchored.
     pub(crate) fn next_seq(&self) -> Option<u64> {
         self.next
     }
