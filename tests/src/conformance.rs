@@ -368,6 +368,17 @@ async fn check_bans(store: &dyn Store, prefix: &str) -> Result<(), String> {
     check!(store.remove_member(&q, "troll", false).await.map_err(failed)?.was_member, "removed without a ban");
     check!(store.join(&q, "troll").await.map_err(failed)?.newly_member, "rejoined after a plain removal");
     check!(!store.unban(&q, "troll").await.map_err(failed)?, "a plain removal bans nobody");
+    // A banned external identity is neither added nor named as a recipient.
+    let phone = "whatsapp:+5511999990042";
+    check!(!store.remove_member(&q, phone, true).await.map_err(failed)?.was_member, "pre-emptive ban of a number");
+    check!(store.add_member(&q, phone, 5).await == Err(StoreError::Banned), "a banned number was added");
+    let accepted = store.accept_send(send(&q, "owner", "to-banned", "hi", "m-to-banned")).await.map_err(failed)?;
+    check!(accepted.external_recipients.is_empty(), "a banned number is a recipient: {accepted:?}");
+    check!(store.unban(&q, phone).await.map_err(failed)?, "the number is unbanned");
+    check!(store.add_member(&q, phone, 6).await.map_err(failed)?, "the unbanned number is added");
+    let accepted = store.accept_send(send(&q, "owner", "to-number", "hi", "m-to-number")).await.map_err(failed)?;
+    check!(accepted.external_recipients == vec![phone.to_owned()], "the added number is a recipient: {accepted:?}");
+    check!(!store.add_member(&q, phone, 7).await.map_err(failed)?, "a second add is not new");
     // Bans are per conversation.
     let other = format!("{prefix}-bans-other");
     create(store, &other, Kind::Public, "owner", &[]).await?;

@@ -17,6 +17,10 @@ use chat_core::store::{StoreError, StoredMessage};
 
 use super::{DynamoStore, Item, conditional, get_n, get_s, n, number_or_zero, s, string_set, text, unavailable};
 
+/// The condition under which `:u` may be added: the conversation does not
+/// ban them.
+pub(super) const NOT_BANNED: &str = "NOT contains(banned, :u)";
+
 /// The condition under which a non-member may join: the conversation exists,
 /// is public (or predates kinds) and does not ban them (`:u`).
 pub(super) const ADMITS_JOIN: &str = "attribute_exists(conversation_id) AND (attribute_not_exists(#kind) OR #kind = :public) AND NOT contains(banned, :u)";
@@ -82,21 +86,6 @@ impl DynamoStore {
             .await
             .map_err(|e| unavailable("reading a conversation", e))?;
         Ok(out.item().map(|item| conversation(conversation_id, item)))
-    }
-
-    /// Whether the conversation bans `user_id`.
-    pub(super) async fn is_banned(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.tables.conversations)
-            .key("conversation_id", s(conversation_id))
-            .consistent_read(true)
-            .projection_expression("banned")
-            .send()
-            .await
-            .map_err(|e| unavailable("reading bans", e))?;
-        Ok(out.item().is_some_and(|item| string_set(item, "banned").iter().any(|u| u == user_id)))
     }
 
     /// Adds (`ban`) or lifts a ban; true when the set changed.
@@ -178,25 +167,19 @@ impl DynamoStore {
             .map_or((0, 0), |item| (number_or_zero(item, "last_seq"), number_or_zero(item, "members_version"))))
     }
 
-    /// Adds (`ADD`) or removes (`DELETE`) an external member of the
-    /// conversation, so later sends name them as recipients (or stop to).
-    pub(super) async fn set_external(
-        &self,
-        conversation_id: &str,
-        member_id: &str,
-        add: bool,
-    ) -> Result<(), StoreError> {
-        let (action, what) =
-            if add { ("ADD", "recording an external member") } else { ("DELETE", "removing an external member") };
+    /// Removes an external member from the conversation, so later sends
+    /// stop naming them as recipients (adding one is part of
+    /// `Membership::add_member`'s transaction).
+    pub(super) async fn remove_external(&self, conversation_id: &str, member_id: &str) -> Result<(), StoreError> {
         self.client
             .update_item()
             .table_name(&self.tables.conversations)
             .key("conversation_id", s(conversation_id))
-            .update_expression(format!("{action} externals :m"))
+            .update_expression("DELETE externals :m")
             .expression_attribute_values(":m", AttributeValue::Ss(vec![member_id.to_owned()]))
             .send()
             .await
-            .map_err(|e| unavailable(what, e))?;
+            .map_err(|e| unavailable("removing an external member", e))?;
         Ok(())
     }
 

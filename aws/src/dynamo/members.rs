@@ -6,15 +6,15 @@
 //! conversations.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{ConditionCheck, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, ReturnValue, TransactWriteItem, Update};
 use chat_core::conversation::{Conversation, Kind, NewConversation, Role};
 use chat_core::envelope::ReceiptStatus;
 use chat_core::external::ExternalId;
 use chat_core::store::{Created, Joined, MemberState, Membership, Removal, StoreError};
 
-use super::conversations::ADMITS_JOIN;
+use super::conversations::{ADMITS_JOIN, NOT_BANNED};
 use super::{DynamoStore, Item, conditional, get_s, n, number_or_zero, query_items, s, text, unavailable};
-use crate::error::is_transaction_condition_failure;
+use crate::error::{failed_transaction_conditions, is_transaction_condition_failure};
 
 fn built<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<T, StoreError> {
     result.map_err(|e| StoreError::Corrupt(format!("building a request: {e}")))
@@ -69,6 +69,35 @@ impl DynamoStore {
         conditional(result, "recording membership")
     }
 
+    /// Records a new member in one transaction with `gate`, a write or check
+    /// on the conversation item that carries the conversation's admission
+    /// condition. Per failed condition: `(gate refused, already a member)`;
+    /// `None` when both passed.
+    async fn gated_member_put(
+        &self,
+        gate: TransactWriteItem,
+        conversation_id: &str,
+        user_id: &str,
+        now_ms: i64,
+        what: &str,
+    ) -> Result<Option<(bool, bool)>, StoreError> {
+        let put = self.member_put(conversation_id, user_id, Role::Member, now_ms)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(gate)
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(e) => match failed_transaction_conditions(&e) {
+                Some(failed) => Ok(Some((failed.first() == Some(&true), failed.get(1) == Some(&true)))),
+                None => Err(unavailable(what, e)),
+            },
+        }
+    }
+
     /// A non-member's join, in one transaction with the conversation's
     /// admission check; false when the conversation does not admit them
     /// (or they became a member meanwhile).
@@ -83,19 +112,8 @@ impl DynamoStore {
                 .expression_attribute_values(":u", s(user_id))
                 .build(),
         )?;
-        let put = self.member_put(conversation_id, user_id, Role::Member, now_ms)?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().condition_check(check).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_transaction_condition_failure(&e) => Ok(false),
-            Err(e) => Err(unavailable("joining a conversation", e)),
-        }
+        let gate = TransactWriteItem::builder().condition_check(check).build();
+        Ok(self.gated_member_put(gate, conversation_id, user_id, now_ms, "joining a conversation").await?.is_none())
     }
 
     fn role_update(
@@ -208,7 +226,7 @@ impl Membership for DynamoStore {
 
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
         if matches!(ExternalId::parse(user_id), Ok(Some(_))) {
-            self.set_external(conversation_id, user_id, false).await?;
+            self.remove_external(conversation_id, user_id).await?;
         }
         let out = self
             .client
@@ -229,15 +247,37 @@ impl Membership for DynamoStore {
     }
 
     async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        if self.is_banned(conversation_id, member_id).await? {
-            return Err(StoreError::Banned);
+        // One transaction with the ban check, so a ban cannot race an add;
+        // an external member is recorded on the conversation in the same
+        // write, so every send accepted after the member exists names them.
+        let gate = if matches!(ExternalId::parse(member_id), Ok(Some(_))) {
+            let update = built(
+                Update::builder()
+                    .table_name(&self.tables.conversations)
+                    .key("conversation_id", s(conversation_id))
+                    .update_expression("ADD externals :m")
+                    .condition_expression(NOT_BANNED)
+                    .expression_attribute_values(":m", AttributeValue::Ss(vec![member_id.to_owned()]))
+                    .expression_attribute_values(":u", s(member_id))
+                    .build(),
+            )?;
+            TransactWriteItem::builder().update(update).build()
+        } else {
+            let check = built(
+                ConditionCheck::builder()
+                    .table_name(&self.tables.conversations)
+                    .key("conversation_id", s(conversation_id))
+                    .condition_expression(NOT_BANNED)
+                    .expression_attribute_values(":u", s(member_id))
+                    .build(),
+            )?;
+            TransactWriteItem::builder().condition_check(check).build()
+        };
+        match self.gated_member_put(gate, conversation_id, member_id, now_ms, "adding a member").await? {
+            None => Ok(true),
+            Some((true, _)) => Err(StoreError::Banned),
+            Some((false, _)) => Ok(false),
         }
-        // Recorded on the conversation first: a send accepted after the
-        // member exists then always names them.
-        if matches!(ExternalId::parse(member_id), Ok(Some(_))) {
-            self.set_external(conversation_id, member_id, true).await?;
-        }
-        self.put_member(conversation_id, member_id, Role::Member, now_ms).await
     }
 
     async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<Removal, StoreError> {
