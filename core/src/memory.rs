@@ -11,7 +11,7 @@ use crate::envelope::{ReceiptEvent, ReceiptStatus};
 use crate::external::ExternalId;
 use crate::store::{
     Accepted, ConversationInfo, Created, Direction, Failure, History, HistoryQuery, Joined, Links, MemberState,
-    Membership, Presence, PresenceKey, Receipts, Removal, SendRequest, Sequencer, StoreError, StoredMessage,
+    Membership, Presence, PresenceKey, Receipts, Removal, SendRequest, Sequencer, Settled, StoreError, StoredMessage,
     body_digest, idempotency_key,
 };
 
@@ -49,6 +49,9 @@ struct State {
     /// conversation → seq → message: embedded mode has no `persist`, the
     /// store keeps what it accepts.
     messages: HashMap<String, BTreeMap<u64, StoredMessage>>,
+    /// conversation → seqs settled as void (numbering and recording are one
+    /// step here, so only a seq asked about ahead of its numbering).
+    voided: HashMap<String, BTreeSet<u64>>,
     sends: HashMap<String, (Accepted, String)>,
     /// conversation → (user, session) → expires_at_ms
     presence: HashMap<String, HashMap<(String, String), i64>>,
@@ -108,8 +111,13 @@ impl Sequencer for MemoryStore {
             return Ok(Accepted { duplicate: true, ..first.clone() });
         }
         let members_version = state.members_versions.get(req.conversation_id).copied().unwrap_or(0);
+        let voided = state.voided.get(req.conversation_id).cloned().unwrap_or_default();
         let seq = state.last_seq.entry(req.conversation_id.to_owned()).or_insert(0);
         *seq += 1;
+        // A seq settled as void before it was numbered is never given out.
+        while voided.contains(&*seq) {
+            *seq += 1;
+        }
         let accepted = Accepted {
             message_id: req.new_message_id,
             seq: *seq,
@@ -131,8 +139,14 @@ impl Sequencer for MemoryStore {
                 body: req.body.to_owned(),
                 sent_at_ms: req.now_ms,
                 client_message_id: req.client_message_id.to_owned(),
+                members_version,
             },
         );
+        Ok(accepted)
+    }
+
+    /// Accepting recorded it already, in the same step as its numbering.
+    async fn record_send(&self, _: SendRequest<'_>, accepted: Accepted) -> Result<Accepted, StoreError> {
         Ok(accepted)
     }
 
@@ -311,6 +325,15 @@ impl History for MemoryStore {
             }
         };
         Ok(page)
+    }
+
+    async fn settle(&self, conversation_id: &str, seq: u64) -> Result<Settled, StoreError> {
+        let mut state = self.state();
+        if let Some(message) = state.messages.get(conversation_id).and_then(|log| log.get(&seq)) {
+            return Ok(Settled::Message(message.clone()));
+        }
+        state.voided.entry(conversation_id.to_owned()).or_default().insert(seq);
+        Ok(Settled::Void)
     }
 
     async fn get_message(&self, conversation_id: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {

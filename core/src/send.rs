@@ -4,7 +4,7 @@
 
 use crate::envelope::{Envelope, Event, MessageEvent};
 use crate::limits::{self, LimitError};
-use crate::store::{Accepted, SendRequest, Sequencer, StoreError};
+use crate::store::{Accepted, SendRequest, Sequencer, StoreError, StoredMessage};
 
 /// A send whose shape has been checked: only [`Send::new`] makes one.
 #[derive(Debug, Clone, Copy)]
@@ -72,18 +72,38 @@ impl<'a> Send<'a> {
 }
 
 /// Gives a checked send from `sender` its identity and `seq` (a fresh ULID
-/// unless its `client_message_id` was accepted before).
-pub async fn accept(sequencer: &dyn Sequencer, sender: &str, send: &Send<'_>) -> Result<Accepted, StoreError> {
-    sequencer
-        .accept_send(SendRequest {
-            conversation_id: send.conversation_id,
-            sender,
-            client_message_id: send.client_message_id,
-            body: send.body,
-            new_message_id: ulid::Ulid::new().to_string(),
-            now_ms: crate::clock::now_ms(),
-        })
-        .await
+/// unless its `client_message_id` was accepted before), accepted by `origin`.
+pub async fn accept(
+    sequencer: &dyn Sequencer,
+    origin: &str,
+    sender: &str,
+    send: &Send<'_>,
+) -> Result<Accepted, StoreError> {
+    sequencer.accept_send(request(origin, sender, send)).await
+}
+
+/// Records an accepted send before it is published; the identity to
+/// publish and answer with (a new seq if its first was voided meanwhile).
+pub async fn record(
+    sequencer: &dyn Sequencer,
+    origin: &str,
+    sender: &str,
+    send: &Send<'_>,
+    accepted: Accepted,
+) -> Result<Accepted, StoreError> {
+    sequencer.record_send(request(origin, sender, send), accepted).await
+}
+
+fn request<'a>(origin: &'a str, sender: &'a str, send: &Send<'a>) -> SendRequest<'a> {
+    SendRequest {
+        conversation_id: send.conversation_id,
+        sender,
+        client_message_id: send.client_message_id,
+        body: send.body,
+        new_message_id: ulid::Ulid::new().to_string(),
+        now_ms: crate::clock::now_ms(),
+        origin,
+    }
 }
 
 /// The bus event of an accepted message; its event id is the message id, so
@@ -106,6 +126,39 @@ pub fn message_envelope(origin: &str, sender: &str, send: &Send<'_>, accepted: &
     .under_members_version(accepted.members_version)
 }
 
+/// The bus event of a message read back from the store (a settled gap): the
+/// same event id as its published copy, so whichever comes second is a
+/// duplicate.
+pub fn recorded_envelope(origin: &str, message: StoredMessage) -> Envelope {
+    let StoredMessage {
+        conversation_id,
+        seq,
+        message_id,
+        sender,
+        body,
+        sent_at_ms,
+        client_message_id,
+        members_version,
+    } = message;
+    Envelope::new(
+        message_id.clone(),
+        conversation_id,
+        origin.to_owned(),
+        sent_at_ms,
+        Event::Message(MessageEvent {
+            message_id,
+            seq,
+            sender,
+            body,
+            client_message_id,
+            // Only functions deliver to external members, and they read the
+            // published copy.
+            external_recipients: Vec::new(),
+        }),
+    )
+    .under_members_version(members_version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +176,7 @@ mod tests {
     async fn accepted_send_becomes_its_message_event() {
         let store = MemoryStore::new();
         let send = Send::new("room", "c-1", "hello", 64).expect("valid");
-        let accepted = accept(&store, "alice", &send).await.expect("accepted");
+        let accepted = accept(&store, "gw-a", "alice", &send).await.expect("accepted");
         let envelope = message_envelope("gw-a", "alice", &send, &accepted);
         assert_eq!(envelope.event_id, accepted.message_id);
         assert_eq!(envelope.origin, "gw-a");
@@ -132,8 +185,21 @@ mod tests {
             (m.seq, m.sender.as_str(), m.body.as_str(), m.client_message_id.as_str()),
             (1, "alice", "hello", "c-1")
         );
-        let again = accept(&store, "alice", &send).await.expect("retry");
+        let again = accept(&store, "gw-a", "alice", &send).await.expect("retry");
         assert!(again.duplicate);
         assert_eq!(again.message_id, accepted.message_id);
+    }
+
+    #[tokio::test]
+    async fn a_recorded_message_settles_as_the_event_it_was_published_as() {
+        use crate::store::{History, Settled};
+        let store = MemoryStore::new();
+        let send = Send::new("room", "", "hello", 64).expect("valid");
+        let accepted = accept(&store, "gw-a", "alice", &send).await.expect("accepted");
+        let Ok(Settled::Message(stored)) = store.settle("room", accepted.seq).await else { panic!("not recorded") };
+        assert_eq!(recorded_envelope("gw-a", stored), message_envelope("gw-a", "alice", &send, &accepted));
+        assert_eq!(store.settle("room", accepted.seq + 1).await, Ok(Settled::Void));
+        let next = accept(&store, "gw-a", "alice", &send).await.expect("accepted");
+        assert_eq!(next.seq, accepted.seq + 2, "a void seq is never given out");
     }
 }

@@ -36,8 +36,8 @@ pub enum StoreError {
     Banned,
 }
 
-/// A message as stored (by `persist` on AWS, by the memory store itself in
-/// embedded mode).
+/// A message as stored: recorded when its send is accepted, before it is
+/// published (rewritten identically by `persist` on AWS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub conversation_id: String,
@@ -47,6 +47,20 @@ pub struct StoredMessage {
     pub body: String,
     pub sent_at_ms: i64,
     pub client_message_id: String,
+    /// The membership version it was numbered under (see `Envelope`).
+    pub members_version: u64,
+}
+
+/// What a numbered seq holds once settled: every reader that asks gets the
+/// same answer, so receivers and history agree on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Its message was recorded.
+    Message(StoredMessage),
+    /// Its sender never recorded a message (it died between numbering and
+    /// recording, or was too slow): the seq stays empty for good, and a
+    /// sender that comes late takes a new seq instead.
+    Void,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +124,9 @@ pub struct SendRequest<'a> {
     /// Used when the message is new.
     pub new_message_id: String,
     pub now_ms: i64,
+    /// Who accepts it (a gateway's id, or a function's name), recorded with
+    /// the message.
+    pub origin: &'a str,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +169,15 @@ pub trait Sequencer: Send + Sync + std::fmt::Debug {
     /// that first identity with `duplicate = true` and allocates nothing; the
     /// same key with another body is [`StoreError::ClientMessageIdReused`].
     async fn accept_send(&self, req: SendRequest<'_>) -> Result<Accepted, StoreError>;
+
+    /// Records an accepted send's message under its seq; call it before
+    /// publishing, so every published seq has its message in the store. A
+    /// seq that readers settled as void first (its sender stalled, or the
+    /// first sender of a retried send died before recording) is given up:
+    /// the send is numbered again, recorded there, and the new identity
+    /// returned (same `message_id`, new `seq`). Recording again what is
+    /// recorded (a retry) changes nothing.
+    async fn record_send(&self, req: SendRequest<'_>, accepted: Accepted) -> Result<Accepted, StoreError>;
 
     /// The conversation's latest seq (0 before its first message).
     async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError>;
@@ -253,6 +279,12 @@ pub trait Presence: Send + Sync + std::fmt::Debug {
 pub trait History: Send + Sync + std::fmt::Debug {
     /// A page of stored messages, in the query's direction.
     async fn history(&self, conversation_id: &str, query: HistoryQuery) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Settles one seq that a reader found missing: its recorded message,
+    /// or, when none was recorded, a void recorded in its place (atomically,
+    /// so a sender recording it at the same moment either wins before the
+    /// void or loses and renumbers).
+    async fn settle(&self, conversation_id: &str, seq: u64) -> Result<Settled, StoreError>;
 
     /// A stored message of a conversation by id.
     async fn get_message(&self, conversation_id: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError>;

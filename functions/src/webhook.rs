@@ -336,8 +336,10 @@ async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), FunctionError> {
                     return Ok(());
                 }
             };
-            let accepted = send::accept(webhook.sequencer.as_ref(), &sender, &send).await?;
-            let envelope = message_envelope(&format!("webhook-{}", from.channel), &sender, &send, &accepted);
+            let origin = format!("webhook-{}", from.channel);
+            let accepted = send::accept(webhook.sequencer.as_ref(), &origin, &sender, &send).await?;
+            let accepted = send::record(webhook.sequencer.as_ref(), &origin, &sender, &send, accepted).await?;
+            let envelope = message_envelope(&origin, &sender, &send, &accepted);
             webhook.bus.publish(&[envelope]).await?;
             tracing::info!(
                 sender,

@@ -14,7 +14,7 @@ use chat_core::external::ExternalId;
 use chat_core::limits;
 use chat_core::send::{self, Send, message_envelope};
 use chat_core::store::{
-    Accepted, ConversationInfo, Created, HistoryQuery, MemberState, PresenceKey, RecipientStatus, StoreError,
+    Accepted, ConversationInfo, Created, HistoryQuery, MemberState, PresenceKey, RecipientStatus, Settled, StoreError,
     StoredMessage, Stores,
 };
 use tokio_util::sync::CancellationToken;
@@ -150,19 +150,22 @@ impl App {
     /// sender's messages are ordered as it sent them.
     pub(crate) async fn accept(&self, sender: &str, send: &Send<'_>) -> Result<Accepted, GatewayError> {
         self.rate.send(sender)?;
-        Ok(send::accept(self.stores.sequencer.as_ref(), sender, send).await?)
+        Ok(send::accept(self.stores.sequencer.as_ref(), &self.gateway_id, sender, send).await?)
     }
 
-    /// Publishes an accepted message. A duplicate is published again with
-    /// its first identity: if the first attempt's publish failed this
-    /// delivers it, and if it did not, receivers drop the copy by event id.
+    /// Records an accepted message, then publishes it; returns the identity
+    /// it went out with (a new seq if readers voided its first meanwhile).
+    /// A duplicate is recorded and published again with its first identity:
+    /// if the first attempt's sender died before either, this delivers it,
+    /// and if it did not, receivers drop the copy by event id.
     pub(crate) async fn publish_accepted(
         &self,
         sender: &str,
         send: &Send<'_>,
-        accepted: &Accepted,
-    ) -> Result<(), GatewayError> {
-        let envelope = message_envelope(&self.gateway_id, sender, send, accepted);
+        accepted: Accepted,
+    ) -> Result<Accepted, GatewayError> {
+        let accepted = send::record(self.stores.sequencer.as_ref(), &self.gateway_id, sender, send, accepted).await?;
+        let envelope = message_envelope(&self.gateway_id, sender, send, &accepted);
         self.bus.publish(std::slice::from_ref(&envelope)).await?;
         tracing::debug!(
             conversation_id = send.conversation_id(),
@@ -171,16 +174,50 @@ impl App {
             duplicate = accepted.duplicate,
             "message published"
         );
-        Ok(())
+        Ok(accepted)
     }
 
-    /// Unary `SendMessage`: a durable member's checked send, accepted and
-    /// published; the sender's answer may go out once this returns.
+    /// Unary `SendMessage`: a durable member's checked send, accepted,
+    /// recorded and published; the sender's answer may go out once this
+    /// returns.
     pub(crate) async fn send_message(&self, sender: &str, send: Send<'_>) -> Result<Accepted, GatewayError> {
         self.require_member(send.conversation_id(), sender).await?;
         let accepted = self.accept(sender, &send).await?;
-        self.publish_accepted(sender, &send, &accepted).await?;
-        Ok(accepted)
+        self.publish_accepted(sender, &send, accepted).await
+    }
+
+    /// Asks the store what the seqs of gaps that waited the settle delay
+    /// hold, and hands each answer to the hub: a conversation's missing seqs
+    /// in order, conversations side by side. A failed ask is asked again
+    /// after another delay; the reorder window bounds the wait regardless.
+    pub(crate) async fn settle_gaps(&self) {
+        let gaps = self.hub.gaps_to_settle(std::time::Instant::now(), self.limits.gap_settle);
+        futures::future::join_all(gaps.into_iter().map(|(conversation_id, missing)| async move {
+            for seq in missing {
+                match self.settle(&conversation_id, seq).await {
+                    Ok(settled) => {
+                        tracing::info!(
+                            conversation_id,
+                            seq,
+                            void = matches!(settled, Settled::Void),
+                            "seq gap settled from the store"
+                        );
+                        self.hub.settled(&conversation_id, seq, settled, std::time::Instant::now());
+                    }
+                    Err(e) => {
+                        tracing::warn!(conversation_id, seq, error = %e, "could not settle a seq gap; asking again later");
+                        return;
+                    }
+                }
+            }
+            self.hub.settling_done(&conversation_id);
+        }))
+        .await;
+    }
+
+    /// What a missing seq holds, settled once for every reader.
+    pub(crate) async fn settle(&self, conversation_id: &str, seq: u64) -> Result<Settled, GatewayError> {
+        Ok(self.stores.history.settle(conversation_id, seq).await?)
     }
 
     /// Joins `outbox`'s stream to a conversation: membership, live

@@ -219,8 +219,14 @@ pub struct Config {
     #[arg(long, env = "CHAT_OUTBOUND_BUFFER", default_value_t = 1024)]
     pub outbound_buffer: usize,
 
+    /// How long a gap in a conversation's `seq` is waited for before the
+    /// store is asked what the missing seqs hold (a message, delivered from
+    /// there; or nothing, passed over for good).
+    #[arg(long, env = "CHAT_GAP_SETTLE_MS", default_value_t = 250)]
+    pub gap_settle_ms: u64,
+
     /// How long a gap in a conversation's `seq` is waited for before later
-    /// messages are released without it.
+    /// messages are released without it, when the store cannot settle it.
     #[arg(long, env = "CHAT_REORDER_WINDOW_MS", default_value_t = 2000)]
     pub reorder_window_ms: u64,
 
@@ -277,6 +283,7 @@ impl Config {
             max_connections_per_address: self.max_connections_per_address,
             send_deadline: Duration::from_millis(self.send_deadline_ms),
             stall_grace: Duration::from_millis(self.stall_grace_ms),
+            gap_settle: Duration::from_millis(self.gap_settle_ms),
         }
     }
 }

@@ -125,6 +125,7 @@ mod tests {
             body: "b".into(),
             sent_at_ms: 0,
             client_message_id: String::new(),
+            members_version: 0,
         }
     }
 

@@ -10,6 +10,10 @@
 //! (a DELIVERED below what they already read, a reordered older ack) are
 //! dropped, so a stream never sees a status regress.
 //!
+//! A gap that outlasts the settle delay is settled from the store
+//! ([`Hub::gaps_to_settle`], then [`Hub::settled`] with each answer): its
+//! message delivered from there, or its seq passed over as void.
+//!
 //! The state lives behind one mutex that is never held across an `.await`:
 //! every operation on it is a non-blocking in-memory update.
 
@@ -19,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_core::envelope::{Envelope, Event};
+use chat_core::store::Settled;
 
 use crate::outbox::{Outbox, Undeliverable};
 use crate::receipts::ReceiptPositions;
@@ -53,6 +58,9 @@ pub(crate) struct Counters {
     pub(crate) slow_consumers: AtomicU64,
     /// Messages held for a removal the bus had not delivered yet.
     pub(crate) parked: AtomicU64,
+    /// Missing seqs settled from the store: found recorded, or void.
+    pub(crate) settled_messages: AtomicU64,
+    pub(crate) settled_voids: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +82,9 @@ struct Conversation {
     /// until its removal arrives (the bus may deliver the removal after
     /// them), so a removed member never receives them.
     parked: VecDeque<(Instant, Envelope)>,
+    /// When the store was last asked to settle a gap here; no second ask
+    /// before the settle delay passes again.
+    settling_since: Option<Instant>,
 }
 
 /// A bounded set of recently seen ids, oldest evicted first.
@@ -120,6 +131,7 @@ impl Hub {
             receipts: ReceiptPositions::default(),
             members_version: 0,
             parked: VecDeque::new(),
+            settling_since: None,
         });
         conversation.members.insert(outbox.session_id.clone(), outbox);
     }
@@ -280,6 +292,52 @@ impl Hub {
                 tracing::warn!(conversation_id, released = released.len(), "seq gap skipped after the reorder window");
                 self.fan_out(conversation, &released, None);
             }
+        }
+    }
+
+    /// The missing seqs of gaps that have waited `delay`, by conversation,
+    /// for the store to settle; each is offered again only after another
+    /// `delay` (the first ask failed, or its answers were lost).
+    pub(crate) fn gaps_to_settle(&self, now: Instant, delay: Duration) -> Vec<(String, Vec<u64>)> {
+        let mut state = self.state();
+        let mut gaps = Vec::new();
+        for (conversation_id, conversation) in state.conversations.iter_mut() {
+            if conversation.settling_since.is_some_and(|since| now.saturating_duration_since(since) < delay) {
+                continue;
+            }
+            if let Some(missing) = conversation.order.gap_to_settle(now, delay) {
+                conversation.settling_since = Some(now);
+                gaps.push((conversation_id.clone(), missing));
+            }
+        }
+        gaps
+    }
+
+    /// The store's answer for one missing seq: its message goes the way a
+    /// bus event goes (so a copy the bus brings later is a duplicate), a
+    /// void lets what waited behind it through.
+    pub(crate) fn settled(&self, conversation_id: &str, seq: u64, settled: Settled, now: Instant) {
+        match settled {
+            Settled::Message(message) => {
+                self.counters.settled_messages.fetch_add(1, Ordering::Relaxed);
+                self.dispatch(chat_core::send::recorded_envelope("store", message), now);
+            }
+            Settled::Void => {
+                self.counters.settled_voids.fetch_add(1, Ordering::Relaxed);
+                let mut state = self.state();
+                if let Some(conversation) = state.conversations.get_mut(conversation_id) {
+                    let released = conversation.order.void(seq);
+                    self.fan_out(conversation, &released, None);
+                }
+            }
+        }
+    }
+
+    /// The conversation's settling ask is over: a gap behind it may be asked
+    /// about at once.
+    pub(crate) fn settling_done(&self, conversation_id: &str) {
+        if let Some(conversation) = self.state().conversations.get_mut(conversation_id) {
+            conversation.settling_since = None;
         }
     }
 
@@ -603,5 +661,43 @@ mod tests {
         assert!(slow.is_closed());
         assert_eq!(hub.counters.slow_consumers.load(Ordering::Relaxed), 1);
         assert_eq!(seqs(&drain(&fast, fast_stream).await), (1..=10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_gap_settled_from_the_store_delivers_its_message_or_passes_its_void() {
+        use chat_core::store::StoredMessage;
+        let delay = Duration::from_millis(250);
+        let hub = Hub::new(Duration::from_secs(60));
+        let (bob, stream) = Outbox::new("s".into(), "bob".into(), 64);
+        hub.subscribe("room1", bob.clone());
+        hub.anchor("room1", 0, 0);
+        let start = Instant::now();
+        hub.dispatch(message("room1", 3), start);
+        assert!(hub.gaps_to_settle(start, delay).is_empty(), "not waited long enough");
+        let gaps = hub.gaps_to_settle(start + delay, delay);
+        assert_eq!(gaps, vec![("room1".to_owned(), vec![1, 2])]);
+        assert!(hub.gaps_to_settle(start + delay, delay).is_empty(), "asked once per delay");
+        hub.settled("room1", 2, Settled::Void, start + delay);
+        let Event::Message(m) = message("room1", 1).event else { unreachable!() };
+        let stored = StoredMessage {
+            conversation_id: "room1".into(),
+            seq: 1,
+            message_id: m.message_id,
+            sender: m.sender,
+            body: m.body,
+            sent_at_ms: 1,
+            client_message_id: String::new(),
+            members_version: 0,
+        };
+        hub.settled("room1", 1, Settled::Message(stored), start + delay);
+        hub.settling_done("room1");
+        hub.dispatch(message("room1", 1), start + delay);
+        hub.dispatch(message("room1", 4), start + delay);
+        assert_eq!(seqs(&drain(&bob, stream).await), vec![1, 3, 4]);
+        assert_eq!(hub.counters.duplicates.load(Ordering::Relaxed), 1, "the bus's late copy of 1");
+        assert_eq!(
+            (hub.counters.settled_messages.load(Ordering::Relaxed), hub.counters.settled_voids.load(Ordering::Relaxed)),
+            (1, 1)
+        );
     }
 }

@@ -82,6 +82,9 @@ pub(crate) struct Limits {
     /// How long a stream that was ended gets for its client to read the
     /// end before the connection is closed under it.
     pub(crate) stall_grace: Duration,
+    /// How long a `seq` gap waits before the store is asked to settle it
+    /// (its message delivered from there, or its seq passed over as void).
+    pub(crate) gap_settle: Duration,
 }
 
 impl Default for Limits {
@@ -99,6 +102,7 @@ impl Default for Limits {
             max_connections_per_address: 256,
             send_deadline: Duration::from_secs(5),
             stall_grace: Duration::from_secs(10),
+            gap_settle: Duration::from_millis(250),
         }
     }
 }

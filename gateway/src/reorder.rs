@@ -10,6 +10,12 @@
 //! the join, or delivered already and republished by a retried send) is
 //! stale and goes nowhere.
 //!
+//! A gap whose first waiting message has waited the settle delay is
+//! offered for settling ([`Reorderer::gap_to_settle`]): the store says
+//! whether each missing seq holds a message (delivered from there) or is void
+//! ([`Reorderer::void`]), well before the window runs out. The window stays
+//! the last resort, for when the store cannot be asked.
+//!
 //! A reorderer starts unanchored: a stream subscribes before the
 //! conversation's `last_seq` is read, so nothing published in between is
 //! missed; [`Reorderer::anchor`] then says where the join happened.
@@ -22,6 +28,9 @@ use std::time::{Duration, Instant};
 pub(crate) const MAX_PENDING: usize = 10_000;
 /// Skipped seqs remembered so a late arrival can still be delivered.
 pub(crate) const MAX_SKIPPED: usize = 10_000;
+/// Missing seqs offered for settling at once; a longer gap is settled in
+/// steps, from its start.
+pub(crate) const MAX_SETTLE: u64 = 64;
 
 #[derive(Debug)]
 pub(crate) struct Reorderer<T> {
@@ -30,6 +39,8 @@ pub(crate) struct Reorderer<T> {
     pending: BTreeMap<u64, (T, Instant)>,
     /// Seqs passed over by a skipped gap and not delivered since.
     skipped: BTreeSet<u64>,
+    /// Seqs ahead of `next` settled as void: passed over when reached.
+    voids: BTreeSet<u64>,
     window: Duration,
 }
 
@@ -59,7 +70,7 @@ impl<T> Reorderer<T> {
 
     /// Holds everything until [`Reorderer::anchor`] is called.
     pub(crate) fn unanchored(window: Duration) -> Self {
-        Self { next: None, pending: BTreeMap::new(), skipped: BTreeSet::new(), window }
+        Self { next: None, pending: BTreeMap::new(), skipped: BTreeSet::new(), voids: BTreeSet::new(), window }
     }
 
     /// Sets the start after `last_seq` if none is set yet: held messages at
@@ -71,6 +82,7 @@ impl<T> Reorderer<T> {
         }
         let next = last_seq.saturating_add(1);
         self.pending = self.pending.split_off(&next);
+        self.voids = self.voids.split_off(&next);
         self.next = Some(next);
         let mut out = Vec::new();
         self.release_run(&mut out);
@@ -115,6 +127,35 @@ impl<T> Reorderer<T> {
         }
     }
 
+    /// The missing seqs before the first waiting message, once it has waited
+    /// `delay` (at most [`MAX_SETTLE`] of them); `None` while unanchored or
+    /// with no such gap.
+    pub(crate) fn gap_to_settle(&self, now: Instant, delay: Duration) -> Option<Vec<u64>> {
+        let next = self.next?;
+        let (&first, (_, since)) = self.pending.first_key_value()?;
+        if now.saturating_duration_since(*since) < delay {
+            return None;
+        }
+        let missing: Vec<u64> =
+            (next..first).filter(|seq| !self.voids.contains(seq)).take(MAX_SETTLE as usize).collect();
+        (!missing.is_empty()).then_some(missing)
+    }
+
+    /// A seq settled as void: it never carries a message, so what waited
+    /// behind it moves on. Returns what that releases.
+    pub(crate) fn void(&mut self, seq: u64) -> Vec<T> {
+        let mut out = Vec::new();
+        match self.next {
+            Some(next) if seq < next => {}
+            _ if self.voids.len() >= MAX_PENDING => {}
+            _ => {
+                self.voids.insert(seq);
+                self.release_run(&mut out);
+            }
+        }
+        out
+    }
+
     /// Skips gaps whose first waiting message has waited a full window. An
     /// unanchored reorderer waits for its anchor (the join's read of
     /// `last_seq`, bounded by the store's timeouts) instead: skipping first
@@ -153,17 +194,24 @@ impl<T> Reorderer<T> {
         }
         out.push(item);
         self.next = Some(seq.saturating_add(1));
+        self.voids = self.voids.split_off(&seq);
         self.release_run(&mut out);
         out
     }
 
+    /// Releases what waits at `next` onwards, passing over voids.
     fn release_run(&mut self, out: &mut Vec<T>) {
-        while let (Some(next), Some(entry)) = (self.next, self.pending.first_entry()) {
-            if *entry.key() != next {
+        while let Some(next) = self.next {
+            if !self.voids.remove(&next) {
+                match self.pending.first_entry() {
+                    Some(entry) if *entry.key() == next => out.push(entry.remove().0),
+                    _ => break,
+                }
+            }
+            if next == u64::MAX {
                 break;
             }
-            out.push(entry.remove().0);
-            self.next = Some(next.saturating_add(1));
+            self.next = Some(next + 1);
         }
     }
 }
@@ -281,5 +329,45 @@ mod tests {
         assert_eq!(out.len(), MAX_PENDING + 1);
         assert_eq!(out[0], 2);
         assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn a_settled_gap_releases_what_waited_behind_it_without_the_window() {
+        let now = Instant::now();
+        let settle = W / 4;
+        let mut r = Reorderer::new(W, 0);
+        assert_eq!(r.push(4, 4, now), Pushed::Held);
+        assert_eq!(r.gap_to_settle(now, settle), None, "not waited long enough");
+        assert_eq!(r.gap_to_settle(now + settle, settle), Some(vec![1, 2, 3]));
+        assert!(r.void(2).is_empty(), "1 is still missing");
+        assert_eq!(r.gap_to_settle(now + settle, settle), Some(vec![1, 3]));
+        assert!(r.void(1).is_empty(), "3 is still missing");
+        assert_eq!(released(r.push(3, 3, now)), vec![3, 4], "the settled message, then what waited");
+        assert_eq!(r.next_seq(), Some(5));
+        assert_eq!(r.push(2, 2, now), Pushed::Stale, "a void is not a skipped seq: nothing arrives late for it");
+        assert!(r.void(1).is_empty(), "voiding the past changes nothing");
+        assert_eq!(r.gap_to_settle(now + W, settle), None);
+    }
+
+    #[test]
+    fn a_void_ahead_is_passed_over_when_reached() {
+        let now = Instant::now();
+        let mut r = Reorderer::new(W, 0);
+        assert!(r.void(2).is_empty());
+        assert_eq!(released(r.push(1, 1, now)), vec![1]);
+        assert_eq!(r.next_seq(), Some(3));
+        assert_eq!(released(r.push(3, 3, now)), vec![3]);
+    }
+
+    #[test]
+    fn a_long_gap_is_settled_in_steps_and_unanchored_never() {
+        let now = Instant::now();
+        let mut r = Reorderer::new(W, 0);
+        r.push(MAX_SETTLE * 2, 0, now);
+        let first = r.gap_to_settle(now + W, Duration::ZERO).expect("a gap");
+        assert_eq!((first.len() as u64, first[0]), (MAX_SETTLE, 1));
+        let mut u: Reorderer<u64> = Reorderer::unanchored(W);
+        u.push(5, 5, now);
+        assert_eq!(u.gap_to_settle(now + W, Duration::ZERO), None);
     }
 }

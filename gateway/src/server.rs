@@ -316,6 +316,13 @@ impl Gateway {
             hub.expire_gaps(Instant::now());
             std::future::ready(())
         }));
+        // Apart from expiry: an ask held up by the store must not hold up
+        // the window that bounds every wait.
+        let app = self.app.clone();
+        background.spawn(every(GAP_TICK, stop.clone(), move || {
+            let app = app.clone();
+            async move { app.settle_gaps().await }
+        }));
         let addresses = self.addresses.clone();
         background.spawn(every(PRESENCE_REFRESH, stop.clone(), move || {
             addresses.purge_idle();

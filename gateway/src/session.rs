@@ -41,7 +41,7 @@ use crate::outbox::Outbox;
 use crate::wire::{self, CloseReason, Command, SharedEvent};
 use chat_core::envelope::ReceiptStatus;
 use chat_core::limits;
-use chat_core::store::{Direction, HistoryQuery};
+use chat_core::store::{Direction, HistoryQuery, Settled};
 
 /// Sends of one stream being published at once. Acceptance (seq) stays
 /// sequential; publishing overlaps so a sender is not held back by the bus.
@@ -49,9 +49,6 @@ const PUBLISHES_IN_FLIGHT: usize = 32;
 /// Stored messages a resume delivers at most; further behind, a client pages
 /// `GetHistory` first.
 const MAX_RESUME_BACKFILL: u64 = 10_000;
-/// How long a resume waits for a message `persist` has not stored yet.
-const RESUME_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-const RESUME_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long a closing stream waits for its sends being published.
 const PUBLISH_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Frames read but not yet handled, at most (the frame burst, up to this).
@@ -329,18 +326,21 @@ impl Session {
                 last - after
             )));
         }
-        let deadline = tokio::time::Instant::now() + RESUME_STORE_WAIT;
+        // A seq at or below `last` that the store lacks was numbered and is
+        // being recorded right now, or never will be: after the settle delay
+        // (once per backfill) the store settles it, message or void.
+        let mut settle_at = None;
         let mut next = after + 1;
         while next <= last {
             let want = usize::try_from(last - next + 1).unwrap_or(usize::MAX).min(crate::history::MAX_HISTORY_PAGE);
             let query = HistoryQuery { direction: Direction::Forward, from_seq: Some(next - 1), limit: want };
             let page = self.app.stored_for_stream(conversation_id, query).await?;
             let before = next;
-            for message in page.iter().filter(|m| m.seq <= last) {
+            for message in page.into_iter().filter(|m| m.seq <= last) {
                 if message.seq != next {
                     break;
                 }
-                if self.outbox.deliver_stored(wire::stored_message(message.clone())).await.is_err() {
+                if self.outbox.deliver_stored(wire::stored_message(message)).await.is_err() {
                     return Ok(()); // the stream is closing; its resume point says where it stopped
                 }
                 next += 1;
@@ -348,30 +348,17 @@ impl Session {
             if next > last || next > before {
                 continue;
             }
-            if tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(RESUME_RETRY).await;
-                continue;
-            }
-            match page.iter().find(|m| m.seq > next && m.seq <= last) {
-                Some(stored) => {
-                    tracing::warn!(
-                        conversation_id,
-                        missing_from = next,
-                        missing_to = stored.seq - 1,
-                        "resume passes over seqs never stored"
-                    );
-                    next = stored.seq;
+            let at = *settle_at.get_or_insert_with(|| tokio::time::Instant::now() + self.app.limits().gap_settle);
+            tokio::time::sleep_until(at).await;
+            match self.app.settle(conversation_id, next).await? {
+                Settled::Message(message) => {
+                    if self.outbox.deliver_stored(wire::stored_message(message)).await.is_err() {
+                        return Ok(());
+                    }
                 }
-                None => {
-                    tracing::warn!(
-                        conversation_id,
-                        missing_from = next,
-                        missing_to = last,
-                        "resume passes over seqs never stored"
-                    );
-                    break;
-                }
+                Settled::Void => tracing::info!(conversation_id, seq = next, "resume passes over a void seq"),
             }
+            next += 1;
         }
         Ok(())
     }
@@ -414,10 +401,10 @@ impl Session {
         let send = send.to_owned_send();
         self.app.tasks().spawn(async move {
             let _permit = permit;
-            let published = deadline.bound(app.publish_accepted(&outbox.user_id, &send.as_send(), &accepted)).await;
+            let published = deadline.bound(app.publish_accepted(&outbox.user_id, &send.as_send(), accepted)).await;
             let (conversation_id, client_message_id) = send.into_ids();
             let event = match published {
-                Ok(()) => wire::send_accepted(request_id, conversation_id, client_message_id, accepted),
+                Ok(accepted) => wire::send_accepted(request_id, conversation_id, client_message_id, accepted),
                 Err(err) => wire::error_event(&request_id, &conversation_id, &client_message_id, &err),
             };
             let _ = outbox.deliver(event);
@@ -590,6 +577,9 @@ mod tests {
     #[async_trait]
     impl Sequencer for HangingSequencer {
         async fn accept_send(&self, _: SendRequest<'_>) -> Result<Accepted, StoreError> {
+            std::future::pending().await
+        }
+        async fn record_send(&self, _: SendRequest<'_>, _: Accepted) -> Result<Accepted, StoreError> {
             std::future::pending().await
         }
         async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {

@@ -324,7 +324,8 @@ impl Cluster {
         Ok(crate::channels::SimClient::new(sim_url, webhook_url))
     }
 
-    /// Stored seqs of a conversation, every item (duplicates included).
+    /// Stored seqs of a conversation, every message item (duplicates
+    /// included; a void is not a message).
     pub async fn stored_seqs(&self, conversation: &str) -> anyhow::Result<Vec<u64>> {
         use aws_sdk_dynamodb::types::AttributeValue;
         let dynamo = self.emulator.as_ref().context("emulator")?.dynamodb().await;
@@ -340,13 +341,40 @@ impl Cluster {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await?;
-            for item in out.items() {
+            for item in out.items().iter().filter(|item| !item.contains_key("void")) {
                 seqs.push(item.get("seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).context("seq")?);
             }
             match out.last_evaluated_key() {
                 Some(key) if !key.is_empty() => start = Some(key.clone()),
                 _ => return Ok(seqs),
             }
+        }
+    }
+
+    /// The seq of the conversation's summary (`persist` moves it).
+    pub async fn summary_seq(&self, conversation: &str) -> anyhow::Result<Option<u64>> {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let dynamo = self.emulator.as_ref().context("emulator")?.dynamodb().await;
+        let out = dynamo
+            .get_item()
+            .table_name(self.output("CHAT_CONVERSATIONS_TABLE")?)
+            .key("conversation_id", AttributeValue::S(conversation.into()))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(out.item().and_then(|item| item.get("last_persisted_seq")?.as_n().ok()?.parse().ok()))
+    }
+
+    /// Waits until the conversation's summary reaches `seq` (or the deadline
+    /// passes) and returns where it is.
+    pub async fn wait_summary(&self, conversation: &str, seq: u64) -> anyhow::Result<Option<u64>> {
+        let deadline = Instant::now() + crate::DEADLINE;
+        loop {
+            let at = self.summary_seq(conversation).await?;
+            if at >= Some(seq) || Instant::now() > deadline {
+                return Ok(at);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

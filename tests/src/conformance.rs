@@ -14,6 +14,7 @@ fn send<'a>(conversation_id: &'a str, sender: &'a str, cmid: &'a str, body: &'a 
         body,
         new_message_id: id.to_owned(),
         now_ms: 1_700_000_000_000,
+        origin: "test",
     }
 }
 
@@ -160,7 +161,51 @@ pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
     check_conversations(store, prefix).await?;
     check_bans(store, prefix).await?;
     check_roles(store, prefix).await?;
-    check_direct(store, prefix).await
+    check_direct(store, prefix).await?;
+    check_settle(store, prefix).await
+}
+
+/// An accepted send is recorded under its seq before it is published; a seq
+/// settled as void is never given a message, and sends (retries included)
+/// number past it.
+async fn check_settle(store: &dyn Store, prefix: &str) -> Result<(), String> {
+    use chat_core::store::{Direction, Settled};
+    let v = format!("{prefix}-voids");
+    create(store, &v, Kind::Public, "creator", &[]).await?;
+    // Accepted, then recorded before it would be published.
+    let accept = |cmid: &'static str, body: &'static str, id: &'static str| {
+        let v = v.clone();
+        async move {
+            let accepted = store.accept_send(send(&v, "u", cmid, body, id)).await?;
+            store.record_send(send(&v, "u", cmid, body, id), accepted).await
+        }
+    };
+    let first = accept("", "recorded", "v1").await.map_err(failed)?;
+    let recorded = store.settle(&v, first.seq).await.map_err(failed)?;
+    check!(
+        matches!(&recorded, Settled::Message(m) if m.message_id == "v1" && m.body == "recorded" && m.sender == "u"),
+        "an accepted send is recorded: {recorded:?}"
+    );
+    // Readers found seq 2 missing before anyone recorded it.
+    check!(store.settle(&v, 2).await.map_err(failed)? == Settled::Void, "nothing recorded under 2: void");
+    check!(store.settle(&v, 2).await.map_err(failed)? == Settled::Void, "settled once, the same for every reader");
+    let second = accept("", "after the void", "v2").await.map_err(failed)?;
+    check!(second.seq == 3, "a void seq is not given out again: got {}", second.seq);
+    check!(store.settle(&v, 4).await.map_err(failed)? == Settled::Void, "4 voided ahead");
+    let keyed = accept("k1", "keyed", "v3").await.map_err(failed)?;
+    check!(keyed.seq == 5 && !keyed.duplicate, "an idempotent send numbers past a void: {keyed:?}");
+    let retry = accept("k1", "keyed", "v4").await.map_err(failed)?;
+    check!(
+        retry.duplicate && retry.seq == 5 && retry.message_id == keyed.message_id,
+        "its retry answers with the seq it was recorded under: {retry:?}"
+    );
+    let history = store
+        .history(&v, chat_core::store::HistoryQuery { direction: Direction::Forward, from_seq: None, limit: 10 })
+        .await
+        .map_err(failed)?;
+    let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+    check!(seqs == vec![1, 3, 5], "history holds the messages and no voids: {seqs:?}");
+    Ok(())
 }
 
 fn receipt(user: &str, status: ReceiptStatus, up_to_seq: u64) -> ReceiptEvent {
@@ -211,6 +256,7 @@ async fn check_receipts(store: &dyn Store, prefix: &str) -> Result<(), String> {
         body: "x".into(),
         sent_at_ms: 1,
         client_message_id: String::new(),
+        members_version: 0,
     };
     let statuses = store.message_status(&message(2)).await.map_err(failed)?;
     let of = |user: &str| statuses.iter().find(|s| s.user_id == user).cloned();

@@ -139,16 +139,23 @@ async fn persist_stopped_and_restarted_drains_its_backlog() -> anyhow::Result<()
         alice.send(&room, &format!("a-{i}"), "while running").await?;
     }
     accepted.extend(scenarios::accepted(&mut alice, 40).await?.into_iter().map(|a| a.seq));
-    cluster.wait_stored(&room, &accepted).await?;
+    let summary = cluster.wait_summary(&room, 40).await?;
+    ensure!(summary == Some(40), "summary at {summary:?} with persist running");
     cluster.kill_runner(runner);
     for i in 0..60 {
         alice.send(&room, &format!("b-{i}"), "while stopped").await?;
     }
     accepted.extend(scenarios::accepted(&mut alice, 60).await?.into_iter().map(|a| a.seq));
+    // Accepting records the message: history is whole without persist.
     let meanwhile = cluster.stored_seqs(&room).await?;
-    ensure!(meanwhile.len() == 40, "stored {} while persist was stopped", meanwhile.len());
+    let report = checker::check(&accepted, Some(&meanwhile), &[]);
+    ensure!(report.is_clean() && meanwhile.len() == 100, "stored while persist was stopped: {report:?}");
+    let summary = cluster.summary_seq(&room).await?;
+    ensure!(summary == Some(40), "the summary is persist's and waits for it: {summary:?}");
     cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?;
-    let stored = cluster.wait_stored(&room, &accepted).await?;
+    let summary = cluster.wait_summary(&room, 100).await?;
+    ensure!(summary == Some(100), "persist drained its backlog: summary at {summary:?}");
+    let stored = cluster.stored_seqs(&room).await?;
     let report = checker::check(&accepted, Some(&stored), &[]);
     ensure!(report.is_clean() && stored.len() == 100, "{report:?}");
     Ok(())

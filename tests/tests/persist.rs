@@ -1,7 +1,8 @@
 //! Function `persist` behind the local event source mapping, on the
-//! emulator: messages reach DynamoDB once, redeliveries are harmless, and a
-//! poison record goes to the dead-letter queue after `maxReceiveCount`
-//! while its batch-mates are persisted.
+//! emulator: every message is handled (the conversation's summary, which
+//! only `persist` moves, reaches it) and stored once, redeliveries are
+//! harmless, and a poison record goes to the dead-letter queue after
+//! `maxReceiveCount` while its batch-mates are persisted.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -14,8 +15,13 @@ use chat_e2e::{DEADLINE, scenarios};
 /// Short visibility and two receives, so redrive happens within a test.
 const FAST_REDRIVE: &[&str] = &["PersistVisibilityTimeoutSeconds=2", "PersistMaxReceiveCount=2"];
 
-/// Waits until `conversation` has `expected` persisted, and exactly that.
+/// Waits until `persist` has handled `expected` (the conversation's summary,
+/// which only it moves, reached the newest) and checks the store holds
+/// exactly those messages (recorded at accept, rewritten by `persist`).
 async fn wait_persisted(cluster: &Cluster, conversation: &str, expected: &BTreeSet<u64>) -> anyhow::Result<()> {
+    let newest = expected.last().copied().unwrap_or(0);
+    let summary = cluster.wait_summary(conversation, newest).await?;
+    ensure!(summary == Some(newest), "persist's summary at {summary:?}, expected {newest}");
     let seqs: BTreeSet<u64> = cluster.wait_stored(conversation, expected).await?.into_iter().collect();
     ensure!(&seqs == expected, "persisted {seqs:?}, expected {expected:?}");
     Ok(())

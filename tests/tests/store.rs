@@ -48,6 +48,7 @@ async fn concurrent_sends_get_distinct_dense_seqs() -> anyhow::Result<()> {
                 body: "x",
                 new_message_id: format!("m{i}"),
                 now_ms: 1,
+                origin: "test",
             };
             store.accept_send(request).await.map(|a| a.seq)
         })

@@ -234,5 +234,6 @@ pub(super) fn last_message(conversation_id: &str, item: &Item) -> Option<StoredM
         body: get_s(item, "last_preview").ok()?,
         sent_at_ms: get_n(item, "last_sent_at_ms").ok()?,
         client_message_id: String::new(),
+        members_version: 0,
     })
 }

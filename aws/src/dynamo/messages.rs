@@ -1,9 +1,19 @@
-//! The messages table, one item per message (`conversation_id`, `seq`):
-//! `message_id`, `sender`, `body`, `sent_at_ms`, `origin`, and
-//! `client_message_id` when the send had one. Index `by_message_id`.
-//! `persist` is its only writer ([`DynamoStore::write_messages`]); the seq
-//! the gateway made unique is the key, so a redelivered event rewrites the
-//! identical item and never makes a second message.
+//! The messages table, one item per seq (`conversation_id`, `seq`).
+//!
+//! A message: `message_id`, `sender`, `body`, `sent_at_ms`, `origin`,
+//! `members_version` (when not 0), and `client_message_id` when the send
+//! had one. Index `by_message_id`. A void: `void` (true) and `voided_at_ms`,
+//! nothing else, so the index never holds it and history filters it out.
+//!
+//! **Written before it is published.** Accepting a send records its message
+//! here ([`DynamoStore::record_message`], conditional on the seq being
+//! empty) before the gateway publishes it; `persist` later rewrites the
+//! identical item from the event ([`DynamoStore::write_messages`]). So a
+//! reader that finds a seq missing can settle it ([`History::settle`]): the
+//! message is there (the bus is only slow), or nobody recorded it and a void
+//! goes in its place, atomically, so a sender that was merely slow finds the
+//! void and takes a new seq instead of publishing a message some receivers
+//! have already passed over.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,32 +21,68 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chat_core::envelope::{Envelope, Event};
-use chat_core::store::{ConversationInfo, Direction, History, HistoryQuery, StoreError, StoredMessage};
+use chat_core::store::{ConversationInfo, Direction, History, HistoryQuery, Settled, StoreError, StoredMessage};
 
 use super::conversations::last_message;
-use super::{DynamoStore, Item, get_n, get_s, n, number_or_zero, query_items, s, unavailable};
+use super::{DynamoStore, Item, conditional, get_n, get_s, n, number_or_zero, query_items, s, seq_value, unavailable};
 
 /// `BatchWriteItem` takes at most 25 requests.
 pub const WRITE_BATCH_MAX: usize = 25;
 /// Attempts at writing items DynamoDB returned as unprocessed.
 const UNPROCESSED_ATTEMPTS: u32 = 5;
+/// Marks a seq settled without a message.
+const VOID: &str = "void";
+
+/// A message's fields, as [`message_item`] stores them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageFields<'a> {
+    pub conversation_id: &'a str,
+    pub seq: u64,
+    pub message_id: &'a str,
+    pub sender: &'a str,
+    pub body: &'a str,
+    pub sent_at_ms: i64,
+    pub origin: &'a str,
+    pub client_message_id: &'a str,
+    pub members_version: u64,
+}
+
+impl MessageFields<'_> {
+    pub(crate) fn item(&self) -> Item {
+        let mut item = HashMap::from([
+            ("conversation_id".to_owned(), s(self.conversation_id)),
+            ("seq".to_owned(), seq_value(self.seq)),
+            ("message_id".to_owned(), s(self.message_id)),
+            ("sender".to_owned(), s(self.sender)),
+            ("body".to_owned(), s(self.body)),
+            ("sent_at_ms".to_owned(), n(self.sent_at_ms)),
+            ("origin".to_owned(), s(self.origin)),
+        ]);
+        if !self.client_message_id.is_empty() {
+            item.insert("client_message_id".to_owned(), s(self.client_message_id));
+        }
+        if self.members_version > 0 {
+            item.insert("members_version".to_owned(), n(self.members_version));
+        }
+        item
+    }
+}
 
 /// The item of a message event; `None` for other events.
 pub fn message_item(envelope: &Envelope) -> Option<Item> {
     let Event::Message(m) = &envelope.event else { return None };
-    let mut item = HashMap::from([
-        ("conversation_id".to_owned(), s(&envelope.conversation_id)),
-        ("seq".to_owned(), n(m.seq)),
-        ("message_id".to_owned(), s(&m.message_id)),
-        ("sender".to_owned(), s(&m.sender)),
-        ("body".to_owned(), s(&m.body)),
-        ("sent_at_ms".to_owned(), n(envelope.at_ms)),
-        ("origin".to_owned(), s(&envelope.origin)),
-    ]);
-    if !m.client_message_id.is_empty() {
-        item.insert("client_message_id".to_owned(), s(&m.client_message_id));
-    }
-    Some(item)
+    let fields = MessageFields {
+        conversation_id: &envelope.conversation_id,
+        seq: m.seq,
+        message_id: &m.message_id,
+        sender: &m.sender,
+        body: &m.body,
+        sent_at_ms: envelope.at_ms,
+        origin: &envelope.origin,
+        client_message_id: &m.client_message_id,
+        members_version: envelope.members_version,
+    };
+    Some(fields.item())
 }
 
 /// How a [`DynamoStore::write_messages`] call went.
@@ -54,6 +100,52 @@ fn item_key(item: &Item) -> Option<(String, String)> {
 }
 
 impl DynamoStore {
+    /// Records an accepted message under its seq; false when the seq was
+    /// settled as void first (the send must take another). Recording the
+    /// same message again (a retried send) rewrites it.
+    pub(crate) async fn record_message(&self, message: &MessageFields<'_>) -> Result<bool, StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.tables.messages)
+            .set_item(Some(message.item()))
+            .condition_expression("attribute_not_exists(seq) OR message_id = :id")
+            .expression_attribute_values(":id", s(message.message_id))
+            .send()
+            .await;
+        conditional(put, "recording a message")
+    }
+
+    async fn read_seq(&self, conversation_id: &str, seq: u64) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.messages)
+            .key("conversation_id", s(conversation_id))
+            .key("seq", seq_value(seq))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("reading a seq", e))?;
+        Ok(out.item)
+    }
+
+    /// Puts a void where nothing is recorded; false when something is.
+    async fn void_seq(&self, conversation_id: &str, seq: u64) -> Result<bool, StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.tables.messages)
+            .item("conversation_id", s(conversation_id))
+            .item("seq", seq_value(seq))
+            .item(VOID, AttributeValue::Bool(true))
+            .item("voided_at_ms", n(chat_core::clock::now_ms()))
+            .condition_expression("attribute_not_exists(seq)")
+            .send()
+            .await;
+        conditional(put, "voiding a seq")
+    }
+
     /// Writes message items (at most [`WRITE_BATCH_MAX`], each named by the
     /// caller's key) in one `BatchWriteItem`, retrying what DynamoDB leaves
     /// unprocessed with backoff.
@@ -96,6 +188,13 @@ impl DynamoStore {
     }
 }
 
+fn settled(item: &Item) -> Result<Settled, StoreError> {
+    if item.contains_key(VOID) {
+        return Ok(Settled::Void);
+    }
+    stored_message(item).map(Settled::Message)
+}
+
 fn stored_message(item: &Item) -> Result<StoredMessage, StoreError> {
     Ok(StoredMessage {
         conversation_id: get_s(item, "conversation_id")?,
@@ -105,6 +204,7 @@ fn stored_message(item: &Item) -> Result<StoredMessage, StoreError> {
         body: get_s(item, "body")?,
         sent_at_ms: get_n(item, "sent_at_ms")?,
         client_message_id: item.get("client_message_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
+        members_version: number_or_zero(item, "members_version"),
     })
 }
 
@@ -117,6 +217,10 @@ impl History for DynamoStore {
             .table_name(&self.tables.messages)
             .consistent_read(true)
             .scan_index_forward(query.direction == Direction::Forward)
+            // Voids are not messages; `query_items` reads on until the page
+            // is full of real ones.
+            .filter_expression("attribute_not_exists(#void)")
+            .expression_attribute_names("#void", VOID)
             .expression_attribute_values(":c", s(conversation_id));
         request = match (query.direction, query.from_seq) {
             (_, None) => request.key_condition_expression("conversation_id = :c"),
@@ -128,6 +232,21 @@ impl History for DynamoStore {
                 .expression_attribute_values(":s", AttributeValue::N(from.to_string())),
         };
         query_items(request, Some(query.limit), "reading history").await?.iter().map(stored_message).collect()
+    }
+
+    async fn settle(&self, conversation_id: &str, seq: u64) -> Result<Settled, StoreError> {
+        // Read first: a missing seq is usually a message the bus is slow with.
+        if let Some(item) = self.read_seq(conversation_id, seq).await? {
+            return settled(&item);
+        }
+        if self.void_seq(conversation_id, seq).await? {
+            return Ok(Settled::Void);
+        }
+        // Recorded between the read and the void.
+        match self.read_seq(conversation_id, seq).await? {
+            Some(item) => settled(&item),
+            None => Err(StoreError::Unavailable(format!("seq {seq} of {conversation_id} neither recorded nor voided"))),
+        }
     }
 
     async fn get_message(&self, conversation_id: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
@@ -206,6 +325,9 @@ mod tests {
         assert_eq!(item["body"], s("hello"));
         assert!(!item.contains_key("client_message_id"));
         let stored = stored_message(&item).expect("reads back");
+        assert_eq!(settled(&item), Ok(Settled::Message(stored.clone())));
+        let void = HashMap::from([("seq".to_owned(), n(43)), (VOID.to_owned(), AttributeValue::Bool(true))]);
+        assert_eq!(settled(&void), Ok(Settled::Void), "a void is not a message");
         assert_eq!((stored.seq, stored.sent_at_ms, stored.body.as_str()), (42, 1_700_000_000_042, "hello"));
     }
 }

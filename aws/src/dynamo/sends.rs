@@ -11,6 +11,14 @@
 //! loser's seq unused, a hole every receiver's reorderer waits out.) A claim
 //! that never got its seq (its gateway died in between) is taken over once
 //! older than [`CLAIM_LEASE`].
+//!
+//! **Then record** ([`Sequencer::record_send`], in the publishing stage, so
+//! a stream's next send is numbered meanwhile): the message goes under its
+//! seq (`messages`) before it is answered and published. A seq that readers
+//! settled as void first (this sender stalled, or an earlier sender of the
+//! same send died before recording) is given up: the send takes a new seq,
+//! moving its send record from the old one (`seq = :old`), so retries
+//! follow it.
 
 use std::time::Duration;
 
@@ -18,6 +26,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chat_core::store::{Accepted, SendRequest, Sequencer, StoreError, body_digest, idempotency_key};
 
+use super::messages::MessageFields;
 use super::{DynamoStore, Item, conditional, get_n, get_s, n, number_or_zero, s, seq_value, string_set, unavailable};
 
 /// How long a send stays idempotent.
@@ -31,6 +40,9 @@ const CLAIM_LEASE: Duration = Duration::from_secs(2);
 /// of a dead sender's send takes the claim over within one call.
 const CLAIM_WAIT: Duration = Duration::from_millis(2500);
 const CLAIM_POLL: Duration = Duration::from_millis(20);
+/// Seqs a send takes at most when readers keep voiding them before it
+/// records its message (each time it stalled past their settle delay).
+const RECORD_ATTEMPTS: u32 = 3;
 
 /// A send record as read back.
 #[derive(Debug)]
@@ -111,9 +123,16 @@ impl DynamoStore {
         conditional(update, "taking over a stale send claim")
     }
 
-    /// Records the seq a claimed send was given; false when the claim was
-    /// taken over meanwhile (this sender stalled past the lease).
-    async fn number(&self, key: &str, message_id: &str, accepted: &Accepted) -> Result<bool, StoreError> {
+    /// Records the seq a claimed send was given (`previous`: the voided seq
+    /// it held before, if any); false when the claim was taken over
+    /// meanwhile (this sender stalled past the lease) or already moved on.
+    async fn number(
+        &self,
+        key: &str,
+        message_id: &str,
+        previous: Option<u64>,
+        accepted: &Accepted,
+    ) -> Result<bool, StoreError> {
         let mut expression = "SET seq = :seq, members_version = :mv".to_owned();
         let mut update = self
             .client
@@ -126,15 +145,64 @@ impl DynamoStore {
             update =
                 update.expression_attribute_values(":ext", AttributeValue::Ss(accepted.external_recipients.clone()));
         }
+        update = match previous {
+            None => update.condition_expression("message_id = :id AND attribute_not_exists(seq)"),
+            Some(old) => update
+                .condition_expression("message_id = :id AND seq = :old")
+                .expression_attribute_values(":old", seq_value(old)),
+        };
         let result = update
             .table_name(&self.tables.send_dedup)
             .key("idem_key", s(key))
             .update_expression(expression)
-            .condition_expression("message_id = :id AND attribute_not_exists(seq)")
             .expression_attribute_values(":id", s(message_id))
             .send()
             .await;
         conditional(result, "numbering a send")
+    }
+
+    /// A new seq for the send's `message_id`, first accepted at `accepted_at_ms`.
+    async fn numbered(
+        &self,
+        req: &SendRequest<'_>,
+        message_id: &str,
+        accepted_at_ms: i64,
+    ) -> Result<Accepted, StoreError> {
+        let numbered = self.next_seq(req.conversation_id, req.now_ms).await?;
+        Ok(Accepted {
+            message_id: message_id.to_owned(),
+            seq: numbered.seq,
+            accepted_at_ms,
+            duplicate: false,
+            external_recipients: numbered.externals.into_iter().filter(|id| id != req.sender).collect(),
+            members_version: numbered.members_version,
+        })
+    }
+
+    /// Records the accepted message under its seq; false when readers voided
+    /// that seq first.
+    async fn record(&self, req: &SendRequest<'_>, accepted: &Accepted) -> Result<bool, StoreError> {
+        let recorded = self
+            .record_message(&MessageFields {
+                conversation_id: req.conversation_id,
+                seq: accepted.seq,
+                message_id: &accepted.message_id,
+                sender: req.sender,
+                body: req.body,
+                sent_at_ms: accepted.accepted_at_ms,
+                origin: req.origin,
+                client_message_id: req.client_message_id,
+                members_version: accepted.members_version,
+            })
+            .await?;
+        if !recorded {
+            tracing::warn!(
+                conversation_id = req.conversation_id,
+                seq = accepted.seq,
+                "seq voided by readers before its message was recorded; numbering again"
+            );
+        }
+        Ok(recorded)
     }
 
     /// The answer for a send that found its key claimed: the first send's
@@ -182,18 +250,8 @@ impl DynamoStore {
 #[async_trait]
 impl Sequencer for DynamoStore {
     async fn accept_send(&self, req: SendRequest<'_>) -> Result<Accepted, StoreError> {
-        let recipients =
-            |externals: Vec<String>| -> Vec<String> { externals.into_iter().filter(|id| id != req.sender).collect() };
         if req.client_message_id.is_empty() {
-            let numbered = self.next_seq(req.conversation_id, req.now_ms).await?;
-            return Ok(Accepted {
-                message_id: req.new_message_id,
-                seq: numbered.seq,
-                accepted_at_ms: req.now_ms,
-                duplicate: false,
-                external_recipients: recipients(numbered.externals),
-                members_version: numbered.members_version,
-            });
+            return self.numbered(&req, &req.new_message_id, req.now_ms).await;
         }
         let key = idempotency_key(req.conversation_id, req.sender, req.client_message_id);
         let digest = body_digest(req.body);
@@ -202,26 +260,47 @@ impl Sequencer for DynamoStore {
         {
             return Ok(first);
         }
-        let numbered = self.next_seq(req.conversation_id, req.now_ms).await?;
-        let seq = numbered.seq;
-        let accepted = Accepted {
-            message_id: req.new_message_id.clone(),
-            seq,
-            accepted_at_ms: req.now_ms,
-            duplicate: false,
-            external_recipients: recipients(numbered.externals),
-            members_version: numbered.members_version,
-        };
-        if self.number(&key, &req.new_message_id, &accepted).await? {
+        let accepted = self.numbered(&req, &req.new_message_id, req.now_ms).await?;
+        if self.number(&key, &req.new_message_id, None, &accepted).await? {
             return Ok(accepted);
         }
         // Only a sender stalled past the lease gets here; its seq stays
-        // unused and receivers skip it after their reorder window.
-        tracing::warn!(conversation_id = req.conversation_id, seq, "send claim taken over while numbering; seq unused");
+        // unrecorded and readers settle it as void.
+        tracing::warn!(
+            conversation_id = req.conversation_id,
+            seq = accepted.seq,
+            "send claim taken over while numbering; seq unused"
+        );
         match self.read_send(&key).await? {
             Some(Record::Numbered { accepted, .. }) => Ok(accepted),
             _ => Err(StoreError::Unavailable("the send was taken over by a retry; retry it again".into())),
         }
+    }
+
+    async fn record_send(&self, req: SendRequest<'_>, mut accepted: Accepted) -> Result<Accepted, StoreError> {
+        let key = (!req.client_message_id.is_empty())
+            .then(|| idempotency_key(req.conversation_id, req.sender, req.client_message_id));
+        for _ in 0..RECORD_ATTEMPTS {
+            if self.record(&req, &accepted).await? {
+                return Ok(accepted);
+            }
+            let voided = accepted.seq;
+            let renumbered = Accepted {
+                duplicate: false,
+                ..self.numbered(&req, &accepted.message_id, accepted.accepted_at_ms).await?
+            };
+            accepted = match &key {
+                None => renumbered,
+                // Moved on the send record first, so a retry answers with it.
+                Some(key) if self.number(key, &accepted.message_id, Some(voided), &renumbered).await? => renumbered,
+                // A concurrent retry moved it on already: follow it.
+                Some(key) => match self.read_send(key).await? {
+                    Some(Record::Numbered { accepted, .. }) => accepted,
+                    _ => return Err(StoreError::Unavailable("the send record vanished while renumbering".into())),
+                },
+            };
+        }
+        Err(StoreError::Unavailable("the send stalled before it was recorded, again and again; retry it".into()))
     }
 
     async fn latest_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {
