@@ -147,7 +147,9 @@ impl App {
 
     /// Rate-limits a checked send from a member and gives it its identity
     /// and `seq`. Sends of one stream are accepted one after another, so a
-    /// sender's messages are ordered as it sent them.
+    /// sender's messages are ordered as it sent them (unless one stalls
+    /// past the receivers' settle delay before it is recorded, and is
+    /// renumbered after the ones that followed it).
     pub(crate) async fn accept(&self, sender: &str, send: &Send<'_>) -> Result<Accepted, GatewayError> {
         self.rate.send(sender)?;
         Ok(send::accept(self.stores.sequencer.as_ref(), &self.gateway_id, sender, send).await?)
@@ -188,31 +190,32 @@ impl App {
 
     /// Asks the store what the seqs of gaps that waited the settle delay
     /// hold, and hands each answer to the hub: a conversation's missing seqs
-    /// in order, conversations side by side. A failed ask is asked again
-    /// after another delay; the reorder window bounds the wait regardless.
-    pub(crate) async fn settle_gaps(&self) {
-        let gaps = self.hub.gaps_to_settle(std::time::Instant::now(), self.limits.gap_settle);
-        futures::future::join_all(gaps.into_iter().map(|(conversation_id, missing)| async move {
-            for seq in missing {
-                match self.settle(&conversation_id, seq).await {
-                    Ok(settled) => {
-                        tracing::info!(
-                            conversation_id,
-                            seq,
-                            void = matches!(settled, Settled::Void),
-                            "seq gap settled from the store"
-                        );
-                        self.hub.settled(&conversation_id, seq, settled, std::time::Instant::now());
-                    }
-                    Err(e) => {
-                        tracing::warn!(conversation_id, seq, error = %e, "could not settle a seq gap; asking again later");
-                        return;
+    /// in order, each conversation in its own task so a slow one holds up no
+    /// other. A failed ask is asked again after another delay; the reorder
+    /// window bounds the wait regardless.
+    pub(crate) fn settle_gaps(self: &Arc<Self>) {
+        for (conversation_id, missing) in self.hub.gaps_to_settle(std::time::Instant::now(), self.limits.gap_settle) {
+            let app = self.clone();
+            tokio::spawn(async move {
+                for seq in missing {
+                    match app.settle(&conversation_id, seq).await {
+                        Ok(settled) => {
+                            tracing::info!(
+                                conversation_id,
+                                seq,
+                                void = matches!(settled, Settled::Void),
+                                "seq gap settled from the store"
+                            );
+                            app.hub.settled(&conversation_id, seq, settled, std::time::Instant::now());
+                        }
+                        Err(e) => {
+                            tracing::warn!(conversation_id, seq, error = %e, "could not settle a seq gap; asking again later");
+                            return;
+                        }
                     }
                 }
-            }
-            self.hub.settling_done(&conversation_id);
-        }))
-        .await;
+            });
+        }
     }
 
     /// What a missing seq holds, settled once for every reader.

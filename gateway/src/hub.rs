@@ -82,8 +82,9 @@ struct Conversation {
     /// until its removal arrives (the bus may deliver the removal after
     /// them), so a removed member never receives them.
     parked: VecDeque<(Instant, Envelope)>,
-    /// When the store was last asked to settle a gap here; no second ask
-    /// before the settle delay passes again.
+    /// When the store was last asked to settle a gap here: asked at most
+    /// once per settle delay (a gap can outlive its answers: a message that
+    /// waits for a removal, an ask that failed).
     settling_since: Option<Instant>,
 }
 
@@ -296,8 +297,8 @@ impl Hub {
     }
 
     /// The missing seqs of gaps that have waited `delay`, by conversation,
-    /// for the store to settle; each is offered again only after another
-    /// `delay` (the first ask failed, or its answers were lost).
+    /// for the store to settle; a conversation is offered again only after
+    /// another `delay`.
     pub(crate) fn gaps_to_settle(&self, now: Instant, delay: Duration) -> Vec<(String, Vec<u64>)> {
         let mut state = self.state();
         let mut gaps = Vec::new();
@@ -330,14 +331,6 @@ impl Hub {
                     self.fan_out(conversation, &released, None);
                 }
             }
-        }
-    }
-
-    /// The conversation's settling ask is over: a gap behind it may be asked
-    /// about at once.
-    pub(crate) fn settling_done(&self, conversation_id: &str) {
-        if let Some(conversation) = self.state().conversations.get_mut(conversation_id) {
-            conversation.settling_since = None;
         }
     }
 
@@ -690,7 +683,7 @@ mod tests {
             members_version: 0,
         };
         hub.settled("room1", 1, Settled::Message(stored), start + delay);
-        hub.settling_done("room1");
+        assert!(hub.gaps_to_settle(start + delay * 2, delay).is_empty(), "no gap left");
         hub.dispatch(message("room1", 1), start + delay);
         hub.dispatch(message("room1", 4), start + delay);
         assert_eq!(seqs(&drain(&bob, stream).await), vec![1, 3, 4]);

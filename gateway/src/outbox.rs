@@ -49,6 +49,10 @@ struct OutboxState {
     /// Conversations being resumed: their live messages wait here until the
     /// stored ones have been delivered.
     held: HashMap<String, Vec<SharedEvent>>,
+    /// Resumed conversations → the resume point: what the client had
+    /// before. A live message at or below it (held in this gateway's
+    /// reorderer behind a gap when the stream joined) is not shown again.
+    resumed_after: HashMap<String, u64>,
     /// Receipts this stream has been shown (its join snapshots included).
     receipts: crate::receipts::ReceiptPositions,
 }
@@ -76,9 +80,9 @@ impl Outbox {
     /// stream's resume point for its conversation.
     pub(crate) fn deliver(&self, event: impl Into<SharedEvent>) -> Result<(), Undeliverable> {
         let event = event.into();
-        let held_conversation = match event.facts() {
-            Facts::Message { conversation_id, .. } => Some(conversation_id.as_str()),
-            _ => None,
+        let (held_conversation, seq) = match event.facts() {
+            Facts::Message { conversation_id, seq } => (Some(conversation_id.as_str()), *seq),
+            _ => (None, 0),
         };
         // Checking `closed`, queueing and recording the resume point happen
         // under the lock that closing takes: an event is either queued before
@@ -87,6 +91,9 @@ impl Outbox {
         let mut state = self.state();
         if self.closed.is_cancelled() {
             return Err(Undeliverable::Gone);
+        }
+        if held_conversation.is_some_and(|c| state.resumed_after.get(c).is_some_and(|after| seq <= *after)) {
+            return Ok(());
         }
         if let Some(conversation) = held_conversation
             && let Some(held) = state.held.get_mut(conversation)
@@ -136,6 +143,16 @@ impl Outbox {
     /// Starts holding the live messages of a conversation (for a resume).
     pub(crate) fn hold(&self, conversation_id: &str) {
         self.state().held.entry(conversation_id.to_owned()).or_default();
+    }
+
+    /// The (checked) point a held conversation resumes after: the client
+    /// has everything up to it, so nothing at or below it is shown again,
+    /// and it is this stream's resume point until something newer is queued.
+    pub(crate) fn resume_after(&self, conversation_id: &str, after: u64) {
+        let mut state = self.state();
+        state.resumed_after.insert(conversation_id.to_owned(), after);
+        let last = state.last_seq.entry(conversation_id.to_owned()).or_insert(0);
+        *last = (*last).max(after);
     }
 
     /// Queues a stored message of a held conversation, waiting for room in
@@ -354,6 +371,8 @@ mod tests {
     async fn held_live_messages_follow_the_stored_ones_without_duplicates() {
         let (outbox, stream) = Outbox::new("s".into(), "u".into(), 8);
         outbox.hold("a");
+        outbox.resume_after("a", 2);
+        outbox.deliver(message("a", 2)).expect("the client had it already");
         outbox.deliver(message("a", 5)).expect("held");
         outbox.deliver(message("b", 1)).expect("other conversations flow");
         outbox.deliver(message("a", 6)).expect("held");
@@ -362,6 +381,7 @@ mod tests {
         }
         outbox.release("a").expect("release");
         outbox.deliver(message("a", 7)).expect("live again");
+        outbox.deliver(message("a", 1)).expect("a late one from before the resume point is not shown");
         outbox.finish();
         let seqs: Vec<(String, u64)> = decoded(stream)
             .filter_map(|e| async move {
@@ -406,5 +426,29 @@ mod tests {
         let (outbox, stream) = Outbox::new("s".into(), "u".into(), 4);
         drop(stream);
         assert_eq!(outbox.deliver(message("a", 1)), Err(Undeliverable::Gone));
+    }
+
+    #[tokio::test]
+    async fn a_resume_with_nothing_to_backfill_shows_nothing_twice() {
+        let (outbox, stream) = Outbox::new("s".into(), "u".into(), 8);
+        outbox.hold("a");
+        outbox.resume_after("a", 62);
+        // 62 waited behind a gap in the gateway's reorderer when the stream
+        // joined, and is released to it now.
+        outbox.deliver(message("a", 62)).expect("dropped");
+        outbox.deliver(message("a", 63)).expect("held");
+        outbox.release("a").expect("release");
+        assert_eq!(outbox.resume_points(), vec![("a".to_owned(), 63)]);
+        outbox.finish();
+        let seqs: Vec<u64> = decoded(stream)
+            .filter_map(|e| async move {
+                match e {
+                    Ok(ServerEvent { event: Some(Event::Message(m)) }) => Some(m.seq),
+                    _ => None,
+                }
+            })
+            .collect()
+            .await;
+        assert_eq!(seqs, vec![63]);
     }
 }

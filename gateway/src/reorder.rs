@@ -147,7 +147,9 @@ impl<T> Reorderer<T> {
         let mut out = Vec::new();
         match self.next {
             Some(next) if seq < next => {}
-            _ if self.voids.len() >= MAX_PENDING => {}
+            // A seq that has its message is not void (the store settles
+            // each seq once; this only guards the invariant).
+            _ if self.pending.contains_key(&seq) || self.voids.len() >= MAX_PENDING => {}
             _ => {
                 self.voids.insert(seq);
                 self.release_run(&mut out);
@@ -194,7 +196,7 @@ impl<T> Reorderer<T> {
         }
         out.push(item);
         self.next = Some(seq.saturating_add(1));
-        self.voids = self.voids.split_off(&seq);
+        self.voids = self.voids.split_off(&seq.saturating_add(1));
         self.release_run(&mut out);
         out
     }

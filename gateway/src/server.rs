@@ -316,12 +316,12 @@ impl Gateway {
             hub.expire_gaps(Instant::now());
             std::future::ready(())
         }));
-        // Apart from expiry: an ask held up by the store must not hold up
-        // the window that bounds every wait.
+        // Asks run in tasks of their own: one held up by the store holds up
+        // neither expiry (the window bounds every wait) nor other asks.
         let app = self.app.clone();
         background.spawn(every(GAP_TICK, stop.clone(), move || {
-            let app = app.clone();
-            async move { app.settle_gaps().await }
+            app.settle_gaps();
+            std::future::ready(())
         }));
         let addresses = self.addresses.clone();
         background.spawn(every(PRESENCE_REFRESH, stop.clone(), move || {

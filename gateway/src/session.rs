@@ -311,9 +311,9 @@ impl Session {
 
     /// Delivers the stored messages after `after` up to `last` (the latest
     /// seq when the stream subscribed; later ones arrive live), in order.
-    /// `persist` stores asynchronously, so a message missing from storage is
-    /// waited for (bounded); one still missing then was never published (its
-    /// sender died after taking the seq) and is passed over.
+    /// A seq missing from storage is being recorded right now or never will
+    /// be (its sender died after taking it): after the settle delay the
+    /// store settles it, delivered if recorded, passed over if void.
     async fn backfill(&self, conversation_id: &str, after: u64, last: u64) -> Result<(), GatewayError> {
         if after > last {
             return Err(GatewayError::InvalidArgument(format!(
@@ -326,6 +326,7 @@ impl Session {
                 last - after
             )));
         }
+        self.outbox.resume_after(conversation_id, after);
         // A seq at or below `last` that the store lacks was numbered and is
         // being recorded right now, or never will be: after the settle delay
         // (once per backfill) the store settles it, message or void.
@@ -386,15 +387,17 @@ impl Session {
         let deadline = SendDeadline::start(self.app.limits().send_deadline);
         let send = self.app.check_send(conversation_id, client_message_id, body)?;
         self.joined_conversation(conversation_id).await?;
-        let accepted = deadline.bound(self.app.accept(&self.outbox.user_id, &send)).await?;
         // Waiting for a permit holds back this stream's next frames:
-        // backpressure, not an unbounded queue.
+        // backpressure, not an unbounded queue. Taken before the seq, so a
+        // numbered send is recorded at once rather than after a wait that
+        // could outlast the receivers' settle delay.
         let publishing = self.publishing.clone();
         let permit = deadline
             .bound(async {
                 publishing.acquire_owned().await.map_err(|_| GatewayError::Internal("publish limiter closed".into()))
             })
             .await?;
+        let accepted = deadline.bound(self.app.accept(&self.outbox.user_id, &send)).await?;
         let app = self.app.clone();
         let outbox = self.outbox.clone();
         let request_id = request_id.to_owned();
