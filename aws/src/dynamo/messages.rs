@@ -5,9 +5,9 @@
 //! had one. Index `by_message_id`. A void: `void` (true) and `voided_at_ms`,
 //! nothing else, so the index never holds it and history filters it out.
 //!
-//! **Written before it is published.** Accepting a send records its message
-//! here ([`DynamoStore::record_message`], conditional on the seq being
-//! empty) before the gateway publishes it; `persist` later rewrites the
+//! **Written before it is published.** A send's message is recorded here
+//! (`Sequencer::record_send` → [`DynamoStore::record_message`], conditional
+//! on the seq being empty or holding this message) before it is published; `persist` later rewrites the
 //! identical item from the event ([`DynamoStore::write_messages`]). So a
 //! reader that finds a seq missing can settle it ([`History::settle`]): the
 //! message is there (the bus is only slow), or nobody recorded it and a void
