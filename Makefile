@@ -20,6 +20,10 @@ GRPC_VENV ?= $(CACHE_DIR)/venv-grpc-$(shell sha256sum $(GRPC_REQ) | cut -c1-16)
 LOCALSTACK_VENV ?= $(CACHE_DIR)/venv-localstack-$(shell sha256sum $(LOCALSTACK_REQ) | cut -c1-16)
 DEPLOY_VENV ?= $(CACHE_DIR)/venv-deploy-$(shell sha256sum $(DEPLOY_REQ) | cut -c1-16)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+# The metrics test's Prometheus server: Debian's package, unpacked into the
+# cache (tools/install-prometheus.sh).
+PROMETHEUS_DIR ?= $(CACHE_DIR)/prometheus-2.42
+PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
 
 .PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack build-functions chat deploy destroy localstack localstack-down bench
 
@@ -56,6 +60,10 @@ $(DEPLOY_VENV)/.installed: | $(DEPLOY_REQ)
 
 venv: $(MOTO_VENV)/.installed $(GRPC_VENV)/.installed
 
+$(PROMETHEUS):
+	@echo "==> unpacking Prometheus into $(PROMETHEUS_DIR) (first run only)"
+	bash tools/install-prometheus.sh $(PROMETHEUS_DIR)
+
 build:
 	@echo "==> building the workspace"
 	$(CARGO) build --workspace --bins --locked
@@ -78,9 +86,9 @@ test-provision: $(MOTO_VENV)/.installed
 	@echo "==> the emulator's resources agree with template.yaml"
 	cd localstack && $(MOTO_VENV)/bin/python -m unittest test_provision
 
-test-rust: build venv
+test-rust: build venv $(PROMETHEUS)
 	@echo "==> unit and end-to-end tests (moto on loopback, or AWS_ENDPOINT_URL when set)"
-	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_GRPC_PYTHON=$(GRPC_VENV)/bin/python \
+	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_GRPC_PYTHON=$(GRPC_VENV)/bin/python CHAT_PROMETHEUS=$(PROMETHEUS) \
 		$(CARGO) test --workspace --locked
 
 test-localstack: build venv $(LOCALSTACK_VENV)/.installed

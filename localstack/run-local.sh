@@ -33,6 +33,14 @@ GATEWAY_A_PORT="${GATEWAY_A_PORT:-50051}"
 GATEWAY_B_PORT="${GATEWAY_B_PORT:-50052}"
 WEBHOOK_PORT="${WEBHOOK_PORT:-8091}"
 SIMULATOR_PORT="${SIMULATOR_PORT:-8090}"
+# Every process serves Prometheus metrics on its own port from here up:
+# gateways first, then the function runners in the order they start.
+METRICS_PORT="${METRICS_PORT:-9464}"
+METRICS_URLS=()
+next_metrics() { # name: sets METRICS_ADDR to the next address, remembered for the summary
+    METRICS_ADDR="127.0.0.1:$((METRICS_PORT + ${#METRICS_URLS[@]}))"
+    METRICS_URLS+=("$(printf '%-30s http://%s/metrics' "$1" "$METRICS_ADDR")")
+}
 STACK="${CHAT_STACK_NAME:-chat}"
 mkdir -p "$RUN_DIR"
 RUN_DIR="$(cd "$RUN_DIR" && pwd)"
@@ -198,7 +206,8 @@ if [[ ! -s "$CHAT_JWT_SECRET_FILE" ]]; then
 fi
 start_gateway() { # name port
     echo "==> starting gateway $1 on 127.0.0.1:$2 (log: $RUN_DIR/gateway-$1.log)"
-    CHAT_INSTANCE_ID="local-$1" CHAT_LISTEN="127.0.0.1:$2" \
+    next_metrics "gateway $1"
+    CHAT_INSTANCE_ID="local-$1" CHAT_LISTEN="127.0.0.1:$2" CHAT_METRICS_LISTEN="$METRICS_ADDR" \
         "$BIN/gateway" >"$RUN_DIR/gateway-$1.log" 2>&1 &
     track $! "gateway $1"
 }
@@ -214,7 +223,8 @@ start_function() { # name queue-url [args...]
     local name="$1" queue="$2"
     shift 2
     echo "==> starting function $name (log: $RUN_DIR/$name.log)"
-    CHAT_QUEUE_URL="$queue" "$BIN/local-runner" "$@" >"$RUN_DIR/$name.log" 2>&1 &
+    next_metrics "function $name"
+    CHAT_QUEUE_URL="$queue" CHAT_METRICS_LISTEN="$METRICS_ADDR" "$BIN/local-runner" "$@" >"$RUN_DIR/$name.log" 2>&1 &
     track $! "function $name"
 }
 start_function persist "$CHAT_PERSIST_QUEUE_URL" persist
@@ -257,6 +267,9 @@ set up a terminal once:
 then e.g. '$ROOT/chat send -c room1 --body hi', '$ROOT/chat history -c room1'.
 Any gRPC client works too: the API is proto/chat.proto (server reflection is on), with
 'authorization: Bearer \$($ROOT/chat token --user alice)'.
+
+Metrics (Prometheus text format; the README's "Metrics" section has queries):
+$(printf '  %s\n' "${METRICS_URLS[@]}")
 
 Press Ctrl-C to stop everything.
 EOF

@@ -8,8 +8,8 @@ and compares it with the template's own properties: every topic, queue
 (timeouts, retention, delay, redrive to the right dead-letter queue), queue
 policy, subscription (protocol, endpoint, raw delivery, filter policy and
 scope) and table (keys, attribute types, indexes, TTL) is there as declared,
-and nothing the emulator can hold was skipped. Parameters given on the
-command line reach the resources.
+and nothing the emulator can hold was skipped but what a false condition
+leaves out. Parameters given on the command line reach the resources.
 
 Run: python -m unittest localstack/test_provision.py (make test does).
 """
@@ -79,7 +79,13 @@ class ProvisionAgreesWithTemplate(unittest.TestCase):
     def resolved(self, stack: provision.Stack, lid: str) -> dict:
         return stack.resolve(stack.resources[lid].get("Properties") or {})
 
-    def check_stack(self, stack_name: str, parameters: dict[str, str]):
+    @staticmethod
+    def active(stack: provision.Stack, resource: dict) -> bool:
+        """Not left out by its Condition (evaluated with the stack's parameters)."""
+        cond = resource.get("Condition")
+        return cond is None or stack.condition(cond)
+
+    def check_stack(self, stack_name: str, parameters: dict[str, str]) -> tuple[provision.Stack, dict]:
         template = provision.load_template(TEMPLATE)
         stack, outputs = self.provision(stack_name, parameters)
         self.assertTrue(outputs.get("TopicArn", "").endswith(f"{stack_name}-events"), outputs)
@@ -87,6 +93,8 @@ class ProvisionAgreesWithTemplate(unittest.TestCase):
         queue_arns: dict[str, str] = {}  # logical id -> ARN
         # Physical names first: the interpreter's own resolution of names.
         for lid, res in template["Resources"].items():
+            if not self.active(stack, res):
+                continue
             if res.get("Type") == "AWS::SQS::Queue":
                 name = self.resolved(stack, lid)["QueueName"]
                 url = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
@@ -107,15 +115,16 @@ class ProvisionAgreesWithTemplate(unittest.TestCase):
         checked = set()
         for lid, res in template["Resources"].items():
             rtype = res.get("Type")
-            if rtype not in EMULATED:
+            if rtype not in EMULATED or not self.active(stack, res):
                 continue
             with self.subTest(resource=lid):
                 props = self.resolved(stack, lid)
                 getattr(self, "check_" + rtype.split("::", 1)[1].replace("::", "_").lower())(stack, lid, props)
                 checked.add(lid)
-        declared = {lid for lid, res in template["Resources"].items() if res.get("Type") in EMULATED}
+        declared = {lid for lid, res in template["Resources"].items()
+                    if res.get("Type") in EMULATED and self.active(stack, res)}
         self.assertEqual(checked, declared, "every emulated resource was checked")
-        return stack
+        return stack, outputs
 
     # ---- per type ------------------------------------------------------
 
@@ -178,7 +187,7 @@ class ProvisionAgreesWithTemplate(unittest.TestCase):
         self.check_stack("agree-defaults", {})
 
     def test_parameters_reach_the_resources(self):
-        stack = self.check_stack("agree-params", {"PersistVisibilityTimeoutSeconds": "7",
+        stack, _ = self.check_stack("agree-params", {"PersistVisibilityTimeoutSeconds": "7",
                                                   "ConnectorMaxReceiveCount": "3",
                                                   "FallbackDelaySeconds": "9"})
         attrs = self.sqs.get_queue_attributes(QueueUrl=stack.physical["FallbackQueue"],
@@ -194,6 +203,28 @@ class ProvisionAgreesWithTemplate(unittest.TestCase):
         self.assertNotIn("created ", done.stderr)
         self.assertNotIn("updated ", done.stderr)
 
+    def test_alarm_notifications(self):
+        """AlarmEmail subscribes to the stack's own alarm topic, or to the one AlarmTopicArn names."""
+        email = "ops@example.com"
+        stack, outputs = self.check_stack("agree-alarms", {"AlarmEmail": email})
+        self.assertEqual(outputs["AlarmTopicArn"], stack.physical["AlarmTopic"])
+        self.assertTrue(outputs["AlarmTopicArn"].endswith(":agree-alarms-alarms"), outputs)
+        subs = self.sns.list_subscriptions_by_topic(TopicArn=outputs["AlarmTopicArn"])["Subscriptions"]
+        self.assertEqual([(s["Protocol"], s["Endpoint"]) for s in subs], [("email", email)])
+
+        own = self.sns.create_topic(Name="operators-own-alarms")["TopicArn"]
+        stack, outputs = self.check_stack("agree-own-alarms", {"AlarmTopicArn": own, "AlarmEmail": email})
+        self.assertEqual(outputs["AlarmTopicArn"], own)
+        self.assertNotIn("AlarmTopic", stack.physical)
+        self.assertFalse(any(t["TopicArn"].endswith(":agree-own-alarms-alarms")
+                             for t in self.sns.list_topics()["Topics"]), "no topic of its own")
+        subs = self.sns.list_subscriptions_by_topic(TopicArn=own)["Subscriptions"]
+        self.assertEqual([(s["Protocol"], s["Endpoint"]) for s in subs], [("email", email)])
+
+        _, outputs = self.check_stack("agree-no-email", {})
+        self.assertEqual(self.sns.list_subscriptions_by_topic(TopicArn=outputs["AlarmTopicArn"])["Subscriptions"],
+                         [], "no e-mail without AlarmEmail")
+
     def test_skips_are_summarised(self):
         """One line for the resources the emulator does not run; --verbose names each."""
         base = [sys.executable, os.path.join(HERE, "provision.py"), "--template", TEMPLATE,
@@ -204,8 +235,11 @@ class ProvisionAgreesWithTemplate(unittest.TestCase):
         self.assertEqual(len(skip_lines), 2, quiet.stderr)  # the summary and the totals
         summary, totals = skip_lines
         skipped = int(totals.rsplit(", ", 1)[1].split()[0])  # "..., 28 skipped"
-        not_emulated = sum(1 for res in provision.load_template(TEMPLATE)["Resources"].values()
-                           if res.get("Type") not in EMULATED)
+        template = provision.load_template(TEMPLATE)
+        stack = provision.Stack(template, stack_name="agree-summary", region=REGION,
+                                account_id=provision.DEFAULT_ACCOUNT_ID, parameters={})
+        not_emulated = sum(1 for res in template["Resources"].values()
+                           if res.get("Type") not in EMULATED or not self.active(stack, res))
         self.assertEqual(skipped, not_emulated, totals)
         self.assertIn(f"skipped {skipped} resources the emulator does not run (", summary)
         self.assertIn("Serverless::Function", summary)

@@ -6,7 +6,9 @@
 //! - [`queue`]: a gateway's own SQS queue, subscription and heartbeat;
 //! - [`lambda`]: a Lambda's SQS batch (decode each record, report only the
 //!   failed ones);
-//! - [`error`]: AWS SDK errors, described one way.
+//! - [`error`]: AWS SDK errors, described one way;
+//! - [`metered`]: every request counted and timed, by service, operation
+//!   and outcome.
 //!
 //! Configuration comes from the standard AWS environment
 //! (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...) through `aws-config`; nothing
@@ -15,5 +17,6 @@
 pub mod dynamo;
 pub mod error;
 pub mod lambda;
+pub mod metered;
 pub mod queue;
 pub mod sns;

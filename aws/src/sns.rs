@@ -3,9 +3,6 @@
 //! the body and its routing facts as message attributes, so filter policies
 //! route without parsing bodies and raw delivery keeps them on SQS.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use async_trait::async_trait;
 use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
@@ -14,26 +11,6 @@ use chat_core::envelope::Envelope;
 
 /// SNS `PublishBatch` takes at most ten entries.
 pub const BATCH_MAX: usize = 10;
-
-/// AWS calls this gateway made, for the totals it logs when it stops (the
-/// benchmark reads them to report SQS calls per delivered event).
-#[derive(Debug, Default)]
-pub struct AwsCounters {
-    /// SNS requests (`Publish` or `PublishBatch`).
-    pub sns_publishes: AtomicU64,
-    /// Events those requests carried.
-    pub sns_events: AtomicU64,
-    pub sqs_receives: AtomicU64,
-    pub sqs_empty_receives: AtomicU64,
-    pub sqs_messages: AtomicU64,
-    pub sqs_delete_batches: AtomicU64,
-}
-
-impl AwsCounters {
-    pub fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
 
 fn request_error<E, R>(operation: &'static str, err: &SdkError<E, R>) -> BusError
 where
@@ -65,22 +42,15 @@ fn attributes(envelope: &Envelope) -> Result<Vec<(String, MessageAttributeValue)
 pub struct SnsPublisher {
     sns: aws_sdk_sns::Client,
     topic_arn: String,
-    counters: Arc<AwsCounters>,
 }
 
 impl SnsPublisher {
     pub fn new(sns: aws_sdk_sns::Client, topic_arn: String) -> Self {
-        Self { sns, topic_arn, counters: Arc::default() }
-    }
-
-    /// Counts publishes into `counters` (shared with the pollers).
-    pub fn counting(self, counters: Arc<AwsCounters>) -> Self {
-        Self { counters, ..self }
+        Self { sns, topic_arn }
     }
 
     async fn publish_one(&self, envelope: &Envelope) -> Result<(), BusError> {
-        AwsCounters::add(&self.counters.sns_publishes, 1);
-        AwsCounters::add(&self.counters.sns_events, 1);
+        metrics::histogram!("chat_publish_batch_size").record(1.0);
         self.sns
             .publish()
             .topic_arn(&self.topic_arn)
@@ -111,8 +81,7 @@ impl SnsPublisher {
             Ok(entries) => entries,
             Err(e) => return vec![Err(e); chunk.len()],
         };
-        AwsCounters::add(&self.counters.sns_publishes, 1);
-        AwsCounters::add(&self.counters.sns_events, chunk.len());
+        metrics::histogram!("chat_publish_batch_size").record(chunk.len() as f64);
         let sent = self
             .sns
             .publish_batch()

@@ -46,11 +46,11 @@ pub struct FallbackArgs {
 
 impl FallbackArgs {
     pub fn build(self, sdk: &aws_config::SdkConfig) -> Fallback {
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), self.tables));
+        let store = Arc::new(DynamoStore::new(crate::dynamodb(sdk), self.tables));
         Fallback {
             receipts: store.clone(),
             links: store,
-            bus: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
+            bus: Arc::new(SnsPublisher::new(crate::sns(sdk), self.topic_arn)),
         }
     }
 }
@@ -78,12 +78,16 @@ pub async fn handle(fallback: &Fallback, event: SqsEvent) -> SqsBatchResponse {
         }
     })
     .await;
+    let requested = requested.into_inner();
     tracing::info!(
         records = event.records.len(),
-        requested = requested.into_inner(),
+        requested,
         failed = response.batch_item_failures.len(),
         "fallback batch done"
     );
+    metrics::counter!("chat_fallback_records_total").increment(event.records.len() as u64);
+    metrics::counter!("chat_fallback_requests_total").increment(requested as u64);
+    metrics::counter!("chat_fallback_failures_total").increment(response.batch_item_failures.len() as u64);
     response
 }
 

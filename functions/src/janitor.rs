@@ -36,7 +36,7 @@ pub struct Janitor {
 
 impl JanitorArgs {
     pub fn build(self, sdk: &aws_config::SdkConfig) -> Janitor {
-        Janitor { sqs: aws_sdk_sqs::Client::new(sdk), sns: aws_sdk_sns::Client::new(sdk), args: self }
+        Janitor { sqs: crate::sqs(sdk), sns: crate::sns(sdk), args: self }
     }
 }
 
@@ -102,6 +102,7 @@ pub async fn sweep(janitor: &Janitor, now_secs: i64) -> Report {
         Err(e) => {
             report.errors.push(e);
             report.listing_failed = true;
+            count_sweep(&report);
             return report;
         }
     };
@@ -110,6 +111,7 @@ pub async fn sweep(janitor: &Janitor, now_secs: i64) -> Report {
         Err(e) => {
             report.errors.push(e);
             report.listing_failed = true;
+            count_sweep(&report);
             return report;
         }
     };
@@ -165,7 +167,18 @@ pub async fn sweep(janitor: &Janitor, now_secs: i64) -> Report {
         errors = report.errors.len(),
         "janitor sweep done"
     );
+    count_sweep(&report);
     report
+}
+
+/// What a sweep did, as metrics (`chat_janitor_failures_total` feeds the
+/// janitor's alarm beside its Lambda errors).
+fn count_sweep(report: &Report) {
+    metrics::counter!("chat_janitor_sweeps_total").increment(1);
+    metrics::counter!("chat_janitor_reaped_total", "kind" => "queue").increment(report.reaped_queues.len() as u64);
+    metrics::counter!("chat_janitor_reaped_total", "kind" => "subscription")
+        .increment(report.reaped_subscriptions.len() as u64);
+    metrics::counter!("chat_janitor_failures_total").increment(report.errors.len() as u64);
 }
 
 async fn list_queues(janitor: &Janitor) -> Result<Vec<String>, CallFailed> {

@@ -147,15 +147,22 @@ pub async fn handle(clients: &Clients, event: SqsEvent) -> SqsBatchResponse {
             failed.push(id.clone());
         }
     }
+    let failures = batch.undecodable.len() + failed.len() + unwritten.len();
     tracing::info!(
         records = event.records.len(),
         written = plan.items.len() - unwritten.len(),
         receipts = plan.receipts.len(),
-        failed = batch.undecodable.len() + failed.len() + unwritten.len(),
+        failed = failures,
         ignored = plan.ignored,
         write_calls,
         "persist batch done"
     );
+    metrics::counter!("chat_persist_batches_total").increment(1);
+    metrics::counter!("chat_persist_records_total").increment(event.records.len() as u64);
+    metrics::counter!("chat_persist_messages_written_total").increment((plan.items.len() - unwritten.len()) as u64);
+    metrics::counter!("chat_persist_write_calls_total").increment(write_calls as u64);
+    metrics::counter!("chat_persist_failures_total").increment(failures as u64);
+    metrics::histogram!("chat_persist_batch_size").record(event.records.len() as f64);
     failed.extend(unwritten);
     batch.response(failed)
 }

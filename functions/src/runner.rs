@@ -219,7 +219,13 @@ async fn poll<H, Fut, E>(
         // would only delay it by the visibility timeout.
         let gathered_ms = gather_started.elapsed().as_millis() as u64;
         let handler_started = Instant::now();
-        match handler(to_event(&batch, arn, &config.region)).await {
+        let handled = handler(to_event(&batch, arn, &config.region)).await;
+        // What Lambda's own metrics say of an invocation (Invocations,
+        // Errors, Duration), for the local runner's endpoint.
+        let outcome = if handled.is_ok() { "ok" } else { "error" };
+        metrics::counter!("chat_function_invocations_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("chat_function_invocation_seconds").record(handler_started.elapsed().as_secs_f64());
+        match handled {
             Ok(response) => {
                 let handler_ms = handler_started.elapsed().as_millis() as u64;
                 let handles = to_delete(&batch, &response);

@@ -129,14 +129,14 @@ impl WebhookSecrets {
 impl WebhookArgs {
     pub fn build(self, sdk: &aws_config::SdkConfig) -> anyhow::Result<Webhook> {
         self.secrets.check()?;
-        let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+        let dynamo = crate::dynamodb(sdk);
         let store = Arc::new(DynamoStore::new(dynamo.clone(), self.tables));
         Ok(Webhook {
             sequencer: store.clone(),
             membership: store.clone(),
             links: store,
             records: Records::new(dynamo, self.connector_table),
-            bus: Arc::new(SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
+            bus: Arc::new(SnsPublisher::new(crate::sns(sdk), self.topic_arn)),
             secrets: self.secrets,
         })
     }

@@ -176,6 +176,8 @@ impl App {
             duplicate = accepted.duplicate,
             "message published"
         );
+        metrics::counter!("chat_messages_accepted_total", "duplicate" => if accepted.duplicate { "true" } else { "false" })
+            .increment(1);
         Ok(accepted)
     }
 

@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the admin listener serving Prometheus metrics at
+    /// `/metrics` (never the gRPC port). Off when absent.
+    #[arg(long, env = "CHAT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// The bus between gateways.
     #[arg(long, env = "CHAT_BUS", value_enum, default_value_t = BusKind::Auto)]
     pub bus: BusKind,

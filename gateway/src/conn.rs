@@ -122,6 +122,10 @@ impl Conn {
         let linger = refused.is_some().then(|| Box::pin(tokio::time::sleep(REFUSED_LINGER)));
         let state = Arc::new(ConnState::new(refused, limits.frame_limit()));
         let closed = Box::pin(state.close.clone().cancelled_owned());
+        metrics::gauge!("chat_connections").increment(1.0);
+        if linger.is_some() {
+            metrics::counter!("chat_connections_refused_total").increment(1);
+        }
         Self { io, info: ConnInfo { tcp, state }, closed, linger, _slot: slot }
     }
 
@@ -136,6 +140,12 @@ impl Conn {
 
 fn ended() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed by the gateway")
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        metrics::gauge!("chat_connections").decrement(1.0);
+    }
 }
 
 impl AsyncRead for Conn {

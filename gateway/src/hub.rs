@@ -55,6 +55,8 @@ pub(crate) struct Counters {
     /// Events meant for functions only (fallback requests).
     pub(crate) not_for_streams: AtomicU64,
     pub(crate) deliveries: AtomicU64,
+    /// Messages held behind a gap in seq order (reorder waits).
+    pub(crate) held: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
     /// Messages held for a removal the bus had not delivered yet.
     pub(crate) parked: AtomicU64,
@@ -164,6 +166,11 @@ impl Hub {
         }
     }
 
+    /// Conversations with at least one member streaming here.
+    pub(crate) fn local_conversations(&self) -> usize {
+        self.state().conversations.len()
+    }
+
     #[cfg(test)]
     pub(crate) fn has_local_members(&self, conversation_id: &str) -> bool {
         self.state().conversations.contains_key(conversation_id)
@@ -237,7 +244,11 @@ impl Hub {
             None => vec![event],
             Some(seq) => match conversation.order.push(seq, event, now) {
                 Pushed::Released(events) => events,
-                Pushed::Held | Pushed::Duplicate => Vec::new(),
+                Pushed::Held => {
+                    self.counters.held.fetch_add(1, Ordering::Relaxed);
+                    Vec::new()
+                }
+                Pushed::Duplicate => Vec::new(),
                 Pushed::Stale => {
                     self.counters.stale.fetch_add(1, Ordering::Relaxed);
                     Vec::new()

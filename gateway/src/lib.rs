@@ -31,6 +31,7 @@ mod history;
 mod hub;
 mod jwks;
 mod limits;
+mod metrics;
 mod outbox;
 mod receipts;
 mod reorder;

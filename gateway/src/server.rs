@@ -23,8 +23,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use chat_aws::dynamo::DynamoStore;
+use chat_aws::metered;
 use chat_aws::queue::{self, GatewayQueue, QueueError};
-use chat_aws::sns::{AwsCounters, SnsPublisher};
+use chat_aws::sns::SnsPublisher;
 use chat_core::bus::Bus;
 use chat_core::memory::MemoryStore;
 use chat_core::store::{StoreError, Stores};
@@ -74,6 +75,8 @@ pub enum RunError {
     Queue(#[from] QueueError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("metrics: {0}")]
+    Metrics(String),
     #[error("reflection: {0}")]
     Reflection(String),
 }
@@ -177,7 +180,6 @@ fn tls(config: &Config) -> Result<Option<ServerTlsConfig>, RunError> {
 struct AwsParts {
     queue: GatewayQueue,
     sqs: aws_sdk_sqs::Client,
-    counters: Arc<AwsCounters>,
 }
 
 async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Stores, Arc<dyn Bus>, AwsParts), RunError> {
@@ -197,25 +199,22 @@ async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Stores, Arc<d
         .connect_timeout(Duration::from_secs(3))
         .operation_attempt_timeout(Duration::from_secs(u64::try_from(queue::POLL_WAIT_SECS).unwrap_or(20) + 5))
         .build();
-    let dynamo = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&sdk).timeout_config(quick.clone()).build(),
-    );
-    let sns = aws_sdk_sns::Client::from_conf(aws_sdk_sns::config::Builder::from(&sdk).timeout_config(quick).build());
-    let sqs = aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(&sdk).timeout_config(polling).build());
+    let dynamo = aws_sdk_dynamodb::Client::from_conf(metered::dynamodb(&sdk).timeout_config(quick.clone()).build());
+    let sns = aws_sdk_sns::Client::from_conf(metered::sns(&sdk).timeout_config(quick).build());
+    let sqs = aws_sdk_sqs::Client::from_conf(metered::sqs(&sdk).timeout_config(polling).build());
 
     let store = DynamoStore::new(dynamo, config.tables.clone());
     store.check_tables().await?;
     let queue_name = format!("{}{}", config.queue_prefix, gateway_id);
     let queue = GatewayQueue::create(sqs.clone(), sns.clone(), &topic_arn, &queue_name, gateway_id).await?;
     tracing::info!(queue_url = queue.queue_url, subscription_arn = queue.subscription_arn, "gateway queue subscribed");
-    let counters = Arc::new(AwsCounters::default());
-    let publisher = SnsPublisher::new(sns, topic_arn).counting(counters.clone());
+    let publisher = SnsPublisher::new(sns, topic_arn);
     let policy = BatchPolicy {
         linger: Duration::from_millis(config.publish_linger_ms),
         max_in_flight: usize::from(config.publish_concurrency),
     };
     let publisher = BatchingPublisher::spawn(publisher, policy);
-    Ok((Stores::of(Arc::new(store)), Arc::new(publisher), AwsParts { queue, sqs, counters }))
+    Ok((Stores::of(Arc::new(store)), Arc::new(publisher), AwsParts { queue, sqs }))
 }
 
 /// Runs a gateway on `listener` until `shutdown` is cancelled, then stops in
@@ -284,7 +283,20 @@ impl Gateway {
             sessions: TaskTracker::new(),
         };
         gateway.start_background(config);
+        gateway.start_metrics(config).await?;
         Ok(gateway)
+    }
+
+    /// The admin listener with `/metrics`, when configured; each scrape
+    /// first publishes the hub's counts and the gauges read from state.
+    async fn start_metrics(&self, config: &Config) -> Result<(), RunError> {
+        let (hub, sessions) = (self.hub.clone(), self.sessions.clone());
+        let refresh = Arc::new(move || crate::metrics::publish_hub(&hub, sessions.len()));
+        let labels = [("gateway_id", self.id.as_str())];
+        service::metrics::start(config.metrics_listen, &labels, refresh, self.stop_background.clone())
+            .await
+            .map_err(|e| RunError::Metrics(e.to_string()))?;
+        Ok(())
     }
 
     fn start_background(&self, config: &Config) {
@@ -294,7 +306,6 @@ impl Gateway {
                 sqs: parts.sqs.clone(),
                 queue_url: parts.queue.queue_url.clone(),
                 inbox: self.hub.clone(),
-                counters: parts.counters.clone(),
                 scale: Arc::new(sqs::PollerScale::new(usize::from(config.pollers))),
                 window: Duration::from_millis(config.receive_window_ms),
             };
@@ -396,6 +407,7 @@ impl Gateway {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .layer(crate::metrics::GrpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -440,17 +452,6 @@ impl Gateway {
         self.background.wait().await;
         if let Some(parts) = &self.aws {
             parts.queue.delete().await;
-            let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
-            let a = &parts.counters;
-            tracing::info!(
-                sns_publishes = load(&a.sns_publishes),
-                sns_events = load(&a.sns_events),
-                sqs_receives = load(&a.sqs_receives),
-                sqs_empty_receives = load(&a.sqs_empty_receives),
-                sqs_messages = load(&a.sqs_messages),
-                sqs_delete_batches = load(&a.sqs_delete_batches),
-                "aws calls"
-            );
         }
         let c = &self.hub.counters;
         tracing::info!(
@@ -458,6 +459,7 @@ impl Gateway {
             deliveries = c.deliveries.load(std::sync::atomic::Ordering::Relaxed),
             duplicates = c.duplicates.load(std::sync::atomic::Ordering::Relaxed),
             late = c.late.load(std::sync::atomic::Ordering::Relaxed),
+            held = c.held.load(std::sync::atomic::Ordering::Relaxed),
             stale = c.stale.load(std::sync::atomic::Ordering::Relaxed),
             slow_consumers = c.slow_consumers.load(std::sync::atomic::Ordering::Relaxed),
             "gateway stopped"

@@ -300,11 +300,14 @@ impl Session {
         // Receipts older than the snapshot must not reach the stream after it.
         self.outbox.seed_receipts(conversation_id, &outcome.members);
         self.deliver(wire::presence_snapshot(conversation_id, outcome.online, outcome.last_seq, outcome.members));
+        metrics::counter!("chat_joins_total", "resume" => if resume_after.is_some() { "true" } else { "false" })
+            .increment(1);
         if let Some(after) = resume_after {
             let backfilled = self.backfill(conversation_id, after, outcome.last_seq).await;
             // Released even when the backfill failed: live messages go on.
             let _ = self.outbox.release(conversation_id);
             backfilled?;
+            metrics::counter!("chat_resume_backfills_total").increment(1);
         }
         Ok(())
     }
@@ -384,6 +387,7 @@ impl Session {
         client_message_id: &str,
         body: &str,
     ) -> Result<(), GatewayError> {
+        let started = std::time::Instant::now();
         let deadline = SendDeadline::start(self.app.limits().send_deadline);
         let send = self.app.check_send(conversation_id, client_message_id, body)?;
         self.joined_conversation(conversation_id).await?;
@@ -407,7 +411,10 @@ impl Session {
             let published = deadline.bound(app.publish_accepted(&outbox.user_id, &send.as_send(), accepted)).await;
             let (conversation_id, client_message_id) = send.into_ids();
             let event = match published {
-                Ok(accepted) => wire::send_accepted(request_id, conversation_id, client_message_id, accepted),
+                Ok(accepted) => {
+                    metrics::histogram!("chat_send_accept_seconds").record(started.elapsed().as_secs_f64());
+                    wire::send_accepted(request_id, conversation_id, client_message_id, accepted)
+                }
                 Err(err) => wire::error_event(&request_id, &conversation_id, &client_message_id, &err),
             };
             let _ = outbox.deliver(event);

@@ -1,6 +1,8 @@
 //! The edge of every process (gateway, Lambda functions and their local
 //! runner, channel simulator, bench baseline): logging and graceful
-//! shutdown, set up one way.
+//! shutdown, set up one way, and [`metrics`] on a Prometheus endpoint.
+
+pub mod metrics;
 
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;

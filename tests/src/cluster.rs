@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::client::{TestClient, with_token};
 use crate::emulator::Emulator;
+use crate::metrics::Scrape;
 use crate::{free_port, unique, workspace_bin};
 
 /// Limits high enough that only tests of limits meet them.
@@ -53,6 +54,8 @@ pub enum Mode {
 pub struct GatewayProcess {
     child: Option<Child>,
     pub url: String,
+    /// The metrics endpoint, `host:port`.
+    pub metrics: String,
     pub instance_id: String,
     log: PathBuf,
 }
@@ -67,6 +70,8 @@ pub struct Cluster {
     pub gateways: Vec<GatewayProcess>,
     /// Local function runners (`local-runner`), killed on drop.
     runners: Vec<(Child, PathBuf)>,
+    /// Each runner's metrics endpoint (`host:port`), by runner index.
+    runner_metrics: Vec<String>,
     logs: PathBuf,
     /// The private CA (PEM) of gateways serving TLS; `None`: plain h2c.
     ca: Option<Vec<u8>>,
@@ -140,6 +145,7 @@ impl Cluster {
             secret: format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new()),
             gateways: Vec::new(),
             runners: Vec::new(),
+            runner_metrics: Vec::new(),
             logs,
             ca: None,
         })
@@ -154,6 +160,7 @@ impl Cluster {
     pub async fn start_gateway(&mut self, env: &[(&str, &str)]) -> anyhow::Result<usize> {
         let index = self.gateways.len();
         let port = free_port()?;
+        let metrics = format!("127.0.0.1:{}", free_port()?);
         let instance_id = unique(&format!("g{index}-"));
         let log = self.logs.join(format!("gateway-{index}.log"));
         let mut cmd = Command::new(workspace_bin("gateway")?);
@@ -161,6 +168,7 @@ impl Cluster {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()))
             .env("CHAT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CHAT_METRICS_LISTEN", &metrics)
             .env("CHAT_INSTANCE_ID", &instance_id)
             .env("CHAT_JWT_SECRET", &self.secret)
             .env("CHAT_QUEUE_PREFIX", self.queue_prefix())
@@ -181,6 +189,7 @@ impl Cluster {
         self.gateways.push(GatewayProcess {
             child: Some(child),
             url: format!("{}://127.0.0.1:{port}", if self.ca.is_some() { "https" } else { "http" }),
+            metrics,
             instance_id,
             log,
         });
@@ -261,6 +270,7 @@ impl Cluster {
     fn spawn_helper(&mut self, binary: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<usize> {
         let emulator = self.emulator.as_ref().context("helpers need the emulator")?;
         let index = self.runners.len();
+        let metrics = format!("127.0.0.1:{}", free_port()?);
         let log = self.logs.join(format!("{binary}-{}-{index}.log", args.first().copied().unwrap_or("")));
         let file = std::fs::File::create(&log)?;
         let child = Command::new(workspace_bin(binary)?)
@@ -270,6 +280,7 @@ impl Cluster {
             .env("NO_COLOR", "1")
             .envs(emulator.aws_env())
             .envs(self.outputs.iter().cloned())
+            .env("CHAT_METRICS_LISTEN", &metrics)
             .envs(env.iter().copied())
             .args(args)
             .stdin(Stdio::null())
@@ -278,6 +289,7 @@ impl Cluster {
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
         self.runners.push((child, log));
+        self.runner_metrics.push(metrics);
         Ok(index)
     }
 
@@ -577,6 +589,16 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Gateway `index`'s metrics, scraped now.
+    pub async fn scrape(&self, index: usize) -> anyhow::Result<Scrape> {
+        Scrape::fetch(&self.gateways[index].metrics).await
+    }
+
+    /// Runner `index`'s metrics endpoint, `host:port`.
+    pub fn runner_metrics(&self, index: usize) -> Option<&str> {
+        self.runner_metrics.get(index).map(String::as_str)
     }
 
     /// Where runner `index` logs.

@@ -21,6 +21,7 @@ pub mod conformance;
 pub mod emulator;
 pub mod faults;
 pub mod localstack;
+pub mod metrics;
 pub mod raw_bus;
 pub mod scenarios;
 pub mod stored;

@@ -238,7 +238,13 @@ async fn a_channel_that_keeps_failing_is_failed_for_the_sender_and_dead_lettered
     let mut cluster =
         Cluster::aws_custom(1, &[], &["ConnectorVisibilityTimeoutSeconds=1", "ConnectorMaxReceiveCount=2"]).await?;
     // Short invocations, and the queue's maxReceiveCount as on AWS.
-    let env = [("CHAT_FUNCTION_TIMEOUT_SECS", "2"), ("CHAT_CONNECTOR_MAX_RECEIVE_COUNT", "2")];
+    // A request timeout that fits the invocation, so the channel is called
+    // (and fails) rather than skipped for want of budget.
+    let env = [
+        ("CHAT_FUNCTION_TIMEOUT_SECS", "2"),
+        ("CHAT_CONNECTOR_MAX_RECEIVE_COUNT", "2"),
+        ("CHAT_CONNECTOR_REQUEST_TIMEOUT_MS", "500"),
+    ];
     let sim = cluster.start_channels(&["telegram"], &env).await?;
     sim.faults(chat_e2e::channels::Faults { fail_next: Some(vec![503; 200]), ..faults("telegram") }).await?;
     let mut alice = cluster.connect(0, "alice").await?;

@@ -66,6 +66,25 @@ struct Ports {
     gateway_b: u16,
     webhook: u16,
     simulator: u16,
+    /// The first of the metrics ports (one per process, consecutive).
+    metrics: u16,
+}
+
+/// Processes that serve metrics under `make run`: two gateways, seven
+/// function runners.
+const METRICS_PORTS: u16 = 9;
+
+/// The first of `n` consecutive free loopback ports.
+fn free_port_range(n: u16) -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let first = free_port()?;
+        let Some(last) = first.checked_add(n) else { continue };
+        let held: Vec<_> = (first..last).filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok()).collect();
+        if held.len() == usize::from(n) {
+            return Ok(first);
+        }
+    }
+    anyhow::bail!("no {n} consecutive free ports")
 }
 
 impl Ports {
@@ -76,6 +95,7 @@ impl Ports {
             gateway_b: free_port()?,
             webhook: free_port()?,
             simulator: free_port()?,
+            metrics: free_port_range(METRICS_PORTS)?,
         })
     }
 }
@@ -116,6 +136,7 @@ impl Run {
             .env("GATEWAY_B_PORT", ports.gateway_b.to_string())
             .env("WEBHOOK_PORT", ports.webhook.to_string())
             .env("SIMULATOR_PORT", ports.simulator.to_string())
+            .env("METRICS_PORT", ports.metrics.to_string())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -227,6 +248,18 @@ fn check_printed_exports(export_line: &str, bin_dir: &Path) -> anyhow::Result<()
     Ok(())
 }
 
+/// A plain HTTP/1.1 GET on loopback (this test has no runtime).
+fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    ensure!(answer.starts_with("HTTP/1.1 200"), "GET {path}: {answer}");
+    Ok(answer)
+}
+
 #[test]
 fn a_start_cleans_up_a_killed_run_and_ctrl_c_stops_everything() -> anyhow::Result<()> {
     let run_dir = TempDir(std::env::temp_dir().join(unique("chat-run-local-")));
@@ -246,7 +279,15 @@ fn a_start_cleans_up_a_killed_run_and_ctrl_c_stops_everything() -> anyhow::Resul
     let mut run = Run::start(&run_dir.0, &ports)?;
     run.wait_line("an earlier run left running", START_BOUND)?;
     let export_line = run.wait_line("export CHAT_GATEWAYS=", START_BOUND)?;
+    // Every process's metrics endpoint is printed, and answers.
+    let gateway_metrics = format!("http://127.0.0.1:{}/metrics", ports.metrics);
+    let line = run.wait_line(&gateway_metrics, DEADLINE)?;
+    ensure!(line.contains("gateway a"), "{line}");
+    let persist_metrics = format!("http://127.0.0.1:{}/metrics", ports.metrics + 2);
+    ensure!(run.wait_line(&persist_metrics, DEADLINE)?.contains("function persist"));
     run.wait_line("Press Ctrl-C", DEADLINE)?;
+    let scrape = http_get(ports.metrics, "/metrics")?;
+    ensure!(scrape.contains("chat_streams{gateway_id=\"local-a\"}"), "gateway a's metrics:\n{scrape}");
     ensure!(killed.still_running().is_empty(), "left from the killed run: {:?}", killed.still_running());
     run.read_pids()?;
     check_printed_exports(&export_line, workspace_bin("gateway")?.parent().context("binary directory")?)?;

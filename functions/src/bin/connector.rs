@@ -27,7 +27,7 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let left_ms = event.context.deadline.saturating_sub(chat_core::clock::now_ms().max(0) as u64);
         let deadline = Instant::now() + Duration::from_millis(left_ms).saturating_sub(MARGIN);
-        Ok::<SqsBatchResponse, Error>(connector::handle(connector, event.payload, deadline).await)
+        Ok::<SqsBatchResponse, Error>(functions::invoked(connector::handle(connector, event.payload, deadline)).await)
     }))
     .await
 }

@@ -19,7 +19,7 @@ async fn main() -> Result<(), Error> {
     let fallback = config.fallback.build(&sdk);
     let fallback = &fallback;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<SqsBatchResponse, Error>(fallback::handle(fallback, event.payload).await)
+        Ok::<SqsBatchResponse, Error>(functions::invoked(fallback::handle(fallback, event.payload)).await)
     }))
     .await
 }

@@ -19,7 +19,7 @@ async fn main() -> Result<(), Error> {
     let janitor = config.janitor.build(&sdk);
     let janitor = &janitor;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
-        let report = janitor::sweep(janitor, chat_core::clock::now_ms() / 1000).await;
+        let report = functions::invoked(janitor::sweep(janitor, chat_core::clock::now_ms() / 1000)).await;
         let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
         if report.listing_failed {
             return Err(Error::from(errors.join("; ")));

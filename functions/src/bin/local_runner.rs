@@ -39,6 +39,10 @@ struct Config {
     timeout_secs: u64,
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1", global = true)]
     region: String,
+    /// Address of the admin listener serving Prometheus metrics at
+    /// `/metrics` (what Lambda would write as EMF). Off when absent.
+    #[arg(long, env = "CHAT_METRICS_LISTEN", global = true)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -77,12 +81,28 @@ enum Function {
     },
 }
 
+impl Function {
+    /// The function's name, as the template names it.
+    fn name(&self) -> &'static str {
+        match self {
+            Function::Persist { .. } => "persist",
+            Function::Connector { .. } => "connector",
+            Function::Fallback { .. } => "fallback",
+            Function::Janitor { .. } => "janitor",
+            Function::Webhook { .. } => "webhook",
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service::init_logging(false);
     let config = Config::parse();
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let stop = service::stop_on_signals();
+    let function = config.function.name();
+    service::metrics::start(config.metrics_listen, &[("function", function)], std::sync::Arc::new(|| {}), stop.clone())
+        .await?;
     let runner_config = || -> anyhow::Result<RunnerConfig> {
         let queue_url = config
             .queue_url
@@ -96,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency: usize::from(config.concurrency),
         })
     };
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let sqs = functions::sqs(&sdk);
     let timeout = Duration::from_secs(config.timeout_secs);
     match config.function.clone() {
         Function::Webhook { webhook, listen } => serve_webhook(webhook.build(&sdk)?, listen, stop).await,
@@ -113,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Function::Persist { tables } => {
-            let clients = Clients::new(aws_sdk_dynamodb::Client::new(&sdk), tables);
+            let clients = Clients::new(functions::dynamodb(&sdk), tables);
             let clients = &clients;
             runner::run(
                 sqs,

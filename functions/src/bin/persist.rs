@@ -17,10 +17,10 @@ struct Config {
 async fn main() -> Result<(), Error> {
     let config = Config::parse();
     let sdk = functions::lambda_setup().await;
-    let clients = Clients::new(aws_sdk_dynamodb::Client::new(&sdk), config.tables);
+    let clients = Clients::new(functions::dynamodb(&sdk), config.tables);
     let clients = &clients;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<SqsBatchResponse, Error>(persist::handle(clients, event.payload).await)
+        Ok::<SqsBatchResponse, Error>(functions::invoked(persist::handle(clients, event.payload)).await)
     }))
     .await
 }

@@ -20,7 +20,7 @@ async fn main() -> Result<(), Error> {
     let webhook = config.webhook.build(&sdk)?;
     let webhook = &webhook;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<LambdaFunctionUrlRequest>| async move {
-        let answer = webhook::handle(webhook, webhook::from_function_url(event.payload)).await;
+        let answer = functions::invoked(webhook::handle(webhook, webhook::from_function_url(event.payload))).await;
         let mut response = LambdaFunctionUrlResponse::default();
         response.status_code = i64::from(answer.status);
         response.body = Some(answer.body);

@@ -102,8 +102,8 @@ impl ConnectorArgs {
         Ok(Connector {
             adapter: Adapter::new(self.channel, self.apis),
             http: reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?,
-            records: Records::new(aws_sdk_dynamodb::Client::new(sdk), self.connector_table),
-            bus: Arc::new(chat_aws::sns::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), self.topic_arn)),
+            records: Records::new(crate::dynamodb(sdk), self.connector_table),
+            bus: Arc::new(chat_aws::sns::SnsPublisher::new(crate::sns(sdk), self.topic_arn)),
             retry,
             max_receive_count: self.max_receive_count,
         })
@@ -269,6 +269,7 @@ async fn give_up_on_last_receive(connector: &Connector, job: &Job, reason: Strin
         return Done::Retry(reason);
     }
     let reason = format!("gave up after {} deliveries: {reason}", job.receive_count);
+    count_send(connector.adapter.channel.as_str(), "failed");
     if let Err(e) = publish(connector, job, ReceiptStatus::Failed, &reason).await {
         tracing::warn!(error = %e, "reporting a final failure failed");
     }
@@ -333,6 +334,7 @@ async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
                 channel_message_id = sent.channel_message_id,
                 "delivered to channel"
             );
+            count_send(channel, "delivered");
             report(connector, job, None).await
         }
         Err(SendError::Permanent { reason }) => {
@@ -343,12 +345,14 @@ async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
                 reason,
                 "channel refused the message"
             );
+            count_send(channel, "failed");
             if let Err(e) = connector.records.complete_failed(&key, &reason, now_ms).await {
                 return Done::Retry(e.to_string());
             }
             report(connector, job, Some(&reason)).await
         }
         Err(SendError::Retryable { reason, .. }) => {
+            count_send(channel, "retried");
             if let Err(e) = connector.records.release(&key).await {
                 tracing::warn!(error = %e, "releasing a send failed; it is retried once its claim expires");
             }
@@ -377,11 +381,28 @@ async fn send_with_retries(connector: &Connector, request: &ApiRequest, deadline
             });
         }
         tracing::debug!(attempt, reason, wait_ms = wait.as_millis() as u64, "retrying a send");
+        metrics::counter!("chat_connector_retries_total", "channel" => connector.adapter.channel.as_str()).increment(1);
         tokio::time::sleep(wait).await;
     }
 }
 
+/// One send's end in this invocation, by channel: `delivered`, `failed`
+/// (refused for good, or given up on at the last receive) or `retried`
+/// (left for the record's next receive). The connector alarm's FAILED rate
+/// is `failed / (delivered + failed)`.
+fn count_send(channel: &'static str, outcome: &'static str) {
+    metrics::counter!("chat_connector_sends_total", "channel" => channel, "outcome" => outcome).increment(1);
+}
+
 async fn call(connector: &Connector, request: &ApiRequest) -> Result<Sent, SendError> {
+    let started = Instant::now();
+    let result = call_once(connector, request).await;
+    metrics::histogram!("chat_connector_request_seconds", "channel" => connector.adapter.channel.as_str())
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn call_once(connector: &Connector, request: &ApiRequest) -> Result<Sent, SendError> {
     let mut builder = connector
         .http
         .post(&request.url)

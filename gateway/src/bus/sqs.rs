@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry};
 use chat_aws::queue::POLL_WAIT_SECS;
-use chat_aws::sns::AwsCounters;
 use chat_core::envelope::Envelope;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +81,6 @@ pub(crate) struct Poller {
     pub(crate) sqs: aws_sdk_sqs::Client,
     pub(crate) queue_url: String,
     pub(crate) inbox: Arc<dyn Inbox>,
-    pub(crate) counters: Arc<AwsCounters>,
     pub(crate) scale: Arc<PollerScale>,
     /// After a receive that was not full, wait this long before the next
     /// one, so it comes back fuller (fewer calls per event, at that much
@@ -95,7 +93,7 @@ pub(crate) struct Poller {
 /// `stop` is cancelled; a batch that arrives after that is made visible
 /// again instead of dispatched.
 pub(crate) async fn poll(poller: Poller, index: usize, stop: CancellationToken) {
-    let Poller { sqs, queue_url, inbox, counters, scale, window } = poller;
+    let Poller { sqs, queue_url, inbox, scale, window } = poller;
     let mut deletes = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -111,7 +109,6 @@ pub(crate) async fn poll(poller: Poller, index: usize, stop: CancellationToken) 
             () = stop.cancelled() => break,
             r = receive => r,
         };
-        AwsCounters::add(&counters.sqs_receives, 1);
         let messages = match received {
             Ok(out) => {
                 backoff = Duration::from_millis(100);
@@ -129,17 +126,15 @@ pub(crate) async fn poll(poller: Poller, index: usize, stop: CancellationToken) 
         };
         scale.record(index, messages.len());
         if messages.is_empty() {
-            AwsCounters::add(&counters.sqs_empty_receives, 1);
+            metrics::counter!("chat_sqs_empty_receives_total").increment(1);
             continue;
         }
-        AwsCounters::add(&counters.sqs_messages, messages.len());
         if stop.is_cancelled() {
             release(&sqs, &queue_url, &messages).await;
             break;
         }
         let full = messages.len() >= RECEIVE_MAX;
         let done = dispatch(inbox.as_ref(), &messages);
-        AwsCounters::add(&counters.sqs_delete_batches, 1);
         deletes.spawn(delete(sqs.clone(), queue_url.clone(), done));
         if !full && !window.is_zero() {
             tokio::select! {
@@ -156,11 +151,17 @@ pub(crate) async fn poll(poller: Poller, index: usize, stop: CancellationToken) 
 /// Hands a received batch to the inbox; returns the delete entries.
 fn dispatch(inbox: &dyn Inbox, messages: &[aws_sdk_sqs::types::Message]) -> Vec<DeleteMessageBatchRequestEntry> {
     let now = Instant::now();
+    let now_ms = chat_core::clock::now_ms();
+    let latency = metrics::histogram!("chat_publish_receive_seconds");
     let mut done = Vec::with_capacity(messages.len());
     for (i, message) in messages.iter().enumerate() {
         let body = message.body().unwrap_or_default();
         match Envelope::decode(body) {
-            Ok(envelope) => inbox.receive(envelope, now),
+            Ok(envelope) => {
+                // Clocks of different hosts: a negative difference is skew.
+                latency.record((now_ms - envelope.at_ms).max(0) as f64 / 1000.0);
+                inbox.receive(envelope, now)
+            }
             // Nothing else reads this queue and a redelivery would fail the
             // same way, so the event is logged and removed.
             Err(e) => {

@@ -19,6 +19,7 @@ use anyhow::Context;
 use chat_aws::dynamo::DynamoStore;
 use chat_client::bench::{self, Plan, StepResult};
 use chat_e2e::cluster::Cluster;
+use chat_e2e::metrics::Scrape;
 use chat_e2e::raw_bus::{self, RAW_CSV_HEADER, RawMode, RawResult};
 use clap::Parser;
 
@@ -66,9 +67,8 @@ struct Args {
     skip_memory: bool,
 }
 
-/// AWS calls a gateway made over its life, from the totals it logs when it
-/// stops (`aws calls sns_publishes=… sqs_receives=…`), and the deliveries to
-/// its streams (`gateway stopped … deliveries=…`).
+/// AWS calls a gateway made over its life and the deliveries to its
+/// streams, read from its `/metrics` just before it stops.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct AwsCalls {
     sns_publishes: u64,
@@ -80,25 +80,20 @@ struct AwsCalls {
     deliveries: u64,
 }
 
-/// `name=<digits>` in a log line.
-fn log_field(line: &str, name: &str) -> Option<u64> {
-    let start = line.find(&format!(" {name}="))? + name.len() + 2;
-    line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-}
-
 impl AwsCalls {
-    fn from_log(log: &str) -> Option<Self> {
-        let calls = log.lines().rev().find(|l| l.contains("aws calls"))?;
-        let stopped = log.lines().rev().find(|l| l.contains("gateway stopped"))?;
-        Some(Self {
-            sns_publishes: log_field(calls, "sns_publishes")?,
-            sns_events: log_field(calls, "sns_events")?,
-            receives: log_field(calls, "sqs_receives")?,
-            empty_receives: log_field(calls, "sqs_empty_receives")?,
-            messages: log_field(calls, "sqs_messages")?,
-            delete_batches: log_field(calls, "sqs_delete_batches")?,
-            deliveries: log_field(stopped, "deliveries")?,
-        })
+    fn from_scrape(scrape: &Scrape) -> Self {
+        let requests = |service: &str, operation: &str| {
+            scrape.sum("chat_aws_requests_total", &[("service", service), ("operation", operation)]) as u64
+        };
+        Self {
+            sns_publishes: scrape.sum("chat_publish_batch_size_count", &[]) as u64,
+            sns_events: scrape.sum("chat_publish_batch_size_sum", &[]) as u64,
+            receives: requests("SQS", "ReceiveMessage"),
+            empty_receives: scrape.sum("chat_sqs_empty_receives_total", &[]) as u64,
+            messages: scrape.sum("chat_bus_events_received_total", &[]) as u64,
+            delete_batches: requests("SQS", "DeleteMessageBatch"),
+            deliveries: scrape.sum("chat_deliveries_total", &[]) as u64,
+        }
     }
 
     fn add(&mut self, other: &Self) {
@@ -376,9 +371,8 @@ async fn main() -> anyhow::Result<()> {
             // (stopped first: their queues would get the raw messages too).
             let mut calls = AwsCalls::default();
             for index in 0..gateways {
+                let totals = AwsCalls::from_scrape(&cluster.scrape(index).await?);
                 cluster.stop_gateway(index).await?;
-                let totals = AwsCalls::from_log(&cluster.log_tail(index))
-                    .with_context(|| format!("no \"aws calls\" totals in gateway {index}'s log"))?;
                 calls.add(&totals);
             }
             println!("{label}: {}", calls.summary(gateways));
@@ -449,11 +443,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_gateway_totals_line() {
-        let log = "2026-11-23T14:00:00Z  INFO gateway::server: aws calls sns_publishes=40 sns_events=100 sqs_receives=120 \
-                   sqs_empty_receives=20 sqs_messages=400 sqs_delete_batches=100\n\
-                   2026-11-23T14:00:00Z  INFO gateway::server: gateway stopped dispatched=400 deliveries=1100 duplicates=0\nnext";
-        let calls = AwsCalls::from_log(log).expect("parsed");
+    fn reads_the_gateway_totals_from_a_scrape() {
+        let text = "chat_publish_batch_size_sum{gateway_id=\"g\"} 100\n\
+                    chat_publish_batch_size_count{gateway_id=\"g\"} 40\n\
+                    chat_aws_requests_total{gateway_id=\"g\",operation=\"ReceiveMessage\",outcome=\"ok\",service=\"SQS\"} 119\n\
+                    chat_aws_requests_total{gateway_id=\"g\",operation=\"ReceiveMessage\",outcome=\"timeout\",service=\"SQS\"} 1\n\
+                    chat_aws_requests_total{gateway_id=\"g\",operation=\"DeleteMessageBatch\",outcome=\"ok\",service=\"SQS\"} 100\n\
+                    chat_sqs_empty_receives_total{gateway_id=\"g\"} 20\n\
+                    chat_bus_events_received_total{gateway_id=\"g\"} 400\n\
+                    chat_deliveries_total{gateway_id=\"g\"} 1100\n";
+        let calls = AwsCalls::from_scrape(&Scrape::parse(text).expect("parsed"));
         let expected = AwsCalls {
             sns_publishes: 40,
             sns_events: 100,
@@ -467,6 +466,5 @@ mod tests {
         assert!((calls.per_message() - 0.55).abs() < 1e-9);
         assert!((calls.per_delivery() - 0.2).abs() < 1e-9);
         assert!((calls.events_per_publish() - 2.5).abs() < 1e-9);
-        assert_eq!(AwsCalls::from_log("gateway stopped dispatched=1"), None);
     }
 }
