@@ -520,7 +520,7 @@ async fn token(user: String, ttl_secs: u64, secret: SecretArgs) -> anyhow::Resul
 
 /// Runs the benchmark sweep, one step per user count, appending to the CSV.
 async fn run_bench(bench: BenchArgs, secret: SecretArgs) -> anyhow::Result<()> {
-    service::init_logging(false);
+    let _telemetry = service::init_logging(false, "chat");
     let auth = if bench.no_auth { None } else { Some(secret.auth()?) };
     let seconds = |s: f64, what: &str| {
         Duration::try_from_secs_f64(s).with_context(|| format!("{what} must be a non-negative number of seconds"))

@@ -30,6 +30,8 @@ pub mod attr {
     /// when none): SNS filter policies route on it to the per-channel
     /// connector queues.
     pub const CHANNELS: &str = "channels";
+    /// The W3C trace context of the span that published the event.
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 /// One message attribute of a published event.
@@ -78,6 +80,11 @@ pub struct Envelope {
     /// `store::Removal`). 0 (absent) for events that need no such order.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub members_version: u64,
+    /// The W3C `traceparent` of the span that published it, when traces
+    /// are on: consumers continue the trace from it. Also a message
+    /// attribute (`traceparent`), for consumers that do not read bodies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     #[serde(flatten)]
     pub event: Event,
 }
@@ -228,7 +235,13 @@ pub enum DecodeError {
 
 impl Envelope {
     pub fn new(event_id: String, conversation_id: String, origin: String, at_ms: i64, event: Event) -> Self {
-        Self { v: ENVELOPE_VERSION, event_id, conversation_id, origin, at_ms, members_version: 0, event }
+        Self { v: ENVELOPE_VERSION, event_id, conversation_id, origin, at_ms, members_version: 0, trace: None, event }
+    }
+
+    /// The same event carrying trace context (`None`: traces are off).
+    pub fn traced(mut self, traceparent: Option<String>) -> Self {
+        self.trace = traceparent;
+        self
     }
 
     /// The same event under membership version `version`.
@@ -266,6 +279,9 @@ impl Envelope {
         let channels = self.event.channels();
         if !channels.is_empty() {
             attrs.push((attr::CHANNELS, AttributeValue::StringArray(channels)));
+        }
+        if let Some(traceparent) = &self.trace {
+            attrs.push((attr::TRACEPARENT, AttributeValue::String(traceparent.clone())));
         }
         attrs
     }
@@ -345,6 +361,21 @@ mod tests {
         assert_eq!(attrs[1], ("conversation_id", AttributeValue::String("room1".into())));
         assert_eq!(attrs[2], ("origin", AttributeValue::String("gw-a".into())));
         assert_eq!(attrs.len(), 3, "no channels attribute without external recipients");
+    }
+
+    /// Trace context travels in the body and as an attribute, and an
+    /// envelope without it encodes as before (older consumers read it).
+    #[test]
+    fn trace_context_travels_in_body_and_attributes() {
+        let plain = message();
+        assert!(!plain.encode().contains("trace"));
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traced = message().traced(Some(parent.into()));
+        let decoded = Envelope::decode(&traced.encode()).expect("decodes");
+        assert_eq!(decoded.trace.as_deref(), Some(parent));
+        assert_eq!(decoded, traced);
+        let attrs = traced.attributes();
+        assert_eq!(attrs.last(), Some(&("traceparent", AttributeValue::String(parent.into()))));
     }
 
     #[test]

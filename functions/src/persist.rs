@@ -25,6 +25,7 @@ use chat_aws::lambda::{Batch, Record};
 use chat_core::envelope::{Event, ReceiptEvent, preview};
 use chat_core::store::{Receipts, StoreError};
 use futures::StreamExt;
+use tracing::Instrument;
 
 /// Receipts recorded at once.
 const RECEIPTS_IN_FLIGHT: usize = 16;
@@ -97,6 +98,29 @@ pub fn plan(records: &[Record]) -> Plan {
 /// The `persist` handler: a plain function of (clients, event).
 pub async fn handle(clients: &Clients, event: SqsEvent) -> SqsBatchResponse {
     let batch = Batch::decode(&event);
+    let spans = crate::BatchSpans::new(
+        &batch.records,
+        || tracing::info_span!("persist.batch", records = batch.records.len(), trace_id = tracing::field::Empty),
+        |r| {
+            tracing::info_span!(
+                parent: None,
+                "persist.write",
+                record_id = r.id,
+                conversation_id = r.envelope.conversation_id,
+                event_id = r.envelope.event_id,
+                outcome = tracing::field::Empty,
+                trace_id = tracing::field::Empty
+            )
+        },
+    );
+    let batch_span = spans.batch.clone();
+    let response = write(clients, &event, batch).instrument(batch_span).await;
+    let failed: Vec<String> = response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+    spans.finish(&failed);
+    response
+}
+
+async fn write(clients: &Clients, event: &SqsEvent, batch: Batch) -> SqsBatchResponse {
     let plan = plan(&batch.records);
     let mut failed: Vec<String> = Vec::new();
     let chunks = plan.items.chunks(WRITE_BATCH_MAX).map(|chunk| clients.store.write_messages(chunk));

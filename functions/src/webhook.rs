@@ -33,6 +33,7 @@ use chat_core::send::{self, Send, message_envelope};
 use chat_core::store::{Links, Membership, Sequencer};
 
 use crate::FunctionError;
+use tracing::Instrument;
 
 /// An HTTP request, whatever carried it.
 #[derive(Debug, Clone, Default)]
@@ -301,6 +302,22 @@ async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), FunctionError> {
                 );
                 return Ok(());
             };
+            // The receipt joins the message's trace: a span of its own,
+            // a child of the publish that the connector's send continued.
+            let span = if service::telemetry::enabled() {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "webhook.receipt",
+                    channel = channel.as_str(),
+                    status = ?status,
+                    seq = reference.seq,
+                    trace_id = tracing::field::Empty
+                );
+                service::telemetry::set_parent(&span, reference.trace.as_deref());
+                span
+            } else {
+                tracing::Span::none()
+            };
             let receipt = ReceiptEvent {
                 user_id: reference.user_id,
                 status,
@@ -315,8 +332,9 @@ async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), FunctionError> {
                 format!("webhook-{channel}"),
                 at_ms,
                 Event::Receipt(receipt),
-            );
-            Ok(webhook.bus.publish(&[envelope]).await?)
+            )
+            .traced(service::telemetry::traceparent(&span));
+            Ok(webhook.bus.publish(&[envelope]).instrument(span).await?)
         }
         Notice::Inbound { from, channel_message_id, text } => {
             let sender = from.to_string();

@@ -19,6 +19,7 @@ use chat_core::store::{
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::error::GatewayError;
 use crate::history::{self, PageRequest};
@@ -167,8 +168,16 @@ impl App {
         accepted: Accepted,
     ) -> Result<Accepted, GatewayError> {
         let accepted = send::record(self.stores.sequencer.as_ref(), &self.gateway_id, sender, send, accepted).await?;
-        let envelope = message_envelope(&self.gateway_id, sender, send, &accepted);
-        self.bus.publish(std::slice::from_ref(&envelope)).await?;
+        // The envelope carries this span's context: every gateway's delivery
+        // and every function's work on it continue the send's trace.
+        let span = if service::telemetry::enabled() {
+            tracing::info_span!("chat.publish", seq = accepted.seq, message_id = accepted.message_id)
+        } else {
+            tracing::Span::none()
+        };
+        let envelope =
+            message_envelope(&self.gateway_id, sender, send, &accepted).traced(service::telemetry::traceparent(&span));
+        self.bus.publish(std::slice::from_ref(&envelope)).instrument(span).await?;
         tracing::debug!(
             conversation_id = send.conversation_id(),
             seq = accepted.seq,

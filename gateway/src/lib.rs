@@ -41,7 +41,7 @@ mod session;
 mod wire;
 
 pub use config::Config;
-pub use server::{RunError, run};
+pub use server::{RunError, instance_id, run};
 
 #[doc(hidden)]
 pub mod bench;

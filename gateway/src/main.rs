@@ -8,8 +8,11 @@ use gateway::config::LogFormat;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    service::init_logging(config.log_format == LogFormat::Json);
+    let mut config = Config::parse();
+    // Resolved first, so traces name this gateway (`service.instance.id`).
+    let instance_id = gateway::instance_id(&config)?;
+    config.instance_id = Some(instance_id.clone());
+    let _telemetry = service::telemetry::init(config.log_format == LogFormat::Json, "gateway", Some(&instance_id));
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let shutdown = service::stop_on_signals();

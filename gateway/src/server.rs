@@ -82,7 +82,7 @@ pub enum RunError {
 }
 
 /// The instance id: the configured one, or a fresh random one.
-pub(crate) fn instance_id(config: &Config) -> Result<String, RunError> {
+pub fn instance_id(config: &Config) -> Result<String, RunError> {
     let id =
         config.instance_id.clone().unwrap_or_else(|| format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()));
     let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');

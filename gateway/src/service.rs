@@ -15,6 +15,7 @@ use chat_proto::pb::{
 };
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::auth::{Authenticator, caller, expiry};
@@ -50,7 +51,8 @@ impl ChatService for ChatApi {
         let expires_at = expiry(&request)?.0;
         let (outbox, events, slot) = self.app.open_stream(user.0)?;
         let conn = crate::conn::info(&request).map(|c| c.state.clone());
-        let session = Session::new(self.app.clone(), outbox, conn, slot, self.auth.clone(), expires_at);
+        let session = Session::new(self.app.clone(), outbox, conn, slot, self.auth.clone(), expires_at)
+            .traced_by(client_traceparent(request.metadata()));
         self.sessions.spawn(session.run(request.into_inner()));
         Ok(Response::new(events.map_ok(|event: SharedEvent| event.wire())))
     }
@@ -60,10 +62,11 @@ impl ChatService for ChatApi {
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
         let user = caller(&request)?;
+        let span = crate::session::send_span(&user.0, client_traceparent(request.metadata()).as_deref());
         let req = request.into_inner();
         let send = self.app.check_send(&req.conversation_id, &req.client_message_id, &req.body)?;
         let deadline = SendDeadline::start(self.app.limits().send_deadline);
-        let accepted = deadline.bound(self.app.send_message(&user.0, send)).await?;
+        let accepted = deadline.bound(self.app.send_message(&user.0, send)).instrument(span).await?;
         Ok(Response::new(SendMessageResponse {
             message_id: accepted.message_id,
             conversation_id: req.conversation_id,
@@ -234,4 +237,10 @@ impl EchoService for EchoApi {
             server_time_ms: chat_core::clock::now_ms(),
         }))
     }
+}
+
+/// The caller's W3C trace context, when its client sent one: the parent of
+/// the spans its sends start.
+fn client_traceparent(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata.get(service::telemetry::TRACEPARENT)?.to_str().ok().map(str::to_owned)
 }

@@ -31,6 +31,7 @@ use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::auth::Authenticator;
@@ -80,6 +81,28 @@ pub(crate) struct Session {
     /// The `exp` of the token the stream is authorised by (the one it was
     /// opened with, or the latest refreshed), in seconds since the epoch.
     expires_at: u64,
+    /// The client's W3C trace context from the `Connect` call's metadata:
+    /// the parent of every send's span. Without it each send is a trace of
+    /// its own (a stream lives for hours; one trace per stream would not).
+    trace_parent: Option<String>,
+}
+
+/// The span of one send, from the frame (or unary call) to its answer: a
+/// child of the client's trace context when it sent one. A disabled span
+/// when traces are off, so the hot path pays nothing for them.
+pub(crate) fn send_span(user_id: &str, client: Option<&str>) -> tracing::Span {
+    if !service::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "chat.send",
+        user_id,
+        conversation_id = tracing::field::Empty,
+        seq = tracing::field::Empty,
+        trace_id = tracing::field::Empty
+    );
+    service::telemetry::set_parent(&span, client);
+    span
 }
 
 /// A frame read off the stream, with its share of the queue's bytes.
@@ -111,7 +134,14 @@ impl Session {
             reported: HashMap::new(),
             conn,
             _slot: slot,
+            trace_parent: None,
         }
+    }
+
+    /// Sends on this stream continue the client's trace.
+    pub(crate) fn traced_by(mut self, traceparent: Option<String>) -> Self {
+        self.trace_parent = traceparent;
+        self
     }
 
     fn user(&self) -> &str {
@@ -232,7 +262,9 @@ impl Session {
             Command::Join { conversation_id, resume_after } => self.join(conversation_id, *resume_after).await,
             Command::Leave { conversation_id } => self.leave(conversation_id).await,
             Command::Send { conversation_id, client_message_id, body } => {
-                self.send(&request_id, conversation_id, client_message_id, body).await
+                let span = send_span(&self.outbox.user_id, self.trace_parent.as_deref());
+                span.record("conversation_id", conversation_id.as_str());
+                self.send(&request_id, conversation_id, client_message_id, body).instrument(span).await
             }
             Command::Typing { conversation_id, typing } => self.typing(conversation_id, *typing).await,
             Command::Ack { conversation_id, seq } => {
@@ -406,19 +438,24 @@ impl Session {
         let outbox = self.outbox.clone();
         let request_id = request_id.to_owned();
         let send = send.to_owned_send();
-        self.app.tasks().spawn(async move {
-            let _permit = permit;
-            let published = deadline.bound(app.publish_accepted(&outbox.user_id, &send.as_send(), accepted)).await;
-            let (conversation_id, client_message_id) = send.into_ids();
-            let event = match published {
-                Ok(accepted) => {
-                    metrics::histogram!("chat_send_accept_seconds").record(started.elapsed().as_secs_f64());
-                    wire::send_accepted(request_id, conversation_id, client_message_id, accepted)
-                }
-                Err(err) => wire::error_event(&request_id, &conversation_id, &client_message_id, &err),
-            };
-            let _ = outbox.deliver(event);
-        });
+        let span = tracing::Span::current();
+        span.record("seq", accepted.seq);
+        self.app.tasks().spawn(
+            async move {
+                let _permit = permit;
+                let published = deadline.bound(app.publish_accepted(&outbox.user_id, &send.as_send(), accepted)).await;
+                let (conversation_id, client_message_id) = send.into_ids();
+                let event = match published {
+                    Ok(accepted) => {
+                        metrics::histogram!("chat_send_accept_seconds").record(started.elapsed().as_secs_f64());
+                        wire::send_accepted(request_id, conversation_id, client_message_id, accepted)
+                    }
+                    Err(err) => wire::error_event(&request_id, &conversation_id, &client_message_id, &err),
+                };
+                let _ = outbox.deliver(event);
+            }
+            .instrument(span),
+        );
         Ok(())
     }
 

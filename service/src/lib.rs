@@ -1,22 +1,17 @@
 //! The edge of every process (gateway, Lambda functions and their local
 //! runner, channel simulator, bench baseline): logging and graceful
-//! shutdown, set up one way, and [`metrics`] on a Prometheus endpoint.
+//! shutdown, set up one way; [`telemetry`] (logs and OpenTelemetry traces)
+//! and [`metrics`] on a Prometheus endpoint.
 
 pub mod metrics;
+pub mod telemetry;
 
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber: `RUST_LOG` filtering (default `info`),
-/// JSON lines for log pipelines or text, coloured only on a terminal.
-pub fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
-    }
+/// Installs logging, and tracing when the OpenTelemetry environment asks
+/// for it ([`telemetry`]); keep the returned guard until the process ends.
+pub fn init_logging(json: bool, service: &str) -> telemetry::Telemetry {
+    telemetry::init(json, service, None)
 }
 
 /// A token cancelled on the first SIGINT (Ctrl-C) or SIGTERM (what ECS and

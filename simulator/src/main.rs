@@ -8,7 +8,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = SimConfig::parse();
-    service::init_logging(false);
+    let _telemetry = service::init_logging(false, "channel-sim");
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;

@@ -36,10 +36,24 @@ pub fn with_token<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T
 
 impl TestClient {
     pub async fn connect(channel: Channel, user: &str, token: &str) -> anyhow::Result<Self> {
+        Self::connect_with(channel, user, token, &[]).await
+    }
+
+    /// `connect` with more call metadata (e.g. a `traceparent`).
+    pub async fn connect_with(
+        channel: Channel,
+        user: &str,
+        token: &str,
+        metadata: &[(&'static str, &str)],
+    ) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel(1024);
         let mut client = ChatServiceClient::new(channel);
+        let mut request = with_token(ReceiverStream::new(rx), token)?;
+        for (key, value) in metadata {
+            request.metadata_mut().insert(*key, value.parse().with_context(|| format!("{key} as metadata"))?);
+        }
         let events = client
-            .connect(with_token(ReceiverStream::new(rx), token)?)
+            .connect(request)
             .await
             .map_err(|s| anyhow::anyhow!("connect as {user}: {:?} {}", s.code(), s.message()))?
             .into_inner();

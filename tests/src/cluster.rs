@@ -296,7 +296,7 @@ impl Cluster {
     /// The external channels of a test: the channel simulator, the webhook
     /// (local function URL) it calls back, and one connector runner per
     /// channel in `channels`, pointed at the simulator. `connector_env` goes
-    /// to the connectors.
+    /// to the connectors and the webhook.
     pub async fn start_channels(
         &mut self,
         channels: &[&str],
@@ -308,7 +308,9 @@ impl Cluster {
         let sim_listen = format!("127.0.0.1:{sim_port}");
         let webhook_url = format!("http://{webhook_listen}");
         let sim_url = format!("http://{sim_listen}");
-        self.spawn_helper("local-runner", &["webhook"], &[("CHAT_WEBHOOK_LISTEN", &webhook_listen)])?;
+        let mut webhook_env = vec![("CHAT_WEBHOOK_LISTEN", webhook_listen.as_str())];
+        webhook_env.extend_from_slice(connector_env);
+        self.spawn_helper("local-runner", &["webhook"], &webhook_env)?;
         self.spawn_helper(
             "channel-sim",
             &[],
@@ -694,6 +696,11 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Gateway `index`'s whole log so far.
+    pub fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(&self.gateways[index].log).unwrap_or_default()
     }
 
     pub fn log_tail(&self, index: usize) -> String {

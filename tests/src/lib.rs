@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod raw_bus;
 pub mod scenarios;
 pub mod stored;
+pub mod traces;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -64,6 +64,9 @@ pub struct Reference {
     /// Whose receipt a channel status is (the external member, or the
     /// internal user a fallback was for).
     pub user_id: String,
+    /// The message's trace context: the channel's later receipt for it
+    /// (through the webhook) joins the message's trace.
+    pub trace: Option<String>,
 }
 
 /// One send: a message to an identity on behalf of a receipt user (the
@@ -192,6 +195,9 @@ impl Records {
                 ("user_id".to_owned(), s(&reference.user_id)),
                 ("expires_at".to_owned(), n(now_ms / 1000 + REFERENCE_TTL_SECS)),
             ]));
+            if let (Some(trace), Some(item)) = (&reference.trace, items.last_mut()) {
+                item.insert("trace".to_owned(), s(trace));
+            }
         }
         items.push(HashMap::from([
             ("pk".to_owned(), s(&binding_key(recipient))),
@@ -270,7 +276,7 @@ impl Records {
         let seq = item.get("seq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
         Ok(match (text(&item, "conversation_id"), seq, text(&item, "message_id"), text(&item, "user_id")) {
             (Some(conversation_id), Some(seq), Some(message_id), Some(user_id)) => {
-                Some(Reference { conversation_id, seq, message_id, user_id })
+                Some(Reference { conversation_id, seq, message_id, user_id, trace: text(&item, "trace") })
             }
             _ => None,
         })

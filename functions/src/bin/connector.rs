@@ -21,7 +21,7 @@ const MARGIN: Duration = Duration::from_millis(500);
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let config = Config::parse();
-    let sdk = functions::lambda_setup().await;
+    let sdk = functions::lambda_setup("connector").await;
     let connector = config.connector.build(&sdk)?;
     let connector = &connector;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {

@@ -15,7 +15,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let config = Config::parse();
-    let sdk = functions::lambda_setup().await;
+    let sdk = functions::lambda_setup("fallback").await;
     let fallback = config.fallback.build(&sdk);
     let fallback = &fallback;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {

@@ -15,7 +15,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let config = Config::parse();
-    let sdk = functions::lambda_setup().await;
+    let sdk = functions::lambda_setup("janitor").await;
     let janitor = config.janitor.build(&sdk);
     let janitor = &janitor;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {

@@ -96,11 +96,12 @@ impl Function {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    service::init_logging(false);
     let config = Config::parse();
+    // Named as on Lambda: traces and metrics say which function.
+    let function = config.function.name();
+    let _telemetry = service::init_logging(false, function);
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let stop = service::stop_on_signals();
-    let function = config.function.name();
     service::metrics::start(config.metrics_listen, &[("function", function)], std::sync::Arc::new(|| {}), stop.clone())
         .await?;
     let runner_config = || -> anyhow::Result<RunnerConfig> {

@@ -16,7 +16,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let config = Config::parse();
-    let sdk = functions::lambda_setup().await;
+    let sdk = functions::lambda_setup("persist").await;
     let clients = Clients::new(functions::dynamodb(&sdk), config.tables);
     let clients = &clients;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {

@@ -16,7 +16,7 @@ struct Config {
 async fn main() -> Result<(), Error> {
     webhook::WebhookSecrets::require_from_environment()?;
     let config = Config::parse();
-    let sdk = functions::lambda_setup().await;
+    let sdk = functions::lambda_setup("webhook").await;
     let webhook = config.webhook.build(&sdk)?;
     let webhook = &webhook;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<LambdaFunctionUrlRequest>| async move {

@@ -33,6 +33,7 @@ use chat_core::clock::now_ms;
 use chat_core::envelope::{Envelope, Event, MessageEvent, ReceiptEvent, ReceiptStatus};
 use chat_core::external::{Channel, ExternalId};
 use futures::StreamExt;
+use tracing::Instrument;
 
 use adapters::{Adapter, ApiRequest, SendError, Sent};
 
@@ -140,6 +141,8 @@ pub struct Job {
     pub fallback: bool,
     /// How many times the queue has handed this record out.
     pub receive_count: u32,
+    /// The record's trace context: the channel call continues it.
+    pub trace: Option<String>,
 }
 
 /// A batch turned into sends, before any I/O.
@@ -179,6 +182,7 @@ pub fn plan(records: &[Record], channel: Channel) -> Plan {
                     text,
                     fallback,
                     receive_count: *receive_count,
+                    trace: envelope.trace.clone(),
                 }),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(recipient, error = e, "malformed external recipient skipped"),
@@ -205,6 +209,21 @@ enum Done {
 pub async fn handle(connector: &Connector, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
     let channel = connector.adapter.channel;
     let batch = Batch::decode(&event);
+    let batch_span = if service::telemetry::enabled() {
+        let span = tracing::info_span!(
+            "connector.batch",
+            channel = channel.as_str(),
+            records = batch.records.len(),
+            trace_id = tracing::field::Empty
+        );
+        service::telemetry::record_trace_id(&span);
+        for parent in batch.records.iter().filter_map(|r| r.envelope.trace.as_deref()) {
+            service::telemetry::add_link(&span, parent);
+        }
+        span
+    } else {
+        tracing::Span::none()
+    };
     let plan = plan(&batch.records, channel);
     let mut by_address: BTreeMap<String, Vec<Job>> = BTreeMap::new();
     for job in plan.jobs {
@@ -225,7 +244,7 @@ pub async fn handle(connector: &Connector, event: SqsEvent, deadline: Instant) -
                     None if Instant::now() + connector.retry.request_timeout >= deadline => {
                         Done::Retry("invocation budget spent before this send".into())
                     }
-                    None => deliver(connector, &job, deadline).await,
+                    None => deliver(connector, &job, deadline).instrument(send_span(channel, &job)).await,
                 };
                 let done = match done {
                     Done::Retry(reason) => give_up_on_last_receive(connector, &job, reason).await,
@@ -240,6 +259,7 @@ pub async fn handle(connector: &Connector, event: SqsEvent, deadline: Instant) -
         })
         .buffer_unordered(ADDRESSES_IN_FLIGHT)
         .collect()
+        .instrument(batch_span)
         .await;
     let mut failed: Vec<String> = Vec::new();
     let mut retried = 0;
@@ -259,6 +279,25 @@ pub async fn handle(connector: &Connector, event: SqsEvent, deadline: Instant) -
         "connector batch done"
     );
     batch.response(failed)
+}
+
+/// The span of one send to the channel, a child of the span that published
+/// the message (its trace shows the channel call and its outcome).
+fn send_span(channel: Channel, job: &Job) -> tracing::Span {
+    if !service::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "connector.send",
+        channel = channel.as_str(),
+        conversation_id = job.conversation_id,
+        seq = job.message.seq,
+        fallback = job.fallback,
+        trace_id = tracing::field::Empty
+    );
+    service::telemetry::set_parent(&span, job.trace.as_deref());
+    span
 }
 
 /// A send that will be retried, unless this was the record's last receive:
@@ -315,6 +354,7 @@ async fn deliver(connector: &Connector, job: &Job, deadline: Instant) -> Done {
                 seq: job.message.seq,
                 message_id: job.message.message_id.clone(),
                 user_id: job.receipt_user.clone(),
+                trace: job.trace.clone(),
             };
             // The channel has the message: whatever happens to the
             // bookkeeping, it is never sent again (a failure here costs
@@ -446,7 +486,9 @@ async fn publish(connector: &Connector, job: &Job, status: ReceiptStatus, reason
         format!("connector-{channel}"),
         now_ms(),
         Event::Receipt(receipt),
-    );
+    )
+    // Inside the send's span: the receipt continues the message's trace.
+    .traced(service::telemetry::traceparent(&tracing::Span::current()));
     connector.bus.publish(&[envelope]).await
 }
 

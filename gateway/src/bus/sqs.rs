@@ -148,6 +148,24 @@ pub(crate) async fn poll(poller: Poller, index: usize, stop: CancellationToken) 
     while deletes.join_next().await.is_some() {}
 }
 
+/// The span of a traced event's delivery to this gateway's streams, a child
+/// of the publishing span (disabled when traces are off or the event
+/// carries no context).
+fn deliver_span(envelope: &Envelope) -> tracing::Span {
+    let Some(parent) = envelope.trace.as_deref().filter(|_| service::telemetry::enabled()) else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        "chat.deliver",
+        conversation_id = envelope.conversation_id,
+        event_id = envelope.event_id,
+        kind = envelope.event.kind(),
+        trace_id = tracing::field::Empty
+    );
+    service::telemetry::set_parent(&span, Some(parent));
+    span
+}
+
 /// Hands a received batch to the inbox; returns the delete entries.
 fn dispatch(inbox: &dyn Inbox, messages: &[aws_sdk_sqs::types::Message]) -> Vec<DeleteMessageBatchRequestEntry> {
     let now = Instant::now();
@@ -160,6 +178,8 @@ fn dispatch(inbox: &dyn Inbox, messages: &[aws_sdk_sqs::types::Message]) -> Vec<
             Ok(envelope) => {
                 // Clocks of different hosts: a negative difference is skew.
                 latency.record((now_ms - envelope.at_ms).max(0) as f64 / 1000.0);
+                let span = deliver_span(&envelope);
+                let _entered = span.enter();
                 inbox.receive(envelope, now)
             }
             // Nothing else reads this queue and a redelivery would fail the
