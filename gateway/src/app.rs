@@ -153,7 +153,15 @@ impl App {
     /// renumbered after the ones that followed it).
     pub(crate) async fn accept(&self, sender: &str, send: &Send<'_>) -> Result<Accepted, GatewayError> {
         self.rate.send(sender)?;
-        Ok(send::accept(self.stores.sequencer.as_ref(), &self.gateway_id, sender, send).await?)
+        // The claim and the seq: a span of the send's trace of its own.
+        let span = if service::telemetry::enabled() {
+            tracing::info_span!("chat.accept", conversation_id = send.conversation_id())
+        } else {
+            tracing::Span::none()
+        };
+        let accepted =
+            send::accept(self.stores.sequencer.as_ref(), &self.gateway_id, sender, send).instrument(span).await?;
+        Ok(accepted)
     }
 
     /// Records an accepted message, then publishes it; returns the identity

@@ -220,7 +220,9 @@ async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Stores, Arc<d
 /// Runs a gateway on `listener` until `shutdown` is cancelled, then stops in
 /// order.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
-    let gateway = Gateway::build(&config).await?;
+    let metrics =
+        service::metrics::bind_configured(config.metrics_listen).await.map_err(|e| RunError::Metrics(e.to_string()))?;
+    let gateway = Gateway::build(&config, metrics).await?;
     let served = gateway.serve(&config, listener, &shutdown).await;
     gateway.drain().await;
     served
@@ -251,7 +253,7 @@ impl Gateway {
     /// Identity, secret, bus and store from the configuration, then the
     /// background tasks; the AWS resources this gateway owns (its queue)
     /// exist once this returns.
-    async fn build(config: &Config) -> Result<Self, RunError> {
+    async fn build(config: &Config, metrics: Option<TcpListener>) -> Result<Self, RunError> {
         let id = instance_id(config)?;
         let tls = tls(config)?;
         let (auth, keys) = authenticator(config).await?;
@@ -283,20 +285,18 @@ impl Gateway {
             sessions: TaskTracker::new(),
         };
         gateway.start_background(config);
-        gateway.start_metrics(config).await?;
+        gateway.start_metrics(metrics)?;
         Ok(gateway)
     }
 
     /// The admin listener with `/metrics`, when configured; each scrape
     /// first publishes the hub's counts and the gauges read from state.
-    async fn start_metrics(&self, config: &Config) -> Result<(), RunError> {
+    fn start_metrics(&self, listener: Option<TcpListener>) -> Result<(), RunError> {
         let (hub, sessions) = (self.hub.clone(), self.sessions.clone());
         let refresh = Arc::new(move || crate::metrics::publish_hub(&hub, sessions.len()));
         let labels = [("gateway_id", self.id.as_str())];
-        service::metrics::start(config.metrics_listen, &labels, refresh, self.stop_background.clone())
-            .await
-            .map_err(|e| RunError::Metrics(e.to_string()))?;
-        Ok(())
+        service::metrics::start(listener, &labels, refresh, self.stop_background.clone())
+            .map_err(|e| RunError::Metrics(e.to_string()))
     }
 
     fn start_background(&self, config: &Config) {

@@ -91,21 +91,29 @@ pub async fn serve(
     }
 }
 
-/// The metrics endpoint a process was asked for: installs the recorder,
-/// binds, and serves in the background until `stop`. `None` when no address
-/// was configured (metrics off; the facade's calls are then no-ops).
-pub async fn start(
-    addr: Option<SocketAddr>,
+/// Binds the admin listener a process was asked for (`None`: metrics off).
+/// Call first thing, as a process binds its main port: a port chosen free
+/// by whoever started the process is taken by it before anything else can.
+pub async fn bind_configured(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, MetricsError> {
+    match addr {
+        Some(addr) => bind(addr).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Installs the recorder and serves `listener` in the background until
+/// `stop`; nothing when metrics are off (`None`: the facade's calls are then
+/// no-ops).
+pub fn start(
+    listener: Option<TcpListener>,
     labels: &[(&str, &str)],
     refresh: Arc<dyn Fn() + Send + Sync>,
     stop: CancellationToken,
-) -> Result<Option<SocketAddr>, MetricsError> {
-    let Some(addr) = addr else { return Ok(None) };
+) -> Result<(), MetricsError> {
+    let Some(listener) = listener else { return Ok(()) };
     let handle = install_prometheus(labels)?;
-    let listener = bind(addr).await?;
-    let bound = listener.local_addr().map_err(|source| MetricsError::Bind { addr, source })?;
     tokio::spawn(serve(listener, handle, refresh, stop));
-    Ok(Some(bound))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -123,11 +131,10 @@ mod tests {
             seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("test_refreshed").set(1.0);
         });
-        let addr =
-            start(Some(SocketAddr::from(([127, 0, 0, 1], 0))), &[("instance_role", "test")], refresh, stop.clone())
-                .await
-                .expect("started")
-                .expect("an address");
+        let listener =
+            bind_configured(Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await.expect("bound").expect("a listener");
+        let addr = listener.local_addr().expect("an address");
+        start(Some(listener), &[("instance_role", "test")], refresh, stop.clone()).expect("started");
         metrics::counter!("test_requests_total", "outcome" => "ok").increment(3);
         metrics::histogram!("test_wait_seconds").record(0.003);
         let body = http_get(addr).await;

@@ -4,7 +4,9 @@
 //! deliveries, the publish → receive latency, the AWS calls, the gRPC
 //! statuses and what `persist` wrote.
 
-use anyhow::ensure;
+use std::collections::BTreeSet;
+
+use anyhow::{Context, ensure};
 use chat_e2e::cluster::Cluster;
 use chat_e2e::metrics::Prometheus;
 use chat_e2e::scenarios;
@@ -106,5 +108,40 @@ async fn prometheus_sees_a_cross_gateway_chat() -> anyhow::Result<()> {
         prometheus.wait_scalar(&connects, |v| v == 1.0).await?;
         prometheus.wait_scalar(&format!("chat_streams{{gateway_id=\"{id}\"}}"), |v| v == 0.0).await?;
     }
+
+    // On AWS the collector beside the gateway ships these series to
+    // CloudWatch only when template.yaml declares them: every counter and
+    // gauge a gateway exports must be.
+    let declared = declared_gateway_metrics()?;
+    let scrape = cluster.scrape(1).await?;
+    let exported: BTreeSet<&str> = scrape
+        .samples
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|name| !["_bucket", "_sum", "_count"].iter().any(|suffix| name.ends_with(suffix)))
+        .collect();
+    let undeclared: Vec<&&str> = exported.iter().filter(|name| !declared.contains(**name)).collect();
+    ensure!(undeclared.is_empty(), "gateway series missing from the collector's metric_declarations: {undeclared:?}");
     Ok(())
+}
+
+/// The metric names the collector's `metric_declarations` in template.yaml
+/// select: each selector is `^name$` or `^prefix(a|b|...)suffix$`.
+fn declared_gateway_metrics() -> anyhow::Result<BTreeSet<String>> {
+    let template = std::fs::read_to_string(chat_e2e::workspace_root().join("template.yaml"))?;
+    let mut names = BTreeSet::new();
+    for selector in template.split('"').filter(|s| s.starts_with("^chat_") && s.ends_with('$')) {
+        let pattern = &selector[1..selector.len() - 1];
+        match pattern.split_once('(') {
+            None => {
+                names.insert(pattern.to_owned());
+            }
+            Some((prefix, rest)) => {
+                let (group, suffix) = rest.split_once(')').context("unclosed group in a selector")?;
+                names.extend(group.split('|').map(|alt| format!("{prefix}{alt}{suffix}")));
+            }
+        }
+    }
+    ensure!(names.len() > 10, "found only {names:?} in template.yaml's metric_declarations");
+    Ok(names)
 }

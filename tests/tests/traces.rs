@@ -61,7 +61,13 @@ async fn one_message_is_one_trace_across_gateways_and_persist() -> anyhow::Resul
     ensure!(send.service == "gateway", "{send:?}");
     ensure!(send.parent_span_id == CLIENT_SPAN, "the send's parent is the client's span: {send:?}");
     ensure!(send.attribute("seq") == Some(seq.to_string().as_str()), "{send:?}");
-    // The publish is the send's child.
+    // The accept (claim and seq) and the publish are the send's children.
+    receiver
+        .wait_for("chat.accept on A", |spans| {
+            one(spans, |s| s.name == "chat.accept" && s.trace_id == CLIENT_TRACE && s.parent_span_id == send.span_id)
+                .cloned()
+        })
+        .await?;
     let publish = receiver
         .wait_for("chat.publish on A", |spans| {
             one(spans, |s| s.name == "chat.publish" && s.trace_id == CLIENT_TRACE && s.parent_span_id == send.span_id)

@@ -100,10 +100,10 @@ async fn main() -> anyhow::Result<()> {
     // Named as on Lambda: traces and metrics say which function.
     let function = config.function.name();
     let _telemetry = service::init_logging(false, function);
+    let metrics = service::metrics::bind_configured(config.metrics_listen).await?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let stop = service::stop_on_signals();
-    service::metrics::start(config.metrics_listen, &[("function", function)], std::sync::Arc::new(|| {}), stop.clone())
-        .await?;
+    service::metrics::start(metrics, &[("function", function)], std::sync::Arc::new(|| {}), stop.clone())?;
     let runner_config = || -> anyhow::Result<RunnerConfig> {
         let queue_url = config
             .queue_url

@@ -498,6 +498,37 @@ mod tests {
     use aws_lambda_events::event::sqs::SqsMessage;
     use chat_core::envelope::FallbackEvent;
 
+    /// On Lambda, sends are counted as EMF documents in the namespace and
+    /// with exactly the dimensions the template's FAILED-rate alarm reads
+    /// (`channel`, `outcome`): any other dimension and the alarm sees
+    /// nothing. (The only test in this binary that installs a recorder.)
+    #[test]
+    fn sends_are_counted_as_the_failed_rate_alarm_reads_them() {
+        let collector = metrics_cloudwatch_embedded::Builder::new()
+            .cloudwatch_namespace(crate::METRICS_NAMESPACE)
+            .init()
+            .expect("the EMF recorder installs");
+        count_send("telegram", "failed");
+        count_send("telegram", "failed");
+        count_send("telegram", "delivered");
+        let mut out = Vec::new();
+        collector.flush(&mut out).expect("flushed");
+        let documents: Vec<serde_json::Value> = String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an EMF document per line"))
+            .collect();
+        let failed = documents
+            .iter()
+            .find(|d| d["channel"] == "telegram" && d["outcome"] == "failed")
+            .expect("a document for telegram/failed");
+        let declared = &failed["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(declared["Namespace"], "ChatPlatform");
+        assert_eq!(declared["Dimensions"], serde_json::json!([["channel", "outcome"]]));
+        assert_eq!(declared["Metrics"][0]["Name"], "chat_connector_sends_total");
+        assert_eq!(failed["chat_connector_sends_total"], 2);
+    }
+
     fn record(id: &str, envelope: &Envelope) -> SqsMessage {
         let mut m = SqsMessage::default();
         m.message_id = Some(id.into());
