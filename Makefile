@@ -25,7 +25,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 PROMETHEUS_DIR ?= $(CACHE_DIR)/prometheus-2.42
 PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
 
-.PHONY: help run test build venv lint fmt-check clippy test-provision test-rust test-localstack build-functions chat deploy destroy localstack localstack-down bench
+.PHONY: help run test prefetch build venv lint fmt-check clippy test-provision test-rust test-localstack build-functions chat deploy destroy localstack localstack-down bench
 
 help:
 	@echo "make run    start the emulator, provision it, run the functions, the channel simulator and two gateways (Ctrl-C stops all)"
@@ -118,7 +118,20 @@ build-functions: $(DEPLOY_VENV)/.installed
 			|| { echo "function $$f needs $$glibc; provided.al2023 has GLIBC_2.34" >&2; exit 1; }; \
 	done
 
-test: fmt-check clippy lint test-provision test-rust test-localstack build-functions
+# A cold `make test` spends minutes downloading its Python environments and
+# Prometheus, mostly waiting on the network: they are installed in the
+# background while the first compile runs (log: $(CACHE_DIR)/prefetch.log).
+# Each install is locked, so a step that needs one waits for it, or installs
+# it itself if the background install failed; nothing waits when all exist.
+PREFETCH := $(MOTO_VENV)/.installed $(GRPC_VENV)/.installed $(LOCALSTACK_VENV)/.installed $(DEPLOY_VENV)/.installed $(PROMETHEUS)
+prefetch:
+	@mkdir -p $(CACHE_DIR)
+	@if [ -n "$$(for f in $(PREFETCH); do [ -e $$f ] || echo $$f; done)" ]; then \
+		echo "==> installing Python environments and Prometheus in the background ($(CACHE_DIR)/prefetch.log)"; \
+		(MAKEFLAGS= $(MAKE) --no-print-directory CACHE_DIR=$(CACHE_DIR) PYTHON=$(PYTHON) $(PREFETCH) >$(CACHE_DIR)/prefetch.log 2>&1 &); \
+	fi
+
+test: prefetch fmt-check clippy lint test-provision test-rust test-localstack build-functions
 
 # The benchmark matrix from release builds: memory bus and the raw tonic
 # baseline side by side per user count, then the emulator path with 1, 2 and
