@@ -171,6 +171,14 @@ impl Outbox {
         }
         permit.send(event);
         if let Some((conversation, seq)) = seq {
+            // A backfill is contiguous from the resume point: the client now
+            // has everything up to `seq`, so the floor moves with it. The live
+            // copy of a stored message can reach this gateway only after the
+            // backfill read it (the sender records before publishing), and
+            // must not be shown again then.
+            if let Some(floor) = state.resumed_after.get_mut(&conversation) {
+                *floor = (*floor).max(seq);
+            }
             let last = state.last_seq.entry(conversation).or_insert(0);
             *last = (*last).max(seq);
         }
@@ -395,6 +403,32 @@ mod tests {
         let a: Vec<u64> = seqs.iter().filter(|(c, _)| c == "a").map(|(_, s)| *s).collect();
         assert_eq!(a, vec![3, 4, 5, 6, 7]);
         assert_eq!(seqs.iter().filter(|(c, _)| c == "b").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_live_copy_arriving_after_its_backfill_is_not_shown_twice() {
+        let (outbox, stream) = Outbox::new("s".into(), "u".into(), 8);
+        outbox.hold("a");
+        outbox.resume_after("a", 62);
+        for seq in 63..=64 {
+            outbox.deliver_stored(message("a", seq)).await.expect("stored");
+        }
+        outbox.release("a").expect("release");
+        // The bus brings 63 to this gateway only now (it was recorded, and
+        // read from storage, before its publish arrived here).
+        outbox.deliver(message("a", 63)).expect("dropped");
+        outbox.deliver(message("a", 65)).expect("live");
+        outbox.finish();
+        let seqs: Vec<u64> = decoded(stream)
+            .filter_map(|e| async move {
+                match e {
+                    Ok(ServerEvent { event: Some(Event::Message(m)) }) => Some(m.seq),
+                    _ => None,
+                }
+            })
+            .collect()
+            .await;
+        assert_eq!(seqs, vec![63, 64, 65]);
     }
 
     #[tokio::test]
