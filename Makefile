@@ -24,12 +24,18 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 # cache (tools/install-prometheus.sh).
 PROMETHEUS_DIR ?= $(CACHE_DIR)/prometheus-2.42
 PROMETHEUS := $(PROMETHEUS_DIR)/usr/bin/prometheus
+# The browser tests' Chromium and WebDriver: Debian's packages
+# (tools/install-chromium.sh).
+CHROMEDRIVER := /usr/bin/chromedriver
+# The web app's npm packages, as package-lock.json pins them.
+WEB_MODULES := web/node_modules/.installed
 
-.PHONY: help run test prefetch build venv lint fmt-check clippy test-provision test-rust test-localstack build-functions chat deploy destroy localstack localstack-down bench
+.PHONY: help run test prefetch build web test-web venv lint fmt-check clippy test-provision test-rust test-localstack build-functions chat deploy destroy localstack localstack-down bench
 
 help:
-	@echo "make run    start the emulator, provision it, run the functions, the channel simulator and two gateways (Ctrl-C stops all)"
-	@echo "make test   rustfmt check, clippy -D warnings, template lint, provisioning check, unit and end-to-end tests (on moto, then on LocalStack), the functions' Lambda build"
+	@echo "make run    start the emulator, provision it, run the functions, the channel simulator, two gateways and the web app (Ctrl-C stops all)"
+	@echo "make test   rustfmt check, clippy -D warnings, template lint, the web app's unit tests, provisioning check, unit, end-to-end and browser tests (on moto, then on LocalStack), the functions' Lambda build"
+	@echo "make web    build the web app: web/dist (production) and web/dist-dev (development sign-in, for make run)"
 	@echo "make chat NAME=alice PORT=50051 ROOM=room1   an interactive client against a running 'make run'"
 	@echo "make deploy / make destroy   the stack on AWS with SAM (first deploy guided)"
 	@echo "make bench  the benchmark matrix (release builds): CSV, PNG plots and ratios in bench/results/"
@@ -64,6 +70,25 @@ $(PROMETHEUS):
 	@echo "==> unpacking Prometheus into $(PROMETHEUS_DIR) (first run only)"
 	bash tools/install-prometheus.sh $(PROMETHEUS_DIR)
 
+$(CHROMEDRIVER):
+	bash tools/install-chromium.sh
+
+# npm ci under a lock: the background prefetch and a step that needs the
+# packages may ask at once.
+$(WEB_MODULES): web/package-lock.json
+	@echo "==> installing the web app's npm packages"
+	cd web && flock .npm-ci.lock bash -c '[ -e node_modules/.installed -a node_modules/.installed -nt package-lock.json ] || { npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; }'
+
+# The web app: web/dist (production: no development sign-in) and
+# web/dist-dev (what `make run` serves), each from proto/chat.proto.
+web: $(WEB_MODULES)
+	@echo "==> building the web app"
+	cd web && npm run --silent build && npm run --silent build:dev
+
+test-web: $(WEB_MODULES)
+	@echo "==> the web app's unit tests"
+	cd web && npm test
+
 build:
 	@echo "==> building the workspace"
 	$(CARGO) build --workspace --bins --locked
@@ -86,9 +111,10 @@ test-provision: $(MOTO_VENV)/.installed
 	@echo "==> the emulator's resources agree with template.yaml"
 	cd localstack && $(MOTO_VENV)/bin/python -m unittest test_provision
 
-test-rust: build venv $(PROMETHEUS)
-	@echo "==> unit and end-to-end tests (moto on loopback, or AWS_ENDPOINT_URL when set)"
+test-rust: build venv web $(PROMETHEUS) $(CHROMEDRIVER)
+	@echo "==> unit and end-to-end tests (moto on loopback, or AWS_ENDPOINT_URL when set; browser tests in headless Chromium)"
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_GRPC_PYTHON=$(GRPC_VENV)/bin/python CHAT_PROMETHEUS=$(PROMETHEUS) \
+		CHAT_CHROMEDRIVER=$(CHROMEDRIVER) CHAT_WEB_DIR=$(CURDIR)/web/dist-dev CHAT_ARTIFACTS=$(TARGET_DIR)/test-artifacts \
 		$(CARGO) test --workspace --locked
 
 test-localstack: build venv $(LOCALSTACK_VENV)/.installed
@@ -118,12 +144,14 @@ build-functions: $(DEPLOY_VENV)/.installed
 			|| { echo "function $$f needs $$glibc; provided.al2023 has GLIBC_2.34" >&2; exit 1; }; \
 	done
 
-# A cold `make test` spends minutes downloading its Python environments and
-# Prometheus, mostly waiting on the network: they are installed in the
+# A cold `make test` spends minutes downloading its Python environments,
+# Prometheus, npm packages and Chromium, mostly waiting on the network: they
+# are installed in the
 # background while the first compile runs (log: $(CACHE_DIR)/prefetch.log).
 # Each install is locked, so a step that needs one waits for it, or installs
 # it itself if the background install failed; nothing waits when all exist.
-PREFETCH := $(MOTO_VENV)/.installed $(GRPC_VENV)/.installed $(LOCALSTACK_VENV)/.installed $(DEPLOY_VENV)/.installed $(PROMETHEUS)
+PREFETCH := $(MOTO_VENV)/.installed $(GRPC_VENV)/.installed $(LOCALSTACK_VENV)/.installed $(DEPLOY_VENV)/.installed $(PROMETHEUS) \
+	$(WEB_MODULES) $(CHROMEDRIVER)
 prefetch:
 	@mkdir -p $(CACHE_DIR)
 	@if [ -n "$$(for f in $(PREFETCH); do [ -e $$f ] || echo $$f; done)" ]; then \
@@ -131,7 +159,7 @@ prefetch:
 		(MAKEFLAGS= $(MAKE) --no-print-directory CACHE_DIR=$(CACHE_DIR) PYTHON=$(PYTHON) $(PREFETCH) >$(CACHE_DIR)/prefetch.log 2>&1 &); \
 	fi
 
-test: prefetch fmt-check clippy lint test-provision test-rust test-localstack build-functions
+test: prefetch fmt-check clippy lint test-web test-provision test-rust test-localstack build-functions
 
 # The benchmark matrix from release builds: memory bus and the raw tonic
 # baseline side by side per user count, then the emulator path with 1, 2 and
@@ -152,7 +180,7 @@ localstack:
 localstack-down:
 	docker compose -f localstack/compose.yaml down
 
-run: $(MOTO_VENV)/.installed build
+run: $(MOTO_VENV)/.installed build web
 	CHAT_PYTHON=$(MOTO_VENV)/bin/python CHAT_BIN_DIR=$(TARGET_DIR)/debug bash localstack/run-local.sh
 
 # AWS: the first deploy asks for the stack's settings (sam deploy --guided)

@@ -8,7 +8,9 @@
 #    fallback and one connector per channel; the webhook behind a local
 #    function URL; the channel simulator standing in for WhatsApp, Instagram
 #    and Telegram;
-# 4. two gateways on the sns-sqs bus, on $GATEWAY_A_PORT and $GATEWAY_B_PORT.
+# 4. two gateways on the sns-sqs bus, on $GATEWAY_A_PORT and $GATEWAY_B_PORT;
+# 5. the web app (built into $WEB_DIR by `make web`) on $WEB_PORT, with
+#    development sign-in; the gateways allow its origin (CORS).
 #
 # Stopping: Ctrl-C (SIGINT) or SIGTERM sends TERM to the gateways (they delete
 # their queues), function runners and simulator, and kills whatever still runs
@@ -33,6 +35,8 @@ GATEWAY_A_PORT="${GATEWAY_A_PORT:-50051}"
 GATEWAY_B_PORT="${GATEWAY_B_PORT:-50052}"
 WEBHOOK_PORT="${WEBHOOK_PORT:-8091}"
 SIMULATOR_PORT="${SIMULATOR_PORT:-8090}"
+WEB_PORT="${WEB_PORT:-8080}"
+WEB_DIR="${WEB_DIR:-$ROOT/web/dist-dev}"
 # Every process serves Prometheus metrics on its own port from here up:
 # gateways first, then the function runners in the order they start.
 METRICS_PORT="${METRICS_PORT:-9464}"
@@ -200,6 +204,8 @@ done <"$RUN_DIR/stack.env"
 export CHAT_JWT_SECRET_FILE="$RUN_DIR/jwt-secret"
 export CHAT_BUS=sns-sqs
 export CHAT_QUEUE_PREFIX="$STACK-gw-"
+# The web app's page calls the gateways from its own origin.
+export CHAT_CORS_ALLOW_ORIGINS="http://127.0.0.1:$WEB_PORT,http://localhost:$WEB_PORT"
 # The shared development secret exists before either gateway starts.
 if [[ ! -s "$CHAT_JWT_SECRET_FILE" ]]; then
     (umask 077 && "$PY" -c 'import secrets; print(secrets.token_urlsafe(48))' >"$CHAT_JWT_SECRET_FILE")
@@ -244,6 +250,16 @@ start_function connector-instagram "$CHAT_CONNECTOR_INSTAGRAM_QUEUE_URL" connect
 start_function connector-telegram "$CHAT_CONNECTOR_TELEGRAM_QUEUE_URL" connector --channel telegram
 
 GATEWAYS="http://127.0.0.1:$GATEWAY_A_PORT,http://127.0.0.1:$GATEWAY_B_PORT"
+WEB_LINE="  (not built: 'make web' builds it into $WEB_DIR)"
+if [[ -f "$WEB_DIR/index.html" ]]; then
+    echo "==> serving the web app on http://127.0.0.1:$WEB_PORT/ (log: $RUN_DIR/web.log)"
+    "$BIN/chat" serve-web --listen "127.0.0.1:$WEB_PORT" --dir "$WEB_DIR" --gateway "$GATEWAYS" --dev-tokens \
+        >"$RUN_DIR/web.log" 2>&1 &
+    track $! "web"
+    wait_for_port 127.0.0.1 "$WEB_PORT" "the web app"
+    WEB_LINE="  http://127.0.0.1:$WEB_PORT/?user=alice&conversation=room1
+  http://127.0.0.1:$WEB_PORT/?user=bob&conversation=room1&gateway=1   (development sign-in: any name)"
+fi
 deadline=$((SECONDS + 60))
 until run_step "$BIN/chat" echo --gateway "$GATEWAYS" >/dev/null 2>&1; do
     if ((SECONDS > deadline)); then
@@ -257,6 +273,9 @@ cat <<EOF
 
 The chat platform is running: two gateways on SNS -> per-gateway SQS, and function persist
 (messages -> DynamoDB table $CHAT_MESSAGES_TABLE), on the emulator at $AWS_ENDPOINT_URL.
+
+Chat in a browser (one page per user; gateway=1 picks the second gateway):
+$WEB_LINE
 
 Chat from two other terminals (in $ROOT), one client per gateway:
   make chat NAME=alice PORT=$GATEWAY_A_PORT ROOM=room1

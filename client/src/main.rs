@@ -7,11 +7,13 @@
 //! - `chat history` and `chat conversations` read what is stored;
 //! - `chat add-member`, `chat link`, `chat status` and `chat read` manage
 //!   external members, offline fallback and receipts;
-//! - `chat echo` checks connectivity.
+//! - `chat echo` checks connectivity;
+//! - `chat serve-web` serves the web app locally (`make run`).
 
 mod connect;
 
 mod render;
+mod web;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +49,9 @@ enum Command {
         #[command(flatten)]
         secret: SecretArgs,
     },
+    /// Serve the web app locally: its files, `config.json` naming the
+    /// gateways, and (with --dev-tokens) development sign-in.
+    ServeWeb(web::ServeWebArgs),
     /// Interactive chat in one or more conversations.
     Connect {
         #[command(flatten)]
@@ -477,6 +482,7 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Token { user, ttl_secs, secret } => token(user, ttl_secs, secret).await,
+        Command::ServeWeb(args) => web::serve(args).await,
         Command::Bench { bench, secret } => run_bench(bench, secret).await,
         Command::BenchBaseline { listen } => bench_baseline(listen).await,
         Command::BenchPlot { csv, out, title } => bench_plot(csv, out, title).await,

@@ -73,6 +73,7 @@ pub(crate) fn render(event: &Event) -> Option<String> {
             tonic::Code::from_i32(e.code).description(),
             if e.conversation_id.is_empty() { String::new() } else { format!(" in {}", e.conversation_id) }
         ),
+        Event::SessionOpened(s) => format!("* session {} on gateway {}", s.session_id, s.gateway_id),
         Event::Disconnect(d) => format!(
             "* gateway disconnecting: {}; resume points: {}",
             d.detail,

@@ -110,6 +110,11 @@ impl App {
         Ok((outbox, events, slot))
     }
 
+    /// This gateway's instance id.
+    pub(crate) fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+
     /// The configured limits.
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits

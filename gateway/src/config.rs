@@ -37,6 +37,14 @@ pub struct Config {
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Web page origins (`https://chat.example.com`, `http://127.0.0.1:8080`)
+    /// allowed to call the gateway from a browser over gRPC-Web (CORS).
+    /// Repeat the flag, or separate them with commas. None by default: a
+    /// page on another origin is refused by the browser; gRPC-Web from the
+    /// gateway's own origin and native gRPC need none.
+    #[arg(long = "cors-allow-origin", env = "CHAT_CORS_ALLOW_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_allow_origins: Vec<http::HeaderValue>,
+
     /// The bus between gateways.
     #[arg(long, env = "CHAT_BUS", value_enum, default_value_t = BusKind::Auto)]
     pub bus: BusKind,
@@ -254,6 +262,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// An origin as a browser sends it: `scheme://host[:port]`, nothing more.
+fn parse_origin(value: &str) -> Result<http::HeaderValue, String> {
+    let value = value.trim();
+    let explain = || format!("{value:?} is not an origin: give scheme://host[:port] (e.g. https://chat.example.com)");
+    let (scheme, rest) = value.split_once("://").ok_or_else(explain)?;
+    let host_ok =
+        !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !matches!(scheme, "http" | "https") || !host_ok {
+        return Err(explain());
+    }
+    http::HeaderValue::from_str(value).map_err(|_| explain())
+}
+
 impl Config {
     /// The bus this configuration selects once `auto` is resolved.
     pub fn effective_bus(&self) -> BusKind {
@@ -296,6 +317,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cors_origins_are_origins() {
+        let config = Config::parse_from([
+            "gateway",
+            "--cors-allow-origin",
+            "https://chat.example.com,http://127.0.0.1:8080",
+            "--cors-allow-origin",
+            "http://[::1]:3000",
+        ]);
+        let origins: Vec<_> = config.cors_allow_origins.iter().map(|o| o.to_str().unwrap_or_default()).collect();
+        assert_eq!(origins, ["https://chat.example.com", "http://127.0.0.1:8080", "http://[::1]:3000"]);
+        assert!(Config::parse_from(["gateway"]).cors_allow_origins.is_empty(), "none by default");
+        for bad in ["*", "chat.example.com", "https://chat.example.com/app", "ftp://x", "https://"] {
+            let err = Config::try_parse_from(["gateway", "--cors-allow-origin", bad]).expect_err(bad);
+            assert!(err.to_string().contains("is not an origin"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn auto_bus_follows_topic_configuration() {

@@ -7,7 +7,8 @@
 //! - `service` is the gRPC surface, `auth` authenticates its calls (with
 //!   `jwks`, the identity provider's keys, when configured);
 //! - `conn` wraps each connection (admission by address, closing it);
-//!   `session` serves one `Connect` stream, `outbox` is its bounded
+//!   `session` serves one `Connect` stream (or `OpenSession` one, whose
+//!   frames `sessions` routes from `SendFrames`), `outbox` is its bounded
 //!   outbound buffer;
 //! - `app` holds every operation a client can ask for, where each is checked
 //!   and authorised;
@@ -38,6 +39,7 @@ mod reorder;
 mod server;
 mod service;
 mod session;
+mod sessions;
 mod wire;
 
 pub use config::Config;

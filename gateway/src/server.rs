@@ -398,7 +398,9 @@ impl Gateway {
             tracing::info!("shutdown: closing streams");
             closing.cancel();
         };
-        let mut builder = tonic::transport::Server::builder();
+        // HTTP/1.1 too: browsers speak gRPC-Web over whichever HTTP version
+        // they reach the gateway with (never h2c).
+        let mut builder = tonic::transport::Server::builder().accept_http1(true);
         if let Some(tls) = &self.tls {
             builder = builder.tls_config(tls.clone())?;
         }
@@ -407,6 +409,10 @@ impl Gateway {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .layer(tower::util::option_layer(web_cors(&config.cors_allow_origins)))
+            // gRPC-Web calls become gRPC calls here; the metrics and every
+            // service below see only gRPC.
+            .layer(tonic_web::GrpcWebLayer::new())
             .layer(crate::metrics::GrpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -465,6 +471,34 @@ impl Gateway {
             "gateway stopped"
         );
     }
+}
+
+/// The CORS answers that let pages of `origins` call the gateway over
+/// gRPC-Web: preflights for POST with the headers gRPC-Web clients send,
+/// and the status trailers (which gRPC-Web puts in headers for a
+/// trailers-only answer) readable by the page. None without origins.
+fn web_cors(origins: &[http::HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
+    if origins.is_empty() {
+        return None;
+    }
+    let name = HeaderName::from_static;
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(tower_http::cors::AllowOrigin::list(origins.iter().cloned()))
+            .allow_methods([http::Method::POST])
+            .allow_headers([
+                AUTHORIZATION,
+                CONTENT_TYPE,
+                name("x-grpc-web"),
+                name("x-user-agent"),
+                name("grpc-timeout"),
+                name(service::telemetry::TRACEPARENT),
+                name("tracestate"),
+            ])
+            .expose_headers([name("grpc-status"), name("grpc-message"), name("grpc-status-details-bin")])
+            .max_age(Duration::from_secs(24 * 3600)),
+    )
 }
 
 /// Runs `tick` every `period` until `stop`.

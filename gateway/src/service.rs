@@ -9,9 +9,9 @@ use chat_proto::pb::{
     EchoRequest, EchoResponse, GetConversationRequest, GetConversationResponse, GetHistoryRequest, GetHistoryResponse,
     GetMessageRequest, GetMessageResponse, GetMessageStatusRequest, GetMessageStatusResponse, LinkChannelRequest,
     LinkChannelResponse, ListConversationsRequest, ListConversationsResponse, MarkReadRequest, MarkReadResponse,
-    RemoveMemberRequest, RemoveMemberResponse, SendMessageRequest, SendMessageResponse, SetRoleRequest,
-    SetRoleResponse, UnbanMemberRequest, UnbanMemberResponse, chat_service_server::ChatService,
-    echo_service_server::EchoService,
+    OpenSessionRequest, RemoveMemberRequest, RemoveMemberResponse, SendFramesRequest, SendFramesResponse,
+    SendMessageRequest, SendMessageResponse, SetRoleRequest, SetRoleResponse, UnbanMemberRequest, UnbanMemberResponse,
+    chat_service_server::ChatService, echo_service_server::EchoService,
 };
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -23,6 +23,7 @@ use crate::history::PageRequest;
 use crate::limits::SendDeadline;
 use crate::outbox::EventStream;
 use crate::session::Session;
+use crate::sessions::Sessions;
 use crate::wire::{self, SharedEvent};
 use chat_proto::encoded::EncodedServerEvent;
 use futures::TryStreamExt;
@@ -33,11 +34,25 @@ pub(crate) struct ChatApi {
     sessions: TaskTracker,
     /// Streams check refreshed tokens with it.
     auth: Arc<Authenticator>,
+    /// `OpenSession`'s sessions, which `SendFrames` writes into.
+    opened: Sessions,
 }
 
 impl ChatApi {
     pub(crate) fn new(app: Arc<App>, sessions: TaskTracker, auth: Arc<Authenticator>) -> Self {
-        Self { app, sessions, auth }
+        Self { app, sessions, auth, opened: Sessions::default() }
+    }
+
+    /// A session for the caller of `request`, and the events it will
+    /// write: `Connect` and `OpenSession` both start theirs here.
+    fn session_for<T>(&self, request: &Request<T>) -> Result<(Session, EventStream), Status> {
+        let user = caller(request)?;
+        let expires_at = expiry(request)?.0;
+        let (outbox, events, slot) = self.app.open_stream(user.0)?;
+        let conn = crate::conn::info(request).map(|c| c.state.clone());
+        let session = Session::new(self.app.clone(), outbox, conn, slot, self.auth.clone(), expires_at)
+            .traced_by(client_traceparent(request.metadata()));
+        Ok((session, events))
     }
 }
 
@@ -47,14 +62,35 @@ impl ChatService for ChatApi {
     type ConnectStream = futures::stream::MapOk<EventStream, fn(SharedEvent) -> EncodedServerEvent>;
 
     async fn connect(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<Self::ConnectStream>, Status> {
-        let user = caller(&request)?;
-        let expires_at = expiry(&request)?.0;
-        let (outbox, events, slot) = self.app.open_stream(user.0)?;
-        let conn = crate::conn::info(&request).map(|c| c.state.clone());
-        let session = Session::new(self.app.clone(), outbox, conn, slot, self.auth.clone(), expires_at)
-            .traced_by(client_traceparent(request.metadata()));
+        let (session, events) = self.session_for(&request)?;
         self.sessions.spawn(session.run(request.into_inner()));
         Ok(Response::new(events.map_ok(|event: SharedEvent| event.wire())))
+    }
+
+    type OpenSessionStream = Self::ConnectStream;
+
+    /// A `Connect` session whose frames come from `SendFrames` calls.
+    async fn open_session(
+        &self,
+        request: Request<OpenSessionRequest>,
+    ) -> Result<Response<Self::OpenSessionStream>, Status> {
+        let (session, events) = self.session_for(&request)?;
+        let id = session.id().to_owned();
+        let inbound = self.opened.open(&id, session.user());
+        session.announce();
+        let opened = self.opened.clone();
+        self.sessions.spawn(async move {
+            session.run(inbound).await;
+            opened.remove(&id);
+        });
+        Ok(Response::new(events.map_ok(|event: SharedEvent| event.wire())))
+    }
+
+    async fn send_frames(&self, request: Request<SendFramesRequest>) -> Result<Response<SendFramesResponse>, Status> {
+        let user = caller(&request)?;
+        let req = request.into_inner();
+        self.opened.send(&req.session_id, &user.0, req.frames, self.app.limits().send_deadline).await?;
+        Ok(Response::new(SendFramesResponse {}))
     }
 
     async fn send_message(

@@ -144,8 +144,19 @@ impl Session {
         self
     }
 
-    fn user(&self) -> &str {
+    pub(crate) fn user(&self) -> &str {
         &self.outbox.user_id
+    }
+
+    /// The session's id (its outbox's).
+    pub(crate) fn id(&self) -> &str {
+        &self.outbox.session_id
+    }
+
+    /// An `OpenSession` stream's first event: the session's name, for
+    /// `SendFrames`, and when its token expires.
+    pub(crate) fn announce(&self) {
+        self.deliver(wire::session_opened(self.id(), self.app.gateway_id(), self.expires_at));
     }
 
     /// Serves the stream until it ends, then leaves every conversation's

@@ -357,6 +357,20 @@ pub(crate) fn send_accepted(
     )
 }
 
+/// The first event of an `OpenSession` stream: the session's name, its
+/// gateway, and when its token expires.
+pub(crate) fn session_opened(session_id: &str, gateway_id: &str, expires_at_secs: u64) -> SharedEvent {
+    let expires_at_ms = i64::try_from(expires_at_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    shared(
+        Facts::Other,
+        PbEvent::SessionOpened(pb::SessionOpened {
+            session_id: session_id.to_owned(),
+            gateway_id: gateway_id.to_owned(),
+            expires_at_ms,
+        }),
+    )
+}
+
 /// A frame's error, answered on the stream (which goes on).
 pub(crate) fn error_event(
     request_id: &str,

@@ -24,8 +24,14 @@ Every wait is bounded by one overall deadline (--timeout, 30 s by default);
 nothing sleeps to synchronize. Prints one summary line and exits 0 on success;
 prints the reason to stderr and exits 1 on any failure (2 on bad usage).
 
-Run by tests/tests/generic_client.rs with the interpreter of a venv built from
-tests/python/requirements-grpc.txt (CHAT_GRPC_PYTHON).
+With --participant it is instead one member among other kinds of client (the
+browser tests): it joins --conversation on --gateway-a as the user of
+--token-alice, says --say, and waits until it has received every --expect
+SENDER=BODY message, exactly once each.
+
+Run by tests/tests/generic_client.rs and tests/tests/browser.rs with the
+interpreter of a venv built from tests/python/requirements-grpc.txt
+(CHAT_GRPC_PYTHON).
 """
 
 from __future__ import annotations
@@ -386,22 +392,71 @@ def run(args: argparse.Namespace, work_dir: str) -> str:
         channel_b.close()
 
 
+def participate(args: argparse.Namespace, work_dir: str) -> str:
+    """One member of a conversation others chat in from other clients."""
+    deadline = Deadline(args.timeout)
+    pb, pb_grpc = generate_stubs(args.proto, work_dir)
+    conversation = args.conversation
+    expected = []
+    for item in args.expect:
+        sender, sep, body = item.partition("=")
+        if not sep or not sender:
+            raise Failure(f"--expect {item!r}: give SENDER=BODY")
+        expected.append((sender, body))
+    channel = channel_for(args.gateway_a)
+    stream = Stream("participant", "A", pb, pb_grpc.ChatServiceStub(channel), args.token_alice, deadline)
+    try:
+        stream.join(conversation)
+        if args.say:
+            stream.send_frame(
+                "say",
+                send=pb.SendFrame(conversation_id=conversation, client_message_id=f"{conversation}-py", body=args.say),
+            )
+            stream.wait_until(
+                "waiting for its message to be accepted",
+                lambda events: next((e for e in events if e.WhichOneof("event") == "send_accepted"), None),
+            )
+
+        def received(events: list[Any]) -> Optional[list[Any]]:
+            got = [e.message for e in events if e.WhichOneof("event") == "message" and e.message.conversation_id == conversation]
+            seen = [(m.sender, m.body) for m in got]
+            return got if all(want in seen for want in expected) else None
+
+        got = stream.wait_until(f"waiting for {expected}", received)
+        for want in expected:
+            copies = sum(1 for m in got if (m.sender, m.body) == want)
+            if copies != 1:
+                raise Failure(f"received {want} {copies} times, expected once")
+        seqs = [m.seq for m in got]
+        if any(b <= a for a, b in zip(seqs, seqs[1:])):
+            raise Failure(f"messages are not in increasing seq order: {seqs}")
+        return f"participant OK: said {args.say!r}, received {len(expected)} expected messages in order (seqs {seqs})"
+    finally:
+        stream.close()
+        channel.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proto", required=True, help="path to chat.proto")
     parser.add_argument("--gateway-a", required=True, help="alice's gateway: http://host:port or host:port")
-    parser.add_argument("--gateway-b", required=True, help="bob's gateway: http://host:port or host:port")
-    parser.add_argument("--token-alice", required=True, help="a JWT for user alice")
-    parser.add_argument("--token-bob", required=True, help="a JWT for user bob")
+    parser.add_argument("--gateway-b", help="bob's gateway: http://host:port or host:port")
+    parser.add_argument("--token-alice", required=True, help="a JWT for user alice (the participant's, with --participant)")
+    parser.add_argument("--token-bob", help="a JWT for user bob")
+    parser.add_argument("--participant", action="store_true", help="be one member among other clients (see above)")
+    parser.add_argument("--say", default="", help="with --participant: the message to send after joining")
+    parser.add_argument("--expect", action="append", default=[], help="with --participant: SENDER=BODY to receive")
     parser.add_argument("--conversation", required=True, help="a conversation id (fresh per run)")
     parser.add_argument("--count", type=int, default=20, help="messages alice sends (default 20)")
     parser.add_argument("--timeout", type=float, default=30.0, help="overall deadline in seconds (default 30)")
     args = parser.parse_args()
     if args.count < 1:
         parser.error("--count must be at least 1")
+    if not args.participant and not (args.gateway_b and args.token_bob):
+        parser.error("--gateway-b and --token-bob are required (unless --participant)")
     try:
         with tempfile.TemporaryDirectory(prefix="chat-stubs-") as work_dir:
-            print(run(args, work_dir), flush=True)
+            print((participate if args.participant else run)(args, work_dir), flush=True)
         return 0
     except Failure as e:
         print(f"generic client FAILED: {e}", file=sys.stderr, flush=True)

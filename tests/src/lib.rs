@@ -23,9 +23,11 @@ pub mod faults;
 pub mod localstack;
 pub mod metrics;
 pub mod raw_bus;
+pub mod run_local;
 pub mod scenarios;
 pub mod stored;
 pub mod traces;
+pub mod webdriver;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

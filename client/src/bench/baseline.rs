@@ -143,6 +143,14 @@ impl ChatService for Baseline {
         Ok(Response::new(Box::pin(ReceiverStream::new(events))))
     }
 
+    type OpenSessionStream = EventStream;
+
+    async fn open_session(&self, _: Request<pb::OpenSessionRequest>) -> Result<Response<EventStream>, Status> {
+        unimplemented()
+    }
+    async fn send_frames(&self, _: Request<pb::SendFramesRequest>) -> Result<Response<pb::SendFramesResponse>, Status> {
+        unimplemented()
+    }
     async fn send_message(
         &self,
         _: Request<pb::SendMessageRequest>,
