@@ -330,15 +330,26 @@ impl App {
 
     /// Tells the conversation that `user` has received (DELIVERED) or read
     /// (READ) everything up to `up_to_seq`; `persist` records it.
-    pub(crate) async fn publish_receipt(
+    /// Charges a stream's ack or read to the user's receipt budget, when it
+    /// arrives (its report may wait: `coalesce`).
+    pub(crate) fn charge_receipt(&self, user: &str) -> Result<(), GatewayError> {
+        self.rate.receipt(user)
+    }
+
+    /// Reports a stream's receipt, already charged: a READ moves the read
+    /// marker (and is announced), a DELIVERED is announced (`persist`
+    /// records it).
+    pub(crate) async fn report_receipt(
         &self,
         conversation_id: &str,
         user: &str,
         status: ReceiptStatus,
         up_to_seq: u64,
     ) -> Result<(), GatewayError> {
-        self.rate.receipt(user)?;
-        self.announce_receipt(conversation_id, user, status, up_to_seq).await
+        match status {
+            ReceiptStatus::Read => self.record_read(conversation_id, user, up_to_seq).await.map(drop),
+            _ => self.announce_receipt(conversation_id, user, status, up_to_seq).await,
+        }
     }
 
     async fn announce_receipt(
@@ -384,6 +395,11 @@ impl App {
     /// receipt when the marker moved there.
     pub(crate) async fn mark_read(&self, conversation_id: &str, user: &str, seq: u64) -> Result<u64, GatewayError> {
         self.rate.receipt(user)?;
+        self.record_read(conversation_id, user, seq).await
+    }
+
+    /// Moves the read marker forward and announces it when it moved.
+    async fn record_read(&self, conversation_id: &str, user: &str, seq: u64) -> Result<u64, GatewayError> {
         let marker = self.stores.receipts.mark_read(conversation_id, user, seq, chat_core::clock::now_ms()).await?;
         if marker == seq && seq > 0 {
             self.announce_receipt(conversation_id, user, ReceiptStatus::Read, seq).await?;

@@ -238,6 +238,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_GAP_SETTLE_MS", default_value_t = 250)]
     pub gap_settle_ms: u64,
 
+    /// A stream's acks and reads of one conversation are reported as at
+    /// most one DELIVERED and one READ receipt per this window, in
+    /// milliseconds: the first at once, the newest of the rest at the
+    /// window's end (receipts are cumulative). 0 reports every one.
+    #[arg(long, env = "CHAT_RECEIPT_WINDOW_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=5000))]
+    pub receipt_window_ms: u64,
+
     /// How long a gap in a conversation's `seq` is waited for before later
     /// messages are released without it, when the store cannot settle it.
     #[arg(long, env = "CHAT_REORDER_WINDOW_MS", default_value_t = 2000)]
@@ -310,6 +317,7 @@ impl Config {
             send_deadline: Duration::from_millis(self.send_deadline_ms),
             stall_grace: Duration::from_millis(self.stall_grace_ms),
             gap_settle: Duration::from_millis(self.gap_settle_ms),
+            receipt_window: Duration::from_millis(self.receipt_window_ms),
         }
     }
 }

@@ -85,6 +85,9 @@ pub(crate) struct Limits {
     /// How long a `seq` gap waits before the store is asked to settle it
     /// (its message delivered from there, or its seq passed over as void).
     pub(crate) gap_settle: Duration,
+    /// A stream's acks and reads of one conversation become at most one
+    /// DELIVERED and one READ receipt per this window (`coalesce`).
+    pub(crate) receipt_window: Duration,
 }
 
 impl Default for Limits {
@@ -103,6 +106,7 @@ impl Default for Limits {
             send_deadline: Duration::from_secs(5),
             stall_grace: Duration::from_secs(10),
             gap_settle: Duration::from_millis(250),
+            receipt_window: Duration::from_millis(250),
         }
     }
 }

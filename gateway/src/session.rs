@@ -35,6 +35,7 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::auth::Authenticator;
+use crate::coalesce::{Coalescer, Offer};
 use crate::conn::ConnState;
 use crate::error::GatewayError;
 use crate::limits::{DirectLimit, SendDeadline, Slot};
@@ -69,9 +70,9 @@ pub(crate) struct Session {
     /// Per conversation: the latest seq this stream has learnt of (the join
     /// snapshot's, or a message's since): acks and reads may not go past it.
     known_seq: HashMap<String, u64>,
-    /// Per conversation and receipt kind: the highest this stream reported,
-    /// so a repeated ack publishes nothing.
-    reported: HashMap<(String, ReceiptStatus), u64>,
+    /// This stream's acks and reads, per conversation and kind: reported
+    /// at most once per window, and never twice for one position.
+    receipts: Coalescer,
     /// The connection this stream is on: its frame limit, and its close for
     /// a client that stalls.
     conn: Arc<ConnState>,
@@ -123,6 +124,7 @@ impl Session {
         let conn = conn.unwrap_or_else(|| {
             Arc::new(ConnState::new(None, DirectLimit::new("frames per connection", app.limits().frames)))
         });
+        let receipts = Coalescer::new(app.limits().receipt_window);
         Self {
             auth,
             expires_at,
@@ -131,7 +133,7 @@ impl Session {
             joined: BTreeSet::new(),
             publishing: Arc::new(Semaphore::new(PUBLISHES_IN_FLIGHT)),
             known_seq: HashMap::new(),
-            reported: HashMap::new(),
+            receipts,
             conn,
             _slot: slot,
             trace_parent: None,
@@ -175,6 +177,7 @@ impl Session {
         let serve = async {
             let mut reading = true;
             loop {
+                let receipts_due = self.receipts.next_due();
                 tokio::select! {
                     () = self.app.closing().cancelled() => {
                         self.close_after_publishes(CloseReason::Shutdown).await;
@@ -197,6 +200,9 @@ impl Session {
                         break;
                     }
                     () = self.outbox.gone() => break,
+                    () = tokio::time::sleep_until(receipts_due.unwrap_or_else(far_future)), if receipts_due.is_some() => {
+                        self.flush_receipts(false).await;
+                    }
                     frame = frames.recv(), if reading => match frame {
                         Some((frame, _bytes)) => self.handle(frame).await,
                         // A client that half-closes may still be listening
@@ -248,6 +254,7 @@ impl Session {
     }
 
     async fn cleanup(&mut self) {
+        self.flush_receipts(true).await;
         for conversation_id in std::mem::take(&mut self.joined) {
             if let Err(e) = self.app.unsubscribe(&conversation_id, &self.outbox).await {
                 tracing::warn!(conversation_id, user_id = self.user(), error = %e, "cleanup after stream end failed");
@@ -415,6 +422,7 @@ impl Session {
         if self.joined.remove(conversation_id) {
             self.app.unsubscribe(conversation_id, &self.outbox).await?;
         }
+        self.receipts.forget(conversation_id);
         if !self.app.leave(conversation_id, &self.outbox.user_id).await? {
             return Err(GatewayError::FailedPrecondition(format!("not a member of conversation {conversation_id}")));
         }
@@ -482,18 +490,35 @@ impl Session {
                 status.as_str()
             )));
         }
-        let reported = self.reported.entry((conversation_id.to_owned(), status)).or_default();
-        if seq <= *reported {
-            return Ok(());
+        let key = (conversation_id.to_owned(), status);
+        if !self.receipts.moves(&key, seq) {
+            return Ok(()); // a repeat costs nothing
         }
-        match status {
-            ReceiptStatus::Read => {
-                self.app.mark_read(conversation_id, &self.outbox.user_id, seq).await?;
-            }
-            _ => self.app.publish_receipt(conversation_id, &self.outbox.user_id, status, seq).await?,
+        self.app.charge_receipt(self.user())?;
+        let now = tokio::time::Instant::now();
+        if self.receipts.offer(&key, seq, now) == Offer::Now {
+            self.app.report_receipt(conversation_id, &self.outbox.user_id, status, seq).await?;
+            self.receipts.reported(&key, seq, now);
         }
-        self.reported.insert((conversation_id.to_owned(), status), seq);
         Ok(())
+    }
+
+    /// Reports the receipts whose window has ended (every one waiting,
+    /// with `all`, as the stream ends). One that fails waits for the next
+    /// window; at the end it is logged (a later ack, on any stream, covers
+    /// it: receipts are cumulative).
+    async fn flush_receipts(&mut self, all: bool) {
+        let now = tokio::time::Instant::now();
+        for ((conversation_id, status), seq) in self.receipts.due(now, all) {
+            let key = (conversation_id, status);
+            match self.app.report_receipt(&key.0, &self.outbox.user_id, status, seq).await {
+                Ok(()) => self.receipts.reported(&key, seq, now),
+                Err(e) => {
+                    tracing::warn!(conversation_id = key.0, user_id = self.user(), seq, error = %e, "coalesced receipt not reported");
+                    self.receipts.retry(&key, seq, now);
+                }
+            }
+        }
     }
 
     /// A fresh token: valid and of this stream's user, it moves the stream's
@@ -520,6 +545,11 @@ impl Session {
         self.joined_conversation(conversation_id).await?;
         self.app.typing(conversation_id, &self.outbox.user_id, typing).await
     }
+}
+
+/// A deadline that never comes (for a timer branch that is off).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + MAX_EXPIRY_WAIT
 }
 
 /// Reads the client's frames as they arrive until the stream ends or `stop`:
@@ -609,11 +639,19 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
-    /// A bus that never answers while `hang` is set (a frozen SNS).
+    /// A bus that never answers while `hang` is set (a frozen SNS), and
+    /// remembers the receipts published.
     #[derive(Debug)]
     struct HangingBus {
         inner: MemoryBus,
         hang: AtomicBool,
+        receipts: std::sync::Mutex<Vec<(ReceiptStatus, u64)>>,
+    }
+
+    impl HangingBus {
+        fn receipts(&self) -> Vec<(ReceiptStatus, u64)> {
+            self.receipts.lock().expect("receipts").clone()
+        }
     }
 
     #[async_trait]
@@ -621,6 +659,11 @@ mod tests {
         async fn publish(&self, events: &[Envelope]) -> Result<(), BusError> {
             if self.hang.load(Ordering::Relaxed) {
                 std::future::pending::<()>().await;
+            }
+            for event in events {
+                if let chat_core::envelope::Event::Receipt(r) = &event.event {
+                    self.receipts.lock().expect("receipts").push((r.status, r.up_to_seq));
+                }
             }
             self.inner.publish(events).await
         }
@@ -661,8 +704,11 @@ mod tests {
                     .expect("a valid room");
             chat_core::store::Membership::create(store.as_ref(), &plan).await.expect("room created");
         }
-        let bus =
-            Arc::new(HangingBus { inner: MemoryBus::new(hub.clone(), store.clone()), hang: AtomicBool::new(false) });
+        let bus = Arc::new(HangingBus {
+            inner: MemoryBus::new(hub.clone(), store.clone()),
+            hang: AtomicBool::new(false),
+            receipts: Default::default(),
+        });
         let mut stores = Stores::of(store);
         if let Some(sequencer) = sequencer {
             stores.sequencer = sequencer;
@@ -824,6 +870,56 @@ mod tests {
         assert!(err.message.contains("ack/read rate limit"), "{}", err.message);
         let unary = app.mark_read_checked("r", "alice", 3).await.expect_err("MarkRead shares the budget");
         assert_eq!(unary.code(), Code::ResourceExhausted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_acks_is_one_receipt_now_and_one_at_the_windows_end_and_none_is_lost_at_the_end() {
+        let Setup { app, bus } = setup(Limits::default(), None).await;
+        let window = app.limits().receipt_window;
+        let (frames, mut events) = connect(&app, "alice");
+        frames.unbounded_send(frame("j", join("r"))).expect("frame");
+        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
+        for i in 1..=7 {
+            frames.unbounded_send(frame("s", send("r", &format!("c{i}")))).expect("frame");
+            assert!(matches!(next_answer(&mut events).await, Event::SendAccepted(_)));
+        }
+        let delivered = |bus: &HangingBus| -> Vec<u64> {
+            bus.receipts().into_iter().filter(|(s, _)| *s == ReceiptStatus::Delivered).map(|(_, seq)| seq).collect()
+        };
+        let ack = |seq| Frame::Ack(pb::AckFrame { conversation_id: "r".into(), seq });
+        for seq in 1..=5 {
+            frames.unbounded_send(frame("a", ack(seq))).expect("frame");
+        }
+        // Frames are handled in order: once this join is answered, so were the acks.
+        frames.unbounded_send(frame("j2", join("a"))).expect("frame");
+        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
+        assert_eq!(delivered(&bus), vec![1], "the first at once, the rest wait");
+        let reported = tokio::time::Instant::now();
+        while delivered(&bus) == vec![1] {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(delivered(&bus), vec![1, 5], "the newest at the window's end");
+        let waited = reported.elapsed();
+        assert!(
+            waited + Duration::from_millis(20) >= window && waited <= window + Duration::from_millis(20),
+            "{waited:?}"
+        );
+
+        // Once the window that report started has passed, 6 goes at once and
+        // 7 waits; the stream ends before its window does, and 7 is reported
+        // all the same.
+        tokio::time::sleep(window).await;
+        frames.unbounded_send(frame("a6", ack(6))).expect("frame");
+        frames.unbounded_send(frame("a7", ack(7))).expect("frame");
+        frames.unbounded_send(frame("j3", join("b"))).expect("frame");
+        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
+        assert_eq!(delivered(&bus), vec![1, 5, 6]);
+        drop((frames, events));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while delivered(&bus) != vec![1, 5, 6, 7] {
+            assert!(tokio::time::Instant::now() < deadline, "7 was never reported: {:?}", delivered(&bus));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
