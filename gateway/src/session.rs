@@ -742,6 +742,21 @@ mod tests {
         Frame::Send(pb::SendFrame { conversation_id: room.into(), client_message_id: id.into(), body: "hi".into() })
     }
 
+    /// alice's stream, joined to `r`, after sending `count` messages there.
+    async fn joined_after_sending(
+        app: &Arc<App>,
+        count: usize,
+    ) -> (UnboundedSender<Result<ClientFrame, Status>>, Events) {
+        let (frames, mut events) = connect(app, "alice");
+        frames.unbounded_send(frame("j", join("r"))).expect("frame");
+        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
+        for i in 1..=count {
+            frames.unbounded_send(frame("s", send("r", &format!("c{i}")))).expect("frame");
+            assert!(matches!(next_answer(&mut events).await, Event::SendAccepted(_)));
+        }
+        (frames, events)
+    }
+
     async fn next_answer(events: &mut Events) -> Event {
         loop {
             match events.next().await {
@@ -851,13 +866,7 @@ mod tests {
     async fn acks_and_reads_over_the_user_limit_are_refused() {
         let limits = Limits { receipts: Rate::new(0.001, 2), ..Limits::default() };
         let Setup { app, .. } = setup(limits, None).await;
-        let (frames, mut events) = connect(&app, "alice");
-        frames.unbounded_send(frame("j", join("r"))).expect("frame");
-        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
-        for i in 1..=3 {
-            frames.unbounded_send(frame("s", send("r", &format!("c{i}")))).expect("frame");
-            assert!(matches!(next_answer(&mut events).await, Event::SendAccepted(_)));
-        }
+        let (frames, mut events) = joined_after_sending(&app, 3).await;
         let ack = |seq| Frame::Ack(pb::AckFrame { conversation_id: "r".into(), seq });
         frames.unbounded_send(frame("a1", ack(1))).expect("frame");
         frames.unbounded_send(frame("a1-again", ack(1))).expect("a repeat publishes nothing and costs nothing");
@@ -876,13 +885,7 @@ mod tests {
     async fn a_burst_of_acks_is_one_receipt_now_and_one_at_the_windows_end_and_none_is_lost_at_the_end() {
         let Setup { app, bus } = setup(Limits::default(), None).await;
         let window = app.limits().receipt_window;
-        let (frames, mut events) = connect(&app, "alice");
-        frames.unbounded_send(frame("j", join("r"))).expect("frame");
-        assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
-        for i in 1..=7 {
-            frames.unbounded_send(frame("s", send("r", &format!("c{i}")))).expect("frame");
-            assert!(matches!(next_answer(&mut events).await, Event::SendAccepted(_)));
-        }
+        let (frames, mut events) = joined_after_sending(&app, 7).await;
         let delivered = |bus: &HangingBus| -> Vec<u64> {
             bus.receipts().into_iter().filter(|(s, _)| *s == ReceiptStatus::Delivered).map(|(_, seq)| seq).collect()
         };
@@ -920,6 +923,46 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "7 was never reported: {:?}", delivered(&bus));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Acks at 50 per second (a member reading a busy room, one ack per
+    /// message shown) for two seconds: how many receipts go out.
+    async fn receipts_for_paced_acks(window: Duration) -> usize {
+        let plenty = Rate::new(1000.0, 1000);
+        let limits =
+            Limits { receipt_window: window, receipts: plenty, sends: plenty, frames: plenty, ..Limits::default() };
+        let Setup { app, bus } = setup(limits, None).await;
+        let (frames, mut events) = joined_after_sending(&app, 100).await;
+        // The client reads everything (its own messages, receipts) meanwhile.
+        let reader = tokio::spawn(async move { while events.next().await.is_some() {} });
+        for seq in 1..=100 {
+            frames
+                .unbounded_send(frame("a", Frame::Ack(pb::AckFrame { conversation_id: "r".into(), seq })))
+                .expect("frame");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(frames);
+        reader.abort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let seqs: Vec<u64> =
+                bus.receipts().into_iter().filter(|(s, _)| *s == ReceiptStatus::Delivered).map(|(_, q)| q).collect();
+            if seqs.last() == Some(&100) {
+                assert!(seqs.windows(2).all(|w| w[0] < w[1]), "receipts go forward: {seqs:?}");
+                return seqs.len();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "ack 100 was never reported: {seqs:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hundred_acks_in_two_seconds_are_a_handful_of_receipts() {
+        assert_eq!(receipts_for_paced_acks(Duration::ZERO).await, 100, "without a window, one each");
+        let coalesced = receipts_for_paced_acks(Duration::from_millis(250)).await;
+        // One at the start of each window, the newest at its end: two
+        // seconds are some 8 windows.
+        assert!((8..=10).contains(&coalesced), "{coalesced} receipts");
     }
 
     #[tokio::test]
