@@ -10,6 +10,7 @@
 //! | `chat_deliveries_total`, `chat_bus_events_dropped_total{reason}` | counter | the hub |
 //! | `chat_reorder_waits_total`, `chat_late_deliveries_total`, `chat_settled_total{outcome}` | counter | the reorderer |
 //! | `chat_slow_consumer_disconnects_total` | counter | outboxes |
+//! | `chat_receipts_reported_total{status}`, `chat_receipts_coalesced_total` | counter | streams' acks and reads (reported; merged into a later report) |
 //! | `chat_publish_batch_size`, `chat_sqs_empty_receives_total` | histogram, counter | SNS publisher, SQS pollers |
 //! | `chat_aws_requests_total{service,operation,outcome}`, `chat_aws_request_seconds` | counter, histogram | every AWS call (`chat_aws::metered`) |
 //! | `chat_grpc_requests_total{method,code}` | counter | every gRPC call, by its final status ([`GrpcMetricsLayer`]) |

@@ -496,9 +496,14 @@ impl Session {
         }
         self.app.charge_receipt(self.user())?;
         let now = tokio::time::Instant::now();
-        if self.receipts.offer(&key, seq, now) == Offer::Now {
-            self.app.report_receipt(conversation_id, &self.outbox.user_id, status, seq).await?;
-            self.receipts.reported(&key, seq, now);
+        match self.receipts.offer(&key, seq, now) {
+            Offer::Now => {
+                self.app.report_receipt(conversation_id, &self.outbox.user_id, status, seq).await?;
+                self.receipts.reported(&key, seq, now);
+                count_reported(status);
+            }
+            Offer::Later => metrics::counter!("chat_receipts_coalesced_total").increment(1),
+            Offer::Nothing => {}
         }
         Ok(())
     }
@@ -512,7 +517,10 @@ impl Session {
         for ((conversation_id, status), seq) in self.receipts.due(now, all) {
             let key = (conversation_id, status);
             match self.app.report_receipt(&key.0, &self.outbox.user_id, status, seq).await {
-                Ok(()) => self.receipts.reported(&key, seq, now),
+                Ok(()) => {
+                    self.receipts.reported(&key, seq, now);
+                    count_reported(status);
+                }
                 Err(e) => {
                     tracing::warn!(conversation_id = key.0, user_id = self.user(), seq, error = %e, "coalesced receipt not reported");
                     self.receipts.retry(&key, seq, now);
@@ -545,6 +553,11 @@ impl Session {
         self.joined_conversation(conversation_id).await?;
         self.app.typing(conversation_id, &self.outbox.user_id, typing).await
     }
+}
+
+/// A receipt this stream reported (published, and for READ recorded).
+fn count_reported(status: ReceiptStatus) {
+    metrics::counter!("chat_receipts_reported_total", "status" => status.as_str()).increment(1);
 }
 
 /// A deadline that never comes (for a timer branch that is off).
