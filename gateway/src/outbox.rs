@@ -333,6 +333,19 @@ mod tests {
         }
     }
 
+    /// The seqs of the messages a finished stream carried, in order.
+    async fn message_seqs(stream: EventStream) -> Vec<u64> {
+        decoded(stream)
+            .filter_map(|e| async move {
+                match e {
+                    Ok(ServerEvent { event: Some(Event::Message(m)) }) => Some(m.seq),
+                    _ => None,
+                }
+            })
+            .collect()
+            .await
+    }
+
     #[tokio::test]
     async fn overflow_closes_with_resume_points_after_buffered_events() {
         let (outbox, stream) = Outbox::new("s".into(), "u".into(), 2);
@@ -419,15 +432,7 @@ mod tests {
         outbox.deliver(message("a", 63)).expect("dropped");
         outbox.deliver(message("a", 65)).expect("live");
         outbox.finish();
-        let seqs: Vec<u64> = decoded(stream)
-            .filter_map(|e| async move {
-                match e {
-                    Ok(ServerEvent { event: Some(Event::Message(m)) }) => Some(m.seq),
-                    _ => None,
-                }
-            })
-            .collect()
-            .await;
+        let seqs = message_seqs(stream).await;
         assert_eq!(seqs, vec![63, 64, 65]);
     }
 
@@ -474,15 +479,7 @@ mod tests {
         outbox.release("a").expect("release");
         assert_eq!(outbox.resume_points(), vec![("a".to_owned(), 63)]);
         outbox.finish();
-        let seqs: Vec<u64> = decoded(stream)
-            .filter_map(|e| async move {
-                match e {
-                    Ok(ServerEvent { event: Some(Event::Message(m)) }) => Some(m.seq),
-                    _ => None,
-                }
-            })
-            .collect()
-            .await;
+        let seqs = message_seqs(stream).await;
         assert_eq!(seqs, vec![63]);
     }
 }
