@@ -16,6 +16,13 @@ const VISIBILITY_TIMEOUT_SECS: i32 = 30;
 const RETENTION_SECS: i32 = 300;
 
 pub const TAG_GATEWAY_ID: &str = "chat:gateway-id";
+
+/// The filter policy of a gateway queue's subscription under member
+/// routing: every event but those the gateways routed to each other
+/// already ([`crate::sns::ROUTED_ATTRIBUTE`]), so events the functions
+/// publish (a channel's inbound message, its receipts) still reach every
+/// gateway.
+pub const UNROUTED_ONLY: &str = r#"{"routed":[{"exists":false}]}"#;
 pub const TAG_HEARTBEAT: &str = "chat:heartbeat";
 
 /// Why a gateway queue could not be set up or kept.
@@ -76,6 +83,7 @@ impl GatewayQueue {
         topic_arn: &str,
         queue_name: &str,
         gateway_id: &str,
+        filter_policy: Option<&str>,
     ) -> Result<Self, QueueError> {
         let created = sqs
             .create_queue()
@@ -90,7 +98,7 @@ impl GatewayQueue {
             .map_err(|e| QueueError::request("SQS CreateQueue", &e))?;
         let queue_url = created.queue_url().ok_or(QueueError::Incomplete("CreateQueue returned no URL"))?.to_owned();
         let partial = Self { sqs, sns, queue_url, queue_arn: String::new(), subscription_arn: String::new() };
-        match partial.admit_and_subscribe(topic_arn).await {
+        match partial.admit_and_subscribe(topic_arn, filter_policy).await {
             Ok(queue) => Ok(queue),
             Err(e) => {
                 partial.delete().await;
@@ -99,7 +107,7 @@ impl GatewayQueue {
         }
     }
 
-    async fn admit_and_subscribe(&self, topic_arn: &str) -> Result<Self, QueueError> {
+    async fn admit_and_subscribe(&self, topic_arn: &str, filter_policy: Option<&str>) -> Result<Self, QueueError> {
         let attrs = self
             .sqs
             .get_queue_attributes()
@@ -120,17 +128,18 @@ impl GatewayQueue {
             .send()
             .await
             .map_err(|e| QueueError::request("SQS SetQueueAttributes", &e))?;
-        let sub = self
+        let mut subscribe = self
             .sns
             .subscribe()
             .topic_arn(topic_arn)
             .protocol("sqs")
             .endpoint(&queue_arn)
             .attributes("RawMessageDelivery", "true")
-            .return_subscription_arn(true)
-            .send()
-            .await
-            .map_err(|e| QueueError::request("SNS Subscribe", &e))?;
+            .return_subscription_arn(true);
+        if let Some(policy) = filter_policy {
+            subscribe = subscribe.attributes("FilterPolicy", policy);
+        }
+        let sub = subscribe.send().await.map_err(|e| QueueError::request("SNS Subscribe", &e))?;
         let subscription_arn =
             sub.subscription_arn().ok_or(QueueError::Incomplete("Subscribe returned no subscription ARN"))?.to_owned();
         Ok(Self { queue_arn, subscription_arn, ..self.clone() })

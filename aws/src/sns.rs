@@ -12,6 +12,12 @@ use chat_core::envelope::Envelope;
 /// SNS `PublishBatch` takes at most ten entries.
 pub const BATCH_MAX: usize = 10;
 
+/// The message attribute that marks an event the gateways have routed to
+/// each other's queues already (member routing): the topic carries it for
+/// the functions only, and gateway queues' subscriptions filter it out
+/// ([`crate::queue::UNROUTED_ONLY`]).
+pub const ROUTED_ATTRIBUTE: &str = "routed";
+
 fn request_error<E, R>(operation: &'static str, err: &SdkError<E, R>) -> BusError
 where
     E: ProvideErrorMetadata + std::fmt::Debug,
@@ -20,9 +26,12 @@ where
     BusError::Request { operation, detail: crate::error::describe(err) }
 }
 
-fn attributes(envelope: &Envelope) -> Result<Vec<(String, MessageAttributeValue)>, BusError> {
-    envelope
-        .attributes()
+fn attributes(envelope: &Envelope, routed: bool) -> Result<Vec<(String, MessageAttributeValue)>, BusError> {
+    let mut attributes = envelope.attributes();
+    if routed {
+        attributes.push((ROUTED_ATTRIBUTE, chat_core::envelope::AttributeValue::String("true".into())));
+    }
+    attributes
         .iter()
         .map(|(name, value)| {
             MessageAttributeValue::builder()
@@ -42,11 +51,18 @@ fn attributes(envelope: &Envelope) -> Result<Vec<(String, MessageAttributeValue)
 pub struct SnsPublisher {
     sns: aws_sdk_sns::Client,
     topic_arn: String,
+    routed: bool,
 }
 
 impl SnsPublisher {
     pub fn new(sns: aws_sdk_sns::Client, topic_arn: String) -> Self {
-        Self { sns, topic_arn }
+        Self { sns, topic_arn, routed: false }
+    }
+
+    /// A publisher whose events are marked [`ROUTED_ATTRIBUTE`]: they reach
+    /// the functions' queues, not the gateways'.
+    pub fn routed(self) -> Self {
+        Self { routed: true, ..self }
     }
 
     async fn publish_one(&self, envelope: &Envelope) -> Result<(), BusError> {
@@ -55,7 +71,7 @@ impl SnsPublisher {
             .publish()
             .topic_arn(&self.topic_arn)
             .message(envelope.encode())
-            .set_message_attributes(Some(attributes(envelope)?.into_iter().collect()))
+            .set_message_attributes(Some(attributes(envelope, self.routed)?.into_iter().collect()))
             .send()
             .await
             .map_err(|e| request_error("SNS Publish", &e))?;
@@ -72,7 +88,7 @@ impl SnsPublisher {
                 PublishBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message(envelope.encode())
-                    .set_message_attributes(Some(attributes(envelope)?.into_iter().collect()))
+                    .set_message_attributes(Some(attributes(envelope, self.routed)?.into_iter().collect()))
                     .build()
                     .map_err(|e| BusError::Unpublishable { event_id: envelope.event_id.clone(), detail: e.to_string() })
             })

@@ -125,6 +125,7 @@ impl Sequencer for MemoryStore {
             duplicate: false,
             external_recipients,
             members_version,
+            routes: None,
         };
         if let (Some(key), Some(digest)) = (key, digest) {
             state.sends.insert(key, (accepted.clone(), digest));

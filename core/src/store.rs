@@ -111,6 +111,24 @@ pub struct Accepted {
     /// The conversation's membership version when the seq was taken (see
     /// [`Removal::members_version`]).
     pub members_version: u64,
+    /// The gateways registered for the conversation's events when this call
+    /// numbered the send (member routing); `None` when it did not number it
+    /// (a duplicate's first identity) or the store does not route.
+    pub routes: Option<Routes>,
+}
+
+/// The gateways that asked for a conversation's events (member routing),
+/// as the conversation held them at one moment. A gateway registers before
+/// it reads the conversation's latest seq for a join, and the seq counter's
+/// update returns this with each seq, so every message numbered after a
+/// registration names that gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routes {
+    /// Route ids (a gateway id and its boot), sorted.
+    pub gateways: Vec<String>,
+    /// More gateways registered than a conversation routes to: its events go
+    /// to every gateway through the topic instead.
+    pub overflowed: bool,
 }
 
 /// A send waiting for its identity.

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::bus::route::Router;
 use crate::error::GatewayError;
 use crate::history::{self, PageRequest};
 use crate::hub::Hub;
@@ -49,6 +50,8 @@ pub(crate) struct App {
     tasks: TaskTracker,
     /// Presence this gateway holds, refreshed periodically.
     presence: Mutex<HashSet<PresenceKey>>,
+    /// Member routing's registrations (AWS bus, `--routing members`).
+    router: Option<Arc<Router>>,
 }
 
 /// What a join found.
@@ -83,7 +86,14 @@ impl App {
             closing: CancellationToken::new(),
             tasks: TaskTracker::new(),
             presence: Mutex::new(HashSet::new()),
+            router: None,
         }
+    }
+
+    /// Routes this gateway's events by members: joins register it on the
+    /// conversation, and sends keep the routes their seq came with.
+    pub(crate) fn routed_by(self, router: Option<Arc<Router>>) -> Self {
+        Self { router, ..self }
     }
 
     /// Cancelled when the gateway starts shutting down.
@@ -181,6 +191,9 @@ impl App {
         accepted: Accepted,
     ) -> Result<Accepted, GatewayError> {
         let accepted = send::record(self.stores.sequencer.as_ref(), &self.gateway_id, sender, send, accepted).await?;
+        if let (Some(router), Some(routes)) = (&self.router, &accepted.routes) {
+            router.observe(send.conversation_id(), accepted.seq, routes);
+        }
         // The envelope carries this span's context: every gateway's delivery
         // and every function's work on it continue the send's trace.
         let span = if service::telemetry::enabled() {
@@ -271,6 +284,11 @@ impl App {
 
     async fn join_subscribed(&self, conversation_id: &str, outbox: &Arc<Outbox>) -> Result<JoinOutcome, GatewayError> {
         let user = outbox.user_id.as_str();
+        // Registered before the join reads the latest seq: every message
+        // numbered after that read comes here live.
+        if let Some(router) = &self.router {
+            router.register(conversation_id).await?;
+        }
         let joined = match self.stores.membership.join(conversation_id, user).await {
             Err(StoreError::NotAdmitted) => return Err(not_admitted(conversation_id)),
             joined => joined?,

@@ -21,6 +21,16 @@ pub enum BusKind {
     SnsSqs,
 }
 
+/// How events reach the gateways on the SNS/SQS bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Routing {
+    /// Straight to the queues of the gateways that hold a member's stream
+    /// (`SendMessageBatch`); the topic carries what the functions need.
+    Members,
+    /// Through the topic to every gateway's queue.
+    Broadcast,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "gateway",
@@ -48,6 +58,24 @@ pub struct Config {
     /// The bus between gateways.
     #[arg(long, env = "CHAT_BUS", value_enum, default_value_t = BusKind::Auto)]
     pub bus: BusKind,
+
+    /// How events reach other gateways on the SNS/SQS bus. Every gateway of
+    /// a deployment must use the same.
+    #[arg(long, env = "CHAT_ROUTING", value_enum, default_value_t = Routing::Members)]
+    pub routing: Routing,
+
+    /// Gateways a conversation routes to at most under member routing; a
+    /// conversation streamed on more goes through the topic to every
+    /// gateway from then on (its routes ride on each seq update, which
+    /// costs a write unit per KiB).
+    #[arg(long, env = "CHAT_ROUTE_LIMIT", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub route_limit: u64,
+
+    /// How long a conversation with no member streaming on this gateway
+    /// stays registered for its events, in seconds (a member back within it
+    /// costs no write).
+    #[arg(long, env = "CHAT_ROUTE_LINGER_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub route_linger_secs: u64,
 
     /// This gateway's instance id: names its SQS queue and marks what it
     /// publishes. Letters, digits, '-' and '_' only. Random when absent.

@@ -171,7 +171,6 @@ impl Hub {
         self.state().conversations.len()
     }
 
-    #[cfg(test)]
     pub(crate) fn has_local_members(&self, conversation_id: &str) -> bool {
         self.state().conversations.contains_key(conversation_id)
     }

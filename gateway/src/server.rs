@@ -34,8 +34,9 @@ use crate::app::{App, PRESENCE_REFRESH};
 use crate::auth::{Authenticated, Authenticator};
 use crate::bus::batch::{BatchPolicy, BatchingPublisher};
 use crate::bus::memory::MemoryBus;
+use crate::bus::route::{self, RoutedSink, Router};
 use crate::bus::sqs;
-use crate::config::{BusKind, Config};
+use crate::config::{BusKind, Config, Routing};
 use crate::hub::Hub;
 use crate::jwks::KeyCache;
 use crate::limits::AddressLimits;
@@ -180,9 +181,15 @@ fn tls(config: &Config) -> Result<Option<ServerTlsConfig>, RunError> {
 struct AwsParts {
     queue: GatewayQueue,
     sqs: aws_sdk_sqs::Client,
+    /// Member routing's registrations, when routing by members.
+    router: Option<Arc<Router>>,
 }
 
-async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Stores, Arc<dyn Bus>, AwsParts), RunError> {
+async fn aws_backend(
+    config: &Config,
+    gateway_id: &str,
+    hub: &Arc<Hub>,
+) -> Result<(Stores, Arc<dyn Bus>, AwsParts), RunError> {
     let topic_arn = config
         .topic_arn
         .clone()
@@ -203,18 +210,34 @@ async fn aws_backend(config: &Config, gateway_id: &str) -> Result<(Stores, Arc<d
     let sns = aws_sdk_sns::Client::from_conf(metered::sns(&sdk).timeout_config(quick).build());
     let sqs = aws_sdk_sqs::Client::from_conf(metered::sqs(&sdk).timeout_config(polling).build());
 
-    let store = DynamoStore::new(dynamo, config.tables.clone());
+    let store = Arc::new(DynamoStore::new(dynamo, config.tables.clone()));
     store.check_tables().await?;
     let queue_name = format!("{}{}", config.queue_prefix, gateway_id);
-    let queue = GatewayQueue::create(sqs.clone(), sns.clone(), &topic_arn, &queue_name, gateway_id).await?;
-    tracing::info!(queue_url = queue.queue_url, subscription_arn = queue.subscription_arn, "gateway queue subscribed");
-    let publisher = SnsPublisher::new(sns, topic_arn);
+    let by_members = config.routing == Routing::Members;
+    // Under member routing the gateways send each other their events; the
+    // topic brings only what the functions publish.
+    let filter = by_members.then_some(queue::UNROUTED_ONLY);
+    let queue = GatewayQueue::create(sqs.clone(), sns.clone(), &topic_arn, &queue_name, gateway_id, filter).await?;
+    tracing::info!(queue_url = queue.queue_url, subscription_arn = queue.subscription_arn, routing = ?config.routing, "gateway queue subscribed");
     let policy = BatchPolicy {
         linger: Duration::from_millis(config.publish_linger_ms),
         max_in_flight: usize::from(config.publish_concurrency),
     };
-    let publisher = BatchingPublisher::spawn(publisher, policy);
-    Ok((Stores::of(Arc::new(store)), Arc::new(publisher), AwsParts { queue, sqs }))
+    let (publisher, router) = if by_members {
+        let router = Arc::new(Router::new(
+            store.clone(),
+            sqs.clone(),
+            config.queue_prefix.clone(),
+            route::route_id(gateway_id, (ulid::Ulid::new().random() & 0xffff_ffff) as u32),
+            usize::try_from(config.route_limit).unwrap_or(usize::MAX),
+            Duration::from_secs(config.route_linger_secs),
+        ));
+        let sink = RoutedSink::new(router.clone(), hub.clone(), sns, topic_arn);
+        (BatchingPublisher::spawn(sink, policy), Some(router))
+    } else {
+        (BatchingPublisher::spawn(SnsPublisher::new(sns, topic_arn), policy), None)
+    };
+    Ok((Stores::of(store), Arc::new(publisher), AwsParts { queue, sqs, router }))
 }
 
 /// Runs a gateway on `listener` until `shutdown` is cancelled, then stops in
@@ -261,7 +284,7 @@ impl Gateway {
         let bus_kind = config.effective_bus();
         let (stores, bus, aws): (Stores, Arc<dyn Bus>, Option<AwsParts>) = match bus_kind {
             BusKind::SnsSqs => {
-                let (stores, bus, parts) = aws_backend(config, &id).await?;
+                let (stores, bus, parts) = aws_backend(config, &id, &hub).await?;
                 (stores, bus, Some(parts))
             }
             _ => {
@@ -269,7 +292,10 @@ impl Gateway {
                 (Stores::of(store.clone()), Arc::new(MemoryBus::new(hub.clone(), store)), None)
             }
         };
-        let app = Arc::new(App::new(id.clone(), stores, bus, hub.clone(), config.limits(), config.outbound_buffer));
+        let router = aws.as_ref().and_then(|parts| parts.router.clone());
+        let app = Arc::new(
+            App::new(id.clone(), stores, bus, hub.clone(), config.limits(), config.outbound_buffer).routed_by(router),
+        );
         let gateway = Self {
             id,
             bus_kind,
@@ -311,6 +337,9 @@ impl Gateway {
             };
             for index in 0..usize::from(config.pollers) {
                 background.spawn(sqs::poll(poller.clone(), index, stop.clone()));
+            }
+            if let Some(router) = &parts.router {
+                background.spawn(router.clone().maintain(self.hub.clone(), stop.clone()));
             }
             let queue = parts.queue.clone();
             background.spawn(every(Duration::from_secs(config.heartbeat_secs), stop.clone(), move || {
@@ -457,6 +486,11 @@ impl Gateway {
         self.background.close();
         self.background.wait().await;
         if let Some(parts) = &self.aws {
+            if let Some(router) = &parts.router
+                && tokio::time::timeout(DRAIN_TIMEOUT, router.unregister_all()).await.is_err()
+            {
+                tracing::warn!("some routes were left registered; sends that find the queue gone remove them");
+            }
             parts.queue.delete().await;
         }
         let c = &self.hub.counters;

@@ -698,6 +698,21 @@ impl Cluster {
         }
     }
 
+    /// The store the gateways use, for reading and doing what a gateway does.
+    pub async fn store(&self) -> anyhow::Result<chat_aws::dynamo::DynamoStore> {
+        let emulator = self.emulator.as_ref().context("an emulator")?;
+        Ok(chat_aws::dynamo::DynamoStore::new(emulator.dynamodb().await, crate::tables(|name| self.output(name))?))
+    }
+
+    /// Gateway `index`'s queue URL.
+    pub async fn queue_url(&self, index: usize) -> anyhow::Result<String> {
+        let emulator = self.emulator.as_ref().context("an emulator")?;
+        let sqs = aws_sdk_sqs::Client::new(&emulator.sdk_config().await);
+        let name = format!("{}{}", self.queue_prefix(), self.gateways[index].instance_id);
+        let out = sqs.get_queue_url().queue_name(&name).send().await.context("GetQueueUrl")?;
+        out.queue_url().map(str::to_owned).context("no queue URL")
+    }
+
     /// Gateway `index`'s whole log so far.
     pub fn log(&self, index: usize) -> String {
         std::fs::read_to_string(&self.gateways[index].log).unwrap_or_default()

@@ -51,12 +51,6 @@ async fn racing_copies_of_one_send_leave_no_hole() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The store the gateways use, for doing what a gateway does before it dies.
-async fn store(cluster: &Cluster) -> anyhow::Result<chat_aws::dynamo::DynamoStore> {
-    let emulator = cluster.emulator.as_ref().ok_or_else(|| anyhow::anyhow!("an emulator"))?;
-    Ok(chat_aws::dynamo::DynamoStore::new(emulator.dynamodb().await, chat_e2e::tables(|name| cluster.output(name))?))
-}
-
 /// A sender that accepted a send, recorded it and died before publishing: receivers deliver it from the store once the gap has waited
 /// the settle delay, and the client's retry is answered with it.
 #[tokio::test]
@@ -67,7 +61,7 @@ async fn a_dead_senders_recorded_message_is_delivered_from_the_store() -> anyhow
     let room = cluster.public_room("alice", "dead-").await?;
     let mut bob = cluster.connect(1, "bob").await?;
     bob.join(&room).await?;
-    let store = store(&cluster).await?;
+    let store = cluster.store().await?;
     let body = "sent just before the crash";
     let request = || SendRequest {
         conversation_id: &room,
@@ -113,7 +107,7 @@ async fn a_seq_its_dead_sender_never_recorded_is_settled_as_void() -> anyhow::Re
     let before = cluster.send_unary(0, "alice", &room, "", "before the crash").await??;
     scenarios::messages(&mut bob, &room, 1).await?;
     // What a gateway does first for a send, and then it dies.
-    let store = store(&cluster).await?;
+    let store = cluster.store().await?;
     let void = store.next_seq(&room, chat_core::clock::now_ms()).await?.seq;
     ensure!(void == before.seq + 1, "the dead sender took {void} after {}", before.seq);
     let sent_at = Instant::now();
@@ -163,7 +157,7 @@ async fn a_retry_after_its_seq_was_voided_takes_a_new_one() -> anyhow::Result<()
     let room = cluster.public_room("alice", "late-").await?;
     let mut bob = cluster.connect(1, "bob").await?;
     bob.join(&room).await?;
-    let store = store(&cluster).await?;
+    let store = cluster.store().await?;
     let body = "numbered, never recorded";
     let lost = store
         .accept_send(SendRequest {

@@ -9,11 +9,16 @@
 //!   which read as public), `title`, `created_by`, `created_at_ms`;
 //! - `banned` (SS): users kept out, checked atomically by a join;
 //! - `members_version` (N): removals so far, read back by the counter update
-//!   so each message carries the version it was numbered under.
+//!   so each message carries the version it was numbered under;
+//! - `routes` (SS): the gateways (route ids) that receive the conversation's
+//!   events directly (member routing), read back by the counter update so
+//!   each message goes to the gateways registered before it was numbered;
+//!   `routes_overflowed` (BOOL): more registered than a conversation routes
+//!   to, so its events go through the topic to every gateway.
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue};
 use chat_core::conversation::{Conversation, Kind, NewConversation};
-use chat_core::store::{StoreError, StoredMessage};
+use chat_core::store::{Routes, StoreError, StoredMessage};
 
 use super::{DynamoStore, Item, conditional, get_n, get_s, n, number_or_zero, s, string_set, text, unavailable};
 
@@ -32,6 +37,26 @@ pub struct Numbered {
     /// The external members, the sender included.
     pub externals: Vec<String>,
     pub members_version: u64,
+    /// The gateways registered for its events when the seq was taken.
+    pub routes: Routes,
+}
+
+/// What registering a gateway for a conversation's events found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// The route is in the conversation's set.
+    Registered,
+    /// The conversation routes to every gateway through the topic.
+    Overflowed,
+    /// There is no such conversation (the join that asked will say so).
+    NoConversation,
+}
+
+fn routes(item: &Item) -> Routes {
+    Routes {
+        gateways: string_set(item, "routes"),
+        overflowed: item.get("routes_overflowed").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+    }
 }
 
 /// A conversation's latest stored message, as its summary keeps it.
@@ -126,7 +151,112 @@ impl DynamoStore {
             seq: get_n(item, "last_seq")?,
             externals: string_set(item, "externals"),
             members_version: number_or_zero(item, "members_version"),
+            routes: routes(item),
         })
+    }
+
+    /// Adds `route` to the conversation's routes, unless `limit` routes are
+    /// there already: the conversation then overflows to the topic for
+    /// good. Call it before reading the conversation's latest seq for a
+    /// join: every message numbered after it names the route.
+    pub async fn register_route(
+        &self,
+        conversation_id: &str,
+        route: &str,
+        limit: usize,
+    ) -> Result<Registration, StoreError> {
+        for _ in 0..3 {
+            let added = self
+                .client
+                .update_item()
+                .table_name(&self.tables.conversations)
+                .key("conversation_id", s(conversation_id))
+                .update_expression("ADD routes :r")
+                .condition_expression(
+                    "attribute_exists(conversation_id) AND attribute_not_exists(routes_overflowed) \
+                     AND (attribute_not_exists(routes) OR size(routes) < :limit OR contains(routes, :route))",
+                )
+                .expression_attribute_values(":r", AttributeValue::Ss(vec![route.to_owned()]))
+                .expression_attribute_values(":route", s(route))
+                .expression_attribute_values(":limit", n(limit))
+                .send()
+                .await;
+            if conditional(added, "registering a route")? {
+                return Ok(Registration::Registered);
+            }
+            // Refused: no conversation, overflowed already, or full.
+            let Some((_, current)) = self.read_routes(conversation_id).await? else {
+                return Ok(Registration::NoConversation);
+            };
+            if current.overflowed {
+                return Ok(Registration::Overflowed);
+            }
+            if current.gateways.len() >= limit {
+                let overflowed = self
+                    .update_existing(
+                        conversation_id,
+                        "SET routes_overflowed = :v",
+                        AttributeValue::Bool(true),
+                        "overflowing routes",
+                    )
+                    .await?;
+                return Ok(if overflowed { Registration::Overflowed } else { Registration::NoConversation });
+            }
+            // A route left between the two calls: try again.
+        }
+        Err(StoreError::Unavailable(format!("the routes of conversation {conversation_id} keep changing")))
+    }
+
+    /// Takes `route` out of the conversation's routes (its gateway has no
+    /// member streaming there any more, or its queue is gone).
+    pub async fn unregister_route(&self, conversation_id: &str, route: &str) -> Result<(), StoreError> {
+        let route = AttributeValue::Ss(vec![route.to_owned()]);
+        self.update_existing(conversation_id, "DELETE routes :v", route, "unregistering a route").await.map(drop)
+    }
+
+    /// One update (`:v` its value) of an existing conversation's item; false
+    /// when there is no such conversation.
+    async fn update_existing(
+        &self,
+        conversation_id: &str,
+        expression: &str,
+        value: AttributeValue,
+        what: &str,
+    ) -> Result<bool, StoreError> {
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.tables.conversations)
+            .key("conversation_id", s(conversation_id))
+            .update_expression(expression)
+            .condition_expression("attribute_exists(conversation_id)")
+            .expression_attribute_values(":v", value)
+            .send()
+            .await;
+        conditional(updated, what)
+    }
+
+    /// The conversation's latest seq and its routes now (a consistent
+    /// read); `None` when it does not exist.
+    pub async fn read_routes(&self, conversation_id: &str) -> Result<Option<(u64, Routes)>, StoreError> {
+        let item = self.counters(conversation_id, "reading routes").await?;
+        Ok(item.map(|item| (number_or_zero(&item, "last_seq"), routes(&item))))
+    }
+
+    /// The conversation's counters and routes (a consistent read); `None`
+    /// when it does not exist.
+    async fn counters(&self, conversation_id: &str, what: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.conversations)
+            .key("conversation_id", s(conversation_id))
+            .consistent_read(true)
+            .projection_expression("conversation_id, last_seq, members_version, routes, routes_overflowed")
+            .send()
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        Ok(out.item)
     }
 
     /// Moves the membership version on (a removal); returns the new one.
@@ -152,35 +282,18 @@ impl DynamoStore {
 
     /// The conversation's latest seq and membership version (0 before any).
     pub(super) async fn position(&self, conversation_id: &str) -> Result<(u64, u64), StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.tables.conversations)
-            .key("conversation_id", s(conversation_id))
-            .consistent_read(true)
-            .projection_expression("last_seq, members_version")
-            .send()
-            .await
-            .map_err(|e| unavailable("reading last_seq", e))?;
-        Ok(out
-            .item()
-            .map_or((0, 0), |item| (number_or_zero(item, "last_seq"), number_or_zero(item, "members_version"))))
+        let item = self.counters(conversation_id, "reading last_seq").await?;
+        Ok(item.map_or((0, 0), |item| (number_or_zero(&item, "last_seq"), number_or_zero(&item, "members_version"))))
     }
 
     /// Removes an external member from the conversation, so later sends
     /// stop naming them as recipients (adding one is part of
     /// `Membership::add_member`'s transaction).
     pub(super) async fn remove_external(&self, conversation_id: &str, member_id: &str) -> Result<(), StoreError> {
-        self.client
-            .update_item()
-            .table_name(&self.tables.conversations)
-            .key("conversation_id", s(conversation_id))
-            .update_expression("DELETE externals :m")
-            .expression_attribute_values(":m", AttributeValue::Ss(vec![member_id.to_owned()]))
-            .send()
+        let member = AttributeValue::Ss(vec![member_id.to_owned()]);
+        self.update_existing(conversation_id, "DELETE externals :v", member, "removing an external member")
             .await
-            .map_err(|e| unavailable("removing an external member", e))?;
-        Ok(())
+            .map(drop)
     }
 
     /// Moves a conversation's summary forward to `summary`; one conditional

@@ -35,7 +35,7 @@ mod receipts;
 mod sends;
 mod users;
 
-pub use conversations::{Numbered, Summary};
+pub use conversations::{Numbered, Registration, Summary};
 pub use messages::{MessageWrites, WRITE_BATCH_MAX, message_item};
 pub use receipts::{failure_key, step_key};
 

@@ -63,6 +63,7 @@ fn record(item: &Item) -> Result<Record, StoreError> {
             duplicate: true,
             external_recipients: string_set(item, "externals"),
             members_version: number_or_zero(item, "members_version"),
+            routes: None,
         };
         return Ok(Record::Numbered { accepted, digest });
     }
@@ -176,6 +177,7 @@ impl DynamoStore {
             duplicate: false,
             external_recipients: numbered.externals.into_iter().filter(|id| id != req.sender).collect(),
             members_version: numbered.members_version,
+            routes: Some(numbered.routes),
         })
     }
 

@@ -2,7 +2,10 @@
 //! members of its conversation receives it.
 //!
 //! Publishing is `chat_core::bus::Bus`: SNS on AWS (`chat_aws::sns`, behind
-//! [`batch::BatchingPublisher`]), [`memory::MemoryBus`] in embedded mode.
+//! [`batch::BatchingPublisher`]), [`memory::MemoryBus`] in embedded mode;
+//! under member routing ([`route`]) the batches go straight to the queues
+//! of the gateways with members' streams, and to the topic only what the
+//! functions read.
 //! Receiving feeds an [`Inbox`] (the hub): [`memory::MemoryBus`] hands each
 //! event over inline, [`sqs`] long-polls this gateway's SQS queue.
 
@@ -12,6 +15,7 @@ use chat_core::envelope::Envelope;
 
 pub(crate) mod batch;
 pub(crate) mod memory;
+pub(crate) mod route;
 pub(crate) mod sqs;
 
 /// Where received events go; the bus knows nothing more of the gateway.

@@ -6,6 +6,9 @@
 //!   step (many sends per user) on each.
 //! - The emulator path with 1, 2 and 4 gateways, each followed by the
 //!   emulator's raw SNS → SQS capacity at the same message rate.
+//! - The fan-out: one-to-one conversations at 1, 2, 4 and 8 gateways,
+//!   broadcast then member routing on fresh clusters at each size, with
+//!   every AWS call the gateways made per delivery (`fanout.md`).
 //!
 //! Writes `bench.csv`, `emulator.csv`, `latency.png`, `throughput.png` and
 //! `ratios.md` into `--out`. Run it from release builds (the Makefile does).
@@ -65,6 +68,20 @@ struct Args {
     /// Only the emulator path.
     #[arg(long)]
     skip_memory: bool,
+    /// Gateway counts of the fan-out comparison (broadcast vs member
+    /// routing, one-to-one conversations).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    fanout_gateways: Vec<usize>,
+    #[arg(long, default_value_t = 96)]
+    fanout_users: usize,
+    #[arg(long, default_value_t = 0.5)]
+    fanout_rate: f64,
+    /// Gateway flags for both sides of the fan-out comparison, e.g.
+    /// `CHAT_RECEIVE_WINDOW_MS=50`.
+    #[arg(long, value_delimiter = ',')]
+    fanout_env: Vec<String>,
+    #[arg(long)]
+    skip_fanout: bool,
 }
 
 /// AWS calls a gateway made over its life and the deliveries to its
@@ -77,7 +94,12 @@ struct AwsCalls {
     empty_receives: u64,
     messages: u64,
     delete_batches: u64,
+    /// Member routing's sends to other gateways' queues, and URL lookups.
+    send_batches: u64,
+    queue_urls: u64,
     deliveries: u64,
+    sns_requests: u64,
+    dynamodb_requests: u64,
 }
 
 impl AwsCalls {
@@ -92,7 +114,11 @@ impl AwsCalls {
             empty_receives: scrape.sum("chat_sqs_empty_receives_total", &[]) as u64,
             messages: scrape.sum("chat_bus_events_received_total", &[]) as u64,
             delete_batches: requests("SQS", "DeleteMessageBatch"),
+            send_batches: requests("SQS", "SendMessageBatch"),
+            queue_urls: requests("SQS", "GetQueueUrl"),
             deliveries: scrape.sum("chat_deliveries_total", &[]) as u64,
+            sns_requests: scrape.sum("chat_aws_requests_total", &[("service", "SNS")]) as u64,
+            dynamodb_requests: scrape.sum("chat_aws_requests_total", &[("service", "DynamoDB")]) as u64,
         }
     }
 
@@ -103,11 +129,17 @@ impl AwsCalls {
         self.empty_receives += other.empty_receives;
         self.messages += other.messages;
         self.delete_batches += other.delete_batches;
+        self.send_batches += other.send_batches;
+        self.queue_urls += other.queue_urls;
         self.deliveries += other.deliveries;
+        self.sns_requests += other.sns_requests;
+        self.dynamodb_requests += other.dynamodb_requests;
     }
 
+    /// Every SQS call the gateways made but heartbeats: receives, deletes,
+    /// and member routing's sends and URL lookups.
     fn sqs_calls(&self) -> u64 {
-        self.receives + self.delete_batches
+        self.receives + self.delete_batches + self.send_batches + self.queue_urls
     }
 
     /// SQS calls (receives, empty ones included, and batch deletes) per
@@ -143,6 +175,18 @@ impl AwsCalls {
             self.events_per_publish()
         )
     }
+}
+
+/// Stops a cluster's gateways, each scraped just before; their AWS calls
+/// and deliveries in all.
+async fn stop_and_total(cluster: &mut Cluster, gateways: usize) -> anyhow::Result<AwsCalls> {
+    let mut calls = AwsCalls::default();
+    for index in 0..gateways {
+        let totals = AwsCalls::from_scrape(&cluster.scrape(index).await?);
+        cluster.stop_gateway(index).await?;
+        calls.add(&totals);
+    }
+    Ok(calls)
 }
 
 fn per(n: u64, d: u64) -> f64 {
@@ -369,12 +413,7 @@ async fn main() -> anyhow::Result<()> {
             }
             // The same message rate as the largest step, without gateways
             // (stopped first: their queues would get the raw messages too).
-            let mut calls = AwsCalls::default();
-            for index in 0..gateways {
-                let totals = AwsCalls::from_scrape(&cluster.scrape(index).await?);
-                cluster.stop_gateway(index).await?;
-                calls.add(&totals);
-            }
+            let calls = stop_and_total(&mut cluster, gateways).await?;
             println!("{label}: {}", calls.summary(gateways));
             sqs.push((label.clone(), calls));
             let emulator = cluster.emulator.as_ref().context("aws cluster without emulator")?;
@@ -393,6 +432,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    if !args.skip_fanout {
+        let fanout = fanout(&args, &mut results).await?;
+        std::fs::write(args.out.join("fanout.md"), &fanout)?;
+        println!("\n{fanout}");
+    }
+
     let csv = args.out.join("bench.csv");
     let _ = std::fs::remove_file(&csv);
     bench::append_csv(&csv, &results).with_context(|| format!("writing {}", csv.display()))?;
@@ -404,8 +449,10 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&raw_csv, text).with_context(|| format!("writing {}", raw_csv.display()))?;
     let points = bench::plot::read_points(&csv)?;
-    let sweep_points: Vec<_> =
-        points.into_iter().filter(|p| !p.label.contains("-ceiling") && !p.label.contains("-idle")).collect();
+    let sweep_points: Vec<_> = points
+        .into_iter()
+        .filter(|p| !p.label.contains("-ceiling") && !p.label.contains("-idle") && !p.label.starts_with("fanout-"))
+        .collect();
     let plots = bench::plot::plot(&sweep_points, &args.out, "chat bench")?;
     let mut table = ratios(&results, &raw);
     if !sqs.is_empty() {
@@ -438,6 +485,65 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Broadcast against member routing with one-to-one conversations, side
+/// by side at each gateway count (fresh clusters, broadcast first); users
+/// go round-robin over the gateways, so a pair is always on two of them
+/// (from two gateways up): the case routing cannot make local.
+async fn fanout(args: &Args, results: &mut Vec<StepResult>) -> anyhow::Result<String> {
+    let extra: Vec<(String, String)> = args
+        .fanout_env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).context("--fanout-env takes NAME=VALUE")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut md = String::from(
+        "| gateways | SQS calls per delivery: broadcast / members | events received per message: broadcast / members | \
+         SNS requests per message | DynamoDB requests per message | p50 ms: broadcast / members = ratio | p99 ms: broadcast / members = ratio | complete |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for &gateways in &args.fanout_gateways {
+        let mut side = Vec::new();
+        for routing in ["broadcast", "members"] {
+            let mut env: Vec<(&str, &str)> = vec![("CHAT_ROUTING", routing)];
+            env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let mut cluster = Cluster::aws_with(gateways, &env).await?;
+            let (urls, pids, auth) = cluster.bench_target();
+            let label = format!("fanout-{routing}-{gateways}gw");
+            let mut plan = args.plan(&label, urls, pids, args.fanout_users, args.fanout_rate);
+            plan.conversation_size = 2;
+            plan.auth = Some(auth);
+            step(plan, results).await?;
+            let calls = stop_and_total(&mut cluster, gateways).await?;
+            println!("{label}: {}", calls.summary(gateways));
+            let result = results.last().cloned().context("the step's result")?;
+            side.push((calls, result));
+        }
+        let [(b, br), (m, mr)] = &side[..] else { continue };
+        let per_message = |n: u64, r: &StepResult| per(n, r.accepted);
+        let _ = writeln!(
+            md,
+            "| {gateways} | {:.3} / {:.3} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} = {} | {:.2} / {:.2} = {} | {} |",
+            b.per_delivery(),
+            m.per_delivery(),
+            per_message(b.messages, br),
+            per_message(m.messages, mr),
+            per_message(b.sns_requests, br),
+            per_message(m.sns_requests, mr),
+            per_message(b.dynamodb_requests, br),
+            per_message(m.dynamodb_requests, mr),
+            br.p50_ms,
+            mr.p50_ms,
+            ratio(mr.p50_ms, br.p50_ms),
+            br.p99_ms,
+            mr.p99_ms,
+            ratio(mr.p99_ms, br.p99_ms),
+            if br.complete() && mr.complete() { "yes" } else { "NO" },
+        );
+    }
+    Ok(md)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,7 +566,11 @@ mod tests {
             empty_receives: 20,
             messages: 400,
             delete_batches: 100,
+            send_batches: 0,
+            queue_urls: 0,
             deliveries: 1100,
+            sns_requests: 0,
+            dynamodb_requests: 0,
         };
         assert_eq!(calls, expected);
         assert!((calls.per_message() - 0.55).abs() < 1e-9);
