@@ -11,12 +11,14 @@
 //!   recorded under its seq (`PutItem`, 1 WRU per KB); then one SNS publish
 //!   (a `PublishBatch` of `b` events is one request). Reads happen only when
 //!   copies of one send race, or a gap is settled: left out.
-//! - **fan-out to gateways**: SNS → SQS deliveries are free; each gateway that
-//!   gets the event pays its share of a `ReceiveMessage` and a
-//!   `DeleteMessageBatch` (one each per receive batch). With broadcast
-//!   routing every gateway gets every event; with member routing only the
-//!   gateways holding a member, `G·(1 − (1 − 1/G)^k)` on average for
-//!   members placed uniformly at random.
+//! - **fan-out to gateways**: with broadcast routing SNS delivers every
+//!   event to every gateway's queue (free), and each gateway pays its share
+//!   of a `ReceiveMessage` and a `DeleteMessageBatch` (one each per receive
+//!   batch). With member routing the sender's gateway delivers to its own
+//!   streams without a queue and sends to each other gateway holding a
+//!   member (`SendMessageBatch`), which receives and deletes: three shares
+//!   per other gateway, `(G − 1)·(1 − (1 − 1/G)^(k − 1))` of them on average
+//!   for members placed uniformly at random.
 //! - **persist** (Lambda behind the persist queue): its share of the event
 //!   source mapping's receive and delete, of one invocation and of its
 //!   billed duration; the message item (1 WRU per KB).
@@ -25,9 +27,9 @@
 //!   4 KB of member items).
 //! - **receipts** (DELIVERED/READ envelopes per message, after whatever
 //!   coalescing the clients and gateways achieve): each is published,
-//!   fanned out to the gateways like a message, and recorded by persist in a
-//!   `TransactWriteItems` of 2 items (the member watermark and the step
-//!   item: 2 × 2 WRU).
+//!   fanned out to the gateways like a message, and recorded by persist as
+//!   one conditional update of the member's item (the watermark and its
+//!   kept moves: 1 WRU).
 //! - **external recipients**: per recipient, the connector queue and
 //!   invocation share, its idempotency claim (`PutItem`, 1 WRU) and one
 //!   `BatchWriteItem` of 3 items (completion, reference, binding), and the
@@ -231,6 +233,19 @@ impl Workload {
         }
     }
 
+    /// SQS requests per event for the fan-out to gateways (one request per
+    /// batch of `receive_batch`): broadcast, a receive and a delete on every
+    /// gateway; member routing, a send, a receive and a delete for each
+    /// gateway other than the sender's that holds a member.
+    pub fn fan_out_requests(&self) -> f64 {
+        let g = f64::from(self.gateways);
+        let per_gateway = match self.routing {
+            Routing::Broadcast => 2.0 * g,
+            Routing::Members => 3.0 * (g - 1.0) * (1.0 - (1.0 - 1.0 / g).powf(f64::from(self.members - 1))),
+        };
+        per_gateway / self.receive_batch
+    }
+
     pub fn receipts(&self) -> f64 {
         self.receipts_per_message.unwrap_or(2.0 * f64::from(self.members - 1))
     }
@@ -287,7 +302,6 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
     w.validate()?;
     let mut bill = Bill { lines: Vec::new() };
     let chunk = chunks(w.message_kb);
-    let reached = w.gateways_reached();
     let item_wru = w.message_kb.ceil().max(1.0);
     let gb_seconds_per_invocation = f64::from(w.lambda_memory_mb) / 1024.0 * w.lambda_ms / 1000.0;
     let gb_second = w.arch.lambda_per_gb_second();
@@ -311,7 +325,7 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
     let send_record_writes = if w.idempotent_sends { 2.0 } else { 0.0 };
     bill.add("accept", "DynamoDB", 1.0 + send_record_writes + item_wru, "WRU", DYNAMO_PER_WRU);
     bill.add("accept", "SNS", chunk / w.publish_batch, "requests", SNS_PER_REQUEST);
-    bill.add("fan-out", "SQS", reached * sqs_per_gateway_event, "requests", SQS_PER_REQUEST);
+    bill.add("fan-out", "SQS", w.fan_out_requests() * chunk, "requests", SQS_PER_REQUEST);
 
     function(&mut bill, "persist", 1.0);
     bill.add("persist", "DynamoDB", item_wru, "WRU", DYNAMO_PER_WRU);
@@ -322,9 +336,9 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
 
     let receipts = w.receipts() + w.external_recipients;
     bill.add("receipts", "SNS", receipts / w.publish_batch, "requests", SNS_PER_REQUEST);
-    bill.add("receipts", "SQS", receipts * reached * 2.0 / w.receive_batch, "requests", SQS_PER_REQUEST);
+    bill.add("receipts", "SQS", receipts * w.fan_out_requests(), "requests", SQS_PER_REQUEST);
     function(&mut bill, "receipts", receipts);
-    bill.add("receipts", "DynamoDB", receipts * 4.0, "WRU", DYNAMO_PER_WRU);
+    bill.add("receipts", "DynamoDB", receipts, "WRU", DYNAMO_PER_WRU);
 
     function(&mut bill, "connector", w.external_recipients);
     bill.add("connector", "DynamoDB", w.external_recipients * 4.0, "WRU", DYNAMO_PER_WRU);
@@ -439,6 +453,20 @@ mod tests {
             assert!(reached(g, 2) < 2.0 && reached(g, 2) > 1.0, "{g}: {}", reached(g, 2));
             assert!(reached(g, 10) <= 10.0);
         }
+    }
+
+    /// Member routing's fan-out: nothing on one gateway (the sender's own
+    /// streams need no queue), then a send, a receive and a delete for the
+    /// other member's gateway when it is another: `3 · (1 − 1/G)` for 1:1,
+    /// below 3 whatever the fleet, where broadcast's `2G` grows.
+    #[test]
+    fn member_routing_fan_out_needs_no_queue_on_one_gateway_and_stays_bounded() {
+        let requests = |gateways, routing| Workload { gateways, routing, ..Workload::default() }.fan_out_requests();
+        assert_eq!(requests(1, Routing::Members), 0.0);
+        assert!((requests(2, Routing::Members) - 1.5).abs() < 1e-9);
+        assert!((requests(4, Routing::Members) - 2.25).abs() < 1e-9);
+        assert!(requests(1000, Routing::Members) < 3.0);
+        assert!((requests(1000, Routing::Broadcast) - 2000.0).abs() < 1e-9);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! Triggered by the persist queue (raw delivery from the topic, filtered to
 //! messages and receipts). Receipts go through the store's
-//! `record_receipt` (a conditional watermark move and its logged step in one
-//! transaction), so redelivered or reordered receipts change nothing.
+//! `record_receipt` (one conditional update of the member's watermark, which
+//! keeps its last moves for their times), so redelivered or reordered
+//! receipts change nothing.
 //! Message items are keyed by (`conversation_id`, `seq`), which the gateway
 //! made unique, so a redelivered record rewrites the identical item: a
 //! duplicate is a success, never a second message. Items go out in

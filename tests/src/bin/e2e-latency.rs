@@ -5,7 +5,8 @@
 //!
 //! `cargo run -p chat-e2e --bin e2e-latency -- --mode aws --messages 1000`
 //! (`CHAT_PYTHON` must name the emulator environment's python, as in
-//! `make test`; `--mode memory` needs nothing).
+//! `make test`; `--mode memory` needs nothing). `--env NAME=VALUE` sets a
+//! gateway variable (repeatable), e.g. `--env CHAT_ROUTING=broadcast`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,10 +19,11 @@ struct Args {
     mode: Mode,
     messages: usize,
     rate: f64,
+    env: Vec<(String, String)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { mode: Mode::Aws, messages: 1000, rate: 100.0 };
+    let mut args = Args { mode: Mode::Aws, messages: 1000, rate: 100.0, env: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -35,8 +37,14 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--messages" => args.messages = value.parse()?,
             "--rate" => args.rate = value.parse()?,
+            "--env" => {
+                let (name, value) = value.split_once('=').context("--env takes NAME=VALUE")?;
+                args.env.push((name.to_owned(), value.to_owned()));
+            }
             other => {
-                bail!("unknown flag {other}; flags: --mode aws|memory --messages N --rate PER_SEC (0: back to back)")
+                bail!(
+                    "unknown flag {other}; flags: --mode aws|memory --messages N --rate PER_SEC (0: back to back) --env NAME=VALUE"
+                )
             }
         }
     }
@@ -51,7 +59,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let cluster = Cluster::new(args.mode, 2).await?;
+    let env: Vec<(&str, &str)> = args.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cluster = match args.mode {
+        Mode::Aws => Cluster::aws_with(2, &env).await?,
+        Mode::Memory => Cluster::memory_with(&env).await?,
+    };
     let room = cluster.public_room("alice", "latency-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(1, "bob").await?;
