@@ -13,7 +13,7 @@ cd "$ROOT"
 LS_PY="${LOCALSTACK_PYTHON:?set LOCALSTACK_PYTHON to the python of the LocalStack environment (make does)}"
 MOTO_PY="${CHAT_PYTHON:?set CHAT_PYTHON to the python of the moto environment (make does)}"
 CARGO="${CARGO:-cargo}"
-SUITE=(--test aws --test persist --test channels --test janitor --test generic_client --test store --test durability)
+SUITE=(--test aws --test persist --test channels --test janitor --test generic_client --test store --test durability --test routing)
 # `--workspace` with `--test` runs only these suites, with the features the
 # whole workspace resolves to: the same artifacts `make test-rust` built
 # (`-p chat-e2e` alone resolves tokio, serde and others differently and

@@ -115,6 +115,12 @@ impl RouteBook {
     pub(crate) fn forget_conversation(&mut self, conversation_id: &str) {
         self.known.remove(conversation_id);
     }
+
+    /// Keeps only the conversations `keep` says; a message sent here
+    /// afterwards reads its routes once.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.known.retain(|conversation_id, _| keep(conversation_id));
+    }
 }
 
 /// Where one event goes.
@@ -266,6 +272,9 @@ impl Router {
     /// linger.
     async fn sweep(&self, hub: &Hub) {
         let now = Instant::now();
+        // Routes kept for conversations no stream here hears any more (a
+        // unary send's) would otherwise pile up.
+        self.book().retain(|conversation_id| hub.has_local_members(conversation_id));
         let registrations: Vec<(String, Arc<tokio::sync::Mutex<Registered>>)> = {
             let registrations = self.registrations.lock().unwrap_or_else(|p| p.into_inner());
             registrations.iter().map(|(c, r)| (c.clone(), r.clone())).collect()
@@ -628,6 +637,16 @@ mod tests {
         assert_eq!(book.routes_for(&message(1)), Some(&routes(&["a"])));
         book.forget_conversation("c1");
         assert_eq!(book.routes_for(&message(1)), None);
+    }
+
+    #[test]
+    fn retain_keeps_only_the_conversations_asked_for() {
+        let mut book = RouteBook::default();
+        book.observe("kept", 1, &routes(&["a"]));
+        book.observe("gone", 1, &routes(&["a"]));
+        book.retain(|c| c == "kept");
+        assert!(book.routes_for(&Envelope { conversation_id: "kept".into(), ..message(1) }).is_some());
+        assert!(book.routes_for(&Envelope { conversation_id: "gone".into(), ..message(1) }).is_none());
     }
 
     #[test]
