@@ -24,6 +24,10 @@ pub const TAG_GATEWAY_ID: &str = "chat:gateway-id";
 /// gateway.
 pub const UNROUTED_ONLY: &str = r#"{"routed":[{"exists":false}]}"#;
 pub const TAG_HEARTBEAT: &str = "chat:heartbeat";
+/// This start of the gateway (the nonce in its member-routing route): a
+/// gateway restarted under the same instance id finds its queue again, and
+/// the new tag tells its peers the old route is dead.
+pub const TAG_BOOT: &str = "chat:boot";
 
 /// Why a gateway queue could not be set up or kept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +87,7 @@ impl GatewayQueue {
         topic_arn: &str,
         queue_name: &str,
         gateway_id: &str,
+        boot: Option<&str>,
         filter_policy: Option<&str>,
     ) -> Result<Self, QueueError> {
         let created = sqs
@@ -98,7 +103,7 @@ impl GatewayQueue {
             .map_err(|e| QueueError::request("SQS CreateQueue", &e))?;
         let queue_url = created.queue_url().ok_or(QueueError::Incomplete("CreateQueue returned no URL"))?.to_owned();
         let partial = Self { sqs, sns, queue_url, queue_arn: String::new(), subscription_arn: String::new() };
-        match partial.admit_and_subscribe(topic_arn, filter_policy).await {
+        match partial.admit_and_subscribe(topic_arn, boot, filter_policy).await {
             Ok(queue) => Ok(queue),
             Err(e) => {
                 partial.delete().await;
@@ -107,7 +112,23 @@ impl GatewayQueue {
         }
     }
 
-    async fn admit_and_subscribe(&self, topic_arn: &str, filter_policy: Option<&str>) -> Result<Self, QueueError> {
+    async fn admit_and_subscribe(
+        &self,
+        topic_arn: &str,
+        boot: Option<&str>,
+        filter_policy: Option<&str>,
+    ) -> Result<Self, QueueError> {
+        // Tagged apart from the creation: a queue that existed (a restart
+        // under the same instance id) keeps its old tags through CreateQueue.
+        if let Some(boot) = boot {
+            self.sqs
+                .tag_queue()
+                .queue_url(&self.queue_url)
+                .tags(TAG_BOOT, boot)
+                .send()
+                .await
+                .map_err(|e| QueueError::request("SQS TagQueue", &e))?;
+        }
         let attrs = self
             .sqs
             .get_queue_attributes()

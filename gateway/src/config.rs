@@ -60,7 +60,8 @@ pub struct Config {
     pub bus: BusKind,
 
     /// How events reach other gateways on the SNS/SQS bus. Every gateway of
-    /// a deployment must use the same.
+    /// a deployment must use the same: typing, presence and membership
+    /// events do not cross between the two kinds.
     #[arg(long, env = "CHAT_ROUTING", value_enum, default_value_t = Routing::Members)]
     pub routing: Routing,
 

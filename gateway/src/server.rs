@@ -207,8 +207,10 @@ async fn aws_backend(
         .operation_attempt_timeout(Duration::from_secs(u64::try_from(queue::POLL_WAIT_SECS).unwrap_or(20) + 5))
         .build();
     let dynamo = aws_sdk_dynamodb::Client::from_conf(metered::dynamodb(&sdk).timeout_config(quick.clone()).build());
-    let sns = aws_sdk_sns::Client::from_conf(metered::sns(&sdk).timeout_config(quick).build());
+    let sns = aws_sdk_sns::Client::from_conf(metered::sns(&sdk).timeout_config(quick.clone()).build());
     let sqs = aws_sdk_sqs::Client::from_conf(metered::sqs(&sdk).timeout_config(polling).build());
+    // Member routing's sends are on the send path: its short timeouts.
+    let sqs_sends = aws_sdk_sqs::Client::from_conf(metered::sqs(&sdk).timeout_config(quick).build());
 
     let store = Arc::new(DynamoStore::new(dynamo, config.tables.clone()));
     store.check_tables().await?;
@@ -217,7 +219,10 @@ async fn aws_backend(
     // Under member routing the gateways send each other their events; the
     // topic brings only what the functions publish.
     let filter = by_members.then_some(queue::UNROUTED_ONLY);
-    let queue = GatewayQueue::create(sqs.clone(), sns.clone(), &topic_arn, &queue_name, gateway_id, filter).await?;
+    let boot = format!("{:08x}", ulid::Ulid::new().random() & 0xffff_ffff);
+    let queue =
+        GatewayQueue::create(sqs.clone(), sns.clone(), &topic_arn, &queue_name, gateway_id, Some(&boot), filter)
+            .await?;
     tracing::info!(queue_url = queue.queue_url, subscription_arn = queue.subscription_arn, routing = ?config.routing, "gateway queue subscribed");
     let policy = BatchPolicy {
         linger: Duration::from_millis(config.publish_linger_ms),
@@ -226,9 +231,9 @@ async fn aws_backend(
     let (publisher, router) = if by_members {
         let router = Arc::new(Router::new(
             store.clone(),
-            sqs.clone(),
+            sqs_sends,
             config.queue_prefix.clone(),
-            route::route_id(gateway_id, (ulid::Ulid::new().random() & 0xffff_ffff) as u32),
+            route::route_id(gateway_id, &boot),
             usize::try_from(config.route_limit).unwrap_or(usize::MAX),
             Duration::from_secs(config.route_linger_secs),
         ));

@@ -137,7 +137,7 @@ pub async fn measure(
     for q in 0..queues {
         let name = format!("{queue_prefix}raw{q}-{}", crate::unique(""));
         created.push(
-            GatewayQueue::create(sqs.clone(), sns.clone(), topic_arn, &name, &name, None)
+            GatewayQueue::create(sqs.clone(), sns.clone(), topic_arn, &name, &name, None, None)
                 .await
                 .with_context(|| format!("creating raw queue {name}"))?,
         );

@@ -151,6 +151,25 @@ async fn a_join_racing_sends_loses_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the janitor does to a dead gateway's queue: deletes it, then its
+/// subscription.
+async fn reap(cluster: &Cluster, queue_url: &str) -> anyhow::Result<()> {
+    let sdk = cluster.emulator.as_ref().context("an emulator")?.sdk_config().await;
+    aws_sdk_sqs::Client::new(&sdk).delete_queue().queue_url(queue_url).send().await?;
+    let sns = aws_sdk_sns::Client::new(&sdk);
+    let name = queue_url.rsplit('/').next().context("a queue name")?;
+    let topic = cluster.output("CHAT_TOPIC_ARN")?;
+    let subscriptions = sns.list_subscriptions_by_topic().topic_arn(&topic).send().await?;
+    for subscription in subscriptions.subscriptions() {
+        if subscription.endpoint().is_some_and(|e| e.ends_with(&format!(":{name}")))
+            && let Some(arn) = subscription.subscription_arn()
+        {
+            sns.unsubscribe().subscription_arn(arn).send().await?;
+        }
+    }
+    Ok(())
+}
+
 /// Gateway 1 is SIGKILLed and its queue reaped (as the janitor does): the
 /// sends that find its route dead succeed at once, gateway 2's member gets
 /// every message, and the route leaves the conversation.
@@ -167,8 +186,7 @@ async fn a_dead_gateways_route_heals_and_no_send_stalls() -> anyhow::Result<()> 
     scenarios::flush(&mut alice, &mut bob, &room).await?;
     let dead_queue = cluster.queue_url(1).await?;
     cluster.kill_gateway(1);
-    let emulator = cluster.emulator.as_ref().context("an emulator")?;
-    aws_sdk_sqs::Client::new(&emulator.sdk_config().await).delete_queue().queue_url(&dead_queue).send().await?;
+    reap(&cluster, &dead_queue).await?;
     ensure!(
         holds(&routes(&cluster, &room).await?, &cluster, 1),
         "a crashed gateway's route stays until a send finds it dead"
@@ -206,6 +224,39 @@ async fn a_gateway_restarting_with_a_new_queue_gets_the_next_messages() -> anyho
     ensure!(holds(&routes(&cluster, &room).await?, &cluster, restarted), "the new gateway registered");
     accepted.extend(send_burst(&mut alice, &room, "after", 5).await?);
     received_all(&mut bob, &room, &accepted, seen).await?;
+    Ok(())
+}
+
+/// A gateway SIGKILLed and restarted under the same instance id finds its
+/// queue again, tagged with its new start: its peers retire the old route
+/// (it leaves the conversation), and the member resuming there gets every
+/// message.
+#[tokio::test]
+async fn a_gateway_restarted_under_its_instance_id_retires_its_old_route() -> anyhow::Result<()> {
+    let mut cluster = Cluster::aws(1).await?;
+    let fixed = chat_e2e::unique("fixed-");
+    let first = cluster.start_gateway(&[("CHAT_INSTANCE_ID", &fixed)]).await?;
+    let room = cluster.public_room("alice", "same-id-").await?;
+    let mut alice = cluster.connect(0, "alice").await?;
+    let mut bob = cluster.connect(first, "bob").await?;
+    alice.join(&room).await?;
+    bob.join(&room).await?;
+    let seen = scenarios::flush(&mut alice, &mut bob, &room).await?;
+    let mine = format!("{fixed}~");
+    let old = routes(&cluster, &room).await?.gateways.into_iter().find(|r| r.starts_with(&mine)).context("routed")?;
+    cluster.kill_gateway(first);
+    let second = cluster.start_gateway(&[("CHAT_INSTANCE_ID", &fixed)]).await?;
+    let mut bob = cluster.connect(second, "bob").await?;
+    bob.join_resume(&room, seen).await?;
+    let mut accepted = BTreeSet::new();
+    for i in 0..10 {
+        accepted.extend(send_burst(&mut alice, &room, &format!("again-{i}"), 1).await?);
+    }
+    received_all(&mut bob, &room, &accepted, seen).await?;
+    wait_routes(&cluster, &room, "lost the earlier start's route", |r| {
+        !r.gateways.contains(&old) && r.gateways.iter().any(|g| g.starts_with(&mine))
+    })
+    .await?;
     Ok(())
 }
 

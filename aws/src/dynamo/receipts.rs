@@ -60,10 +60,10 @@ fn kept_steps(item: &Item, status: ReceiptStatus) -> Vec<(u64, i64)> {
         .collect()
 }
 
-/// When the first kept move at or above `seq` happened (moves newest
-/// first, so seqs descending).
-pub(crate) fn first_covering(steps: &[(u64, i64)], seq: u64) -> Option<i64> {
-    steps.iter().take_while(|(step, _)| *step >= seq).last().map(|(_, at)| *at)
+/// The first kept move at or above `seq` (moves newest first, so seqs
+/// descending): its index and when it happened.
+pub(crate) fn first_covering(steps: &[(u64, i64)], seq: u64) -> Option<(usize, i64)> {
+    steps.iter().take_while(|(step, _)| *step >= seq).enumerate().last().map(|(i, (_, at))| (i, *at))
 }
 
 /// The sort key of a receipt step: the time a member's `status` watermark
@@ -183,12 +183,33 @@ impl Receipts for DynamoStore {
         status: ReceiptStatus,
         seq: u64,
     ) -> Result<Option<i64>, StoreError> {
-        if let Some(item) = self.member_item(conversation_id, user_id).await?
-            && let Some(at) = first_covering(&kept_steps(&item, status), seq)
-        {
-            return Ok(Some(at));
+        let kept = match self.member_item(conversation_id, user_id).await? {
+            Some(item) => kept_steps(&item, status),
+            None => Vec::new(),
+        };
+        match first_covering(&kept, seq) {
+            // Exact: the kept move before it did not cover the seq.
+            Some((index, at)) if index + 1 < kept.len() => Ok(Some(at)),
+            // The oldest kept: a move shifted out, or one logged as an item
+            // before moves were kept, may have covered it first.
+            Some((_, at)) => {
+                Ok(Some(self.logged_step_time(conversation_id, user_id, status, seq).await?.unwrap_or(at)))
+            }
+            None => self.logged_step_time(conversation_id, user_id, status, seq).await,
         }
-        // Moves recorded before they were kept on the member.
+    }
+}
+
+impl DynamoStore {
+    /// The time of the first step logged as an item (before moves were kept
+    /// on the member) at or above `seq`.
+    async fn logged_step_time(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        status: ReceiptStatus,
+        seq: u64,
+    ) -> Result<Option<i64>, StoreError> {
         let (from, to) = step_range(user_id, status, seq);
         let out = self
             .client
@@ -241,10 +262,10 @@ mod tests {
     #[test]
     fn the_first_move_covering_a_seq_gives_its_time() {
         let steps = [(9, 900), (5, 500), (2, 200)];
-        assert_eq!(first_covering(&steps, 1), Some(200));
-        assert_eq!(first_covering(&steps, 2), Some(200));
-        assert_eq!(first_covering(&steps, 3), Some(500));
-        assert_eq!(first_covering(&steps, 6), Some(900));
+        assert_eq!(first_covering(&steps, 1), Some((2, 200)));
+        assert_eq!(first_covering(&steps, 2), Some((2, 200)));
+        assert_eq!(first_covering(&steps, 3), Some((1, 500)));
+        assert_eq!(first_covering(&steps, 6), Some((0, 900)));
         assert_eq!(first_covering(&steps, 10), None, "not covered");
         assert_eq!(first_covering(&[], 1), None);
     }

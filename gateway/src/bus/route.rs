@@ -17,16 +17,21 @@
 //!   batch), after whatever write caused it: a gateway that registered
 //!   before that read is in it, and one that registers after it reads the
 //!   state the event describes when its join does.
-//! - A route whose queue is gone (its gateway stopped or crashed and the
-//!   janitor reaped it) is taken out of the conversation by the first send
-//!   that finds it gone; the send succeeds. Any other failure to send to a
-//!   queue relays the event through the topic to every gateway, so nothing
-//!   is lost to a sick queue.
+//! - An event a route's queue cannot take goes through the topic to every
+//!   gateway instead, so nothing is lost to a sick or vanished queue. A
+//!   queue found gone (its gateway stopped, or crashed and the janitor
+//!   reaped it), or tagged with another boot (its gateway restarted under
+//!   the same instance id), is looked up again a second later; confirmed,
+//!   its route is left out of every send and taken out of the
+//!   conversations it was found in.
+//! - A registration or unregistration that failed may or may not have been
+//!   applied: it is marked unsure, and the sweep adds the route again while
+//!   a member streams here, or removes it.
 //! - A conversation that has had no member streaming here for the linger is
 //!   unregistered; one with more routes than the limit overflows to the
 //!   topic for good.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +43,7 @@ use chat_aws::sns::SnsPublisher;
 use chat_core::bus::{BatchSink, BusError};
 use chat_core::envelope::{Envelope, Event};
 use chat_core::store::Routes;
+use futures::StreamExt;
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
@@ -55,13 +61,18 @@ const ROUTE_SEPARATOR: char = '~';
 /// This gateway's route: its instance id (which names its queue) and a
 /// nonce of this start, so a gateway restarted under the same id is a new
 /// route and healing the old one never removes the new.
-pub(crate) fn route_id(gateway_id: &str, boot: u32) -> String {
-    format!("{gateway_id}{ROUTE_SEPARATOR}{boot:08x}")
+pub(crate) fn route_id(gateway_id: &str, boot: &str) -> String {
+    format!("{gateway_id}{ROUTE_SEPARATOR}{boot}")
 }
 
 /// The instance id a route names.
 pub(crate) fn route_gateway(route: &str) -> &str {
     route.split_once(ROUTE_SEPARATOR).map_or(route, |(gateway, _)| gateway)
+}
+
+/// The boot nonce a route names (its queue is tagged with it).
+pub(crate) fn route_boot(route: &str) -> Option<&str> {
+    route.split_once(ROUTE_SEPARATOR).map(|(_, boot)| boot)
 }
 
 /// Whether the functions consume this kind of event (from the topic).
@@ -172,6 +183,10 @@ enum Registered {
     Yes {
         idle_since: Option<Instant>,
     },
+    /// A registration or unregistration failed, and may have been applied
+    /// or not: the next join registers again (adding is idempotent), the
+    /// sweep settles it either way meanwhile.
+    Unsure,
     /// The conversation routes through the topic: nothing to register.
     Overflowed,
 }
@@ -181,6 +196,7 @@ enum Registered {
 #[derive(Debug)]
 pub(crate) struct Router {
     store: Arc<DynamoStore>,
+    /// With the send path's short timeouts (not the pollers' long ones).
     sqs: aws_sdk_sqs::Client,
     queue_prefix: String,
     route: String,
@@ -189,20 +205,35 @@ pub(crate) struct Router {
     book: Mutex<RouteBook>,
     /// Per conversation, serialising its registration and unregistration.
     registrations: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Registered>>>>,
-    /// Queue URLs by instance id.
+    /// Queue URLs of live routes.
     urls: Mutex<HashMap<String, String>>,
+    /// Routes whose queue is confirmed gone (a route names one start of a
+    /// gateway, so a dead one never comes back).
+    dead: Mutex<HashSet<String>>,
+    /// Routes being checked, with the conversations they were found in.
+    checking: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// Why an event could not go straight to a route's queue.
 enum SendFailure {
-    /// The queue is gone: the route is dead.
+    /// The queue is gone, or belongs to a later start of its gateway.
     Gone,
-    /// Anything else: relay through the topic.
+    /// Anything else.
     Failed(String),
 }
 
 fn queue_gone<E: ProvideErrorMetadata>(err: &E) -> bool {
     matches!(err.code(), Some("QueueDoesNotExist" | "AWS.SimpleQueueService.NonExistentQueue"))
+}
+
+/// How long a queue found gone waits before it is looked up again to
+/// confirm (a queue just created may not show everywhere at once).
+const CONFIRM_GONE_AFTER: Duration = Duration::from_secs(1);
+/// Routes unregistered at once when a gateway stops.
+const UNREGISTER_CONCURRENCY: usize = 16;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Router {
@@ -224,19 +255,34 @@ impl Router {
             book: Mutex::new(RouteBook::default()),
             registrations: Mutex::new(HashMap::new()),
             urls: Mutex::new(HashMap::new()),
+            dead: Mutex::new(HashSet::new()),
+            checking: Mutex::new(HashMap::new()),
         }
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, RouteBook> {
-        self.book.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.book)
     }
 
     fn registration(&self, conversation_id: &str) -> Arc<tokio::sync::Mutex<Registered>> {
-        let mut registrations = self.registrations.lock().unwrap_or_else(|p| p.into_inner());
-        registrations
+        lock(&self.registrations)
             .entry(conversation_id.to_owned())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Registered::No)))
             .clone()
+    }
+
+    /// Adds this gateway's route to the conversation; the state it leaves.
+    async fn add(&self, conversation_id: &str) -> Result<Registered, chat_core::store::StoreError> {
+        match self.store.register_route(conversation_id, &self.route, self.limit).await {
+            Ok(Registration::Registered) => {
+                tracing::debug!(conversation_id, route = self.route, "route registered");
+                Ok(Registered::Yes { idle_since: None })
+            }
+            Ok(Registration::Overflowed) => Ok(Registered::Overflowed),
+            // The join's own read refuses it.
+            Ok(Registration::NoConversation) => Ok(Registered::No),
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes sure this gateway receives the conversation's events; call it
@@ -248,17 +294,13 @@ impl Router {
         match *state {
             Registered::Yes { .. } => *state = Registered::Yes { idle_since: None },
             Registered::Overflowed => {}
-            Registered::No => {
-                match self.store.register_route(conversation_id, &self.route, self.limit).await? {
-                    Registration::Registered => {
-                        tracing::debug!(conversation_id, route = self.route, "route registered");
-                        *state = Registered::Yes { idle_since: None };
-                    }
-                    Registration::Overflowed => *state = Registered::Overflowed,
-                    // The join's own read refuses it.
-                    Registration::NoConversation => {}
+            Registered::No | Registered::Unsure => match self.add(conversation_id).await {
+                Ok(next) => *state = next,
+                Err(e) => {
+                    *state = Registered::Unsure;
+                    return Err(e);
                 }
-            }
+            },
         }
         Ok(())
     }
@@ -268,43 +310,63 @@ impl Router {
         self.book().observe(conversation_id, seq, routes);
     }
 
-    /// Unregisters the conversations no member has streamed here for the
-    /// linger.
+    /// Settles one registration: unregisters a conversation no member has
+    /// streamed here for the linger, and resolves an unsure one (added
+    /// again while a member streams here, removed otherwise).
+    async fn settle(&self, conversation_id: &str, state: &mut Registered, idle: bool, now: Instant) {
+        let remove = match *state {
+            Registered::Yes { .. } if !idle => {
+                *state = Registered::Yes { idle_since: None };
+                false
+            }
+            Registered::Yes { idle_since: None } => {
+                *state = Registered::Yes { idle_since: Some(now) };
+                false
+            }
+            Registered::Yes { idle_since: Some(since) } => now.saturating_duration_since(since) >= self.linger,
+            Registered::Unsure if !idle => {
+                match self.add(conversation_id).await {
+                    Ok(next) => *state = next,
+                    Err(e) => tracing::warn!(conversation_id, error = %e, "could not register a route; trying again"),
+                }
+                false
+            }
+            Registered::Unsure => true,
+            Registered::No | Registered::Overflowed => false,
+        };
+        if remove {
+            match self.store.unregister_route(conversation_id, &self.route).await {
+                Ok(()) => {
+                    tracing::debug!(conversation_id, route = self.route, "route unregistered");
+                    *state = Registered::No;
+                }
+                Err(e) => {
+                    tracing::warn!(conversation_id, error = %e, "could not unregister a route; trying again");
+                    *state = Registered::Unsure;
+                }
+            }
+        }
+    }
+
+    /// Settles every registration (see [`Router::settle`]).
     async fn sweep(&self, hub: &Hub) {
         let now = Instant::now();
         // Routes kept for conversations no stream here hears any more (a
         // unary send's) would otherwise pile up.
         self.book().retain(|conversation_id| hub.has_local_members(conversation_id));
-        let registrations: Vec<(String, Arc<tokio::sync::Mutex<Registered>>)> = {
-            let registrations = self.registrations.lock().unwrap_or_else(|p| p.into_inner());
-            registrations.iter().map(|(c, r)| (c.clone(), r.clone())).collect()
-        };
+        let registrations: Vec<(String, Arc<tokio::sync::Mutex<Registered>>)> =
+            lock(&self.registrations).iter().map(|(c, r)| (c.clone(), r.clone())).collect();
         for (conversation_id, registration) in registrations {
             // Held across the store call: a join waits for the
             // unregistration, then registers again.
             let mut state = registration.lock().await;
             let idle = !hub.has_local_members(&conversation_id);
-            match *state {
-                Registered::Yes { .. } if !idle => *state = Registered::Yes { idle_since: None },
-                Registered::Yes { idle_since: None } => *state = Registered::Yes { idle_since: Some(now) },
-                Registered::Yes { idle_since: Some(since) } if now.saturating_duration_since(since) >= self.linger => {
-                    match self.store.unregister_route(&conversation_id, &self.route).await {
-                        Ok(()) => {
-                            tracing::debug!(conversation_id, route = self.route, "route unregistered");
-                            *state = Registered::No;
-                        }
-                        Err(e) => {
-                            tracing::warn!(conversation_id, error = %e, "could not unregister a route; trying again")
-                        }
-                    }
-                }
-                _ => {}
-            }
+            self.settle(&conversation_id, &mut state, idle, now).await;
             let done = *state == Registered::No || (*state == Registered::Overflowed && idle);
             drop(state);
             if done {
                 self.book().forget_conversation(&conversation_id);
-                let mut registrations = self.registrations.lock().unwrap_or_else(|p| p.into_inner());
+                let mut registrations = lock(&self.registrations);
                 // Only when no join holds it.
                 if registrations.get(&conversation_id).is_some_and(|r| Arc::strong_count(r) == 2) {
                     registrations.remove(&conversation_id);
@@ -313,8 +375,7 @@ impl Router {
         }
     }
 
-    /// Sweeps idle registrations until `stop`, then unregisters every
-    /// conversation (a stopping gateway's queue is about to go).
+    /// Sweeps registrations until `stop`.
     pub(crate) async fn maintain(self: Arc<Self>, hub: Arc<Hub>, stop: CancellationToken) {
         let period = (self.linger / 2).max(Duration::from_millis(100));
         loop {
@@ -325,26 +386,26 @@ impl Router {
         }
     }
 
-    /// Unregisters every conversation this gateway registered on.
+    /// Unregisters every conversation this gateway registered on (its
+    /// sessions have ended; its queue is about to go).
     pub(crate) async fn unregister_all(&self) {
-        let registrations: Vec<(String, Arc<tokio::sync::Mutex<Registered>>)> = {
-            let mut registrations = self.registrations.lock().unwrap_or_else(|p| p.into_inner());
-            registrations.drain().collect()
-        };
-        let unregister = registrations.into_iter().map(|(conversation_id, registration)| async move {
-            let mut state = registration.lock().await;
-            if matches!(*state, Registered::Yes { .. }) {
-                if let Err(e) = self.store.unregister_route(&conversation_id, &self.route).await {
-                    tracing::warn!(conversation_id, error = %e, "route left behind; the first send to find its queue gone removes it");
+        let registrations: Vec<(String, Arc<tokio::sync::Mutex<Registered>>)> =
+            lock(&self.registrations).iter().map(|(c, r)| (c.clone(), r.clone())).collect();
+        futures::stream::iter(registrations)
+            .for_each_concurrent(UNREGISTER_CONCURRENCY, |(conversation_id, registration)| async move {
+                let mut state = registration.lock().await;
+                if matches!(*state, Registered::Yes { .. } | Registered::Unsure) {
+                    if let Err(e) = self.store.unregister_route(&conversation_id, &self.route).await {
+                        tracing::warn!(conversation_id, error = %e, "route left behind; the first send to find its queue gone removes it");
+                    }
+                    *state = Registered::No;
                 }
-                *state = Registered::No;
-            }
-        });
-        join_all(unregister).await;
+            })
+            .await;
     }
 
     /// Where each event goes: the routes known, else read (once per
-    /// conversation of the batch).
+    /// conversation of the batch); routes confirmed dead left out.
     async fn plans(&self, envelopes: &[Envelope]) -> Vec<Plan> {
         let missing: Vec<String> = {
             let book = self.book();
@@ -368,31 +429,85 @@ impl Router {
                 Err(e) => tracing::warn!(conversation_id, error = %e, "routes unreadable; publishing to every gateway"),
             }
         }
-        let book = self.book();
-        envelopes
-            .iter()
-            .map(|e| {
-                let routes = read.get(e.conversation_id.as_str()).or_else(|| book.routes_for(e));
-                plan(e, routes, &self.route)
-            })
-            .collect()
+        let mut left_out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let plans = {
+            let book = self.book();
+            let dead = lock(&self.dead);
+            envelopes
+                .iter()
+                .map(|e| {
+                    let routes = read.get(e.conversation_id.as_str()).or_else(|| book.routes_for(e));
+                    let mut plan = plan(e, routes, &self.route);
+                    plan.routes.retain(|r| {
+                        let live = !dead.contains(r);
+                        if !live {
+                            left_out.entry(r.clone()).or_default().push(e.conversation_id.clone());
+                        }
+                        live
+                    });
+                    plan
+                })
+                .collect()
+        };
+        // A dead route still in a conversation's item: taken out (again,
+        // harmlessly, until the item says so).
+        for (route, mut conversations) in left_out {
+            conversations.sort();
+            conversations.dedup();
+            self.remove_route(&route, conversations);
+        }
+        plans
+    }
+
+    /// A route's queue URL, if its queue exists and belongs to this start
+    /// of its gateway (a gateway restarted under the same instance id finds
+    /// its queue again, tagged with its new boot).
+    async fn lookup(&self, route: &str) -> Result<String, SendFailure> {
+        let name = format!("{}{}", self.queue_prefix, route_gateway(route));
+        let url = match self.sqs.get_queue_url().queue_name(&name).send().await {
+            Ok(out) => out.queue_url().unwrap_or_default().to_owned(),
+            Err(e) if e.as_service_error().is_some_and(queue_gone) => return Err(SendFailure::Gone),
+            Err(e) => return Err(SendFailure::Failed(chat_aws::error::describe(&e))),
+        };
+        let tags = match self.sqs.list_queue_tags().queue_url(&url).send().await {
+            Ok(out) => out.tags,
+            Err(e) if e.as_service_error().is_some_and(queue_gone) => return Err(SendFailure::Gone),
+            Err(e) => return Err(SendFailure::Failed(chat_aws::error::describe(&e))),
+        };
+        let boot = tags.as_ref().and_then(|t| t.get(chat_aws::queue::TAG_BOOT));
+        match (boot, route_boot(route)) {
+            (Some(tagged), Some(named)) if tagged != named => Err(SendFailure::Gone),
+            _ => Ok(url),
+        }
     }
 
     async fn queue_url(&self, route: &str) -> Result<String, SendFailure> {
-        let gateway = route_gateway(route);
-        if let Some(url) = self.urls.lock().unwrap_or_else(|p| p.into_inner()).get(gateway) {
+        if let Some(url) = lock(&self.urls).get(route) {
             return Ok(url.clone());
         }
-        let name = format!("{}{gateway}", self.queue_prefix);
-        match self.sqs.get_queue_url().queue_name(&name).send().await {
-            Ok(out) => {
-                let url = out.queue_url().unwrap_or_default().to_owned();
-                self.urls.lock().unwrap_or_else(|p| p.into_inner()).insert(gateway.to_owned(), url.clone());
-                Ok(url)
+        let url = self.lookup(route).await?;
+        // Another route on the same queue is an earlier start of this
+        // gateway (the queue's tag names this one): dead.
+        let earlier: Vec<String> = {
+            let mut urls = lock(&self.urls);
+            let earlier: Vec<String> =
+                urls.iter().filter(|(r, u)| **u == url && r.as_str() != route).map(|(r, _)| r.clone()).collect();
+            for r in &earlier {
+                urls.remove(r);
             }
-            Err(e) if e.as_service_error().is_some_and(queue_gone) => Err(SendFailure::Gone),
-            Err(e) => Err(SendFailure::Failed(chat_aws::error::describe(&e))),
+            urls.insert(route.to_owned(), url.clone());
+            earlier
+        };
+        for r in earlier {
+            tracing::info!(
+                route = r,
+                restarted_as = route,
+                "a gateway restarted under its instance id; its earlier route is dead"
+            );
+            lock(&self.dead).insert(r.clone());
+            self.book().forget_route(&r);
         }
+        Ok(url)
     }
 
     /// Sends events to one route's queue; one outcome per event.
@@ -430,7 +545,7 @@ impl Router {
                     }));
                 }
                 Err(e) if e.as_service_error().is_some_and(queue_gone) => {
-                    self.urls.lock().unwrap_or_else(|p| p.into_inner()).remove(route_gateway(route));
+                    lock(&self.urls).remove(route);
                     outcomes.extend(range.map(|_| Err(SendFailure::Gone)));
                 }
                 Err(e) => {
@@ -442,9 +557,41 @@ impl Router {
         outcomes
     }
 
-    /// Takes a dead route out of the conversations it was found in.
-    fn heal(&self, route: &str, conversations: Vec<String>) {
-        self.book().forget_route(route);
+    /// A route's queue was found gone: looked up again after a moment to
+    /// confirm, then left out of every plan and taken out of the
+    /// conversations it was found in.
+    fn check_gone(self: &Arc<Self>, route: &str, conversations: Vec<String>) {
+        if lock(&self.dead).contains(route) {
+            self.remove_route(route, conversations);
+            return;
+        }
+        {
+            let mut checking = lock(&self.checking);
+            if let Some(found_in) = checking.get_mut(route) {
+                found_in.extend(conversations);
+                return;
+            }
+            checking.insert(route.to_owned(), conversations);
+        }
+        let (router, route) = (self.clone(), route.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(CONFIRM_GONE_AFTER).await;
+            let gone = matches!(router.lookup(&route).await, Err(SendFailure::Gone));
+            let mut found_in = lock(&router.checking).remove(&route).unwrap_or_default();
+            if gone {
+                lock(&router.dead).insert(route.clone());
+                router.book().forget_route(&route);
+                found_in.sort();
+                found_in.dedup();
+                router.remove_route(&route, found_in);
+            } else {
+                tracing::info!(route, "a queue found gone is there after all; its route stays");
+            }
+        });
+    }
+
+    /// Takes a dead route out of conversations' routes.
+    fn remove_route(&self, route: &str, conversations: Vec<String>) {
         metrics::counter!("chat_routes_healed_total").increment(conversations.len() as u64);
         let (store, route) = (self.store.clone(), route.to_owned());
         tokio::spawn(async move {
@@ -521,13 +668,19 @@ impl BatchSink for RoutedSink {
                 outcomes[*i] = Err(e);
             }
         }
+        // What a route could not take goes through the topic to every
+        // gateway: a queue gone (until confirmed dead and left out) or sick
+        // loses nothing.
         let mut relay: Vec<usize> = Vec::new();
         for (route, picked, sent) in direct {
             let mut gone = Vec::new();
             for (&i, outcome) in picked.iter().zip(sent) {
                 match outcome {
                     Ok(()) => {}
-                    Err(SendFailure::Gone) => gone.push(envelopes[i].conversation_id.clone()),
+                    Err(SendFailure::Gone) => {
+                        gone.push(envelopes[i].conversation_id.clone());
+                        relay.push(i);
+                    }
                     Err(SendFailure::Failed(detail)) => {
                         tracing::warn!(route, event_id = envelopes[i].event_id, detail, "relaying through the topic");
                         relay.push(i);
@@ -537,7 +690,7 @@ impl BatchSink for RoutedSink {
             if !gone.is_empty() {
                 gone.sort();
                 gone.dedup();
-                self.router.heal(route, gone);
+                self.router.check_gone(route, gone);
             }
         }
         relay.sort_unstable();
@@ -593,10 +746,12 @@ mod tests {
 
     #[test]
     fn route_ids_name_their_gateway() {
-        let route = route_id("gw-01abc", 0xdead_beef);
+        let route = route_id("gw-01abc", "deadbeef");
         assert_eq!(route, "gw-01abc~deadbeef");
         assert_eq!(route_gateway(&route), "gw-01abc");
+        assert_eq!(route_boot(&route), Some("deadbeef"));
         assert_eq!(route_gateway("gw-plain"), "gw-plain");
+        assert_eq!(route_boot("gw-plain"), None);
     }
 
     /// A message goes by routes read at or after its own seq, whatever
