@@ -156,8 +156,31 @@ impl Cluster {
         format!("{}-gw-", self.stack)
     }
 
-    /// Starts one more gateway and waits until it answers.
+    /// Starts one more gateway and waits until it answers. A start that
+    /// lost its ports to another process between pick and bind is retried on
+    /// fresh ports.
     pub async fn start_gateway(&mut self, env: &[(&str, &str)]) -> anyhow::Result<usize> {
+        let mut attempt = 1;
+        loop {
+            let index = self.spawn_gateway(env)?;
+            match self.wait_ready(index).await {
+                Ok(()) => return Ok(index),
+                Err(_) if attempt < 3 && self.log(index).contains("Address already in use") => {
+                    eprintln!(
+                        "gateway {index} lost its port to another process (attempt {attempt}); starting it again"
+                    );
+                    if let Some(mut child) = self.gateways.pop().and_then(|mut gateway| gateway.child.take()) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn spawn_gateway(&mut self, env: &[(&str, &str)]) -> anyhow::Result<usize> {
         let index = self.gateways.len();
         let port = free_port()?;
         let metrics = format!("127.0.0.1:{}", free_port()?);
@@ -193,7 +216,6 @@ impl Cluster {
             instance_id,
             log,
         });
-        self.wait_ready(index).await?;
         Ok(index)
     }
 

@@ -41,9 +41,49 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port for a process a test starts (bound, read, released).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    free_ports(1)
+}
+
+/// The first of `n` consecutive free loopback ports.
+///
+/// Picked below the kernel's ephemeral range: a port the kernel hands out
+/// (`bind :0`) is also what it hands every outgoing connection, so one of the
+/// many SDK connections to the emulator could take it between this pick and
+/// the child's bind. Ports below the range are only ever taken by a bind, and
+/// the ones this process hands out are never handed out twice.
+pub fn free_ports(n: u16) -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FLOOR: u32 = 10_000;
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
+    let n = u32::from(n.max(1));
+    let span = ephemeral_floor().max(FLOOR + 1_000) - FLOOR;
+    // Each test binary starts at its own place so binaries run side by side
+    // rarely probe the same ports.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    let _ = CURSOR.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..span / n {
+        let offset = CURSOR.fetch_add(n, Ordering::SeqCst) % span;
+        if offset + n > span {
+            continue;
+        }
+        let first = FLOOR + offset;
+        let all_free = (first..first + n).all(|port| TcpListener::bind(("127.0.0.1", port as u16)).is_ok());
+        if all_free {
+            return Ok(first as u16);
+        }
+    }
+    anyhow::bail!("no {n} consecutive free loopback ports below the ephemeral range")
+}
+
+/// The lowest port of the kernel's ephemeral range (Linux's default when
+/// unreadable).
+fn ephemeral_floor() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse().ok()))
+        .unwrap_or(32_768)
 }
 
 /// Waits (bounded) until something listens on a loopback port.

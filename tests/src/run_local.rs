@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
-use crate::{free_port, workspace_bin, workspace_root};
+use crate::{free_port, free_ports, workspace_bin, workspace_root};
 
 /// The script's bound (TERM, up to 10 s, KILL; for the gateways, runners and
 /// simulator, then for the emulator), plus slack for a loaded machine.
@@ -76,19 +76,6 @@ pub struct Ports {
 /// function runners.
 pub const METRICS_PORTS: u16 = 9;
 
-/// The first of `n` consecutive free loopback ports.
-fn free_port_range(n: u16) -> anyhow::Result<u16> {
-    for _ in 0..100 {
-        let first = free_port()?;
-        let Some(last) = first.checked_add(n) else { continue };
-        let held: Vec<_> = (first..last).filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok()).collect();
-        if held.len() == usize::from(n) {
-            return Ok(first);
-        }
-    }
-    anyhow::bail!("no {n} consecutive free ports")
-}
-
 impl Ports {
     pub fn free() -> anyhow::Result<Self> {
         Ok(Self {
@@ -97,7 +84,7 @@ impl Ports {
             gateway_b: free_port()?,
             webhook: free_port()?,
             simulator: free_port()?,
-            metrics: free_port_range(METRICS_PORTS)?,
+            metrics: free_ports(METRICS_PORTS)?,
             web: free_port()?,
         })
     }
