@@ -4,6 +4,11 @@
 //! - `chat_aws_request_seconds{service, operation}` (the whole operation,
 //!   retries included).
 //!
+//! - `chat_dynamodb_requests_total{table, operation, outcome}`: DynamoDB
+//!   requests by the table they name (tables joined by `+` for a batch or
+//!   transaction over several), what a cost model prices per table: a
+//!   message's write is not a receipt's.
+//!
 //! `outcome` is `ok`, `rejected` (a 4xx answer: a failed condition, a
 //! throttle, a bad request), `server_error` (5xx), `timeout`, or
 //! `unreachable` (no answer: connection refused, DNS, TLS).
@@ -31,6 +36,58 @@ impl Storable for Started {
     type Storer = StoreReplace<Self>;
 }
 
+/// The DynamoDB table(s) a request names.
+#[derive(Debug, Clone)]
+struct Table(String);
+
+impl Storable for Table {
+    type Storer = StoreReplace<Self>;
+}
+
+/// The table(s) a DynamoDB operation's input names; `None` for other
+/// services' inputs.
+fn dynamodb_table(input: &aws_smithy_runtime_api::client::interceptors::context::Input) -> Option<String> {
+    use aws_sdk_dynamodb::operation as op;
+    fn joined<'a>(tables: impl Iterator<Item = &'a String>) -> String {
+        let mut names: Vec<&str> = tables.map(String::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.join("+")
+    }
+    macro_rules! single {
+        ($($module:ident :: $input:ident),*) => {
+            $(if let Some(input) = input.downcast_ref::<op::$module::$input>() {
+                return input.table_name().map(str::to_owned);
+            })*
+        };
+    }
+    single!(
+        put_item::PutItemInput,
+        update_item::UpdateItemInput,
+        get_item::GetItemInput,
+        delete_item::DeleteItemInput,
+        query::QueryInput,
+        scan::ScanInput
+    );
+    if let Some(input) = input.downcast_ref::<op::batch_get_item::BatchGetItemInput>() {
+        return input.request_items().map(|items| joined(items.keys()));
+    }
+    if let Some(input) = input.downcast_ref::<op::batch_write_item::BatchWriteItemInput>() {
+        return input.request_items().map(|items| joined(items.keys()));
+    }
+    if let Some(input) = input.downcast_ref::<op::transact_write_items::TransactWriteItemsInput>() {
+        let tables = input.transact_items().iter().filter_map(|item| {
+            item.put()
+                .map(|p| &p.table_name)
+                .or_else(|| item.update().map(|u| &u.table_name))
+                .or_else(|| item.delete().map(|d| &d.table_name))
+                .or_else(|| item.condition_check().map(|c| &c.table_name))
+        });
+        return Some(joined(tables));
+    }
+    None
+}
+
 /// How a request ended, from what the SDK saw (pure, for tests).
 pub fn outcome(status: Option<u16>, timed_out: bool) -> &'static str {
     match status {
@@ -49,10 +106,13 @@ impl Intercept for Metered {
 
     fn read_before_execution(
         &self,
-        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        context: &BeforeSerializationInterceptorContextRef<'_>,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         cfg.interceptor_state().store_put(Started(Instant::now()));
+        if let Some(table) = dynamodb_table(context.input()) {
+            cfg.interceptor_state().store_put(Table(table));
+        }
         Ok(())
     }
 
@@ -71,6 +131,10 @@ impl Intercept for Metered {
         let outcome = outcome(status, timed_out);
         metrics::counter!("chat_aws_requests_total", "service" => service.clone(), "operation" => operation.clone(), "outcome" => outcome)
             .increment(1);
+        if let Some(Table(table)) = cfg.load::<Table>() {
+            metrics::counter!("chat_dynamodb_requests_total", "table" => table.clone(), "operation" => operation.clone(), "outcome" => outcome)
+                .increment(1);
+        }
         if let Some(Started(at)) = cfg.load::<Started>() {
             metrics::histogram!("chat_aws_request_seconds", "service" => service, "operation" => operation)
                 .record(at.elapsed().as_secs_f64());

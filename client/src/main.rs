@@ -15,7 +15,7 @@ mod connect;
 mod render;
 mod web;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -225,11 +225,17 @@ enum Command {
         #[arg(long, default_value = "chat bench")]
         title: String,
     },
-    /// AWS cost per million messages on the deployed stack, line by line
-    /// (the model and its price sources: client/src/cost.rs).
+    /// AWS cost per million messages on the deployed stack, line by line:
+    /// priced from the calls the bench counted (`--counts`), or from the
+    /// hand model (the model and its price sources: client/src/cost/).
     Cost {
         #[command(flatten)]
         workload: chat_client::cost::Workload,
+        /// A `counts.csv` the bench wrote (its fan-out step): price the
+        /// calls measured at `--gateways` with `--routing` instead of the
+        /// hand model's.
+        #[arg(long)]
+        counts: Option<PathBuf>,
     },
 }
 
@@ -262,6 +268,13 @@ struct BenchArgs {
     drain_secs: f64,
     #[arg(long, default_value_t = 64)]
     body_bytes: usize,
+    /// Every user acks and reads each message it receives, as a reading
+    /// client does.
+    #[arg(long)]
+    receipts: bool,
+    /// Sends carry a client_message_id (idempotent).
+    #[arg(long)]
+    idempotent: bool,
     /// Series name in the CSV and plots.
     #[arg(long, default_value = "gateway")]
     label: String,
@@ -486,7 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { bench, secret } => run_bench(bench, secret).await,
         Command::BenchBaseline { listen } => bench_baseline(listen).await,
         Command::BenchPlot { csv, out, title } => bench_plot(csv, out, title).await,
-        Command::Cost { workload } => cost(workload).await,
+        Command::Cost { workload, counts } => cost(workload, counts.as_deref()),
         Command::Echo { gateways, tls, message } => echo(gateways, tls, message).await,
         Command::Send { conn, conversation, body, client_message_id } => {
             send(conn, conversation, body, client_message_id).await
@@ -550,6 +563,8 @@ async fn run_bench(bench: BenchArgs, secret: SecretArgs) -> anyhow::Result<()> {
             auth: auth.clone(),
             ca_cert: ca.clone(),
             run_id: format!("{run_id}-{step}"),
+            receipts: bench.receipts,
+            idempotent: bench.idempotent,
         };
         let result = chat_client::bench::run(plan).await?;
         println!("{}", result.summary());
@@ -585,10 +600,17 @@ async fn bench_plot(csv: Vec<PathBuf>, out: PathBuf, title: String) -> anyhow::R
     Ok(())
 }
 
-/// Prints the AWS cost model.
-async fn cost(workload: chat_client::cost::Workload) -> anyhow::Result<()> {
-    let estimate = chat_client::cost::estimate(&workload)?;
-    print!("{}", chat_client::cost::render(&workload, &estimate));
+/// Prints the AWS cost model, from measured counts when given.
+fn cost(workload: chat_client::cost::Workload, counts: Option<&Path>) -> anyhow::Result<()> {
+    use chat_client::cost::{estimate, measured, render};
+    let Some(path) = counts else {
+        print!("{}", render(&workload, &estimate(&workload)?));
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let rows = measured::parse_counts(&text)?;
+    let estimate = measured::estimate_measured(&workload, &rows, &path.display().to_string())?;
+    print!("{}", measured::render_measured(&workload, &estimate));
     Ok(())
 }
 

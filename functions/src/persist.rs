@@ -1,16 +1,16 @@
-//! Function `persist`: writes the messages and receipts of a batch of bus
-//! events to DynamoDB.
+//! Function `persist`: records what a batch of bus events leaves in
+//! DynamoDB besides the messages themselves.
 //!
 //! Triggered by the persist queue (raw delivery from the topic, filtered to
-//! messages and receipts). Receipts go through the store's
-//! `record_receipt` (one conditional update of the member's watermark, which
-//! keeps its last moves for their times), so redelivered or reordered
-//! receipts change nothing.
-//! Message items are keyed by (`conversation_id`, `seq`), which the gateway
-//! made unique, so a redelivered record rewrites the identical item: a
-//! duplicate is a success, never a second message. Items go out in
-//! `BatchWriteItem` calls of 25; the conversation's summary (last message)
-//! moves forward with one conditional update per conversation per batch.
+//! messages and receipts). Every publisher records a message under its seq
+//! before publishing it (`chat_core::send::record`), so the message is in
+//! the store already; `persist` moves each conversation's summary (last
+//! message) forward, one conditional update per conversation per batch,
+//! and records receipts through the store's `record_receipt` (one
+//! conditional update of the member's watermark, which keeps its last moves
+//! for their times), so redelivered or reordered records change nothing.
+//! (It used to rewrite every message item as well: one write per message
+//! per KB that changed nothing.)
 //! Every table's layout is `chat_aws::dynamo`'s; this module only decides
 //! what to write.
 //!
@@ -18,10 +18,10 @@
 //! (`chat_aws::lambda`): an undecodable record fails alone and never holds
 //! back its batch-mates.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use chat_aws::dynamo::{DynamoStore, Item, Summary, Tables, WRITE_BATCH_MAX, message_item};
+use chat_aws::dynamo::{DynamoStore, Summary, Tables};
 use chat_aws::lambda::{Batch, Record};
 use chat_core::envelope::{Event, ReceiptEvent, preview};
 use chat_core::store::{Receipts, StoreError};
@@ -56,8 +56,8 @@ pub struct PlannedSummary {
 /// A batch turned into writes, before any I/O.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// (record id, message item) in record order.
-    pub items: Vec<(String, Item)>,
+    /// Messages in the batch (recorded by their publishers already).
+    pub messages: usize,
     /// Per conversation: the newest message of the batch.
     pub summaries: BTreeMap<String, PlannedSummary>,
     pub receipts: Vec<PlannedReceipt>,
@@ -74,6 +74,7 @@ pub fn plan(records: &[Record]) -> Plan {
                 plan.receipts.push((id.clone(), envelope.conversation_id.clone(), receipt.clone(), envelope.at_ms));
             }
             Event::Message(m) => {
+                plan.messages += 1;
                 let newest = plan.summaries.get(&envelope.conversation_id).is_none_or(|s| s.summary.seq < m.seq);
                 if newest {
                     let summary = Summary {
@@ -85,9 +86,6 @@ pub fn plan(records: &[Record]) -> Plan {
                     };
                     plan.summaries
                         .insert(envelope.conversation_id.clone(), PlannedSummary { record_id: id.clone(), summary });
-                }
-                if let Some(item) = message_item(envelope) {
-                    plan.items.push((id.clone(), item));
                 }
             }
             _ => plan.ignored += 1,
@@ -124,21 +122,12 @@ pub async fn handle(clients: &Clients, event: SqsEvent) -> SqsBatchResponse {
 async fn write(clients: &Clients, event: &SqsEvent, batch: Batch) -> SqsBatchResponse {
     let plan = plan(&batch.records);
     let mut failed: Vec<String> = Vec::new();
-    let chunks = plan.items.chunks(WRITE_BATCH_MAX).map(|chunk| clients.store.write_messages(chunk));
-    let mut unwritten = HashSet::new();
     let mut write_calls = 0;
-    for writes in futures::future::join_all(chunks).await {
-        unwritten.extend(writes.unwritten);
-        write_calls += writes.calls;
-    }
-    // A summary is updated once its message is written; a failure retries
-    // that record, whose rewrite is harmless. Conversations in parallel.
-    let updates = plan.summaries.iter().filter(|(_, planned)| !unwritten.contains(&planned.record_id)).map(
-        |(conversation_id, planned)| async move {
-            let result = clients.store.advance_summary(conversation_id, &planned.summary).await;
-            (conversation_id, planned, result)
-        },
-    );
+    // A failed summary update retries its record. Conversations in parallel.
+    let updates = plan.summaries.iter().map(|(conversation_id, planned)| async move {
+        let result = clients.store.advance_summary(conversation_id, &planned.summary).await;
+        (conversation_id, planned, result)
+    });
     for (conversation_id, planned, result) in futures::future::join_all(updates).await {
         write_calls += 1;
         if let Err(e) = result {
@@ -172,10 +161,10 @@ async fn write(clients: &Clients, event: &SqsEvent, batch: Batch) -> SqsBatchRes
             failed.push(id.clone());
         }
     }
-    let failures = batch.undecodable.len() + failed.len() + unwritten.len();
+    let failures = batch.undecodable.len() + failed.len();
     tracing::info!(
         records = event.records.len(),
-        written = plan.items.len() - unwritten.len(),
+        messages = plan.messages,
         receipts = plan.receipts.len(),
         failed = failures,
         ignored = plan.ignored,
@@ -184,11 +173,10 @@ async fn write(clients: &Clients, event: &SqsEvent, batch: Batch) -> SqsBatchRes
     );
     metrics::counter!("chat_persist_batches_total").increment(1);
     metrics::counter!("chat_persist_records_total").increment(event.records.len() as u64);
-    metrics::counter!("chat_persist_messages_written_total").increment((plan.items.len() - unwritten.len()) as u64);
+    metrics::counter!("chat_persist_messages_total").increment(plan.messages as u64);
     metrics::counter!("chat_persist_write_calls_total").increment(write_calls as u64);
     metrics::counter!("chat_persist_failures_total").increment(failures as u64);
     metrics::histogram!("chat_persist_batch_size").record(event.records.len() as f64);
-    failed.extend(unwritten);
     batch.response(failed)
 }
 
@@ -242,8 +230,7 @@ mod tests {
             record("6", &message("r", 2, "two")),
         ]));
         let plan = plan(&batch.records);
-        let ids: Vec<&str> = plan.items.iter().map(|(id, _)| id.as_str()).collect();
-        assert_eq!(ids, vec!["1", "3", "5", "6"]);
+        assert_eq!(plan.messages, 4);
         assert_eq!(batch.undecodable.len(), 1);
         assert_eq!(batch.undecodable[0].0, "2");
         assert_eq!(plan.ignored, 1);

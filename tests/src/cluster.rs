@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::echo_service_client::EchoServiceClient;
 use chat_proto::pb::{
@@ -724,6 +724,51 @@ impl Cluster {
     pub async fn store(&self) -> anyhow::Result<chat_aws::dynamo::DynamoStore> {
         let emulator = self.emulator.as_ref().context("an emulator")?;
         Ok(chat_aws::dynamo::DynamoStore::new(emulator.dynamodb().await, crate::tables(|name| self.output(name))?))
+    }
+
+    /// The stack's tables, full name to the logical name its output gives
+    /// (`CHAT_SEND_DEDUP_TABLE` → `send_dedup`).
+    pub fn table_names(&self) -> std::collections::BTreeMap<String, String> {
+        self.outputs
+            .iter()
+            .filter_map(|(output, name)| {
+                let logical = output.strip_prefix("CHAT_")?.strip_suffix("_TABLE")?;
+                Some((name.clone(), logical.to_lowercase()))
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until the queues the outputs name hold nothing:
+    /// none visible, in flight or delayed.
+    pub async fn wait_queues_empty(&self, outputs: &[&str]) -> anyhow::Result<()> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let emulator = self.emulator.as_ref().context("queues need the emulator")?;
+        let sqs = aws_sdk_sqs::Client::new(&emulator.sdk_config().await);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for output in outputs {
+            let url = self.output(output)?;
+            loop {
+                let attributes = sqs
+                    .get_queue_attributes()
+                    .queue_url(&url)
+                    .attribute_names(A::ApproximateNumberOfMessages)
+                    .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+                    .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+                    .send()
+                    .await
+                    .with_context(|| format!("reading {output}'s depth"))?;
+                let held: u64 = attributes
+                    .attributes()
+                    .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+                    .unwrap_or(0);
+                if held == 0 {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "{output} still holds {held} messages");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Gateway `index`'s queue URL.

@@ -56,6 +56,33 @@ impl Scrape {
         Ok(Self { samples })
     }
 
+    /// What each series gained since `before` (counters read twice from
+    /// one process); a series absent before counts from zero.
+    pub fn since(&self, before: &Scrape) -> Scrape {
+        let samples = self
+            .samples
+            .iter()
+            .map(|sample| {
+                let earlier = before
+                    .samples
+                    .iter()
+                    .find(|b| b.name == sample.name && b.labels == sample.labels)
+                    .map_or(0.0, |b| b.value);
+                Sample { value: sample.value - earlier, ..sample.clone() }
+            })
+            .collect();
+        Scrape { samples }
+    }
+
+    /// Every distinct value of `label` on `name`'s series.
+    pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        let mut values: Vec<String> =
+            self.samples.iter().filter(|s| s.name == name).filter_map(|s| s.labels.get(label).cloned()).collect();
+        values.sort();
+        values.dedup();
+        values
+    }
+
     /// The sum of `name`'s series whose labels include every `filter` pair.
     pub fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
         self.samples

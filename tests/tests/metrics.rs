@@ -82,9 +82,9 @@ async fn prometheus_sees_a_cross_gateway_chat() -> anyhow::Result<()> {
         prometheus.wait_scalar(&format!("chat_local_conversations{{gateway_id=\"{id}\"}}"), |v| v == 1.0).await?;
         prometheus.wait_scalar(&format!("sum(chat_joins_total{{gateway_id=\"{id}\"}})"), |v| v == 1.0).await?;
     }
-    // persist wrote every message, in batches, without failures.
-    let written = "sum(chat_persist_messages_written_total{function=\"persist\"})";
-    prometheus.wait_scalar(written, |v| v >= n).await?;
+    // persist saw every message, in batches, without failures.
+    let seen = "sum(chat_persist_messages_total{function=\"persist\"})";
+    prometheus.wait_scalar(seen, |v| v >= n).await?;
     prometheus.wait_scalar("sum(chat_persist_batches_total)", |v| v >= 1.0).await?;
     let failures = "sum(chat_persist_failures_total) or vector(0)";
     ensure!(prometheus.scalar(failures).await? == Some(0.0), "persist failed records");

@@ -2,38 +2,34 @@
 //!
 //! A message: `message_id`, `sender`, `body`, `sent_at_ms`, `origin`,
 //! `members_version` (when not 0), and `client_message_id` when the send
-//! had one. Index `by_message_id`. A void: `void` (true) and `voided_at_ms`,
+//! had one. Index `by_message_id_key` (keys only). A void: `void` (true) and `voided_at_ms`,
 //! nothing else, so the index never holds it and history filters it out.
 //!
 //! **Written before it is published.** A send's message is recorded here
 //! (`Sequencer::record_send` → [`DynamoStore::record_message`], conditional
-//! on the seq being empty or holding this message) before it is published; `persist` later rewrites the
-//! identical item from the event ([`DynamoStore::write_messages`]). So a
-//! reader that finds a seq missing can settle it ([`History::settle`]): the
+//! on the seq being empty or holding this message) before it is published,
+//! by whoever publishes it (a gateway, the webhook), and is written nowhere
+//! else. So a reader that finds a seq missing can settle it ([`History::settle`]): the
 //! message is there (the bus is only slow), or nobody recorded it and a void
 //! goes in its place, atomically, so a sender that was merely slow finds the
 //! void and takes a new seq instead of publishing a message some receivers
 //! have already passed over.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
-use chat_core::envelope::{Envelope, Event};
+use aws_sdk_dynamodb::types::AttributeValue;
 use chat_core::store::{ConversationInfo, Direction, History, HistoryQuery, Settled, StoreError, StoredMessage};
 
 use super::conversations::last_message;
 use super::{DynamoStore, Item, conditional, get_n, get_s, n, number_or_zero, query_items, s, seq_value, unavailable};
 
-/// `BatchWriteItem` takes at most 25 requests.
-pub const WRITE_BATCH_MAX: usize = 25;
-/// Attempts at writing items DynamoDB returned as unprocessed.
-const UNPROCESSED_ATTEMPTS: u32 = 5;
+/// The index from `message_id` to the message's keys (keys only).
+const MESSAGE_ID_INDEX: &str = "by_message_id_key";
 /// Marks a seq settled without a message.
 const VOID: &str = "void";
 
-/// A message's fields, as [`message_item`] stores them.
+/// A message's fields, as its item stores them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MessageFields<'a> {
     pub conversation_id: &'a str,
@@ -68,37 +64,6 @@ impl MessageFields<'_> {
     }
 }
 
-/// The item of a message event; `None` for other events.
-pub fn message_item(envelope: &Envelope) -> Option<Item> {
-    let Event::Message(m) = &envelope.event else { return None };
-    let fields = MessageFields {
-        conversation_id: &envelope.conversation_id,
-        seq: m.seq,
-        message_id: &m.message_id,
-        sender: &m.sender,
-        body: &m.body,
-        sent_at_ms: envelope.at_ms,
-        origin: &envelope.origin,
-        client_message_id: &m.client_message_id,
-        members_version: envelope.members_version,
-    };
-    Some(fields.item())
-}
-
-/// How a [`DynamoStore::write_messages`] call went.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct MessageWrites {
-    /// The keys (as given) of messages that could not be written.
-    pub unwritten: Vec<String>,
-    /// `BatchWriteItem` calls made.
-    pub calls: usize,
-}
-
-/// Key of an item, to match unprocessed writes back to their messages.
-fn item_key(item: &Item) -> Option<(String, String)> {
-    Some((item.get("conversation_id")?.as_s().ok()?.clone(), item.get("seq")?.as_n().ok()?.clone()))
-}
-
 impl DynamoStore {
     /// Records an accepted message under its seq; false when the seq was
     /// settled as void first (the send must take another). Recording the
@@ -131,7 +96,7 @@ impl DynamoStore {
     }
 
     /// Puts a void where nothing is recorded; false when something is.
-    async fn void_seq(&self, conversation_id: &str, seq: u64) -> Result<bool, StoreError> {
+    pub(crate) async fn void_seq(&self, conversation_id: &str, seq: u64) -> Result<bool, StoreError> {
         let put = self
             .client
             .put_item()
@@ -144,47 +109,6 @@ impl DynamoStore {
             .send()
             .await;
         conditional(put, "voiding a seq")
-    }
-
-    /// Writes message items (at most [`WRITE_BATCH_MAX`], each named by the
-    /// caller's key) in one `BatchWriteItem`, retrying what DynamoDB leaves
-    /// unprocessed with backoff.
-    pub async fn write_messages(&self, chunk: &[(String, Item)]) -> MessageWrites {
-        let by_key: HashMap<(String, String), &String> =
-            chunk.iter().filter_map(|(id, item)| item_key(item).map(|k| (k, id))).collect();
-        let mut requests: Vec<WriteRequest> = Vec::with_capacity(chunk.len());
-        for (_, item) in chunk {
-            match PutRequest::builder().set_item(Some(item.clone())).build() {
-                Ok(put) => requests.push(WriteRequest::builder().put_request(put).build()),
-                Err(e) => tracing::error!(error = %e, "unbuildable put request"),
-            }
-        }
-        let mut backoff = Duration::from_millis(50);
-        let mut calls = 0;
-        for attempt in 1..=UNPROCESSED_ATTEMPTS {
-            calls += 1;
-            let out =
-                self.client.batch_write_item().request_items(&self.tables.messages, requests.clone()).send().await;
-            match out {
-                Ok(out) => {
-                    requests =
-                        out.unprocessed_items().and_then(|u| u.get(&self.tables.messages)).cloned().unwrap_or_default();
-                    if requests.is_empty() {
-                        return MessageWrites { unwritten: Vec::new(), calls };
-                    }
-                    tracing::warn!(attempt, unprocessed = requests.len(), "DynamoDB returned unprocessed items");
-                }
-                Err(e) => tracing::warn!(attempt, error = %crate::error::describe(&e), "BatchWriteItem failed"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
-        }
-        let unwritten = requests
-            .iter()
-            .filter_map(|r| r.put_request().and_then(|p| item_key(p.item())))
-            .filter_map(|k| by_key.get(&k).map(|id| (*id).clone()))
-            .collect();
-        MessageWrites { unwritten, calls }
     }
 }
 
@@ -250,20 +174,25 @@ impl History for DynamoStore {
     }
 
     async fn get_message(&self, conversation_id: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
+        // The index holds keys only (a full copy would double every
+        // message's write), so the message is then read by its seq.
         let out = self
             .client
             .query()
             .table_name(&self.tables.messages)
-            .index_name("by_message_id")
+            .index_name(MESSAGE_ID_INDEX)
             .key_condition_expression("message_id = :m")
             .expression_attribute_values(":m", s(message_id))
             .send()
             .await
             .map_err(|e| unavailable("reading a message", e))?;
-        for item in out.items() {
-            let message = stored_message(item)?;
-            if message.conversation_id == conversation_id {
-                return Ok(Some(message));
+        for key in out.items() {
+            if get_s(key, "conversation_id")? != conversation_id {
+                continue;
+            }
+            let Some(item) = self.read_seq(conversation_id, get_n(key, "seq")?).await? else { continue };
+            if item.get("message_id").and_then(|id| id.as_s().ok()).is_some_and(|id| id == message_id) {
+                return stored_message(&item).map(Some);
             }
         }
         Ok(None)
@@ -301,25 +230,21 @@ impl History for DynamoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_core::envelope::MessageEvent;
 
     #[test]
     fn item_is_keyed_by_conversation_and_seq() {
-        let env = Envelope::new(
-            "m42".into(),
-            "r".into(),
-            "gw".into(),
-            1_700_000_000_042,
-            Event::Message(MessageEvent {
-                message_id: "m42".into(),
-                seq: 42,
-                sender: "alice".into(),
-                body: "hello".into(),
-                client_message_id: String::new(),
-                external_recipients: Vec::new(),
-            }),
-        );
-        let item = message_item(&env).expect("item");
+        let item = MessageFields {
+            conversation_id: "r",
+            seq: 42,
+            message_id: "m42",
+            sender: "alice",
+            body: "hello",
+            sent_at_ms: 1_700_000_000_042,
+            origin: "gw",
+            client_message_id: "",
+            members_version: 0,
+        }
+        .item();
         assert_eq!(item["conversation_id"], s("r"));
         assert_eq!(item["seq"], n(42));
         assert_eq!(item["body"], s("hello"));

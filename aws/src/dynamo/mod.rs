@@ -10,7 +10,7 @@
 //! - `sends`: send idempotency records ([`chat_core::store::Sequencer`]);
 //! - `members`: membership and receipt watermarks ([`chat_core::store::Membership`]);
 //! - `presence`: leased online streams ([`chat_core::store::Presence`]);
-//! - `messages`: stored messages, written by `persist` only ([`chat_core::store::History`]);
+//! - `messages`: stored messages, recorded by their publishers before they publish ([`chat_core::store::History`]);
 //! - `receipts`: watermark steps and failures ([`chat_core::store::Receipts`]);
 //! - `users`: links for offline fallback ([`chat_core::store::Links`]);
 //! - [`connector`]: the connector's idempotency records, channel message
@@ -36,7 +36,6 @@ mod sends;
 mod users;
 
 pub use conversations::{Numbered, Registration, Summary};
-pub use messages::{MessageWrites, WRITE_BATCH_MAX, message_item};
 pub use receipts::{failure_key, step_key};
 
 /// A DynamoDB item.

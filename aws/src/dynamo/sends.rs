@@ -1,16 +1,21 @@
 //! The send-dedup table, one record per idempotent send (`idem_key`:
 //! conversation/sender/client_message_id): `message_id`, `accepted_at_ms`,
-//! `body_digest`, `claimed_at_ms`, `expires_at` (TTL, a day) and, once the
-//! send has its place, `seq`, `members_version` and `externals` (SS, absent
-//! when none).
+//! `body_digest`, `claimed_at_ms`, `expires_at` (TTL, a day), `seq`,
+//! `members_version` and `externals` (SS, absent when none).
 //!
-//! **Claim first, then number.** A send claims its key (`attribute_not_exists`)
-//! before it takes a seq, so of two copies of one send racing on two
-//! gateways only the winner ever takes a seq: the loser waits for the
-//! winner's seq and answers with it. (Numbering first would leave the
-//! loser's seq unused, a hole every receiver's reorderer waits out.) A claim
-//! that never got its seq (its gateway died in between) is taken over once
-//! older than [`CLAIM_LEASE`].
+//! **Look, number, then claim with the seq.** A send first reads its key
+//! (strongly consistent): a retry finds the first copy's record and answers
+//! with it, taking no seq. Otherwise it takes a seq and claims the key with
+//! that seq in the same write (`attribute_not_exists`), so the common path
+//! is one read and one record write (it used to be a claim, then the seq
+//! written onto it: two writes). Two copies of one send racing on two
+//! gateways both take a seq; the loser of the claim voids its own at once
+//! (readers pass over a void without waiting out the reorder window) and
+//! answers with the winner's.
+//!
+//! A record without a seq was claimed by a gateway running the earlier
+//! claim-then-number order (a rolling deploy); it is waited for, and taken
+//! over once older than [`CLAIM_LEASE`].
 //!
 //! **Then record** ([`Sequencer::record_send`], in the publishing stage, so
 //! a stream's next send is numbered meanwhile): the message goes under its
@@ -88,21 +93,32 @@ impl DynamoStore {
         out.item().map(record).transpose()
     }
 
-    /// Claims `key` for this send; false when another send holds it.
-    async fn claim(&self, key: &str, req: &SendRequest<'_>, digest: &str) -> Result<bool, StoreError> {
-        let put = self
+    /// Claims `key` for this send, numbered `accepted`; false when another
+    /// send holds it.
+    async fn claim(
+        &self,
+        key: &str,
+        req: &SendRequest<'_>,
+        digest: &str,
+        accepted: &Accepted,
+    ) -> Result<bool, StoreError> {
+        let mut put = self
             .client
             .put_item()
             .table_name(&self.tables.send_dedup)
             .item("idem_key", s(key))
-            .item("message_id", s(&req.new_message_id))
-            .item("accepted_at_ms", n(req.now_ms))
+            .item("message_id", s(&accepted.message_id))
+            .item("accepted_at_ms", n(accepted.accepted_at_ms))
             .item("claimed_at_ms", n(req.now_ms))
             .item("body_digest", s(digest))
             .item("expires_at", n(req.now_ms / 1000 + SEND_DEDUP_TTL_SECS))
-            .condition_expression("attribute_not_exists(idem_key)")
-            .send()
-            .await;
+            .item("seq", seq_value(accepted.seq))
+            .item("members_version", n(accepted.members_version));
+        if !accepted.external_recipients.is_empty() {
+            // DynamoDB has no empty sets: the attribute is absent instead.
+            put = put.item("externals", AttributeValue::Ss(accepted.external_recipients.clone()));
+        }
+        let put = put.condition_expression("attribute_not_exists(idem_key)").send().await;
         conditional(put, "claiming a send")
     }
 
@@ -207,14 +223,16 @@ impl DynamoStore {
         Ok(recorded)
     }
 
-    /// The answer for a send that found its key claimed: the first send's
-    /// identity once it is numbered; the claim itself when its sender died
-    /// (`None`: go on as the claimant).
+    /// The answer for a send, numbered `accepted`, whose claim found the key
+    /// taken: the first copy's identity once it is numbered; `None` when the
+    /// key ends up this send's (a legacy claim whose sender died, taken
+    /// over; or a record expired meanwhile).
     async fn settle_race(
         &self,
         key: &str,
         req: &SendRequest<'_>,
         digest: &str,
+        accepted: &Accepted,
     ) -> Result<Option<Accepted>, StoreError> {
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         loop {
@@ -227,7 +245,10 @@ impl DynamoStore {
                 }
                 Some(Record::Claimed { claimed_at_ms, .. }) => {
                     let stale = chat_core::clock::now_ms().saturating_sub(claimed_at_ms) >= millis(CLAIM_LEASE);
-                    if stale && self.take_over(key, req, claimed_at_ms).await? {
+                    if stale
+                        && self.take_over(key, req, claimed_at_ms).await?
+                        && self.number(key, &accepted.message_id, None, accepted).await?
+                    {
                         tracing::warn!(
                             conversation_id = req.conversation_id,
                             "took over a send claim its sender never numbered"
@@ -236,7 +257,7 @@ impl DynamoStore {
                     }
                 }
                 // Expired by TTL between the claim and now: claim afresh.
-                None if self.claim(key, req, digest).await? => return Ok(None),
+                None if self.claim(key, req, digest, accepted).await? => return Ok(None),
                 None => {}
             }
             if tokio::time::Instant::now() >= deadline {
@@ -245,6 +266,14 @@ impl DynamoStore {
                 ));
             }
             tokio::time::sleep(CLAIM_POLL).await;
+        }
+    }
+
+    /// Gives up a seq this send took and will never record: a void now, so
+    /// readers pass over it at once instead of settling it themselves later.
+    async fn give_up(&self, conversation_id: &str, seq: u64) {
+        if let Err(e) = self.void_seq(conversation_id, seq).await {
+            tracing::warn!(conversation_id, seq, error = %e, "could not void a seq lost to a racing copy; readers settle it");
         }
     }
 }
@@ -257,26 +286,26 @@ impl Sequencer for DynamoStore {
         }
         let key = idempotency_key(req.conversation_id, req.sender, req.client_message_id);
         let digest = body_digest(req.body);
-        if !self.claim(&key, &req, &digest).await?
-            && let Some(first) = self.settle_race(&key, &req, &digest).await?
-        {
-            return Ok(first);
+        // A retry finds its first copy here and takes no seq.
+        match self.read_send(&key).await? {
+            Some(Record::Numbered { accepted, digest: first }) => {
+                return if first == digest { Ok(accepted) } else { Err(StoreError::ClientMessageIdReused) };
+            }
+            Some(Record::Claimed { digest: first, .. }) if first != digest => {
+                return Err(StoreError::ClientMessageIdReused);
+            }
+            _ => {}
         }
         let accepted = self.numbered(&req, &req.new_message_id, req.now_ms).await?;
-        if self.number(&key, &req.new_message_id, None, &accepted).await? {
+        if self.claim(&key, &req, &digest, &accepted).await? {
             return Ok(accepted);
         }
-        // Only a sender stalled past the lease gets here; its seq stays
-        // unrecorded and readers settle it as void.
-        tracing::warn!(
-            conversation_id = req.conversation_id,
-            seq = accepted.seq,
-            "send claim taken over while numbering; seq unused"
-        );
-        match self.read_send(&key).await? {
-            Some(Record::Numbered { accepted, .. }) => Ok(accepted),
-            _ => Err(StoreError::Unavailable("the send was taken over by a retry; retry it again".into())),
+        // A racing copy claimed the key between the read and the claim.
+        let answer = self.settle_race(&key, &req, &digest, &accepted).await;
+        if !matches!(answer, Ok(None)) {
+            self.give_up(req.conversation_id, accepted.seq).await;
         }
+        Ok(answer?.unwrap_or(accepted))
     }
 
     async fn record_send(&self, req: SendRequest<'_>, mut accepted: Accepted) -> Result<Accepted, StoreError> {

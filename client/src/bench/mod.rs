@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use chat_proto::pb::chat_service_client::ChatServiceClient;
 use chat_proto::pb::client_frame::Frame;
 use chat_proto::pb::server_event::Event;
-use chat_proto::pb::{ClientFrame, ConversationKind, CreateConversationRequest, JoinFrame, SendFrame, ServerEvent};
+use chat_proto::pb::{
+    AckFrame, ClientFrame, ConversationKind, CreateConversationRequest, JoinFrame, ReadFrame, SendFrame, ServerEvent,
+};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
@@ -69,6 +71,11 @@ pub struct Plan {
     pub ca_cert: Option<Vec<u8>>,
     /// Makes user and conversation names unique to this step.
     pub run_id: String,
+    /// Each user acks and reads every message it receives (a DELIVERED and
+    /// a READ frame), as a reading client does.
+    pub receipts: bool,
+    /// Sends carry a `client_message_id` (idempotent), as a retrying client's do.
+    pub idempotent: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +107,8 @@ impl Plan {
             auth: None,
             ca_cert: None,
             run_id: format!("{label}-{}", ulid::Ulid::new().to_string().to_lowercase()),
+            receipts: false,
+            idempotent: false,
         }
     }
 
@@ -437,6 +446,19 @@ async fn create_conversations(plan: &Plan, connections: &[(String, Channel)]) ->
         .collect()
 }
 
+/// Acks and reads one received message, as a reading client does; false
+/// when the stream is gone.
+async fn acknowledge(frames: &mpsc::Sender<ClientFrame>, conversation_id: &str, seq: u64) -> bool {
+    let ack = Frame::Ack(AckFrame { conversation_id: conversation_id.to_owned(), seq });
+    let read = Frame::Read(ReadFrame { conversation_id: conversation_id.to_owned(), seq });
+    for frame in [ack, read] {
+        if frames.send(ClientFrame { request_id: String::new(), frame: Some(frame) }).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Sends on schedule until `end`, while reading every event until `stop`.
 async fn drive(
     plan: Arc<Plan>,
@@ -464,9 +486,10 @@ async fn drive(
                 }
                 outcome.sent += 1;
                 let body = probe_body(user.index, outcome.sent, epoch().elapsed(), plan.body_bytes);
+                let client_message_id = if plan.idempotent { format!("b{}", outcome.sent) } else { String::new() };
                 let frame = ClientFrame {
                     request_id: outcome.sent.to_string(),
-                    frame: Some(Frame::Send(SendFrame { conversation_id: conversation_id.clone(), client_message_id: String::new(), body })),
+                    frame: Some(Frame::Send(SendFrame { conversation_id: conversation_id.clone(), client_message_id, body })),
                 };
                 shared.sent.fetch_add(1, Ordering::Relaxed);
                 if user.frames.send(frame).await.is_err() {
@@ -481,6 +504,10 @@ async fn drive(
                         let Some((sender, n, sent_at)) = parse_probe(&m.body) else { continue };
                         if sender == user.index {
                             continue;
+                        }
+                        if plan.receipts && !acknowledge(&user.frames, &m.conversation_id, m.seq).await {
+                            outcome.stream_error = true;
+                            break;
                         }
                         let track = outcome.tracks.entry(sender).or_default();
                         let before = track.unique;
@@ -638,11 +665,30 @@ fn tally(plan: &Plan, outcomes: &[UserOutcome], stream_errors: u64) -> Result<Ta
 /// Runs one step and reports it; setup failures are errors, delivery
 /// failures are counted in the result.
 pub async fn run(plan: Plan) -> Result<StepResult, BenchError> {
+    run_paused(plan, None).await
+}
+
+/// A hand-over between a step's setup and its sending, for a caller that
+/// reads counters in between (what setup cost is then not charged to the
+/// messages): `connected` fires once every user has joined, and sending
+/// starts when `go` fires or is dropped.
+#[derive(Debug)]
+pub struct Pause {
+    pub connected: tokio::sync::oneshot::Sender<()>,
+    pub go: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// [`run`], pausing between setup and sending when `pause` is given.
+pub async fn run_paused(plan: Plan, pause: Option<Pause>) -> Result<StepResult, BenchError> {
     plan.validate()?;
     let plan = Arc::new(plan);
     let _ = epoch();
     let before_connect = sample_all(&plan.pids)?;
     let connected = connect_all(&plan).await?;
+    if let Some(pause) = pause {
+        let _ = pause.connected.send(());
+        let _ = pause.go.await;
+    }
     let idle = sample_all(&plan.pids)?;
     let client_before = procfs::sample(std::process::id())?;
 

@@ -8,11 +8,16 @@
 //!   emulator's raw SNS → SQS capacity at the same message rate.
 //! - The fan-out: one-to-one conversations at 1, 2, 4 and 8 gateways,
 //!   broadcast then member routing on fresh clusters at each size, with
-//!   every AWS call the gateways made per delivery (`fanout.md`).
+//!   `persist` and `fallback` running, every client acking and reading what
+//!   it receives and sending idempotently: every AWS call each process made
+//!   while the messages flowed (setup excluded), per delivery (`fanout.md`)
+//!   and per message, by process, service, operation and table
+//!   (`counts.csv`, which `chat cost --counts` prices).
 //!
 //! Writes `bench.csv`, `emulator.csv`, `latency.png`, `throughput.png` and
 //! `ratios.md` into `--out`. Run it from release builds (the Makefile does).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,7 +25,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chat_aws::dynamo::DynamoStore;
-use chat_client::bench::{self, Plan, StepResult};
+use chat_client::bench::{self, Pause, Plan, StepResult};
+use chat_client::cost::measured::{COUNTS_CSV_HEADER, CountRow, EVENTS};
 use chat_e2e::cluster::Cluster;
 use chat_e2e::metrics::Scrape;
 use chat_e2e::raw_bus::{self, RAW_CSV_HEADER, RawMode, RawResult};
@@ -433,8 +439,11 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if !args.skip_fanout {
-        let fanout = fanout(&args, &mut results).await?;
+        let (fanout, counts) = fanout(&args, &mut results).await?;
         std::fs::write(args.out.join("fanout.md"), &fanout)?;
+        let rows: Vec<String> =
+            std::iter::once(COUNTS_CSV_HEADER.to_owned()).chain(counts.iter().map(CountRow::csv)).collect();
+        std::fs::write(args.out.join("counts.csv"), rows.join("\n") + "\n")?;
         println!("\n{fanout}");
     }
 
@@ -488,8 +497,9 @@ async fn main() -> anyhow::Result<()> {
 /// Broadcast against member routing with one-to-one conversations, side
 /// by side at each gateway count (fresh clusters, broadcast first); users
 /// go round-robin over the gateways, so a pair is always on two of them
-/// (from two gateways up): the case routing cannot make local.
-async fn fanout(args: &Args, results: &mut Vec<StepResult>) -> anyhow::Result<String> {
+/// (from two gateways up): the case routing cannot make local. Returns the
+/// table and the counts rows of every run.
+async fn fanout(args: &Args, results: &mut Vec<StepResult>) -> anyhow::Result<(String, Vec<CountRow>)> {
     let extra: Vec<(String, String)> = args
         .fanout_env
         .iter()
@@ -502,21 +512,56 @@ async fn fanout(args: &Args, results: &mut Vec<StepResult>) -> anyhow::Result<St
          SNS requests per message | DynamoDB requests per message | p50 ms: broadcast / members = ratio | p99 ms: broadcast / members = ratio | complete |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
+    let mut counts = Vec::new();
     for &gateways in &args.fanout_gateways {
         let mut side = Vec::new();
         for routing in ["broadcast", "members"] {
             let mut env: Vec<(&str, &str)> = vec![("CHAT_ROUTING", routing)];
             env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            let mut cluster = Cluster::aws_with(gateways, &env).await?;
+            // The fallback's delay short enough that its work is counted
+            // within the run's drain.
+            let mut cluster = Cluster::aws_custom(gateways, &env, &["FallbackDelaySeconds=1"]).await?;
+            let functions = [
+                ("persist", cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?),
+                ("fallback", cluster.start_runner("fallback", "CHAT_FALLBACK_QUEUE_URL", &[])?),
+            ];
             let (urls, pids, auth) = cluster.bench_target();
             let label = format!("fanout-{routing}-{gateways}gw");
             let mut plan = args.plan(&label, urls, pids, args.fanout_users, args.fanout_rate);
             plan.conversation_size = 2;
             plan.auth = Some(auth);
-            step(plan, results).await?;
-            let calls = stop_and_total(&mut cluster, gateways).await?;
+            plan.receipts = true;
+            plan.idempotent = true;
+            let (connected, joined) = tokio::sync::oneshot::channel();
+            let (go, going) = tokio::sync::oneshot::channel();
+            let running = tokio::spawn(bench::run_paused(plan, Some(Pause { connected, go: going })));
+            let before =
+                if joined.await.is_ok() { Some(scrape_processes(&cluster, gateways, &functions).await?) } else { None };
+            let _ = go.send(());
+            let result = running.await.context("the step panicked")?.with_context(|| label.clone())?;
+            let before = before.context("the step ended before its users joined")?;
+            println!("{}", result.summary());
+            results.push(result.clone());
+            cluster.wait_queues_empty(&["CHAT_PERSIST_QUEUE_URL", "CHAT_FALLBACK_QUEUE_URL"]).await?;
+            let after = scrape_processes(&cluster, gateways, &functions).await?;
+            let tables = cluster.table_names();
+            let mut calls = AwsCalls::default();
+            let mut by_process: Vec<(&str, Scrape)> = Vec::new();
+            for ((process, after), (_, before)) in after.iter().zip(&before) {
+                let delta = after.since(before);
+                if *process == "gateway" {
+                    calls.add(&AwsCalls::from_scrape(&delta));
+                }
+                by_process.push((process, delta));
+            }
+            // From the first send to the last delivery.
+            let seconds = if result.deliveries_per_s > 0.0 {
+                result.delivered as f64 / result.deliveries_per_s
+            } else {
+                result.duration_s
+            };
+            counts.extend(count_rows(&by_process, (gateways as u32, routing, result.accepted, seconds), &tables));
             println!("{label}: {}", calls.summary(gateways));
-            let result = results.last().cloned().context("the step's result")?;
             side.push((calls, result));
         }
         let [(b, br), (m, mr)] = &side[..] else { continue };
@@ -541,7 +586,77 @@ async fn fanout(args: &Args, results: &mut Vec<StepResult>) -> anyhow::Result<St
             if br.complete() && mr.complete() { "yes" } else { "NO" },
         );
     }
-    Ok(md)
+    Ok((md, counts))
+}
+
+/// Each gateway's scrape (as `gateway`) and each function runner's (by
+/// function name), in that order.
+async fn scrape_processes(
+    cluster: &Cluster,
+    gateways: usize,
+    functions: &[(&'static str, usize)],
+) -> anyhow::Result<Vec<(&'static str, Scrape)>> {
+    let mut scrapes = Vec::new();
+    for index in 0..gateways {
+        scrapes.push(("gateway", cluster.scrape(index).await?));
+    }
+    for (function, runner) in functions {
+        let addr = cluster.runner_metrics(*runner).with_context(|| format!("{function} runner's metrics"))?;
+        scrapes.push((*function, Scrape::fetch(addr).await?));
+    }
+    Ok(scrapes)
+}
+
+/// The counts rows of one run: per process (the gateways summed), SNS and
+/// SQS calls by operation, DynamoDB calls by operation and table (named as
+/// the stack's outputs name it: `messages`, `send_dedup`, ...), and the
+/// function's invocations; and the events the fleet model reads (receipts
+/// reported, events received, empty receives).
+fn count_rows(
+    scrapes: &[(&str, Scrape)],
+    (gateways, routing, messages, seconds): (u32, &str, u64, f64),
+    tables: &BTreeMap<String, String>,
+) -> Vec<CountRow> {
+    let logical = |names: &str| {
+        names
+            .split('+')
+            .map(|name| tables.get(name).cloned().unwrap_or_else(|| name.to_owned()))
+            .collect::<Vec<_>>()
+            .join("+")
+    };
+    let mut totals: BTreeMap<(String, String, String, String), f64> = BTreeMap::new();
+    for (process, scrape) in scrapes {
+        for sample in &scrape.samples {
+            let label = |name: &str| sample.labels.get(name).cloned().unwrap_or_default();
+            let key = match sample.name.as_str() {
+                "chat_aws_requests_total" if label("service") != "DynamoDB" => {
+                    (label("service"), label("operation"), String::new())
+                }
+                "chat_dynamodb_requests_total" => ("DynamoDB".to_owned(), label("operation"), logical(&label("table"))),
+                "chat_function_invocations_total" => ("Lambda".to_owned(), "Invoke".to_owned(), String::new()),
+                "chat_receipts_reported_total" => (EVENTS.to_owned(), "Receipt".to_owned(), String::new()),
+                "chat_bus_events_received_total" => (EVENTS.to_owned(), "Received".to_owned(), String::new()),
+                "chat_sqs_empty_receives_total" => (EVENTS.to_owned(), "EmptyReceive".to_owned(), String::new()),
+                _ => continue,
+            };
+            *totals.entry(((*process).to_owned(), key.0, key.1, key.2)).or_default() += sample.value;
+        }
+    }
+    totals
+        .into_iter()
+        .filter(|(_, calls)| *calls > 0.0)
+        .map(|((process, service, operation, table), calls)| CountRow {
+            gateways,
+            routing: routing.to_owned(),
+            messages,
+            seconds,
+            process,
+            service,
+            operation,
+            table,
+            calls,
+        })
+        .collect()
 }
 
 #[cfg(test)]

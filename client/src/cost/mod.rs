@@ -1,16 +1,23 @@
 //! The AWS cost model behind `chat cost`: what one million chat messages
-//! cost on the deployed stack, line by line, from the calls the code makes
-//! per message (counted from `gateway/src/store/dynamo.rs`,
-//! `gateway/src/bus/sns_sqs.rs` and `functions/src/*`) and the list prices
-//! below. Pure arithmetic: tests call [`estimate`] directly.
+//! cost on the deployed stack, line by line, and the list prices below.
+//! Two ways in, both pure arithmetic that tests call directly:
+//! - [`measured::estimate_measured`] prices the calls the bench counted per
+//!   message, per process, service, operation and table (`--counts`); the
+//!   constants below fill in only what the emulator cannot count (capacity
+//!   units per call, payload chunks, Lambda's billed duration);
+//! - [`estimate`] is the hand model, the calls the code makes per message
+//!   read off the code (`aws/src/dynamo/*`, `gateway/src/bus/*`,
+//!   `functions/src/*`), for what was not measured.
 //!
-//! What is counted, per message sent to a conversation of `k` members:
-//! - **accept** (gateway): for an idempotent send, the claim (`PutItem` on
-//!   the send record, 1 WRU), `UpdateItem` on the seq counter (1 WRU), the
-//!   seq on the send record (`UpdateItem`, 1 WRU); for any send, the message
-//!   recorded under its seq (`PutItem`, 1 WRU per KB); then one SNS publish
-//!   (a `PublishBatch` of `b` events is one request). Reads happen only when
-//!   copies of one send race, or a gap is settled: left out.
+//! What the hand model counts, per message sent to a conversation of `k`
+//! members:
+//! - **accept** (gateway): for an idempotent send, the lookup of its record
+//!   (`GetItem`, strongly consistent: 1 RRU) and its claim with the seq
+//!   (`PutItem`, 1 WRU); for any send, `UpdateItem` on the seq counter
+//!   (1 WRU), the message recorded under its seq (`PutItem`, 1 WRU per KB)
+//!   and its entry in the keys-only `by_message_id_key` index (1 WRU); then
+//!   one SNS publish (a `PublishBatch` of `b` events is one request). Racing
+//!   copies of one send and settled gaps are rare: left out.
 //! - **fan-out to gateways**: with broadcast routing SNS delivers every
 //!   event to every gateway's queue (free), and each gateway pays its share
 //!   of a `ReceiveMessage` and a `DeleteMessageBatch` (one each per receive
@@ -21,7 +28,8 @@
 //!   for members placed uniformly at random.
 //! - **persist** (Lambda behind the persist queue): its share of the event
 //!   source mapping's receive and delete, of one invocation and of its
-//!   billed duration; the message item (1 WRU per KB).
+//!   billed duration; it writes no message (the publisher recorded it), and
+//!   the summary's update is one per conversation per batch: left out.
 //! - **fallback** (Lambda behind the delayed queue): queue and invocation
 //!   share, and one `Query` of the members (strongly consistent, 1 RRU per
 //!   4 KB of member items).
@@ -44,6 +52,8 @@
 
 use std::fmt::Write as _;
 
+pub mod measured;
+
 /// Prices in USD, us-east-1, from the public pricing pages (same figures in
 /// AWS's pricing API), as of [`PRICES_AS_OF`]. Change them here.
 pub const PRICES_AS_OF: &str = "2025 (not re-checked since)";
@@ -64,6 +74,9 @@ const DYNAMO_PER_RRU: f64 = 0.125e-6;
 const NLB_PER_HOUR: f64 = 0.0225;
 const NLCU_PER_HOUR: f64 = 0.006;
 const HOURS_PER_MONTH: f64 = 730.0;
+/// A message's entry in the keys-only `by_message_id_key` index: well under
+/// 1 KB, one write unit.
+const INDEX_ENTRY_WRU: f64 = 1.0;
 /// SNS and SQS bill a request per 64 KB chunk of payload.
 const CHUNK_KB: f64 = 64.0;
 /// Gateway pollers each keep one 20 s long poll open when idle.
@@ -255,8 +268,11 @@ impl Workload {
 /// what that costs per million messages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
-    pub stage: &'static str,
+    pub stage: String,
     pub service: &'static str,
+    /// The operation (and table) a measured line prices; empty in the hand
+    /// model.
+    pub detail: String,
     pub units_per_message: f64,
     pub unit: &'static str,
     pub usd_per_million: f64,
@@ -273,6 +289,9 @@ pub struct Estimate {
     pub total_per_million: f64,
     /// SQS requests per message per gateway reached (receive and delete).
     pub sqs_calls_per_message_per_gateway: f64,
+    /// What the figures rest on besides the lines (measured runs: the
+    /// source, and the calls not priced per message).
+    pub notes: Vec<String>,
 }
 
 struct Bill {
@@ -280,11 +299,24 @@ struct Bill {
 }
 
 impl Bill {
-    fn add(&mut self, stage: &'static str, service: &'static str, units: f64, unit: &'static str, price: f64) {
+    fn add(&mut self, stage: &str, service: &'static str, units: f64, unit: &'static str, price: f64) {
+        self.add_detailed(stage, service, String::new(), units, unit, price);
+    }
+
+    fn add_detailed(
+        &mut self,
+        stage: &str,
+        service: &'static str,
+        detail: String,
+        units: f64,
+        unit: &'static str,
+        price: f64,
+    ) {
         if units > 0.0 {
             self.lines.push(Line {
-                stage,
+                stage: stage.to_owned(),
                 service,
+                detail,
                 units_per_message: units,
                 unit,
                 usd_per_million: units * price * 1e6,
@@ -322,13 +354,13 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
     };
 
     // Accepting the send at the gateway, and publishing it.
-    let send_record_writes = if w.idempotent_sends { 2.0 } else { 0.0 };
-    bill.add("accept", "DynamoDB", 1.0 + send_record_writes + item_wru, "WRU", DYNAMO_PER_WRU);
+    let send_record = if w.idempotent_sends { 1.0 } else { 0.0 };
+    bill.add("accept", "DynamoDB", send_record + 1.0 + item_wru + INDEX_ENTRY_WRU, "WRU", DYNAMO_PER_WRU);
+    bill.add("accept", "DynamoDB", send_record, "RRU", DYNAMO_PER_RRU);
     bill.add("accept", "SNS", chunk / w.publish_batch, "requests", SNS_PER_REQUEST);
     bill.add("fan-out", "SQS", w.fan_out_requests() * chunk, "requests", SQS_PER_REQUEST);
 
     function(&mut bill, "persist", 1.0);
-    bill.add("persist", "DynamoDB", item_wru, "WRU", DYNAMO_PER_WRU);
 
     function(&mut bill, "fallback", 1.0);
     let members_rru = (f64::from(w.members) * w.member_item_bytes / 4096.0).ceil().max(1.0);
@@ -343,7 +375,12 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
     function(&mut bill, "connector", w.external_recipients);
     bill.add("connector", "DynamoDB", w.external_recipients * 4.0, "WRU", DYNAMO_PER_WRU);
 
-    let variable_per_million: f64 = bill.lines.iter().map(|l| l.usd_per_million).sum();
+    Ok(bill.finish(w, sqs_per_gateway_event, Vec::new()))
+}
+
+/// Fargate tasks for the gateways, the Network Load Balancer's hours and
+/// the gateways' idle long polls, per month.
+fn fixed_per_month(w: &Workload) -> f64 {
     let (per_vcpu_hour, per_gb_hour) = w.arch.fargate();
     let gateways = f64::from(w.gateways);
     let fargate = gateways * (w.gateway_vcpu * per_vcpu_hour + w.gateway_gb * per_gb_hour) * HOURS_PER_MONTH;
@@ -351,14 +388,55 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
     // at this scale; the hour charge dominates.
     let nlb = (NLB_PER_HOUR + NLCU_PER_HOUR) * HOURS_PER_MONTH;
     let idle_polls = gateways * f64::from(w.pollers) * HOURS_PER_MONTH * 3600.0 / IDLE_POLL_SECS * SQS_PER_REQUEST;
-    let fixed_per_month = fargate + nlb + idle_polls;
-    Ok(Estimate {
-        variable_per_million,
-        fixed_per_month,
-        total_per_million: variable_per_million + fixed_per_month * 1e6 / w.messages_per_month,
-        sqs_calls_per_message_per_gateway: sqs_per_gateway_event,
-        lines: bill.lines,
-    })
+    fargate + nlb + idle_polls
+}
+
+impl Bill {
+    fn finish(self, w: &Workload, sqs_calls_per_message_per_gateway: f64, notes: Vec<String>) -> Estimate {
+        let variable_per_million: f64 = self.lines.iter().map(|l| l.usd_per_million).sum();
+        let fixed_per_month = fixed_per_month(w);
+        Estimate {
+            variable_per_million,
+            fixed_per_month,
+            total_per_million: variable_per_million + fixed_per_month * 1e6 / w.messages_per_month,
+            sqs_calls_per_message_per_gateway,
+            lines: self.lines,
+            notes,
+        }
+    }
+}
+
+/// The lines, the totals, the notes and the price sources.
+fn render_bill(out: &mut String, w: &Workload, e: &Estimate) {
+    let detail = e.lines.iter().map(|l| l.detail.len()).max().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "{:<10} {:<9} {:<detail$} {:>14} {:<12} {:>12}",
+        "stage", "service", "", "per message", "unit", "$/million"
+    );
+    for line in &e.lines {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<9} {:<detail$} {:>14.4} {:<12} {:>12.4}",
+            line.stage, line.service, line.detail, line.units_per_message, line.unit, line.usd_per_million
+        );
+    }
+    let width = 48 + detail + 1;
+    let _ = writeln!(out, "{:<width$} {:>12.4}", "variable, per million messages", e.variable_per_million);
+    let _ = writeln!(out, "{:<width$} {:>12.2}", "fixed, per month (Fargate, NLB, idle long polls)", e.fixed_per_month);
+    let _ = writeln!(
+        out,
+        "{:<width$} {:>12.4}",
+        format!("total per million at {:.0} messages/month", w.messages_per_month),
+        e.total_per_million
+    );
+    for note in &e.notes {
+        let _ = writeln!(out, "{note}");
+    }
+    let _ = writeln!(out, "\nprices (USD, us-east-1, {PRICES_AS_OF}; free tiers ignored):");
+    for source in PRICE_SOURCES {
+        let _ = writeln!(out, "  {source}");
+    }
 }
 
 /// The bill as a table, with the inputs, the fixed costs and the sources.
@@ -380,26 +458,7 @@ pub fn render(w: &Workload, e: &Estimate) -> String {
         "batches: publish {}, gateway receive {}, function {}; Lambda {} MB × {} ms ({:?})\n",
         w.publish_batch, w.receive_batch, w.lambda_batch, w.lambda_memory_mb, w.lambda_ms, w.arch
     );
-    let _ = writeln!(out, "{:<10} {:<9} {:>14} {:<12} {:>12}", "stage", "service", "per message", "unit", "$/million");
-    for line in &e.lines {
-        let _ = writeln!(
-            out,
-            "{:<10} {:<9} {:>14.4} {:<12} {:>12.4}",
-            line.stage, line.service, line.units_per_message, line.unit, line.usd_per_million
-        );
-    }
-    let _ = writeln!(out, "{:<48} {:>12.4}", "variable, per million messages", e.variable_per_million);
-    let _ = writeln!(out, "{:<48} {:>12.2}", "fixed, per month (Fargate, NLB, idle long polls)", e.fixed_per_month);
-    let _ = writeln!(
-        out,
-        "{:<48} {:>12.4}",
-        format!("total per million at {:.0} messages/month", w.messages_per_month),
-        e.total_per_million
-    );
-    let _ = writeln!(out, "\nprices (USD, us-east-1, {PRICES_AS_OF}; free tiers ignored):");
-    for source in PRICE_SOURCES {
-        let _ = writeln!(out, "  {source}");
-    }
+    render_bill(&mut out, w, e);
     out
 }
 
@@ -419,13 +478,17 @@ mod tests {
         assert!(w.validate().is_ok());
     }
 
-    /// The accept stage of an idempotent 1 KB send, worked by hand: claim,
-    /// counter, numbering and the recorded message (4 WRU) + 1 SNS request
-    /// = 4 × 0.625 + 0.50 = $3.00 per million.
+    /// The accept stage of an idempotent 1 KB send, worked by hand: the
+    /// record's lookup (1 RRU), its claim with the seq, the counter, the
+    /// message and its index entry (4 WRU) + 1 SNS request
+    /// = 0.125 + 4 × 0.625 + 0.50 = $3.125 per million; without a
+    /// client_message_id, no lookup and no claim: $2.375.
     #[test]
-    fn accept_is_four_writes_and_a_publish() {
+    fn accept_is_a_lookup_four_writes_and_a_publish() {
         let e = estimate(&Workload::default()).expect("valid");
-        assert!((total(&e, "accept") - 3.0).abs() < 1e-9, "{}", total(&e, "accept"));
+        assert!((total(&e, "accept") - 3.125).abs() < 1e-9, "{}", total(&e, "accept"));
+        let e = estimate(&Workload { idempotent_sends: false, ..Workload::default() }).expect("valid");
+        assert!((total(&e, "accept") - 2.375).abs() < 1e-9, "{}", total(&e, "accept"));
     }
 
     /// Broadcast fan-out is linear in gateways: receive + delete per gateway.
@@ -483,8 +546,8 @@ mod tests {
     #[test]
     fn large_messages_pay_per_chunk_and_per_kilobyte() {
         let e = estimate(&Workload { message_kb: 100.0, ..Workload::default() }).expect("valid");
-        let persist_writes = e.lines.iter().find(|l| l.stage == "persist" && l.unit == "WRU").expect("line");
-        assert_eq!(persist_writes.units_per_message, 100.0);
+        let accept_writes = e.lines.iter().find(|l| l.stage == "accept" && l.unit == "WRU").expect("line");
+        assert_eq!(accept_writes.units_per_message, 1.0 + 1.0 + 100.0 + 1.0);
         let publish = e.lines.iter().find(|l| l.stage == "accept" && l.service == "SNS").expect("line");
         assert_eq!(publish.units_per_message, 2.0);
     }
