@@ -181,6 +181,11 @@ pub struct ReceiptEvent {
     /// The external channel that reported it, when one did.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub via: String,
+    /// Recorded in the store already, by whoever published it (a gateway
+    /// records a READ before announcing it): `persist` leaves it alone
+    /// rather than pay a write to find the watermark already there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recorded: bool,
 }
 
 /// A message an internal member did not acknowledge in time, to be
@@ -323,6 +328,7 @@ mod tests {
                 message_id: "m4".into(),
                 reason: "number not on WhatsApp".into(),
                 via: "whatsapp".into(),
+                recorded: false,
             }),
             Event::Fallback(FallbackEvent {
                 user_id: "bob".into(),

@@ -361,8 +361,13 @@ pub trait Receipts: Send + Sync + std::fmt::Debug {
             message_id: String::new(),
             reason: String::new(),
             via: String::new(),
+            recorded: false,
         };
-        self.record_receipt(conversation_id, &receipt, at_ms).await?;
+        // Moved: the marker is `seq`, no read needed; only a marker already
+        // there or past (or a non-member) is read back.
+        if self.record_receipt(conversation_id, &receipt, at_ms).await? {
+            return Ok(seq);
+        }
         Ok(self.member(conversation_id, user_id).await?.ok_or(StoreError::NotMember)?.read_seq)
     }
 

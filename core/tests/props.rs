@@ -57,14 +57,15 @@ fn event() -> impl Strategy<Value = Event> {
         text().prop_map(|user_id| Event::MemberLeft { user_id }),
         (text(), any::<bool>()).prop_map(|(user_id, online)| Event::Presence { user_id, online }),
         (text(), any::<bool>()).prop_map(|(user_id, typing)| Event::Typing { user_id, typing }),
-        (text(), receipt_status(), any::<u64>(), text(), text(), text()).prop_map(
-            |(user_id, status, up_to_seq, message_id, reason, via)| Event::Receipt(ReceiptEvent {
+        (text(), receipt_status(), any::<u64>(), text(), text(), text(), any::<bool>()).prop_map(
+            |(user_id, status, up_to_seq, message_id, reason, via, recorded)| Event::Receipt(ReceiptEvent {
                 user_id,
                 status,
                 up_to_seq,
                 message_id,
                 reason,
-                via
+                via,
+                recorded,
             })
         ),
         (text(), recipient(), message_event()).prop_map(|(user_id, to, message)| Event::Fallback(FallbackEvent {

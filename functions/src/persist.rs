@@ -8,7 +8,9 @@
 //! message) forward, one conditional update per conversation per batch,
 //! and records receipts through the store's `record_receipt` (one
 //! conditional update of the member's watermark, which keeps its last moves
-//! for their times), so redelivered or reordered records change nothing.
+//! for their times), so redelivered or reordered records change nothing;
+//! a receipt its publisher recorded already (a gateway's READ) is left
+//! alone.
 //! (It used to rewrite every message item as well: one write per message
 //! per KB that changed nothing.)
 //! Every table's layout is `chat_aws::dynamo`'s; this module only decides
@@ -70,6 +72,9 @@ pub fn plan(records: &[Record]) -> Plan {
     let mut plan = Plan::default();
     for Record { id, envelope, .. } in records {
         match &envelope.event {
+            // Its publisher recorded it (a gateway's READ): writing it again
+            // would only pay to find the watermark there.
+            Event::Receipt(receipt) if receipt.recorded => plan.ignored += 1,
             Event::Receipt(receipt) => {
                 plan.receipts.push((id.clone(), envelope.conversation_id.clone(), receipt.clone(), envelope.at_ms));
             }
@@ -236,5 +241,31 @@ mod tests {
         assert_eq!(plan.ignored, 1);
         assert_eq!(plan.summaries["r"].summary.seq, 3, "the newest, not the last in the batch");
         assert_eq!(plan.summaries["q"].summary.preview.chars().count(), chat_core::envelope::PREVIEW_CHARS);
+    }
+
+    /// A READ its gateway recorded is not written again; a DELIVERED is.
+    #[test]
+    fn receipts_recorded_by_their_publisher_are_left_alone() {
+        use chat_core::envelope::{ReceiptEvent, ReceiptStatus};
+        let receipt = |status, recorded| {
+            let event = ReceiptEvent {
+                user_id: "bob".into(),
+                status,
+                up_to_seq: 3,
+                message_id: String::new(),
+                reason: String::new(),
+                via: String::new(),
+                recorded,
+            };
+            Envelope::new("e".into(), "r".into(), "gw".into(), 1, Event::Receipt(event)).encode()
+        };
+        let batch = Batch::decode(&event(vec![
+            record("1", &receipt(ReceiptStatus::Read, true)),
+            record("2", &receipt(ReceiptStatus::Delivered, false)),
+        ]));
+        let plan = plan(&batch.records);
+        let planned: Vec<&str> = plan.receipts.iter().map(|(id, ..)| id.as_str()).collect();
+        assert_eq!(planned, vec!["2"]);
+        assert_eq!(plan.ignored, 1);
     }
 }

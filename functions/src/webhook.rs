@@ -325,6 +325,7 @@ async fn apply(webhook: &Webhook, notice: Notice) -> Result<(), FunctionError> {
                 message_id: reference.message_id,
                 reason,
                 via: channel.as_str().to_owned(),
+                recorded: false,
             };
             let envelope = Envelope::new(
                 ulid::Ulid::new().to_string(),

@@ -366,16 +366,18 @@ impl App {
     ) -> Result<(), GatewayError> {
         match status {
             ReceiptStatus::Read => self.record_read(conversation_id, user, up_to_seq).await.map(drop),
-            _ => self.announce_receipt(conversation_id, user, status, up_to_seq).await,
+            _ => self.announce_receipt(conversation_id, user, status, up_to_seq, false).await,
         }
     }
 
+    /// Publishes a receipt (`recorded`: in the store already).
     async fn announce_receipt(
         &self,
         conversation_id: &str,
         user: &str,
         status: ReceiptStatus,
         up_to_seq: u64,
+        recorded: bool,
     ) -> Result<(), GatewayError> {
         let receipt = ReceiptEvent {
             user_id: user.to_owned(),
@@ -384,6 +386,7 @@ impl App {
             message_id: String::new(),
             reason: String::new(),
             via: String::new(),
+            recorded,
         };
         self.bus.publish(&[self.envelope(conversation_id, Event::Receipt(receipt))]).await?;
         Ok(())
@@ -420,7 +423,7 @@ impl App {
     async fn record_read(&self, conversation_id: &str, user: &str, seq: u64) -> Result<u64, GatewayError> {
         let marker = self.stores.receipts.mark_read(conversation_id, user, seq, chat_core::clock::now_ms()).await?;
         if marker == seq && seq > 0 {
-            self.announce_receipt(conversation_id, user, ReceiptStatus::Read, seq).await?;
+            self.announce_receipt(conversation_id, user, ReceiptStatus::Read, seq, true).await?;
         }
         Ok(marker)
     }

@@ -612,6 +612,7 @@ mod tests {
                 message_id: String::new(),
                 reason: String::new(),
                 via: String::new(),
+                recorded: false,
             };
             Envelope::new(id.into(), "r".into(), "gw".into(), 1, Event::Receipt(event))
         };

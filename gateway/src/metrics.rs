@@ -11,7 +11,7 @@
 //! | `chat_reorder_waits_total`, `chat_late_deliveries_total`, `chat_settled_total{outcome}` | counter | the reorderer |
 //! | `chat_slow_consumer_disconnects_total` | counter | outboxes |
 //! | `chat_receipts_reported_total{status}`, `chat_receipts_coalesced_total` | counter | streams' acks and reads (reported; merged into a later report) |
-//! | `chat_publish_batch_size`, `chat_sqs_empty_receives_total` | histogram, counter | SNS publisher, SQS pollers |
+//! | `chat_publish_batch_size`, `chat_sqs_empty_receives_total`, `chat_sqs_messages_received_total` | histogram, counters | SNS publisher, SQS pollers (receives that returned nothing; messages received) |
 //! | `chat_routes_healed_total`, `chat_routes_relayed_total` | counter | member routing: dead routes removed from a conversation; events relayed through the topic after a queue refused them |
 //! | `chat_aws_requests_total{service,operation,outcome}`, `chat_aws_request_seconds` | counter, histogram | every AWS call (`chat_aws::metered`) |
 //! | `chat_grpc_requests_total{method,code}` | counter | every gRPC call, by its final status ([`GrpcMetricsLayer`]) |

@@ -895,7 +895,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_burst_of_acks_is_one_receipt_now_and_one_at_the_windows_end_and_none_is_lost_at_the_end() {
+    async fn a_burst_of_acks_is_one_receipt_at_the_windows_end_and_none_is_lost_at_the_end() {
         let Setup { app, bus } = setup(Limits::default(), None).await;
         let window = app.limits().receipt_window;
         let (frames, mut events) = joined_after_sending(&app, 7).await;
@@ -909,30 +909,29 @@ mod tests {
         // Frames are handled in order: once this join is answered, so were the acks.
         frames.unbounded_send(frame("j2", join("a"))).expect("frame");
         assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
-        assert_eq!(delivered(&bus), vec![1], "the first at once, the rest wait");
+        assert_eq!(delivered(&bus), Vec::<u64>::new(), "acks wait a window (a read may cover them)");
         let reported = tokio::time::Instant::now();
-        while delivered(&bus) == vec![1] {
+        while delivered(&bus).is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(delivered(&bus), vec![1, 5], "the newest at the window's end");
+        assert_eq!(delivered(&bus), vec![5], "the newest at the window's end");
         let waited = reported.elapsed();
         assert!(
             waited + Duration::from_millis(20) >= window && waited <= window + Duration::from_millis(20),
             "{waited:?}"
         );
 
-        // Once the window that report started has passed, 6 goes at once and
-        // 7 waits; the stream ends before its window does, and 7 is reported
-        // all the same.
+        // 6 and 7 wait their window; the stream ends before it does, and 7
+        // is reported all the same.
         tokio::time::sleep(window).await;
         frames.unbounded_send(frame("a6", ack(6))).expect("frame");
         frames.unbounded_send(frame("a7", ack(7))).expect("frame");
         frames.unbounded_send(frame("j3", join("b"))).expect("frame");
         assert!(matches!(next_answer(&mut events).await, Event::PresenceSnapshot(_)));
-        assert_eq!(delivered(&bus), vec![1, 5, 6]);
+        assert_eq!(delivered(&bus), vec![5]);
         drop((frames, events));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while delivered(&bus) != vec![1, 5, 6, 7] {
+        while delivered(&bus) != vec![5, 7] {
             assert!(tokio::time::Instant::now() < deadline, "7 was never reported: {:?}", delivered(&bus));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

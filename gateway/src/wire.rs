@@ -537,6 +537,7 @@ mod tests {
             message_id: String::new(),
             reason: String::new(),
             via: String::new(),
+            recorded: false,
         };
         let out = bus_event(Envelope::new("r".into(), "room".into(), "gw".into(), 1, Event::Receipt(receipt)))
             .expect("for streams");
@@ -650,6 +651,7 @@ mod tests {
                         message_id: String::new(),
                         reason: "r".into(),
                         via: String::new(),
+                        recorded: false,
                     })),
             ];
             (text(), any::<i64>(), event).prop_map(|(conversation_id, at_ms, event)| {

@@ -216,6 +216,7 @@ fn receipt(user: &str, status: ReceiptStatus, up_to_seq: u64) -> ReceiptEvent {
         message_id: String::new(),
         reason: if status == ReceiptStatus::Failed { "undeliverable".into() } else { String::new() },
         via: String::new(),
+        recorded: false,
     }
 }
 

@@ -308,6 +308,7 @@ async fn receipts_never_move_backwards_under_reordering() -> anyhow::Result<()> 
             message_id: String::new(),
             reason: String::new(),
             via: String::new(),
+            recorded: false,
         };
         Envelope::new(unique("r-"), room.clone(), "test".into(), at, Event::Receipt(event))
     };

@@ -95,6 +95,7 @@ async fn receipt_moves_are_kept_on_the_member_item() -> anyhow::Result<()> {
         message_id: String::new(),
         reason: String::new(),
         via: String::new(),
+        recorded: false,
     };
     // Ten moves: 2, 4, ..., 20, at 200, 400, ..., 2000.
     for seq in (2..=20).step_by(2) {

@@ -17,6 +17,7 @@
 //! cost, not only how fast they were.
 
 pub mod baseline;
+pub mod fleet;
 pub mod plot;
 pub mod procfs;
 
@@ -668,14 +669,18 @@ pub async fn run(plan: Plan) -> Result<StepResult, BenchError> {
     run_paused(plan, None).await
 }
 
-/// A hand-over between a step's setup and its sending, for a caller that
-/// reads counters in between (what setup cost is then not charged to the
-/// messages): `connected` fires once every user has joined, and sending
-/// starts when `go` fires or is dropped.
+/// Hand-overs around a step's sending, for a caller that reads counters
+/// before and after it (what setup and teardown cost is then not charged
+/// to the messages): `connected` fires once every user has joined, and
+/// sending starts when `go` fires or is dropped; `drained` fires once every
+/// delivery is in (or the drain budget ran out), and the streams close when
+/// `close` fires or is dropped.
 #[derive(Debug)]
 pub struct Pause {
     pub connected: tokio::sync::oneshot::Sender<()>,
     pub go: tokio::sync::oneshot::Receiver<()>,
+    pub drained: tokio::sync::oneshot::Sender<()>,
+    pub close: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// [`run`], pausing between setup and sending when `pause` is given.
@@ -685,10 +690,14 @@ pub async fn run_paused(plan: Plan, pause: Option<Pause>) -> Result<StepResult, 
     let _ = epoch();
     let before_connect = sample_all(&plan.pids)?;
     let connected = connect_all(&plan).await?;
-    if let Some(pause) = pause {
-        let _ = pause.connected.send(());
-        let _ = pause.go.await;
-    }
+    let ending = match pause {
+        Some(Pause { connected, go, drained, close }) => {
+            let _ = connected.send(());
+            let _ = go.await;
+            Some((drained, close))
+        }
+        None => None,
+    };
     let idle = sample_all(&plan.pids)?;
     let client_before = procfs::sample(std::process::id())?;
 
@@ -713,6 +722,10 @@ pub async fn run_paused(plan: Plan, pause: Option<Pause>) -> Result<StepResult, 
     let last_delivery = drain(&plan, &shared).await;
     let busy = sample_all(&plan.pids)?;
     let client_after = procfs::sample(std::process::id())?;
+    if let Some((drained, close)) = ending {
+        let _ = drained.send(());
+        let _ = close.await;
+    }
     let _ = stop_tx.send(true);
 
     let mut outcomes = Vec::with_capacity(tasks.len());

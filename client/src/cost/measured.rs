@@ -14,7 +14,11 @@
 //!
 //! Calls that are not per message (creating and tagging queues,
 //! subscriptions, queue attributes) are counted apart and left out of the
-//! per-message bill; they are the fixed costs' business.
+//! per-message bill; they are the fixed costs' business, as are the
+//! gateways' receives that came back empty (idle long polls). A function's
+//! receives are priced one per invocation, as Lambda's event source mapping
+//! makes them, not as counted: the local runner that stands in for it polls
+//! its own way.
 
 use std::collections::BTreeMap;
 
@@ -28,8 +32,10 @@ pub const COUNTS_CSV_HEADER: &str = "gateways,routing,messages,seconds,process,s
 
 /// The service of the rows that count events rather than AWS calls:
 /// `Receipt` (receipts the gateways' streams reported), `Received` (events
-/// the gateways received from their queues), `EmptyReceive` (receives that
-/// returned nothing). Never priced; the fleet model reads them.
+/// the gateways dispatched, from their queues or, with member routing, from
+/// their own sends), `QueueReceived` (messages received from their queues),
+/// `EmptyReceive` (receives that returned nothing). Never priced; the fleet
+/// model reads them.
 pub const EVENTS: &str = "Events";
 
 /// One counted series of one run: `calls` of `service` `operation` (on
@@ -197,8 +203,24 @@ pub fn estimate_measured(w: &Workload, rows: &[CountRow], source: &str) -> Resul
     let mut bill = Bill { lines: Vec::new() };
     let mut not_per_message: BTreeMap<String, f64> = BTreeMap::new();
     let mut gateway_sqs = 0.0;
+    let counted = |process: &str, service: &str, operation: &str| -> f64 {
+        run.iter()
+            .filter(|r| r.process == process && r.service == service && r.operation == operation)
+            .map(|r| r.calls)
+            .sum()
+    };
+    let mut replaced = Vec::new();
     for row in &run {
-        let calls = per_message(row.calls);
+        let mut calls = per_message(row.calls);
+        if (row.service.as_str(), row.operation.as_str()) == ("SQS", "ReceiveMessage") {
+            if row.process == "gateway" {
+                calls = per_message((row.calls - counted("gateway", EVENTS, "EmptyReceive")).max(0.0));
+            } else {
+                let invocations = counted(&row.process, "Lambda", "Invoke");
+                replaced.push(format!("{} {:.2} → {:.3}", row.process, calls, per_message(invocations)));
+                calls = per_message(invocations);
+            }
+        }
         let detail =
             if row.table.is_empty() { row.operation.clone() } else { format!("{} {}", row.operation, row.table) };
         match per_call(row, w) {
@@ -232,6 +254,18 @@ pub fn estimate_measured(w: &Workload, rows: &[CountRow], source: &str) -> Resul
         "\nmeasured: {messages} messages at {} gateways, {routing} routing ({source}); capacity units per call, payload chunks and Lambda duration from the model's constants",
         w.gateways
     )];
+    let idle = per_message(counted("gateway", EVENTS, "EmptyReceive"));
+    if idle > 0.0 {
+        notes.push(format!(
+            "gateway receives that came back empty (idle long polls, a fixed cost): {idle:.3} per message"
+        ));
+    }
+    if !replaced.is_empty() {
+        notes.push(format!(
+            "function receives per message, as the local runner polled → one per invocation, as Lambda's event source mapping does: {}",
+            replaced.join("; ")
+        ));
+    }
     if !not_per_message.is_empty() {
         let listed: Vec<String> = not_per_message.iter().map(|(what, calls)| format!("{what} {calls:.3}")).collect();
         notes.push(format!("not priced per message (setup and heartbeats), calls per message: {}", listed.join("; ")));

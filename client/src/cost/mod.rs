@@ -189,7 +189,7 @@ impl Default for Workload {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
-pub struct InvalidWorkload(String);
+pub struct InvalidWorkload(pub(crate) String);
 
 impl Workload {
     pub fn validate(&self) -> Result<(), InvalidWorkload> {

@@ -479,6 +479,7 @@ async fn publish(connector: &Connector, job: &Job, status: ReceiptStatus, reason
         message_id: job.message.message_id.clone(),
         reason: reason.to_owned(),
         via: channel.to_owned(),
+        recorded: false,
     };
     let envelope = Envelope::new(
         ulid::Ulid::new().to_string(),

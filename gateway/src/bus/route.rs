@@ -741,6 +741,7 @@ mod tests {
             message_id: String::new(),
             reason: String::new(),
             via: String::new(),
+            recorded: false,
         }))
     }
 

@@ -133,6 +133,7 @@ pub(crate) async fn poll(poller: Poller, index: usize, stop: CancellationToken) 
             release(&sqs, &queue_url, &messages).await;
             break;
         }
+        metrics::counter!("chat_sqs_messages_received_total").increment(messages.len() as u64);
         let full = messages.len() >= RECEIVE_MAX;
         let done = dispatch(inbox.as_ref(), &messages);
         deletes.spawn(delete(sqs.clone(), queue_url.clone(), done));

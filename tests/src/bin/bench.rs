@@ -88,6 +88,10 @@ struct Args {
     fanout_env: Vec<String>,
     #[arg(long)]
     skip_fanout: bool,
+    /// Fan-out clients that only send and receive: no acks or reads, no
+    /// client_message_id (what receipts and idempotency cost, by difference).
+    #[arg(long)]
+    fanout_silent_clients: bool,
 }
 
 /// AWS calls a gateway made over its life and the deliveries to its
@@ -445,6 +449,9 @@ async fn main() -> anyhow::Result<()> {
             std::iter::once(COUNTS_CSV_HEADER.to_owned()).chain(counts.iter().map(CountRow::csv)).collect();
         std::fs::write(args.out.join("counts.csv"), rows.join("\n") + "\n")?;
         println!("\n{fanout}");
+        let priced = price_and_extrapolate(&counts)?;
+        std::fs::write(args.out.join("fleet.md"), &priced)?;
+        println!("\n{priced}");
     }
 
     let csv = args.out.join("bench.csv");
@@ -521,29 +528,44 @@ async fn fanout(args: &Args, results: &mut Vec<StepResult>) -> anyhow::Result<(S
             // The fallback's delay short enough that its work is counted
             // within the run's drain.
             let mut cluster = Cluster::aws_custom(gateways, &env, &["FallbackDelaySeconds=1"]).await?;
+            // No batching window: the local runner emulates one by polling
+            // the emulator every 20 ms, which would load it far more than the
+            // chat does. Batches are then smaller than in AWS: more
+            // invocations per message, an upper bound.
+            let runner_env = [("CHAT_BATCHING_WINDOW_MS", "0")];
             let functions = [
-                ("persist", cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?),
-                ("fallback", cluster.start_runner("fallback", "CHAT_FALLBACK_QUEUE_URL", &[])?),
+                ("persist", cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &runner_env)?),
+                ("fallback", cluster.start_runner("fallback", "CHAT_FALLBACK_QUEUE_URL", &runner_env)?),
             ];
             let (urls, pids, auth) = cluster.bench_target();
             let label = format!("fanout-{routing}-{gateways}gw");
             let mut plan = args.plan(&label, urls, pids, args.fanout_users, args.fanout_rate);
             plan.conversation_size = 2;
             plan.auth = Some(auth);
-            plan.receipts = true;
-            plan.idempotent = true;
+            plan.receipts = !args.fanout_silent_clients;
+            plan.idempotent = !args.fanout_silent_clients;
             let (connected, joined) = tokio::sync::oneshot::channel();
             let (go, going) = tokio::sync::oneshot::channel();
-            let running = tokio::spawn(bench::run_paused(plan, Some(Pause { connected, go: going })));
+            let (drained, all_in) = tokio::sync::oneshot::channel();
+            let (close, closing) = tokio::sync::oneshot::channel();
+            let pause = Pause { connected, go: going, drained, close: closing };
+            let running = tokio::spawn(bench::run_paused(plan, Some(pause)));
+            // Counted from every user joined to every delivery in and the
+            // functions' queues empty, streams still open.
             let before =
                 if joined.await.is_ok() { Some(scrape_processes(&cluster, gateways, &functions).await?) } else { None };
             let _ = go.send(());
+            let after = if all_in.await.is_ok() {
+                cluster.wait_queues_empty(&["CHAT_PERSIST_QUEUE_URL", "CHAT_FALLBACK_QUEUE_URL"]).await?;
+                Some(scrape_processes(&cluster, gateways, &functions).await?)
+            } else {
+                None
+            };
+            let _ = close.send(());
             let result = running.await.context("the step panicked")?.with_context(|| label.clone())?;
-            let before = before.context("the step ended before its users joined")?;
+            let (before, after) = before.zip(after).context("the step ended before its counters were read")?;
             println!("{}", result.summary());
             results.push(result.clone());
-            cluster.wait_queues_empty(&["CHAT_PERSIST_QUEUE_URL", "CHAT_FALLBACK_QUEUE_URL"]).await?;
-            let after = scrape_processes(&cluster, gateways, &functions).await?;
             let tables = cluster.table_names();
             let mut calls = AwsCalls::default();
             let mut by_process: Vec<(&str, Scrape)> = Vec::new();
@@ -587,6 +609,49 @@ async fn fanout(args: &Args, results: &mut Vec<StepResult>) -> anyhow::Result<(S
         );
     }
     Ok((md, counts))
+}
+
+/// What the measured counts cost (`chat cost --counts` at each gateway
+/// count with member routing), and the fleet model calibrated on the run at
+/// 2 gateways, checked against every run, then run at 10, 100 and 1,000
+/// gateways of 10,000 users each.
+fn price_and_extrapolate(counts: &[CountRow]) -> anyhow::Result<String> {
+    use chat_client::bench::fleet::{self, Calibration, Fleet, Placement};
+    use chat_client::cost::measured::{estimate_measured, runs};
+    use chat_client::cost::{Routing, Workload};
+    let mut md = String::from(
+        "### Measured cost, 1 KB messages (`chat cost --counts counts.csv --gateways G --routing R`)\n\n\
+         | gateways | routing | $ per million messages, variable |\n| --- | --- | --- |\n",
+    );
+    for (gateways, routing, _) in runs(counts) {
+        let routing_flag = if routing == "broadcast" { Routing::Broadcast } else { Routing::Members };
+        let w = Workload { gateways, routing: routing_flag, ..Workload::default() };
+        let e = estimate_measured(&w, counts, "counts.csv")?;
+        let _ = writeln!(md, "| {gateways} | {routing} | {:.3} |", e.variable_per_million);
+    }
+    let Ok(calibration) = Calibration::from_counts(counts, 2, &Workload::default()) else {
+        md.push_str("\n(no member-routing run at 2 gateways to calibrate the fleet model on)\n");
+        return Ok(md);
+    };
+    let checks = fleet::validate(counts, &calibration, 32);
+    let fleet_of = |gateways: u32, routing| Fleet {
+        gateways,
+        routing,
+        route_limit: 32,
+        placement: Placement::Uniform,
+        mix: fleet::standard_mix(f64::from(gateways) * 10_000.0, 20.0, 5.0),
+    };
+    let mut fleets =
+        vec![("1000 gateways, broadcast".to_owned(), fleet_of(1000, Routing::Broadcast).predict(&calibration))];
+    for gateways in [10, 100, 1000] {
+        fleets.push((
+            format!("{gateways} gateways, members"),
+            fleet_of(gateways, Routing::Members).predict(&calibration),
+        ));
+    }
+    md.push('\n');
+    md.push_str(&fleet::report(&checks, &calibration, &fleets));
+    Ok(md)
 }
 
 /// Each gateway's scrape (as `gateway`) and each function runner's (by
@@ -637,6 +702,7 @@ fn count_rows(
                 "chat_receipts_reported_total" => (EVENTS.to_owned(), "Receipt".to_owned(), String::new()),
                 "chat_bus_events_received_total" => (EVENTS.to_owned(), "Received".to_owned(), String::new()),
                 "chat_sqs_empty_receives_total" => (EVENTS.to_owned(), "EmptyReceive".to_owned(), String::new()),
+                "chat_sqs_messages_received_total" => (EVENTS.to_owned(), "QueueReceived".to_owned(), String::new()),
                 _ => continue,
             };
             *totals.entry(((*process).to_owned(), key.0, key.1, key.2)).or_default() += sample.value;
