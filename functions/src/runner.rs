@@ -224,6 +224,7 @@ async fn poll<H, Fut, E>(
         // Errors, Duration), for the local runner's endpoint.
         let outcome = if handled.is_ok() { "ok" } else { "error" };
         metrics::counter!("chat_function_invocations_total", "outcome" => outcome).increment(1);
+        metrics::counter!("chat_function_records_total").increment(batch.len() as u64);
         metrics::histogram!("chat_function_invocation_seconds").record(handler_started.elapsed().as_secs_f64());
         match handled {
             Ok(response) => {

@@ -26,9 +26,16 @@
 //!   `2/b`. Batches fill with rate: `b = clamp(1 + λ·τ, 1, 10)` at `λ`
 //!   events per second into one gateway's queue, `s` likewise at the rate
 //!   from one gateway to another, `τ` calibrated;
-//! - **everything else** (accept, persist, fallback, the receipts' writes
-//!   and publishes) priced from the calibration run, split by what it
-//!   scales with: per message, per event, per receipt.
+//! - **the functions** (persist, fallback): their records per message as
+//!   measured, in full batches at fleet rates (tens of thousands of records
+//!   a second fill any event source mapping's batch): one receive and one
+//!   batch delete per 10 records, an invocation per `BatchSize` (the
+//!   template's: persist 100, fallback 10), each billed `--lambda-ms`;
+//! - **everything else** (accept, the summary, the fallback's members read,
+//!   the receipts' writes and publishes) priced from the calibration run,
+//!   split by what it scales with: per message, per event, per receipt.
+//!   SNS publishes stay as measured, one per event: a gateway publishes
+//!   tens of events a second at this scale, too few to fill batches.
 //!
 //! Each gateway's receive rate is `Σ rate_c · E_c · P_c`, `P_c` the share of
 //! gateways a conversation of class `c` reaches.
@@ -39,6 +46,9 @@ use crate::cost::measured::{CountRow, EVENTS, estimate_measured};
 use crate::cost::{InvalidWorkload, Routing, Workload};
 
 const SQS_PER_REQUEST: f64 = 0.40e-6;
+const LAMBDA_PER_REQUEST: f64 = 0.20e-6;
+/// The persist event source mapping's `BatchSize` (template default).
+const PERSIST_BATCH_SIZE: f64 = 100.0;
 /// SNS and SQS batches hold at most 10.
 const BATCH_MAX: f64 = 10.0;
 
@@ -85,6 +95,12 @@ pub struct Calibration {
     pub per_message_usd: f64,
     pub per_event_usd: f64,
     pub per_receipt_usd: f64,
+    /// Records the functions handled per message: (function, records,
+    /// its event source mapping's `BatchSize`).
+    pub function_records: Vec<(String, f64, f64)>,
+    /// Billed GB-seconds per invocation (`--lambda-memory-mb` × `--lambda-ms`).
+    pub gb_seconds_per_invocation: f64,
+    pub usd_per_gb_second: f64,
     /// The receipt coalescing window, seconds.
     pub receipt_window_s: f64,
 }
@@ -176,7 +192,8 @@ impl Calibration {
         let (mut message, mut event, mut receipt) = (0.0, 0.0, 0.0);
         for line in &estimate.lines {
             match (line.stage.as_str(), line.service) {
-                ("gateway", "SQS") => {}
+                // Modelled: the gateways' fan-out, the functions' batches.
+                ("gateway", "SQS") | ("persist" | "fallback", "SQS" | "Lambda") => {}
                 (_, "DynamoDB") if line.detail.ends_with(" members") => receipt += line.usd_per_million,
                 ("gateway", "DynamoDB") | ("fallback", _) => message += line.usd_per_million,
                 ("persist", "DynamoDB") => message += line.usd_per_million,
@@ -192,7 +209,41 @@ impl Calibration {
             per_event_usd: event * run.messages / events,
             per_receipt_usd: if run.receipts > 0.0 { receipt * run.messages / run.receipts } else { 0.0 },
             receipt_window_s: 0.25,
+            function_records: ["persist", "fallback"]
+                .iter()
+                .map(|function| {
+                    let records: f64 = rows
+                        .iter()
+                        .filter(|r| {
+                            r.gateways == gateways
+                                && r.routing == "members"
+                                && r.process == *function
+                                && r.service == EVENTS
+                                && r.operation == "Records"
+                        })
+                        .map(|r| r.calls)
+                        .sum();
+                    let batch_size = if *function == "persist" { PERSIST_BATCH_SIZE } else { BATCH_MAX };
+                    ((*function).to_owned(), records / run.messages, batch_size)
+                })
+                .collect(),
+            gb_seconds_per_invocation: f64::from(w.lambda_memory_mb) / 1024.0 * w.lambda_ms / 1000.0,
+            usd_per_gb_second: w.arch.lambda_per_gb_second(),
         })
+    }
+
+    /// $ per million messages of the functions' work, in full batches.
+    fn functions_usd(&self) -> f64 {
+        self.function_records
+            .iter()
+            .map(|(_, records, batch_size)| {
+                let sqs = records * 2.0 / BATCH_MAX;
+                let invocations = records / batch_size;
+                (sqs * SQS_PER_REQUEST
+                    + invocations * (LAMBDA_PER_REQUEST + self.gb_seconds_per_invocation * self.usd_per_gb_second))
+                    * 1e6
+            })
+            .sum()
     }
 
     fn receive_batch(&self, rate: f64) -> f64 {
@@ -299,6 +350,7 @@ impl Fleet {
             let sqs = e * (routed / s + 2.0 * queues / b);
             let receipts = e - 1.0;
             let usd = cal.per_message_usd
+                + cal.functions_usd()
                 + e * cal.per_event_usd
                 + receipts * cal.per_receipt_usd
                 + sqs * SQS_PER_REQUEST * 1e6;
@@ -497,7 +549,23 @@ mod tests {
             per_event_usd: 0.1,
             per_receipt_usd: 0.5,
             receipt_window_s: 0.25,
+            function_records: Vec::new(),
+            gb_seconds_per_invocation: 0.005,
+            usd_per_gb_second: 0.000_016_666_7,
         }
+    }
+
+    /// Full batches: 100 persist records cost 20 SQS calls and one
+    /// invocation: per record 0.2 × 0.4 + 0.01 × (0.2 + 0.005 × 16.6667)
+    /// = $0.08283 per million.
+    #[test]
+    fn the_functions_are_priced_in_full_batches() {
+        let cal = Calibration { function_records: vec![("persist".into(), 1.0, 100.0)], ..calibration() };
+        assert!(
+            (cal.functions_usd() - (0.08 + 0.01 * (0.2 + 0.005 * 16.666_7))).abs() < 1e-6,
+            "{}",
+            cal.functions_usd()
+        );
     }
 
     fn one_to_one(gateways: u32, routing: Routing, placement: Placement) -> Fleet {

@@ -34,7 +34,8 @@ pub const COUNTS_CSV_HEADER: &str = "gateways,routing,messages,seconds,process,s
 /// `Receipt` (receipts the gateways' streams reported), `Received` (events
 /// the gateways dispatched, from their queues or, with member routing, from
 /// their own sends), `QueueReceived` (messages received from their queues),
-/// `EmptyReceive` (receives that returned nothing). Never priced; the fleet
+/// `EmptyReceive` (receives that returned nothing), and a function's
+/// `Records` (records its invocations handled). Never priced; the fleet
 /// model reads them.
 pub const EVENTS: &str = "Events";
 

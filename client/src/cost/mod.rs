@@ -89,7 +89,7 @@ pub enum Arch {
 }
 
 impl Arch {
-    fn lambda_per_gb_second(self) -> f64 {
+    pub(crate) fn lambda_per_gb_second(self) -> f64 {
         match self {
             Arch::X86_64 => 0.000_016_666_7,
             Arch::Arm64 => 0.000_013_333_4,

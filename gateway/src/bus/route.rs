@@ -75,9 +75,14 @@ pub(crate) fn route_boot(route: &str) -> Option<&str> {
     route.split_once(ROUTE_SEPARATOR).map(|(_, boot)| boot)
 }
 
-/// Whether the functions consume this kind of event (from the topic).
+/// Whether the functions consume this event (from the topic): a receipt
+/// its publisher recorded already (a READ) concerns none of them.
 fn for_functions(event: &Event) -> bool {
-    matches!(event, Event::Message(_) | Event::Receipt(_) | Event::Fallback(_))
+    match event {
+        Event::Receipt(receipt) => !receipt.recorded,
+        Event::Message(_) | Event::Fallback(_) => true,
+        _ => false,
+    }
 }
 
 /// Routes known for one conversation: those the store held when its seq
@@ -814,6 +819,10 @@ mod tests {
         let p = plan(&typing, Some(&two), "me");
         assert_eq!(p, Plan { everyone: false, functions: false, routes: vec!["other".into()] });
         assert!(plan(&receipt(), Some(&two), "me").functions, "persist records receipts");
+        let Event::Receipt(read) = receipt().event else { unreachable!() };
+        let recorded = envelope(Event::Receipt(ReceiptEvent { status: ReceiptStatus::Read, recorded: true, ..read }));
+        let p = plan(&recorded, Some(&two), "me");
+        assert!(!p.functions && p.routes == ["other"], "a READ its gateway recorded goes to the members only: {p:?}");
         // Unknown routes, or an overflowed conversation: the topic, to all.
         let everyone = Plan { everyone: true, functions: false, routes: Vec::new() };
         assert_eq!(plan(&message(1), None, "me"), everyone);

@@ -703,6 +703,7 @@ fn count_rows(
                 "chat_bus_events_received_total" => (EVENTS.to_owned(), "Received".to_owned(), String::new()),
                 "chat_sqs_empty_receives_total" => (EVENTS.to_owned(), "EmptyReceive".to_owned(), String::new()),
                 "chat_sqs_messages_received_total" => (EVENTS.to_owned(), "QueueReceived".to_owned(), String::new()),
+                "chat_function_records_total" => (EVENTS.to_owned(), "Records".to_owned(), String::new()),
                 _ => continue,
             };
             *totals.entry(((*process).to_owned(), key.0, key.1, key.2)).or_default() += sample.value;
