@@ -13,6 +13,7 @@ use chat_e2e::checker::{self, Received};
 use chat_e2e::client::TestClient;
 use chat_e2e::cluster::Cluster;
 use chat_e2e::scenarios;
+use chat_proto::pb::MessageStatus;
 use chat_proto::pb::server_event::Event;
 
 /// Sends `count` messages without waiting between them; returns the seqs
@@ -323,7 +324,9 @@ async fn an_idle_route_leaves_and_a_new_join_brings_it_back() -> anyhow::Result<
 }
 
 /// A conversation on more gateways than `--route-limit` overflows to the
-/// topic: every gateway hears it, and nothing is lost on the way over.
+/// topic: every gateway hears it, and nothing is lost on the way over. A
+/// read there is recorded (`GetMessageStatus` has it) without going to
+/// every gateway.
 #[tokio::test]
 async fn a_conversation_beyond_the_route_limit_goes_through_the_topic() -> anyhow::Result<()> {
     let cluster = Cluster::aws_with(3, &[("CHAT_ROUTE_LIMIT", "1")]).await?;
@@ -339,6 +342,16 @@ async fn a_conversation_beyond_the_route_limit_goes_through_the_topic() -> anyho
     received_all(&mut bob, &room, &accepted, 0).await?;
     let third = cluster.scrape(2).await?;
     ensure!(received_events(&third) >= 10.0, "an overflowed conversation reaches every gateway");
+
+    alice.send(&room, "last", "last").await?;
+    let last = scenarios::accepted(&mut alice, 1).await?.remove(0);
+    received_all(&mut bob, &room, &BTreeSet::from([last.seq]), *accepted.last().context("a seq")?).await?;
+    bob.read(&room, last.seq).await?;
+    cluster
+        .wait_message_status("alice", &room, &last.message_id, |status| {
+            status.recipients.iter().any(|r| r.user_id == "bob" && r.status == MessageStatus::Read as i32)
+        })
+        .await?;
     Ok(())
 }
 

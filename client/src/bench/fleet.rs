@@ -20,12 +20,15 @@
 //! - **gateways reached** besides the sender's: with member routing
 //!   `R = (G − 1)·(1 − (1 − 1/G)^(k − 1))`, every gateway's queue once the
 //!   conversation's routes, `G·(1 − (1 − 1/G)^k)` on average, pass the route
-//!   limit (it overflows to the topic), and with broadcast;
+//!   limit (it overflows to the topic; its receipts then reach no other
+//!   gateway), and every gateway's with broadcast;
 //! - **SQS per event**: per routed gateway, its share of a `SendMessageBatch`
 //!   (`1/s`) and of a receive and a delete (`2/b`); per broadcast gateway,
 //!   `2/b`. Batches fill with rate: `b = clamp(1 + λ·τ, 1, 10)` at `λ`
 //!   events per second into one gateway's queue, `s` likewise at the rate
-//!   from one gateway to another, `τ` calibrated;
+//!   from one gateway to another, `τ` calibrated; and `b` is at least what
+//!   the pollers need to keep up, `λ·rtt/P` (`P` = 4 pollers, `rtt` = 20 ms
+//!   for a receive that finds messages: an assumption, not measured here);
 //! - **the functions** (persist, fallback): their records per message as
 //!   measured, in full batches at fleet rates (tens of thousands of records
 //!   a second fill any event source mapping's batch): one receive and one
@@ -34,8 +37,9 @@
 //! - **everything else** (accept, the summary, the fallback's members read,
 //!   the receipts' writes and publishes) priced from the calibration run,
 //!   split by what it scales with: per message, per event, per receipt.
-//!   SNS publishes stay as measured, one per event: a gateway publishes
-//!   tens of events a second at this scale, too few to fill batches.
+//!   SNS publishes stay as measured per message (receipts a gateway
+//!   recorded never reach the topic): a gateway publishes tens of messages
+//!   a second at this scale, too few to fill batches.
 //!
 //! Each gateway's receive rate is `Σ rate_c · E_c · P_c`, `P_c` the share of
 //! gateways a conversation of class `c` reaches.
@@ -51,6 +55,10 @@ const LAMBDA_PER_REQUEST: f64 = 0.20e-6;
 const PERSIST_BATCH_SIZE: f64 = 100.0;
 /// SNS and SQS batches hold at most 10.
 const BATCH_MAX: f64 = 10.0;
+/// A receive that finds messages, in region (assumed, not measured here),
+/// and the gateway's pollers (`--pollers`): what bounds receives a second.
+const RECEIVE_ROUND_TRIP_S: f64 = 0.020;
+const POLLERS: f64 = 4.0;
 
 /// A kind of conversation in the mix.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,7 +203,7 @@ impl Calibration {
                 // Modelled: the gateways' fan-out, the functions' batches.
                 ("gateway", "SQS") | ("persist" | "fallback", "SQS" | "Lambda") => {}
                 (_, "DynamoDB") if line.detail.ends_with(" members") => receipt += line.usd_per_million,
-                ("gateway", "DynamoDB") | ("fallback", _) => message += line.usd_per_million,
+                ("gateway", "DynamoDB" | "SNS") | ("fallback", _) => message += line.usd_per_million,
                 ("persist", "DynamoDB") => message += line.usd_per_million,
                 _ => event += line.usd_per_million,
             }
@@ -247,7 +255,7 @@ impl Calibration {
     }
 
     fn receive_batch(&self, rate: f64) -> f64 {
-        clamp_batch(1.0 + rate * self.receive_tau)
+        clamp_batch((1.0 + rate * self.receive_tau).max(rate * RECEIVE_ROUND_TRIP_S / POLLERS))
     }
 
     fn send_batch(&self, rate: f64) -> f64 {
@@ -292,6 +300,13 @@ pub struct Prediction {
     pub messages_per_second: f64,
 }
 
+/// Queues an event goes to, and how many of them by a direct send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Reach {
+    queues: f64,
+    sent: f64,
+}
+
 /// Events per message of a class.
 fn events(class: &Class, cal: &Calibration) -> f64 {
     let per_conversation =
@@ -302,18 +317,21 @@ fn events(class: &Class, cal: &Calibration) -> f64 {
 }
 
 impl Fleet {
-    /// The share of gateways an event of `class` goes to by queue, and
-    /// whether it overflowed.
-    fn reach(&self, class: &Class) -> (f64, f64, bool) {
+    /// Per message of `class`, and per receipt: the queues an event goes
+    /// to, and how many of them by a direct send; and whether the
+    /// conversation overflowed.
+    fn reach(&self, class: &Class) -> (Reach, Reach, bool) {
         let g = f64::from(self.gateways);
         let overflowed =
             self.routing == Routing::Members && routes(self.gateways, class.members) > f64::from(self.route_limit);
+        let everyone = Reach { queues: g, sent: 0.0 };
         match self.routing {
-            Routing::Broadcast => (g, 0.0, false),
-            Routing::Members if overflowed => (g, 0.0, true),
+            Routing::Broadcast => (everyone, everyone, false),
+            Routing::Members if overflowed => (everyone, Reach { queues: 0.0, sent: 0.0 }, true),
             Routing::Members => {
                 let others = reached_others(self.gateways, class.members, self.placement);
-                (others, others, false)
+                let reach = Reach { queues: others, sent: others };
+                (reach, reach, false)
             }
         }
     }
@@ -325,10 +343,10 @@ impl Fleet {
         let mut into_gateway = 0.0;
         let mut routed_from_gateway = 0.0;
         for class in &self.mix {
-            let (queues, routed, _) = self.reach(class);
-            let e = class.messages_per_second * events(class, cal);
-            into_gateway += e * queues / g;
-            routed_from_gateway += e * routed / g;
+            let (message, receipt, _) = self.reach(class);
+            let receipts = events(class, cal) - 1.0;
+            into_gateway += class.messages_per_second * (message.queues + receipts * receipt.queues) / g;
+            routed_from_gateway += class.messages_per_second * (message.sent + receipts * receipt.sent) / g;
         }
         let destinations = match self.placement {
             Placement::Split => {
@@ -345,10 +363,11 @@ impl Fleet {
         let mut classes = Vec::new();
         let (mut messages, mut sqs_weighted, mut usd_weighted) = (0.0, 0.0, 0.0);
         for class in &self.mix {
-            let (queues, routed, overflowed) = self.reach(class);
+            let (message, receipt, overflowed) = self.reach(class);
             let e = events(class, cal);
-            let sqs = e * (routed / s + 2.0 * queues / b);
             let receipts = e - 1.0;
+            let queues = message.queues + receipts * receipt.queues;
+            let sqs = (message.sent + receipts * receipt.sent) / s + 2.0 * queues / b;
             let usd = cal.per_message_usd
                 + cal.functions_usd()
                 + e * cal.per_event_usd
@@ -360,7 +379,7 @@ impl Fleet {
             classes.push(ClassPrediction {
                 name: class.name.clone(),
                 events_per_message: e,
-                queues_per_event: queues,
+                queues_per_event: queues / e,
                 overflowed,
                 sqs_calls_per_message: sqs,
                 usd_per_million: usd,
@@ -629,7 +648,13 @@ mod tests {
         let p = fleet.predict(&calibration());
         let by_name = |name: &str| p.classes.iter().find(|c| c.name == name).expect("class");
         assert!(!by_name("1:1").overflowed && by_name("1:1").queues_per_event < 1.0);
-        assert!(by_name("room of 10,000").overflowed && by_name("room of 10,000").queues_per_event == 1000.0);
+        let room = by_name("room of 10,000");
+        assert!(room.overflowed, "{room:?}");
+        let queues_per_message = room.queues_per_event * room.events_per_message;
+        assert!(
+            (queues_per_message - 1000.0).abs() < 1e-6,
+            "the message to every gateway, its receipts to none: {room:?}"
+        );
     }
 
     /// Coalescing bounds a busy room's receipts: at 20 messages a second a

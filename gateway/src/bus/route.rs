@@ -159,6 +159,13 @@ pub(crate) fn plan(envelope: &Envelope, routes: Option<&Routes>, own_route: &str
             functions: for_functions(&envelope.event),
             routes: routes.gateways.iter().filter(|r| r.as_str() != own_route).cloned().collect(),
         },
+        // Past the route limit a receipt goes to the functions that record
+        // it and to this gateway's streams, not to every gateway: in a room
+        // of thousands each member's reads would otherwise reach every
+        // gateway. Its members read statuses from `GetMessageStatus`.
+        Some(_) if matches!(envelope.event, Event::Receipt(_)) => {
+            Plan { everyone: false, functions: for_functions(&envelope.event), routes: Vec::new() }
+        }
         _ => Plan { everyone: true, functions: false, routes: Vec::new() },
     }
 }
@@ -828,6 +835,10 @@ mod tests {
         assert_eq!(plan(&message(1), None, "me"), everyone);
         let overflowed = Routes { overflowed: true, ..two };
         assert_eq!(plan(&message(1), Some(&overflowed), "me"), everyone);
+        // Past the limit, a receipt stays with the functions and this gateway.
+        let p = plan(&receipt(), Some(&overflowed), "me");
+        assert_eq!(p, Plan { everyone: false, functions: true, routes: Vec::new() });
+        assert_eq!(plan(&receipt(), None, "me"), everyone, "unknown routes: everyone");
         // Only this gateway: nothing to send, the functions still get it.
         let p = plan(&message(1), Some(&routes(&["me"])), "me");
         assert_eq!(p, Plan { everyone: false, functions: true, routes: Vec::new() });
