@@ -33,11 +33,11 @@
 //! - **fallback** (Lambda behind the delayed queue): queue and invocation
 //!   share, and one `Query` of the members (strongly consistent, 1 RRU per
 //!   4 KB of member items).
-//! - **receipts** (DELIVERED/READ envelopes per message, after whatever
-//!   coalescing the clients and gateways achieve): each is published,
-//!   fanned out to the gateways like a message, and recorded by persist as
-//!   one conditional update of the member's item (the watermark and its
-//!   kept moves: 1 WRU).
+//! - **receipts** (READ envelopes per message, after whatever coalescing
+//!   the clients and gateways achieve; an ack a read covers is not sent):
+//!   each is recorded by its gateway as one conditional update of the
+//!   member's item (the watermark and its kept moves: 1 WRU) and fanned out
+//!   to the gateways like a message, not through the topic.
 //! - **external recipients**: per recipient, the connector queue and
 //!   invocation share, its idempotency claim (`PutItem`, 1 WRU) and one
 //!   `BatchWriteItem` of 3 items (completion, reference, binding), and the
@@ -146,9 +146,9 @@ pub struct Workload {
     /// Billed Lambda duration per invocation, ms.
     #[arg(long, default_value_t = 20.0)]
     pub lambda_ms: f64,
-    /// Receipt envelopes per message (DELIVERED and READ from each other
-    /// member, divided by how many messages one cumulative receipt covers).
-    /// Default: 2 × (k − 1), every message acked and read one by one.
+    /// Receipt envelopes per message (a READ from each other member, which
+    /// covers their ack, divided by how many messages one cumulative receipt
+    /// covers). Default: k − 1, every message read one by one.
     #[arg(long)]
     pub receipts_per_message: Option<f64>,
     /// External recipients per message (WhatsApp/Instagram/Telegram members).
@@ -260,7 +260,7 @@ impl Workload {
     }
 
     pub fn receipts(&self) -> f64 {
-        self.receipts_per_message.unwrap_or(2.0 * f64::from(self.members - 1))
+        self.receipts_per_message.unwrap_or(f64::from(self.members - 1))
     }
 }
 
@@ -366,11 +366,14 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
     let members_rru = (f64::from(w.members) * w.member_item_bytes / 4096.0).ceil().max(1.0);
     bill.add("fallback", "DynamoDB", members_rru, "RRU", DYNAMO_PER_RRU);
 
-    let receipts = w.receipts() + w.external_recipients;
-    bill.add("receipts", "SNS", receipts / w.publish_batch, "requests", SNS_PER_REQUEST);
-    bill.add("receipts", "SQS", receipts * w.fan_out_requests(), "requests", SQS_PER_REQUEST);
-    function(&mut bill, "receipts", receipts);
-    bill.add("receipts", "DynamoDB", receipts, "WRU", DYNAMO_PER_WRU);
+    // A member's READ is recorded by its gateway and routed to the members'
+    // gateways only; an external recipient's DELIVERED goes through the
+    // topic and persist records it.
+    let reads = w.receipts();
+    bill.add("receipts", "SQS", (reads + w.external_recipients) * w.fan_out_requests(), "requests", SQS_PER_REQUEST);
+    bill.add("receipts", "DynamoDB", reads + w.external_recipients, "WRU", DYNAMO_PER_WRU);
+    bill.add("receipts", "SNS", w.external_recipients / w.publish_batch, "requests", SNS_PER_REQUEST);
+    function(&mut bill, "receipts", w.external_recipients);
 
     function(&mut bill, "connector", w.external_recipients);
     bill.add("connector", "DynamoDB", w.external_recipients * 4.0, "WRU", DYNAMO_PER_WRU);
@@ -474,7 +477,7 @@ mod tests {
     fn defaults_parse_and_validate() {
         let w = Workload::default();
         assert_eq!((w.gateways, w.members, w.routing), (4, 2, Routing::Broadcast));
-        assert_eq!(w.receipts(), 2.0);
+        assert_eq!(w.receipts(), 1.0, "one READ from the other member, covering its ack");
         assert!(w.validate().is_ok());
     }
 
