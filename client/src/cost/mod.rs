@@ -28,8 +28,10 @@
 //!   for members placed uniformly at random.
 //! - **persist** (Lambda behind the persist queue): its share of the event
 //!   source mapping's receive and delete, of one invocation and of its
-//!   billed duration; it writes no message (the publisher recorded it), and
-//!   the summary's update is one per conversation per batch: left out.
+//!   billed duration; it writes no message (the publisher recorded it),
+//!   only the conversation's summary, one update per conversation per
+//!   batch: 1 WRU per message where a batch rarely holds two messages of
+//!   one conversation (one-to-one chats).
 //! - **fallback** (Lambda behind the delayed queue): queue and invocation
 //!   share, and one `Query` of the members (strongly consistent, 1 RRU per
 //!   4 KB of member items).
@@ -361,6 +363,7 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
     bill.add("fan-out", "SQS", w.fan_out_requests() * chunk, "requests", SQS_PER_REQUEST);
 
     function(&mut bill, "persist", 1.0);
+    bill.add("persist", "DynamoDB", 1.0, "WRU", DYNAMO_PER_WRU);
 
     function(&mut bill, "fallback", 1.0);
     let members_rru = (f64::from(w.members) * w.member_item_bytes / 4096.0).ceil().max(1.0);
@@ -372,6 +375,9 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
     let reads = w.receipts();
     bill.add("receipts", "SQS", (reads + w.external_recipients) * w.fan_out_requests(), "requests", SQS_PER_REQUEST);
     bill.add("receipts", "DynamoDB", reads + w.external_recipients, "WRU", DYNAMO_PER_WRU);
+    // Member routing reads a receipt's routes (strongly consistent).
+    let route_reads = if w.routing == Routing::Members { reads } else { 0.0 };
+    bill.add("receipts", "DynamoDB", route_reads, "RRU", DYNAMO_PER_RRU);
     bill.add("receipts", "SNS", w.external_recipients / w.publish_batch, "requests", SNS_PER_REQUEST);
     function(&mut bill, "receipts", w.external_recipients);
 
