@@ -47,10 +47,8 @@
 use std::fmt::Write as _;
 
 use crate::cost::measured::{CountRow, EVENTS, estimate_measured};
-use crate::cost::{InvalidWorkload, Routing, Workload};
+use crate::cost::{InvalidWorkload, LAMBDA_PER_REQUEST, Routing, SQS_PER_REQUEST, Workload};
 
-const SQS_PER_REQUEST: f64 = 0.40e-6;
-const LAMBDA_PER_REQUEST: f64 = 0.20e-6;
 /// The persist event source mapping's `BatchSize` (template default).
 const PERSIST_BATCH_SIZE: f64 = 100.0;
 /// SNS and SQS batches hold at most 10.

@@ -31,9 +31,8 @@ use super::{
 pub const COUNTS_CSV_HEADER: &str = "gateways,routing,messages,seconds,process,service,operation,table,calls";
 
 /// The service of the rows that count events rather than AWS calls:
-/// `Receipt` (receipts the gateways' streams reported), `Received` (events
-/// the gateways dispatched, from their queues or, with member routing, from
-/// their own sends), `QueueReceived` (messages received from their queues),
+/// `Receipt` (receipts the gateways' streams reported), `QueueReceived`
+/// (messages the gateways received from their queues),
 /// `EmptyReceive` (receives that returned nothing), and a function's
 /// `Records` (records its invocations handled). Never priced; the fleet
 /// model reads them.

@@ -69,8 +69,8 @@ pub const PRICE_SOURCES: &[&str] = &[
 ];
 
 const SNS_PER_REQUEST: f64 = 0.50e-6;
-const SQS_PER_REQUEST: f64 = 0.40e-6;
-const LAMBDA_PER_REQUEST: f64 = 0.20e-6;
+pub(crate) const SQS_PER_REQUEST: f64 = 0.40e-6;
+pub(crate) const LAMBDA_PER_REQUEST: f64 = 0.20e-6;
 const DYNAMO_PER_WRU: f64 = 0.625e-6;
 const DYNAMO_PER_RRU: f64 = 0.125e-6;
 const NLB_PER_HOUR: f64 = 0.0225;

@@ -676,7 +676,8 @@ async fn scrape_processes(
 /// SQS calls by operation, DynamoDB calls by operation and table (named as
 /// the stack's outputs name it: `messages`, `send_dedup`, ...), and the
 /// function's invocations; and the events the fleet model reads (receipts
-/// reported, events received, empty receives).
+/// reported, messages received from queues, empty receives, function
+/// records).
 fn count_rows(
     scrapes: &[(&str, Scrape)],
     (gateways, routing, messages, seconds): (u32, &str, u64, f64),
@@ -700,7 +701,6 @@ fn count_rows(
                 "chat_dynamodb_requests_total" => ("DynamoDB".to_owned(), label("operation"), logical(&label("table"))),
                 "chat_function_invocations_total" => ("Lambda".to_owned(), "Invoke".to_owned(), String::new()),
                 "chat_receipts_reported_total" => (EVENTS.to_owned(), "Receipt".to_owned(), String::new()),
-                "chat_bus_events_received_total" => (EVENTS.to_owned(), "Received".to_owned(), String::new()),
                 "chat_sqs_empty_receives_total" => (EVENTS.to_owned(), "EmptyReceive".to_owned(), String::new()),
                 "chat_sqs_messages_received_total" => (EVENTS.to_owned(), "QueueReceived".to_owned(), String::new()),
                 "chat_function_records_total" => (EVENTS.to_owned(), "Records".to_owned(), String::new()),
