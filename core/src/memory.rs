@@ -119,7 +119,7 @@ impl Sequencer for MemoryStore {
             *seq += 1;
         }
         let accepted = Accepted {
-            message_id: req.new_message_id,
+            message_id: crate::store::message_id(&req.new_message_id, *seq),
             seq: *seq,
             accepted_at_ms: req.now_ms,
             duplicate: false,

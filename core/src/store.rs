@@ -139,7 +139,9 @@ pub struct SendRequest<'a> {
     /// Empty: not idempotent.
     pub client_message_id: &'a str,
     pub body: &'a str,
-    /// Used when the message is new.
+    /// The unique part of the message's id when the message is new (a
+    /// ULID): the store makes the id from it and the first seq
+    /// ([`message_id`]).
     pub new_message_id: String,
     pub now_ms: i64,
     /// Who accepts it (a gateway's id, or a function's name), recorded with
@@ -193,8 +195,9 @@ pub trait Sequencer: Send + Sync + std::fmt::Debug {
     /// seq that readers settled as void first (its sender stalled, or the
     /// first sender of a retried send died before recording) is given up:
     /// the send is numbered again, recorded there, and the new identity
-    /// returned (same `message_id`, new `seq`). Recording again what is
-    /// recorded (a retry) changes nothing.
+    /// returned (same `message_id`, new `seq`; the store remembers where
+    /// the first seq's message went, so the id still finds it). Recording
+    /// again what is recorded (a retry) changes nothing.
     async fn record_send(&self, req: SendRequest<'_>, accepted: Accepted) -> Result<Accepted, StoreError>;
 
     /// The conversation's latest seq (0 before its first message).
@@ -540,6 +543,23 @@ pub fn body_digest(body: &str) -> String {
     hex
 }
 
+/// A message's id: unique, and naming the seq it was first given, so a
+/// store finds the message from its id alone (no index from ids to seqs,
+/// whose entry would cost a write per message): `<unique>.<seq>`.
+pub fn message_id(unique: &str, first_seq: u64) -> String {
+    format!("{unique}.{first_seq}")
+}
+
+/// The seq a message id names ([`message_id`]); `None` for an id that
+/// names none (malformed, or from before ids named their seq).
+pub fn first_seq(message_id: &str) -> Option<u64> {
+    let (unique, seq) = message_id.rsplit_once('.')?;
+    if unique.is_empty() || seq.starts_with('+') {
+        return None;
+    }
+    seq.parse().ok().filter(|seq| *seq > 0)
+}
+
 /// The idempotency key of a send: scoped to conversation and sender so two
 /// users (or one user in two conversations) cannot collide.
 pub fn idempotency_key(conversation_id: &str, sender: &str, client_message_id: &str) -> String {
@@ -556,6 +576,19 @@ mod tests {
         assert_eq!(body_digest("abc").len(), 64);
         assert_eq!(body_digest("abc"), body_digest("abc"));
         assert_ne!(body_digest("abc"), body_digest("abd"));
+    }
+
+    #[test]
+    fn a_message_id_names_its_first_seq() {
+        let id = message_id("01JH2Z8W3V6Q9X1K4M7N0P5R2T", 42);
+        assert_eq!(id, "01JH2Z8W3V6Q9X1K4M7N0P5R2T.42");
+        assert_eq!(first_seq(&id), Some(42));
+        assert!(crate::limits::message_id(&id).is_ok(), "a valid id by the API's rule");
+        assert_eq!(first_seq(&message_id("a.b", 7)), Some(7), "the last dot counts");
+        for none in ["01JH2Z8W3V6Q9X1K4M7N0P5R2T", ".42", "x.", "x.0", "x.+4", "x.-4", "x.4a", "x.99999999999999999999"]
+        {
+            assert_eq!(first_seq(none), None, "{none:?}");
+        }
     }
 
     #[test]

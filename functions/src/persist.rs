@@ -1,18 +1,16 @@
-//! Function `persist`: records what a batch of bus events leaves in
-//! DynamoDB besides the messages themselves.
+//! Function `persist`: records the receipts its publishers did not.
 //!
 //! Triggered by the persist queue (raw delivery from the topic, filtered to
-//! messages and receipts). Every publisher records a message under its seq
-//! before publishing it (`chat_core::send::record`), so the message is in
-//! the store already; `persist` moves each conversation's summary (last
-//! message) forward, one conditional update per conversation per batch,
-//! and records receipts through the store's `record_receipt` (one
-//! conditional update of the member's watermark, which keeps its last moves
-//! for their times), so redelivered or reordered records change nothing;
-//! a receipt its publisher recorded already (a gateway's READ) is left
-//! alone.
-//! (It used to rewrite every message item as well: one write per message
-//! per KB that changed nothing.)
+//! receipts): a stream's DELIVERED acks, a connector's DELIVERED, READ or
+//! FAILED. Each goes through the store's `record_receipt` (one conditional
+//! update of the member's watermark, which keeps its last moves for their
+//! times), so redelivered or reordered records change nothing; a receipt its
+//! publisher recorded already (a gateway's READ) is left alone.
+//! Messages are not its business: every publisher records a message under
+//! its seq before publishing it (`chat_core::send::record`), and a
+//! conversation's latest message is read from the messages when listed. (It
+//! used to rewrite every message, then to move a per-conversation summary:
+//! a write per message either way.)
 //! Every table's layout is `chat_aws::dynamo`'s; this module only decides
 //! what to write.
 //!
@@ -23,9 +21,9 @@
 use std::collections::BTreeMap;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use chat_aws::dynamo::{DynamoStore, Summary, Tables};
+use chat_aws::dynamo::{DynamoStore, Tables};
 use chat_aws::lambda::{Batch, Record};
-use chat_core::envelope::{Event, ReceiptEvent, preview};
+use chat_core::envelope::{Event, ReceiptEvent};
 use chat_core::store::{Receipts, StoreError};
 use futures::StreamExt;
 use tracing::Instrument;
@@ -48,22 +46,12 @@ impl Clients {
 /// A receipt to record: (record id, conversation, receipt, time).
 pub type PlannedReceipt = (String, String, ReceiptEvent, i64);
 
-/// A conversation's summary to move forward, and the record it comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedSummary {
-    pub record_id: String,
-    pub summary: Summary,
-}
-
 /// A batch turned into writes, before any I/O.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Messages in the batch (recorded by their publishers already).
-    pub messages: usize,
-    /// Per conversation: the newest message of the batch.
-    pub summaries: BTreeMap<String, PlannedSummary>,
     pub receipts: Vec<PlannedReceipt>,
-    /// Records acknowledged without a write (events persist does not keep).
+    /// Records acknowledged without a write: recorded receipts, and events
+    /// the queue's filter keeps out (messages) should any get in.
     pub ignored: usize,
 }
 
@@ -77,21 +65,6 @@ pub fn plan(records: &[Record]) -> Plan {
             Event::Receipt(receipt) if receipt.recorded => plan.ignored += 1,
             Event::Receipt(receipt) => {
                 plan.receipts.push((id.clone(), envelope.conversation_id.clone(), receipt.clone(), envelope.at_ms));
-            }
-            Event::Message(m) => {
-                plan.messages += 1;
-                let newest = plan.summaries.get(&envelope.conversation_id).is_none_or(|s| s.summary.seq < m.seq);
-                if newest {
-                    let summary = Summary {
-                        seq: m.seq,
-                        message_id: m.message_id.clone(),
-                        sender: m.sender.clone(),
-                        preview: preview(&m.body),
-                        sent_at_ms: envelope.at_ms,
-                    };
-                    plan.summaries
-                        .insert(envelope.conversation_id.clone(), PlannedSummary { record_id: id.clone(), summary });
-                }
             }
             _ => plan.ignored += 1,
         }
@@ -128,18 +101,6 @@ async fn write(clients: &Clients, event: &SqsEvent, batch: Batch) -> SqsBatchRes
     let plan = plan(&batch.records);
     let mut failed: Vec<String> = Vec::new();
     let mut write_calls = 0;
-    // A failed summary update retries its record. Conversations in parallel.
-    let updates = plan.summaries.iter().map(|(conversation_id, planned)| async move {
-        let result = clients.store.advance_summary(conversation_id, &planned.summary).await;
-        (conversation_id, planned, result)
-    });
-    for (conversation_id, planned, result) in futures::future::join_all(updates).await {
-        write_calls += 1;
-        if let Err(e) = result {
-            tracing::warn!(conversation_id, error = %e, "conversation summary update failed");
-            failed.push(planned.record_id.clone());
-        }
-    }
     // One member's receipts in the order they happened (a watermark takes
     // the first step covering a seq, so an earlier receipt recorded after a
     // later one would lose its time); members in parallel.
@@ -169,7 +130,6 @@ async fn write(clients: &Clients, event: &SqsEvent, batch: Batch) -> SqsBatchRes
     let failures = batch.undecodable.len() + failed.len();
     tracing::info!(
         records = event.records.len(),
-        messages = plan.messages,
         receipts = plan.receipts.len(),
         failed = failures,
         ignored = plan.ignored,
@@ -178,7 +138,6 @@ async fn write(clients: &Clients, event: &SqsEvent, batch: Batch) -> SqsBatchRes
     );
     metrics::counter!("chat_persist_batches_total").increment(1);
     metrics::counter!("chat_persist_records_total").increment(event.records.len() as u64);
-    metrics::counter!("chat_persist_messages_total").increment(plan.messages as u64);
     metrics::counter!("chat_persist_write_calls_total").increment(write_calls as u64);
     metrics::counter!("chat_persist_failures_total").increment(failures as u64);
     metrics::histogram!("chat_persist_batch_size").record(event.records.len() as f64);
@@ -189,7 +148,7 @@ async fn write(clients: &Clients, event: &SqsEvent, batch: Batch) -> SqsBatchRes
 mod tests {
     use super::*;
     use aws_lambda_events::event::sqs::SqsMessage;
-    use chat_core::envelope::{Envelope, MessageEvent};
+    use chat_core::envelope::{Envelope, MessageEvent, ReceiptStatus};
 
     fn record(id: &str, body: &str) -> SqsMessage {
         let mut m = SqsMessage::default();
@@ -216,6 +175,19 @@ mod tests {
         .encode()
     }
 
+    fn delivered(conversation: &str, up_to_seq: u64) -> String {
+        let event = ReceiptEvent {
+            user_id: "bob".into(),
+            status: ReceiptStatus::Delivered,
+            up_to_seq,
+            message_id: String::new(),
+            reason: String::new(),
+            via: String::new(),
+            recorded: false,
+        };
+        Envelope::new(format!("d{up_to_seq}"), conversation.into(), "gw".into(), 1, Event::Receipt(event)).encode()
+    }
+
     fn event(records: Vec<SqsMessage>) -> SqsEvent {
         let mut e = SqsEvent::default();
         e.records = records;
@@ -227,26 +199,24 @@ mod tests {
         let typing =
             Envelope::new("t".into(), "r".into(), "gw".into(), 1, Event::Typing { user_id: "a".into(), typing: true });
         let batch = Batch::decode(&event(vec![
-            record("1", &message("r", 1, "one")),
+            record("1", &delivered("r", 1)),
             record("2", "not json"),
             record("3", &message("r", 3, "three")),
             record("4", &typing.encode()),
-            record("5", &message("q", 7, &"x".repeat(500))),
-            record("6", &message("r", 2, "two")),
+            record("5", &delivered("q", 7)),
         ]));
         let plan = plan(&batch.records);
-        assert_eq!(plan.messages, 4);
         assert_eq!(batch.undecodable.len(), 1);
         assert_eq!(batch.undecodable[0].0, "2");
-        assert_eq!(plan.ignored, 1);
-        assert_eq!(plan.summaries["r"].summary.seq, 3, "the newest, not the last in the batch");
-        assert_eq!(plan.summaries["q"].summary.preview.chars().count(), chat_core::envelope::PREVIEW_CHARS);
+        let planned: Vec<(&str, &str, u64)> =
+            plan.receipts.iter().map(|(id, c, r, _)| (id.as_str(), c.as_str(), r.up_to_seq)).collect();
+        assert_eq!(planned, [("1", "r", 1), ("5", "q", 7)]);
+        assert_eq!(plan.ignored, 2, "a message (kept out by the queue's filter) and a typing event");
     }
 
     /// A READ its gateway recorded is not written again; a DELIVERED is.
     #[test]
     fn receipts_recorded_by_their_publisher_are_left_alone() {
-        use chat_core::envelope::{ReceiptEvent, ReceiptStatus};
         let receipt = |status, recorded| {
             let event = ReceiptEvent {
                 user_id: "bob".into(),

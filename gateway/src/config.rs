@@ -167,6 +167,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_RECEIVE_WINDOW_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub receive_window_ms: u64,
 
+    /// How long a received event's delete waits for others to share its
+    /// `DeleteMessageBatch` (ten per call). Well inside the queue's 30 s
+    /// visibility timeout; a crash in between redelivers the events, which
+    /// the hub drops as duplicates. 0: delete each receive's events at once.
+    #[arg(long, env = "CHAT_DELETE_LINGER_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub delete_linger_ms: u64,
+
     /// Most concurrent long-polls on this gateway's queue: one while it is
     /// quiet, more while receives come back full.
     #[arg(long, env = "CHAT_POLLERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]

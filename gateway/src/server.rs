@@ -333,12 +333,20 @@ impl Gateway {
     fn start_background(&self, config: &Config) {
         let (background, stop) = (&self.background, &self.stop_background);
         if let Some(parts) = &self.aws {
+            let (deletes, handles) = tokio::sync::mpsc::unbounded_channel();
+            background.spawn(sqs::deleter(
+                parts.sqs.clone(),
+                parts.queue.queue_url.clone(),
+                handles,
+                Duration::from_millis(config.delete_linger_ms),
+            ));
             let poller = sqs::Poller {
                 sqs: parts.sqs.clone(),
                 queue_url: parts.queue.queue_url.clone(),
                 inbox: self.hub.clone(),
                 scale: Arc::new(sqs::PollerScale::new(usize::from(config.pollers))),
                 window: Duration::from_millis(config.receive_window_ms),
+                deletes,
             };
             for index in 0..usize::from(config.pollers) {
                 background.spawn(sqs::poll(poller.clone(), index, stop.clone()));

@@ -387,26 +387,28 @@ impl Cluster {
         }
     }
 
-    /// The seq of the conversation's summary (`persist` moves it).
-    pub async fn summary_seq(&self, conversation: &str) -> anyhow::Result<Option<u64>> {
+    /// Where `user`'s DELIVERED watermark in the conversation is, read
+    /// from the members table (`persist` records a stream's acks).
+    pub async fn delivered_seq(&self, conversation: &str, user: &str) -> anyhow::Result<Option<u64>> {
         use aws_sdk_dynamodb::types::AttributeValue;
         let dynamo = self.emulator.as_ref().context("emulator")?.dynamodb().await;
         let out = dynamo
             .get_item()
-            .table_name(self.output("CHAT_CONVERSATIONS_TABLE")?)
+            .table_name(self.output("CHAT_MEMBERS_TABLE")?)
             .key("conversation_id", AttributeValue::S(conversation.into()))
+            .key("user_id", AttributeValue::S(user.into()))
             .consistent_read(true)
             .send()
             .await?;
-        Ok(out.item().and_then(|item| item.get("last_persisted_seq")?.as_n().ok()?.parse().ok()))
+        Ok(out.item().and_then(|item| item.get("delivered_seq")?.as_n().ok()?.parse().ok()))
     }
 
-    /// Waits until the conversation's summary reaches `seq` (or the deadline
-    /// passes) and returns where it is.
-    pub async fn wait_summary(&self, conversation: &str, seq: u64) -> anyhow::Result<Option<u64>> {
+    /// Waits until `user`'s DELIVERED watermark reaches `seq` (or the
+    /// deadline passes) and returns where it is.
+    pub async fn wait_delivered(&self, conversation: &str, user: &str, seq: u64) -> anyhow::Result<Option<u64>> {
         let deadline = Instant::now() + crate::DEADLINE;
         loop {
-            let at = self.summary_seq(conversation).await?;
+            let at = self.delivered_seq(conversation, user).await?;
             if at >= Some(seq) || Instant::now() > deadline {
                 return Ok(at);
             }

@@ -58,13 +58,13 @@ pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
     let a2 = store.accept_send(send(&a, "u", "", "x", "m2")).await.map_err(failed)?;
     let b1 = store.accept_send(send(&b, "u", "", "x", "m3")).await.map_err(failed)?;
     check!((a1.seq, a2.seq, b1.seq) == (1, 2, 1), "seqs {} {} {}", a1.seq, a2.seq, b1.seq);
-    check!(a1.message_id == "m1" && !a1.duplicate, "new send kept its id: {a1:?}");
+    check!(a1.message_id == "m1.1" && !a1.duplicate, "a new send's id names its seq: {a1:?}");
 
     // Idempotency: the first identity wins; no seq is used by a retry.
     let first = store.accept_send(send(&a, "u", "c1", "hi", "m4")).await.map_err(failed)?;
     let again = store.accept_send(send(&a, "u", "c1", "hi", "m5")).await.map_err(failed)?;
     check!(
-        again.message_id == "m4" && again.seq == first.seq && again.duplicate && !first.duplicate,
+        again.message_id == "m4.3" && again.seq == first.seq && again.duplicate && !first.duplicate,
         "retry gave {again:?} after {first:?}"
     );
     check!(
@@ -183,7 +183,7 @@ async fn check_settle(store: &dyn Store, prefix: &str) -> Result<(), String> {
     let first = accept("", "recorded", "v1").await.map_err(failed)?;
     let recorded = store.settle(&v, first.seq).await.map_err(failed)?;
     check!(
-        matches!(&recorded, Settled::Message(m) if m.message_id == "v1" && m.body == "recorded" && m.sender == "u"),
+        matches!(&recorded, Settled::Message(m) if m.message_id == "v1.1" && m.body == "recorded" && m.sender == "u"),
         "an accepted send is recorded: {recorded:?}"
     );
     // Readers found seq 2 missing before anyone recorded it.
@@ -205,6 +205,29 @@ async fn check_settle(store: &dyn Store, prefix: &str) -> Result<(), String> {
         .map_err(failed)?;
     let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
     check!(seqs == vec![1, 3, 5], "history holds the messages and no voids: {seqs:?}");
+    // A send whose seq readers voided before it recorded moves to a new
+    // seq, keeping its id, which still finds it.
+    // (A store that records at accept has nothing to move.)
+    let slow = store.accept_send(send(&v, "u", "", "stalled", "v5")).await.map_err(failed)?;
+    let moved = match store.settle(&v, slow.seq).await.map_err(failed)? {
+        Settled::Message(m) if m.message_id == slow.message_id => slow.clone(),
+        Settled::Message(m) => return Err(format!("another message under {}: {m:?}", slow.seq)),
+        Settled::Void => {
+            let moved = store.record_send(send(&v, "u", "", "stalled", "v5"), slow.clone()).await.map_err(failed)?;
+            check!(moved.message_id == slow.message_id && moved.seq > slow.seq, "renumbered {slow:?} → {moved:?}");
+            moved
+        }
+    };
+    let found = store.get_message(&v, &slow.message_id).await.map_err(failed)?;
+    check!(found.is_some_and(|m| m.seq == moved.seq && m.body == "stalled"), "found by its id after the move");
+    let unknown = chat_core::store::message_id("v6", moved.seq);
+    check!(store.get_message(&v, &unknown).await.map_err(failed)?.is_none(), "an id naming another's seq");
+    check!(store.get_message(&v, "v5").await.map_err(failed)?.is_none(), "an id naming no seq");
+    // A listing shows the latest message, passing over a void above it.
+    check!(store.settle(&v, moved.seq + 1).await.map_err(failed)? == Settled::Void, "voided ahead");
+    let (listed, _) = store.conversations("creator", 1000, None).await.map_err(failed)?;
+    let latest = listed.iter().find(|c| c.conversation_id == v).and_then(|c| c.last_message.as_ref());
+    check!(latest.is_some_and(|m| m.seq == moved.seq && m.body == "stalled"), "the latest message listed: {latest:?}");
     Ok(())
 }
 

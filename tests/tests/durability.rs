@@ -11,6 +11,7 @@ use chat_e2e::checker::{self, Received};
 use chat_e2e::client::TestClient;
 use chat_e2e::cluster::Cluster;
 use chat_e2e::{scenarios, stored};
+use chat_proto::pb::MessageStatus;
 
 async fn aws_with_persist(gateways: usize) -> anyhow::Result<Cluster> {
     let mut cluster = Cluster::aws(gateways).await?;
@@ -133,28 +134,36 @@ async fn persist_stopped_and_restarted_drains_its_backlog() -> anyhow::Result<()
     let runner = cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?;
     let room = cluster.public_room("alice", "backlog-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
+    let mut bob = cluster.connect(0, "bob").await?;
     alice.join(&room).await?;
+    bob.join(&room).await?;
     let mut accepted = BTreeSet::new();
     for i in 0..40 {
         alice.send(&room, &format!("a-{i}"), "while running").await?;
     }
     accepted.extend(scenarios::accepted(&mut alice, 40).await?.into_iter().map(|a| a.seq));
-    let summary = cluster.wait_summary(&room, 40).await?;
-    ensure!(summary == Some(40), "summary at {summary:?} with persist running");
+    scenarios::messages(&mut bob, &room, 40).await?;
+    bob.ack(&room, 40).await?;
+    let delivered = cluster.wait_delivered(&room, "bob", 40).await?;
+    ensure!(delivered == Some(40), "bob's acks recorded up to {delivered:?} with persist running");
     cluster.kill_runner(runner);
     for i in 0..60 {
         alice.send(&room, &format!("b-{i}"), "while stopped").await?;
     }
     accepted.extend(scenarios::accepted(&mut alice, 60).await?.into_iter().map(|a| a.seq));
+    scenarios::messages(&mut bob, &room, 60).await?;
+    bob.ack(&room, 100).await?;
     // Accepting records the message: history is whole without persist.
     let meanwhile = cluster.stored_seqs(&room).await?;
     let report = checker::check(&accepted, Some(&meanwhile), &[]);
     ensure!(report.is_clean() && meanwhile.len() == 100, "stored while persist was stopped: {report:?}");
-    let summary = cluster.summary_seq(&room).await?;
-    ensure!(summary == Some(40), "the summary is persist's and waits for it: {summary:?}");
+    // The ack reached alice live, and waits in the queue for persist.
+    alice.wait_receipt("bob", MessageStatus::Delivered, 100).await?;
+    let delivered = cluster.delivered_seq(&room, "bob").await?;
+    ensure!(delivered == Some(40), "an ack is persist's to record and waits for it: {delivered:?}");
     cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?;
-    let summary = cluster.wait_summary(&room, 100).await?;
-    ensure!(summary == Some(100), "persist drained its backlog: summary at {summary:?}");
+    let delivered = cluster.wait_delivered(&room, "bob", 100).await?;
+    ensure!(delivered == Some(100), "persist drained its backlog: bob's acks recorded up to {delivered:?}");
     let stored = cluster.stored_seqs(&room).await?;
     let report = checker::check(&accepted, Some(&stored), &[]);
     ensure!(report.is_clean() && stored.len() == 100, "{report:?}");

@@ -2,7 +2,7 @@
 //! gateways and the local `persist` runner during a cross-gateway chat on
 //! the emulator, and PromQL over its HTTP API finds the sends, the
 //! deliveries, the publish → receive latency, the AWS calls, the gRPC
-//! statuses and what `persist` wrote.
+//! statuses and what `persist` recorded.
 
 use std::collections::BTreeSet;
 
@@ -38,8 +38,12 @@ async fn prometheus_sees_a_cross_gateway_chat() -> anyhow::Result<()> {
         alice.send(&room, &format!("m-{i}"), &format!("hello {i}")).await?;
     }
     scenarios::accepted(&mut alice, MESSAGES).await?;
-    scenarios::messages(&mut bob, &room, MESSAGES).await?;
-    cluster.wait_summary(&room, MESSAGES as u64).await?;
+    let received = scenarios::messages(&mut bob, &room, MESSAGES).await?;
+    // bob acknowledges them: persist records his DELIVERED watermark.
+    let last = received.last().context("received")?.seq;
+    bob.ack(&room, last).await?;
+    let delivered = cluster.wait_delivered(&room, "bob", last).await?;
+    ensure!(delivered == Some(last), "bob's DELIVERED watermark at {delivered:?}, expected {last}");
 
     let n = MESSAGES as f64;
     // Sends: accepted once each on A, none on B.
@@ -82,9 +86,9 @@ async fn prometheus_sees_a_cross_gateway_chat() -> anyhow::Result<()> {
         prometheus.wait_scalar(&format!("chat_local_conversations{{gateway_id=\"{id}\"}}"), |v| v == 1.0).await?;
         prometheus.wait_scalar(&format!("sum(chat_joins_total{{gateway_id=\"{id}\"}})"), |v| v == 1.0).await?;
     }
-    // persist saw every message, in batches, without failures.
-    let seen = "sum(chat_persist_messages_total{function=\"persist\"})";
-    prometheus.wait_scalar(seen, |v| v >= n).await?;
+    // persist recorded bob's ack, in a batch, without failures.
+    let seen = "sum(chat_persist_records_total{function=\"persist\"})";
+    prometheus.wait_scalar(seen, |v| v >= 1.0).await?;
     prometheus.wait_scalar("sum(chat_persist_batches_total)", |v| v >= 1.0).await?;
     let failures = "sum(chat_persist_failures_total) or vector(0)";
     ensure!(prometheus.scalar(failures).await? == Some(0.0), "persist failed records");

@@ -2,8 +2,6 @@
 //! - `last_seq` (N): the seq counter, `ADD 1` per send (`updated_at_ms`);
 //! - `externals` (SS): the external members, read back by the counter
 //!   update so a send names its external recipients in the same call;
-//! - the summary `persist` moves forward (never back): `last_persisted_seq`,
-//!   `last_message_id`, `last_sender`, `last_preview`, `last_sent_at_ms`;
 //! - the settings `CreateConversation` writes once: `kind` (`public`,
 //!   `private`, `direct`; absent on conversations created before roles,
 //!   which read as public), `title`, `created_by`, `created_at_ms`;
@@ -18,9 +16,9 @@
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue};
 use chat_core::conversation::{Conversation, Kind, NewConversation};
-use chat_core::store::{Routes, StoreError, StoredMessage};
+use chat_core::store::{Routes, StoreError};
 
-use super::{DynamoStore, Item, conditional, get_n, get_s, n, number_or_zero, s, string_set, text, unavailable};
+use super::{DynamoStore, Item, conditional, get_n, n, number_or_zero, s, string_set, text, unavailable};
 
 /// The condition under which `:u` may be added: the conversation does not
 /// ban them.
@@ -57,17 +55,6 @@ fn routes(item: &Item) -> Routes {
         gateways: string_set(item, "routes"),
         overflowed: item.get("routes_overflowed").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
     }
-}
-
-/// A conversation's latest stored message, as its summary keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Summary {
-    pub seq: u64,
-    pub message_id: String,
-    pub sender: String,
-    /// The body's first [`chat_core::envelope::PREVIEW_CHARS`] characters.
-    pub preview: String,
-    pub sent_at_ms: i64,
 }
 
 impl DynamoStore {
@@ -295,29 +282,6 @@ impl DynamoStore {
             .await
             .map(drop)
     }
-
-    /// Moves a conversation's summary forward to `summary`; one conditional
-    /// update, which a redelivered or older summary leaves as it is.
-    pub async fn advance_summary(&self, conversation_id: &str, summary: &Summary) -> Result<(), StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.tables.conversations)
-            .key("conversation_id", s(conversation_id))
-            .update_expression(
-                "SET last_persisted_seq = :seq, last_message_id = :id, last_sender = :sender, last_preview = :preview, last_sent_at_ms = :at",
-            )
-            .condition_expression("attribute_not_exists(last_persisted_seq) OR last_persisted_seq < :seq")
-            .expression_attribute_values(":seq", n(summary.seq))
-            .expression_attribute_values(":id", s(&summary.message_id))
-            .expression_attribute_values(":sender", s(&summary.sender))
-            .expression_attribute_values(":preview", s(&summary.preview))
-            .expression_attribute_values(":at", n(summary.sent_at_ms))
-            .send()
-            .await;
-        // Refused: a newer summary is there already.
-        conditional(result, "updating a conversation summary").map(|_| ())
-    }
 }
 
 /// A conversation item's settings; one without a kind predates kinds and
@@ -335,18 +299,4 @@ fn conversation(conversation_id: &str, item: &Item) -> Conversation {
         created_by: text(item, "created_by").unwrap_or_default(),
         created_at_ms: get_n(item, "created_at_ms").unwrap_or(0),
     }
-}
-
-/// The summary `persist` keeps on the conversation item, as a message.
-pub(super) fn last_message(conversation_id: &str, item: &Item) -> Option<StoredMessage> {
-    Some(StoredMessage {
-        conversation_id: conversation_id.to_owned(),
-        seq: get_n(item, "last_persisted_seq").ok()?,
-        message_id: get_s(item, "last_message_id").ok()?,
-        sender: get_s(item, "last_sender").ok()?,
-        body: get_s(item, "last_preview").ok()?,
-        sent_at_ms: get_n(item, "last_sent_at_ms").ok()?,
-        client_message_id: String::new(),
-        members_version: 0,
-    })
 }

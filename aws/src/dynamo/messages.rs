@@ -2,8 +2,11 @@
 //!
 //! A message: `message_id`, `sender`, `body`, `sent_at_ms`, `origin`,
 //! `members_version` (when not 0), and `client_message_id` when the send
-//! had one. Index `by_message_id_key` (keys only). A void: `void` (true) and `voided_at_ms`,
-//! nothing else, so the index never holds it and history filters it out.
+//! had one. No index: a message id names the seq the message was first
+//! given (`chat_core::store::message_id`), so `GetMessage` reads that seq.
+//! A void: `void` (true) and `voided_at_ms`, which history filters out, and
+//! `moved_to` when the message first numbered there was recorded under
+//! another seq (its sender stalled past the readers' settle delay).
 //!
 //! **Written before it is published.** A send's message is recorded here
 //! (`Sequencer::record_send` → [`DynamoStore::record_message`], conditional
@@ -19,15 +22,20 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
+use chat_core::envelope::preview;
 use chat_core::store::{ConversationInfo, Direction, History, HistoryQuery, Settled, StoreError, StoredMessage};
+use futures::StreamExt;
 
-use super::conversations::last_message;
 use super::{DynamoStore, Item, conditional, get_n, get_s, n, number_or_zero, query_items, s, seq_value, unavailable};
 
-/// The index from `message_id` to the message's keys (keys only).
-const MESSAGE_ID_INDEX: &str = "by_message_id_key";
 /// Marks a seq settled without a message.
 const VOID: &str = "void";
+/// On a void: the seq its message was recorded under instead.
+const MOVED_TO: &str = "moved_to";
+/// Voids a message id's lookup follows at most (one per renumbering).
+const MOVES_FOLLOWED: usize = 4;
+/// Conversations whose latest message a listing reads at once.
+const LATEST_READS_IN_FLIGHT: usize = 16;
 
 /// A message's fields, as its item stores them.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +101,39 @@ impl DynamoStore {
             .await
             .map_err(|e| unavailable("reading a seq", e))?;
         Ok(out.item)
+    }
+
+    /// A conversation's latest message (voids passed over), its body cut to
+    /// a preview.
+    async fn latest_message(&self, conversation_id: &str) -> Result<Option<StoredMessage>, StoreError> {
+        let query = HistoryQuery { direction: Direction::Backward, from_seq: None, limit: 1 };
+        let mut latest = self.history(conversation_id, query).await?.into_iter().next();
+        if let Some(message) = &mut latest {
+            message.body = preview(&message.body);
+        }
+        Ok(latest)
+    }
+
+    /// Marks the void at `seq` with the seq its message was given instead,
+    /// so the message's id (which names its first seq) finds it.
+    pub(crate) async fn mark_moved(&self, conversation_id: &str, seq: u64, to: u64) -> Result<(), StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.messages)
+            .key("conversation_id", s(conversation_id))
+            .key("seq", seq_value(seq))
+            .update_expression("SET #moved = :to")
+            .condition_expression("attribute_exists(#void)")
+            .expression_attribute_names("#moved", MOVED_TO)
+            .expression_attribute_names("#void", VOID)
+            .expression_attribute_values(":to", seq_value(to))
+            .send()
+            .await;
+        match conditional(update, "marking where a voided seq's message went")? {
+            true => Ok(()),
+            false => Err(StoreError::Unavailable(format!("seq {seq} of {conversation_id} is not a void to mark"))),
+        }
     }
 
     /// Puts a void where nothing is recorded; false when something is.
@@ -174,26 +215,20 @@ impl History for DynamoStore {
     }
 
     async fn get_message(&self, conversation_id: &str, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
-        // The index holds keys only (a full copy would double every
-        // message's write), so the message is then read by its seq.
-        let out = self
-            .client
-            .query()
-            .table_name(&self.tables.messages)
-            .index_name(MESSAGE_ID_INDEX)
-            .key_condition_expression("message_id = :m")
-            .expression_attribute_values(":m", s(message_id))
-            .send()
-            .await
-            .map_err(|e| unavailable("reading a message", e))?;
-        for key in out.items() {
-            if get_s(key, "conversation_id")? != conversation_id {
+        // The id names the seq the message was first given; a message
+        // renumbered since left a void there saying where it went.
+        let Some(mut seq) = chat_core::store::first_seq(message_id) else { return Ok(None) };
+        for _ in 0..MOVES_FOLLOWED {
+            let Some(item) = self.read_seq(conversation_id, seq).await? else { return Ok(None) };
+            if item.contains_key(VOID) {
+                match item.get(MOVED_TO) {
+                    Some(_) => seq = get_n(&item, MOVED_TO)?,
+                    None => return Ok(None),
+                }
                 continue;
             }
-            let Some(item) = self.read_seq(conversation_id, get_n(key, "seq")?).await? else { continue };
-            if item.get("message_id").and_then(|id| id.as_s().ok()).is_some_and(|id| id == message_id) {
-                return stored_message(&item).map(Some);
-            }
+            let found = stored_message(&item)?;
+            return Ok((found.message_id == message_id).then_some(found));
         }
         Ok(None)
     }
@@ -213,16 +248,19 @@ impl History for DynamoStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let more = members.len() > limit;
         members.truncate(limit);
-        let ids: Vec<String> = members.iter().map(|(c, _)| c.clone()).collect();
-        let items = self.batch_get(&self.tables.conversations, "conversation_id", &ids).await?;
-        let page = members
-            .into_iter()
-            .map(|(conversation_id, last_read_seq)| ConversationInfo {
-                last_message: items.get(&conversation_id).and_then(|item| last_message(&conversation_id, item)),
-                conversation_id,
-                last_read_seq,
+        // Each conversation's latest message, read from the messages
+        // themselves: listing pays a read per conversation, where keeping a
+        // summary would pay a write per message.
+        let page = futures::stream::iter(members)
+            .map(|(conversation_id, last_read_seq)| async move {
+                let latest = self.latest_message(&conversation_id).await?;
+                Ok(ConversationInfo { last_message: latest, conversation_id, last_read_seq })
             })
-            .collect();
+            .buffered(LATEST_READS_IN_FLIGHT)
+            .collect::<Vec<Result<ConversationInfo, StoreError>>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((page, more))
     }
 }

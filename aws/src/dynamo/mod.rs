@@ -5,12 +5,14 @@
 //!
 //! One module per table, each opening with its item layout:
 //! - `conversations`: the `seq` counter (`ADD last_seq :one`, the one write
-//!   every send pays), the external members set, and the summary `persist`
-//!   moves forward ([`Summary`]);
+//!   every send pays), the external members set and the routes (a
+//!   conversation's latest message is read from `messages`, not kept here);
 //! - `sends`: send idempotency records ([`chat_core::store::Sequencer`]);
 //! - `members`: membership and receipt watermarks ([`chat_core::store::Membership`]);
 //! - `presence`: leased online streams ([`chat_core::store::Presence`]);
-//! - `messages`: stored messages, recorded by their publishers before they publish ([`chat_core::store::History`]);
+//! - `messages`: stored messages, recorded by their publishers before they
+//!   publish ([`chat_core::store::History`]), also read for each listed
+//!   conversation's latest message;
 //! - `receipts`: watermark steps and failures ([`chat_core::store::Receipts`]);
 //! - `users`: links for offline fallback ([`chat_core::store::Links`]);
 //! - [`connector`]: the connector's idempotency records, channel message
@@ -35,7 +37,7 @@ mod receipts;
 mod sends;
 mod users;
 
-pub use conversations::{Numbered, Registration, Summary};
+pub use conversations::{Numbered, Registration};
 pub use receipts::{failure_key, step_key};
 
 /// A DynamoDB item.

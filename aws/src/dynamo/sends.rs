@@ -124,7 +124,13 @@ impl DynamoStore {
 
     /// Takes over a claim that was never numbered; false when it moved
     /// meanwhile (numbered, or taken over by another retry).
-    async fn take_over(&self, key: &str, req: &SendRequest<'_>, claimed_at_ms: i64) -> Result<bool, StoreError> {
+    async fn take_over(
+        &self,
+        key: &str,
+        req: &SendRequest<'_>,
+        message_id: &str,
+        claimed_at_ms: i64,
+    ) -> Result<bool, StoreError> {
         let update = self
             .client
             .update_item()
@@ -132,7 +138,7 @@ impl DynamoStore {
             .key("idem_key", s(key))
             .update_expression("SET message_id = :id, accepted_at_ms = :now, claimed_at_ms = :now")
             .condition_expression("attribute_not_exists(seq) AND claimed_at_ms = :then")
-            .expression_attribute_values(":id", s(&req.new_message_id))
+            .expression_attribute_values(":id", s(message_id))
             .expression_attribute_values(":now", n(req.now_ms))
             .expression_attribute_values(":then", n(claimed_at_ms))
             .send()
@@ -178,16 +184,19 @@ impl DynamoStore {
         conditional(result, "numbering a send")
     }
 
-    /// A new seq for the send's `message_id`, first accepted at `accepted_at_ms`.
+    /// A new seq for the send, first accepted at `accepted_at_ms`: a new
+    /// send's id names that seq; a renumbered one keeps its `message_id`.
     async fn numbered(
         &self,
         req: &SendRequest<'_>,
-        message_id: &str,
+        message_id: Option<&str>,
         accepted_at_ms: i64,
     ) -> Result<Accepted, StoreError> {
         let numbered = self.next_seq(req.conversation_id, req.now_ms).await?;
+        let message_id =
+            message_id.map_or_else(|| chat_core::store::message_id(&req.new_message_id, numbered.seq), str::to_owned);
         Ok(Accepted {
-            message_id: message_id.to_owned(),
+            message_id,
             seq: numbered.seq,
             accepted_at_ms,
             duplicate: false,
@@ -246,7 +255,7 @@ impl DynamoStore {
                 Some(Record::Claimed { claimed_at_ms, .. }) => {
                     let stale = chat_core::clock::now_ms().saturating_sub(claimed_at_ms) >= millis(CLAIM_LEASE);
                     if stale
-                        && self.take_over(key, req, claimed_at_ms).await?
+                        && self.take_over(key, req, &accepted.message_id, claimed_at_ms).await?
                         && self.number(key, &accepted.message_id, None, accepted).await?
                     {
                         tracing::warn!(
@@ -282,7 +291,7 @@ impl DynamoStore {
 impl Sequencer for DynamoStore {
     async fn accept_send(&self, req: SendRequest<'_>) -> Result<Accepted, StoreError> {
         if req.client_message_id.is_empty() {
-            return self.numbered(&req, &req.new_message_id, req.now_ms).await;
+            return self.numbered(&req, None, req.now_ms).await;
         }
         let key = idempotency_key(req.conversation_id, req.sender, req.client_message_id);
         let digest = body_digest(req.body);
@@ -296,7 +305,7 @@ impl Sequencer for DynamoStore {
             }
             _ => {}
         }
-        let accepted = self.numbered(&req, &req.new_message_id, req.now_ms).await?;
+        let accepted = self.numbered(&req, None, req.now_ms).await?;
         if self.claim(&key, &req, &digest, &accepted).await? {
             return Ok(accepted);
         }
@@ -318,12 +327,20 @@ impl Sequencer for DynamoStore {
             let voided = accepted.seq;
             let renumbered = Accepted {
                 duplicate: false,
-                ..self.numbered(&req, &accepted.message_id, accepted.accepted_at_ms).await?
+                ..self.numbered(&req, Some(&accepted.message_id), accepted.accepted_at_ms).await?
             };
             accepted = match &key {
-                None => renumbered,
-                // Moved on the send record first, so a retry answers with it.
-                Some(key) if self.number(key, &accepted.message_id, Some(voided), &renumbered).await? => renumbered,
+                None => {
+                    self.mark_moved(req.conversation_id, voided, renumbered.seq).await?;
+                    renumbered
+                }
+                // Moved on the send record first, so a retry answers with
+                // it; then on the void, so the id finds it (a concurrent
+                // retry that lost the record's move leaves the void alone).
+                Some(key) if self.number(key, &accepted.message_id, Some(voided), &renumbered).await? => {
+                    self.mark_moved(req.conversation_id, voided, renumbered.seq).await?;
+                    renumbered
+                }
                 // A concurrent retry moved it on already: follow it.
                 Some(key) => match self.read_send(key).await? {
                     Some(Record::Numbered { accepted, .. }) => accepted,

@@ -34,7 +34,7 @@
 //!   a second fill any event source mapping's batch): one receive and one
 //!   batch delete per 10 records, an invocation per `BatchSize` (the
 //!   template's: persist 100, fallback 10), each billed `--lambda-ms`;
-//! - **everything else** (accept, the summary, the fallback's members read,
+//! - **everything else** (accept, the fallback's members read,
 //!   the receipts' writes and publishes) priced from the calibration run,
 //!   split by what it scales with: per message, per event, per receipt.
 //!   SNS publishes stay as measured per message (receipts a gateway

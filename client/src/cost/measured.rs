@@ -4,8 +4,8 @@
 //! the bench's fan-out step). The emulator counts calls; what it cannot
 //! count comes from the constants of the hand model:
 //! - capacity units per DynamoDB call: a write is 1 WRU per KB of its item
-//!   (the message item `--message-kb`, every other item under 1 KB, a
-//!   message's keys-only index entry 1 more), a failed conditional write
+//!   (the message item `--message-kb`, every other item under 1 KB), a
+//!   failed conditional write
 //!   is billed too; a read 1 RRU (strongly consistent, under 4 KB; the
 //!   members query `--member-item-bytes` per member);
 //! - payload chunks (64 KB) per SNS publish and SQS send or receive;
@@ -23,8 +23,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Bill, DYNAMO_PER_RRU, DYNAMO_PER_WRU, Estimate, INDEX_ENTRY_WRU, InvalidWorkload, LAMBDA_PER_REQUEST, Routing,
-    SNS_PER_REQUEST, SQS_PER_REQUEST, Workload, chunks,
+    Bill, DYNAMO_PER_RRU, DYNAMO_PER_WRU, Estimate, InvalidWorkload, LAMBDA_PER_REQUEST, Routing, SNS_PER_REQUEST,
+    SQS_PER_REQUEST, Workload, chunks,
 };
 
 /// The first line of `counts.csv`.
@@ -152,9 +152,7 @@ fn per_call(row: &CountRow, w: &Workload) -> PerCall {
             | "GetQueueUrl",
         ) => PerCall::Requests("SQS", 1.0, SQS_PER_REQUEST),
         ("Lambda", "Invoke") => PerCall::Requests("Lambda", 1.0, LAMBDA_PER_REQUEST),
-        ("DynamoDB", "PutItem") if row.table == "messages" => {
-            PerCall::Capacity("WRU", item_wru + INDEX_ENTRY_WRU, DYNAMO_PER_WRU)
-        }
+        ("DynamoDB", "PutItem") if row.table == "messages" => PerCall::Capacity("WRU", item_wru, DYNAMO_PER_WRU),
         ("DynamoDB", "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" | "TransactWriteItems") => {
             // A batch or transaction's items are not counted per call: one
             // unit each is a floor (none is on a message's path).
@@ -335,7 +333,7 @@ mod tests {
     }
 
     /// Worked by hand, per message (1,000 messages, 1 KB): the message put
-    /// (1 WRU + its index entry) and the counter (1 WRU) = 3 × 0.625; a
+    /// (1 WRU, no index) and the counter (1 WRU) = 2 × 0.625; a
     /// tenth of a PublishBatch = 0.05; 0.3 SQS calls = 0.12; a twentieth of
     /// an invocation = 0.01 + 0.05 × 0.005 GB-s = 0.0041667.
     #[test]
@@ -351,7 +349,7 @@ mod tests {
         ];
         let e = estimate_measured(&members(), &rows, "test").expect("priced");
         let gb_seconds = 0.05 * (256.0 / 1024.0) * 0.020;
-        let expected = 3.0 * 0.625 + 0.05 + 0.12 + 0.01 + gb_seconds * 0.000_016_666_7 * 1e6;
+        let expected = 2.0 * 0.625 + 0.05 + 0.12 + 0.01 + gb_seconds * 0.000_016_666_7 * 1e6;
         assert!((e.variable_per_million - expected).abs() < 1e-6, "{} vs {expected}", e.variable_per_million);
         assert!(e.notes.iter().any(|n| n.contains("TagQueue 0.008")), "{:?}", e.notes);
         let text = render_measured(&members(), &e);

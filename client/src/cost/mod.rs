@@ -14,9 +14,8 @@
 //! - **accept** (gateway): for an idempotent send, the lookup of its record
 //!   (`GetItem`, strongly consistent: 1 RRU) and its claim with the seq
 //!   (`PutItem`, 1 WRU); for any send, `UpdateItem` on the seq counter
-//!   (1 WRU), the message recorded under its seq (`PutItem`, 1 WRU per KB)
-//!   and its entry in the keys-only `by_message_id_key` index (1 WRU); then
-//!   one SNS publish (a `PublishBatch` of `b` events is one request). Racing
+//!   (1 WRU) and the message recorded under its seq (`PutItem`, 1 WRU per
+//!   KB; no index: its id names its seq); then one SNS publish (a `PublishBatch` of `b` events is one request). Racing
 //!   copies of one send and settled gaps are rare: left out.
 //! - **fan-out to gateways**: with broadcast routing SNS delivers every
 //!   event to every gateway's queue (free), and each gateway pays its share
@@ -26,12 +25,10 @@
 //!   member (`SendMessageBatch`), which receives and deletes: three shares
 //!   per other gateway, `(G − 1)·(1 − (1 − 1/G)^(k − 1))` of them on average
 //!   for members placed uniformly at random.
-//! - **persist** (Lambda behind the persist queue): its share of the event
-//!   source mapping's receive and delete, of one invocation and of its
-//!   billed duration; it writes no message (the publisher recorded it),
-//!   only the conversation's summary, one update per conversation per
-//!   batch: 1 WRU per message where a batch rarely holds two messages of
-//!   one conversation (one-to-one chats).
+//! - **persist** (Lambda behind the persist queue) takes no message: the
+//!   publisher recorded it, and a conversation's latest message is read
+//!   from the messages when listed. It records the receipts nobody else
+//!   did (an external recipient's, below).
 //! - **fallback** (Lambda behind the delayed queue): queue and invocation
 //!   share, and one `Query` of the members (strongly consistent, 1 RRU per
 //!   4 KB of member items).
@@ -76,9 +73,6 @@ const DYNAMO_PER_RRU: f64 = 0.125e-6;
 const NLB_PER_HOUR: f64 = 0.0225;
 const NLCU_PER_HOUR: f64 = 0.006;
 const HOURS_PER_MONTH: f64 = 730.0;
-/// A message's entry in the keys-only `by_message_id_key` index: well under
-/// 1 KB, one write unit.
-const INDEX_ENTRY_WRU: f64 = 1.0;
 /// SNS and SQS bill a request per 64 KB chunk of payload.
 const CHUNK_KB: f64 = 64.0;
 /// Gateway pollers each keep one 20 s long poll open when idle.
@@ -357,13 +351,10 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
 
     // Accepting the send at the gateway, and publishing it.
     let send_record = if w.idempotent_sends { 1.0 } else { 0.0 };
-    bill.add("accept", "DynamoDB", send_record + 1.0 + item_wru + INDEX_ENTRY_WRU, "WRU", DYNAMO_PER_WRU);
+    bill.add("accept", "DynamoDB", send_record + 1.0 + item_wru, "WRU", DYNAMO_PER_WRU);
     bill.add("accept", "DynamoDB", send_record, "RRU", DYNAMO_PER_RRU);
     bill.add("accept", "SNS", chunk / w.publish_batch, "requests", SNS_PER_REQUEST);
     bill.add("fan-out", "SQS", w.fan_out_requests() * chunk, "requests", SQS_PER_REQUEST);
-
-    function(&mut bill, "persist", 1.0);
-    bill.add("persist", "DynamoDB", 1.0, "WRU", DYNAMO_PER_WRU);
 
     function(&mut bill, "fallback", 1.0);
     let members_rru = (f64::from(w.members) * w.member_item_bytes / 4096.0).ceil().max(1.0);
@@ -371,7 +362,7 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
 
     // A member's READ is recorded by its gateway and routed to the members'
     // gateways only; an external recipient's DELIVERED goes through the
-    // topic and persist records it.
+    // topic and persist records it (its one piece of work per message).
     let reads = w.receipts();
     bill.add("receipts", "SQS", (reads + w.external_recipients) * w.fan_out_requests(), "requests", SQS_PER_REQUEST);
     bill.add("receipts", "DynamoDB", reads + w.external_recipients, "WRU", DYNAMO_PER_WRU);
@@ -379,7 +370,7 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
     let route_reads = if w.routing == Routing::Members { reads } else { 0.0 };
     bill.add("receipts", "DynamoDB", route_reads, "RRU", DYNAMO_PER_RRU);
     bill.add("receipts", "SNS", w.external_recipients / w.publish_batch, "requests", SNS_PER_REQUEST);
-    function(&mut bill, "receipts", w.external_recipients);
+    function(&mut bill, "persist", w.external_recipients);
 
     function(&mut bill, "connector", w.external_recipients);
     bill.add("connector", "DynamoDB", w.external_recipients * 4.0, "WRU", DYNAMO_PER_WRU);
@@ -488,16 +479,16 @@ mod tests {
     }
 
     /// The accept stage of an idempotent 1 KB send, worked by hand: the
-    /// record's lookup (1 RRU), its claim with the seq, the counter, the
-    /// message and its index entry (4 WRU) + 1 SNS request
-    /// = 0.125 + 4 × 0.625 + 0.50 = $3.125 per million; without a
-    /// client_message_id, no lookup and no claim: $2.375.
+    /// record's lookup (1 RRU), its claim with the seq, the counter and the
+    /// message (3 WRU) + 1 SNS request = 0.125 + 3 × 0.625 + 0.50 = $2.50
+    /// per million; without a client_message_id, no lookup and no claim:
+    /// $1.75.
     #[test]
-    fn accept_is_a_lookup_four_writes_and_a_publish() {
+    fn accept_is_a_lookup_three_writes_and_a_publish() {
         let e = estimate(&Workload::default()).expect("valid");
-        assert!((total(&e, "accept") - 3.125).abs() < 1e-9, "{}", total(&e, "accept"));
+        assert!((total(&e, "accept") - 2.5).abs() < 1e-9, "{}", total(&e, "accept"));
         let e = estimate(&Workload { idempotent_sends: false, ..Workload::default() }).expect("valid");
-        assert!((total(&e, "accept") - 2.375).abs() < 1e-9, "{}", total(&e, "accept"));
+        assert!((total(&e, "accept") - 1.75).abs() < 1e-9, "{}", total(&e, "accept"));
     }
 
     /// Broadcast fan-out is linear in gateways: receive + delete per gateway.
@@ -556,7 +547,7 @@ mod tests {
     fn large_messages_pay_per_chunk_and_per_kilobyte() {
         let e = estimate(&Workload { message_kb: 100.0, ..Workload::default() }).expect("valid");
         let accept_writes = e.lines.iter().find(|l| l.stage == "accept" && l.unit == "WRU").expect("line");
-        assert_eq!(accept_writes.units_per_message, 1.0 + 1.0 + 100.0 + 1.0);
+        assert_eq!(accept_writes.units_per_message, 1.0 + 1.0 + 100.0, "claim, counter, message");
         let publish = e.lines.iter().find(|l| l.stage == "accept" && l.service == "SNS").expect("line");
         assert_eq!(publish.units_per_message, 2.0);
     }

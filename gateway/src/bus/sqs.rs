@@ -1,6 +1,7 @@
 //! Receiving on AWS: this gateway's SQS queue (`chat_aws::queue`), read by
 //! up to `--pollers` long-poll loops ([`poll`]), as many as [`PollerScale`]
-//! finds busy, each feeding the [`Inbox`].
+//! finds busy, each feeding the [`Inbox`]; their deletes are gathered
+//! into batches by one [`deleter`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry};
 use chat_aws::queue::POLL_WAIT_SECS;
 use chat_core::envelope::Envelope;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::Inbox;
@@ -86,18 +87,18 @@ pub(crate) struct Poller {
     /// one, so it comes back fuller (fewer calls per event, at that much
     /// latency). Zero: receive again at once.
     pub(crate) window: Duration,
+    /// Where dispatched events' receipt handles go to be deleted.
+    pub(crate) deletes: mpsc::UnboundedSender<String>,
 }
 
 /// One long-poll loop: receive up to ten events, hand them to the inbox,
-/// delete them in one batch (without holding up the next receive). Ends when
-/// `stop` is cancelled; a batch that arrives after that is made visible
+/// pass them on to be deleted (without holding up the next receive). Ends
+/// when `stop` is cancelled; a batch that arrives after that is made visible
 /// again instead of dispatched.
 pub(crate) async fn poll(poller: Poller, index: usize, stop: CancellationToken) {
-    let Poller { sqs, queue_url, inbox, scale, window } = poller;
-    let mut deletes = tokio::task::JoinSet::new();
+    let Poller { sqs, queue_url, inbox, scale, window, deletes } = poller;
     let mut backoff = Duration::from_millis(100);
     loop {
-        while deletes.try_join_next().is_some() {}
         scale.turn(index, &stop).await;
         let receive = sqs
             .receive_message()
@@ -135,8 +136,10 @@ pub(crate) async fn poll(poller: Poller, index: usize, stop: CancellationToken) 
         }
         metrics::counter!("chat_sqs_messages_received_total").increment(messages.len() as u64);
         let full = messages.len() >= RECEIVE_MAX;
-        let done = dispatch(inbox.as_ref(), &messages);
-        deletes.spawn(delete(sqs.clone(), queue_url.clone(), done));
+        for handle in dispatch(inbox.as_ref(), &messages) {
+            // Closed only once every poller has ended.
+            let _ = deletes.send(handle);
+        }
         if !full && !window.is_zero() {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -144,9 +147,44 @@ pub(crate) async fn poll(poller: Poller, index: usize, stop: CancellationToken) 
             }
         }
     }
-    // Deletes already sent are waited for, so a stopping gateway does not
-    // leave events to be redelivered to nobody.
-    while deletes.join_next().await.is_some() {}
+}
+
+/// Deletes the handles the pollers send, ten per `DeleteMessageBatch`: a
+/// handle waits up to `linger` for others to share its call. At chat rates
+/// a receive brings one or two events, so deleting each receive's events
+/// at once would cost a call per event or so; `linger` (well inside the
+/// visibility timeout) trades that for a redelivery after a crash, which
+/// the hub drops as a duplicate. Ends once every poller has ended, having
+/// deleted everything, so a stopping gateway leaves nothing to be
+/// redelivered to nobody.
+pub(crate) async fn deleter(
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    mut handles: mpsc::UnboundedReceiver<String>,
+    linger: Duration,
+) {
+    let mut calls = tokio::task::JoinSet::new();
+    while let Some(batch) = gather(&mut handles, linger).await {
+        while calls.try_join_next().is_some() {}
+        calls.spawn(delete(sqs.clone(), queue_url.clone(), batch));
+    }
+    while calls.join_next().await.is_some() {}
+}
+
+/// The next batch of handles: the first to come, then more until there are
+/// ten or `linger` has passed since the first. `None` once the channel is
+/// closed and empty.
+async fn gather(handles: &mut mpsc::UnboundedReceiver<String>, linger: Duration) -> Option<Vec<String>> {
+    let first = handles.recv().await?;
+    let deadline = tokio::time::Instant::now() + linger;
+    let mut batch = vec![first];
+    while batch.len() < RECEIVE_MAX {
+        match tokio::time::timeout_at(deadline, handles.recv()).await {
+            Ok(Some(handle)) => batch.push(handle),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// The span of a traced event's delivery to this gateway's streams, a child
@@ -167,13 +205,13 @@ fn deliver_span(envelope: &Envelope) -> tracing::Span {
     span
 }
 
-/// Hands a received batch to the inbox; returns the delete entries.
-fn dispatch(inbox: &dyn Inbox, messages: &[aws_sdk_sqs::types::Message]) -> Vec<DeleteMessageBatchRequestEntry> {
+/// Hands a received batch to the inbox; returns the receipt handles.
+fn dispatch(inbox: &dyn Inbox, messages: &[aws_sdk_sqs::types::Message]) -> Vec<String> {
     let now = Instant::now();
     let now_ms = chat_core::clock::now_ms();
     let latency = metrics::histogram!("chat_publish_receive_seconds");
     let mut done = Vec::with_capacity(messages.len());
-    for (i, message) in messages.iter().enumerate() {
+    for message in messages {
         let body = message.body().unwrap_or_default();
         match Envelope::decode(body) {
             Ok(envelope) => {
@@ -189,17 +227,21 @@ fn dispatch(inbox: &dyn Inbox, messages: &[aws_sdk_sqs::types::Message]) -> Vec<
                 tracing::error!(error = %e, body_prefix = %body.chars().take(200).collect::<String>(), "undecodable event dropped")
             }
         }
-        if let Some(handle) = message.receipt_handle()
-            && let Ok(entry) =
-                DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build()
-        {
-            done.push(entry);
+        if let Some(handle) = message.receipt_handle() {
+            done.push(handle.to_owned());
         }
     }
     done
 }
 
-async fn delete(sqs: aws_sdk_sqs::Client, queue_url: String, entries: Vec<DeleteMessageBatchRequestEntry>) {
+async fn delete(sqs: aws_sdk_sqs::Client, queue_url: String, handles: Vec<String>) {
+    let entries: Vec<_> = handles
+        .iter()
+        .enumerate()
+        .filter_map(|(i, handle)| {
+            DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build().ok()
+        })
+        .collect();
     match sqs.delete_message_batch().queue_url(&queue_url).set_entries(Some(entries)).send().await {
         Ok(out) if !out.failed().is_empty() => {
             // Redelivery is harmless: the hub deduplicates by event id.
@@ -250,6 +292,42 @@ mod tests {
         // Half full or more: steady.
         assert_eq!(next_active(3, 4, 2, 5), 3);
         assert_eq!(next_active(3, 4, 2, 9), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deletes_wait_for_company_up_to_the_linger() {
+        let linger = Duration::from_secs(1);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for i in 0..12 {
+            tx.send(format!("h{i}")).expect("open");
+        }
+        // Ten at once make a full batch without waiting.
+        let start = tokio::time::Instant::now();
+        let batch = gather(&mut rx, linger).await.expect("batch");
+        assert_eq!(batch.len(), 10);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // Two waiting: they wait out the linger for company, then go.
+        let batch = gather(&mut rx, linger).await.expect("batch");
+        assert_eq!(batch, ["h10", "h11"]);
+        assert_eq!(start.elapsed(), linger);
+        // One arriving within the linger joins the batch.
+        tx.send("a".into()).expect("open");
+        let late = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                tx.send("b".into()).expect("open");
+            })
+        };
+        assert_eq!(gather(&mut rx, linger).await.expect("batch"), ["a", "b"]);
+        late.await.expect("task");
+        // Closing flushes what is there without waiting, then ends.
+        tx.send("last".into()).expect("open");
+        drop(tx);
+        let before = tokio::time::Instant::now();
+        assert_eq!(gather(&mut rx, linger).await.expect("batch"), ["last"]);
+        assert_eq!(before.elapsed(), Duration::ZERO);
+        assert_eq!(gather(&mut rx, linger).await, None);
     }
 
     #[tokio::test]

@@ -1,8 +1,10 @@
 //! Measures function `persist` behind the local event source mapping on the
-//! emulator: enqueues N message events straight into the persist queue (as
-//! SNS would deliver them) and times until all are stored; reports
-//! messages/s and DynamoDB write calls per message (from the handler's own
-//! counts in the runner log).
+//! emulator: enqueues N DELIVERED receipts (its work: what no publisher
+//! recorded) straight into the persist queue, as SNS would deliver them,
+//! spread over the members of a few conversations, and times until every
+//! member's watermark has reached its last; reports receipts/s and DynamoDB
+//! write calls per receipt (from the handler's own counts in the runner
+//! log).
 //!
 //! Two modes: `live` (default) starts the runner first and enqueues as fast
 //! as it can, so the queue stays shallow; `backlog` enqueues everything
@@ -16,12 +18,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use aws_sdk_dynamodb::types::{AttributeValue, Select};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-use chat_core::envelope::{Envelope, Event, MessageEvent};
+use chat_core::conversation::Kind;
+use chat_core::envelope::{Envelope, Event, ReceiptEvent, ReceiptStatus};
+use chat_core::store::Membership;
 use chat_e2e::cluster::Cluster;
 
 const CONVERSATIONS: u64 = 10;
+/// Members acknowledging in each conversation.
+const MEMBERS: u64 = 10;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,28 +43,32 @@ async fn main() -> anyhow::Result<()> {
     }
     let sdk = cluster.emulator.as_ref().context("emulator")?.sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let dynamo = cluster.emulator.as_ref().context("emulator")?.dynamodb().await;
     let queue = cluster.output("CHAT_PERSIST_QUEUE_URL")?;
-    let table = cluster.output("CHAT_MESSAGES_TABLE")?;
     let prefix = chat_e2e::unique("tp-");
+    let store = cluster.store().await?;
+    let member = |m: u64| format!("m{m}");
+    for c in 0..CONVERSATIONS {
+        let members: Vec<String> = (0..MEMBERS).map(member).collect();
+        let plan = chat_core::conversation::plan(format!("{prefix}-{c}"), Kind::Private, "", "probe", &members, 1)?;
+        store.create(&plan).await?;
+    }
+    // Receipt i: conversation i mod C, its member (i / C) mod M, up to the
+    // seq that member reaches after i / (C·M) earlier ones.
+    let last_seq = n.div_ceil(CONVERSATIONS * MEMBERS);
     let mut entries = Vec::new();
     for i in 0..n {
+        let receipt = ReceiptEvent {
+            user_id: member((i / CONVERSATIONS) % MEMBERS),
+            status: ReceiptStatus::Delivered,
+            up_to_seq: i / (CONVERSATIONS * MEMBERS) + 1,
+            message_id: String::new(),
+            reason: String::new(),
+            via: String::new(),
+            recorded: false,
+        };
         let conversation = format!("{prefix}-{}", i % CONVERSATIONS);
-        let id = format!("{prefix}-m{i}");
-        let envelope = Envelope::new(
-            id.clone(),
-            conversation,
-            "probe".into(),
-            1,
-            Event::Message(MessageEvent {
-                message_id: id,
-                seq: i / CONVERSATIONS + 1,
-                sender: "probe".into(),
-                body: "x".repeat(100),
-                client_message_id: String::new(),
-                external_recipients: Vec::new(),
-            }),
-        );
+        let envelope =
+            Envelope::new(format!("{prefix}-r{i}"), conversation, "probe".into(), 1, Event::Receipt(receipt));
         entries
             .push(SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(envelope.encode()).build()?);
         if entries.len() == 10 || i == n - 1 {
@@ -77,28 +86,28 @@ async fn main() -> anyhow::Result<()> {
             cluster.start_runner("persist", "CHAT_PERSIST_QUEUE_URL", &[])?
         }
     };
-    let count_stored = || async {
-        let mut total = 0;
-        for c in 0..CONVERSATIONS {
-            let out = dynamo
-                .query()
-                .table_name(&table)
-                .key_condition_expression("conversation_id = :c")
-                .expression_attribute_values(":c", AttributeValue::S(format!("{prefix}-{c}")))
-                .select(Select::Count)
-                .send()
-                .await?;
-            total += u64::try_from(out.count()).unwrap_or(0);
-        }
-        anyhow::Ok(total)
+    // Done when every member that got receipts has its last recorded.
+    let reached = |c: u64, m: u64| {
+        let last = (0..n).filter(|i| i % CONVERSATIONS == c && (i / CONVERSATIONS) % MEMBERS == m).last();
+        last.map(|i| i / (CONVERSATIONS * MEMBERS) + 1)
     };
-    loop {
-        let stored = count_stored().await?;
-        if stored >= n {
-            break;
+    let mut waiting: Vec<(String, String, u64)> = (0..CONVERSATIONS)
+        .flat_map(|c| (0..MEMBERS).filter_map(move |m| Some((c, m, reached(c, m)?))))
+        .map(|(c, m, seq)| (format!("{prefix}-{c}"), member(m), seq))
+        .collect();
+    anyhow::ensure!(waiting.iter().all(|(_, _, seq)| *seq <= last_seq));
+    while !waiting.is_empty() {
+        let mut left = Vec::new();
+        for (conversation, user, seq) in waiting {
+            if cluster.delivered_seq(&conversation, &user).await? < Some(seq) {
+                left.push((conversation, user, seq));
+            }
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "only {stored} of {n} stored");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        waiting = left;
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "{} watermarks short", waiting.len());
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let elapsed = started.elapsed();
     let log = std::fs::read_to_string(cluster.runner_log(runner).context("runner log")?)?;
@@ -115,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         batches += 1;
     }
     println!(
-        "persist ({}): {n} messages stored in {:.2}s = {:.0} messages/s; {batches} invocations (mean batch {:.1}); {calls} DynamoDB write calls = {:.3} per message",
+        "persist ({}): {n} receipts recorded in {:.2}s = {:.0} receipts/s; {batches} invocations (mean batch {:.1}); {calls} DynamoDB write calls = {:.3} per receipt",
         if backlog { "backlog drain" } else { "live" },
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64(),
