@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // Done when every member that got receipts has its last recorded.
     let reached = |c: u64, m: u64| {
-        let last = (0..n).filter(|i| i % CONVERSATIONS == c && (i / CONVERSATIONS) % MEMBERS == m).last();
+        let last = (0..n).rfind(|i| i % CONVERSATIONS == c && (i / CONVERSATIONS) % MEMBERS == m);
         last.map(|i| i / (CONVERSATIONS * MEMBERS) + 1)
     };
     let mut waiting: Vec<(String, String, u64)> = (0..CONVERSATIONS)
