@@ -23,10 +23,12 @@
 //!   limit (it overflows to the topic; its receipts then reach no other
 //!   gateway), and every gateway's with broadcast;
 //! - **SQS per event**: per routed gateway, its share of a `SendMessageBatch`
-//!   (`1/s`) and of a receive and a delete (`2/b`); per broadcast gateway,
-//!   `2/b`. Batches fill with rate: `b = clamp(1 + λ·τ, 1, 10)` at `λ`
-//!   events per second into one gateway's queue, `s` likewise at the rate
-//!   from one gateway to another, `τ` calibrated; and `b` is at least what
+//!   (`1/s`), of a receive (`1/b`) and of a delete (`1/d`: deletes are
+//!   gathered across receives, `--delete-linger-ms`); per broadcast gateway,
+//!   `1/b + 1/d`. Batches fill with rate: `b = clamp(1 + λ·τ, 1, 10)` at `λ`
+//!   events per second into one gateway's queue, `d` likewise, `s` at the
+//!   rate from one gateway to another, each `τ` calibrated; and `b` is at
+//!   least what
 //!   the pollers need to keep up, `λ·rtt/P` (`P` = 4 pollers, `rtt` = 20 ms
 //!   for a receive that finds messages: an assumption, not measured here);
 //! - **the functions** (persist, fallback): their records per message as
@@ -91,6 +93,8 @@ pub struct Calibration {
     pub receipts_per_reader: f64,
     /// Receive batching: `b = clamp(1 + λ·τ, 1, 10)`.
     pub receive_tau: f64,
+    /// Delete batching, likewise (deletes wait for company).
+    pub delete_tau: f64,
     /// Send batching per ordered gateway pair.
     pub send_tau: f64,
     /// Receives that came back empty, per gateway per second (long polls
@@ -188,6 +192,7 @@ impl Calibration {
         // Each received event came through a send (one-to-one, split).
         let rate_in = run.received / (f64::from(gateways) * run.seconds);
         let b = run.received / (run.receives - run.empty_receives).max(1.0);
+        let d = run.received / run.deletes.max(1.0);
         let s = run.received / run.sends;
         let destinations = if gateways == 2 { 1.0 } else { 2.0 };
         let pair_rate = rate_in / destinations;
@@ -209,6 +214,7 @@ impl Calibration {
         Ok(Self {
             receipts_per_reader,
             receive_tau: tau(b, rate_in),
+            delete_tau: tau(d, rate_in),
             send_tau: tau(s, pair_rate),
             empty_receives_per_gateway_second: run.empty_receives / (f64::from(gateways) * run.seconds),
             per_message_usd: message,
@@ -259,6 +265,10 @@ impl Calibration {
     fn send_batch(&self, rate: f64) -> f64 {
         clamp_batch(1.0 + rate * self.send_tau)
     }
+
+    fn delete_batch(&self, rate: f64) -> f64 {
+        clamp_batch(1.0 + rate * self.delete_tau)
+    }
 }
 
 /// A fleet and its traffic.
@@ -291,6 +301,7 @@ pub struct Prediction {
     /// Events per second into one gateway's queue.
     pub receive_rate_per_gateway: f64,
     pub receive_batch: f64,
+    pub delete_batch: f64,
     pub send_batch: f64,
     /// Message-weighted over the mix.
     pub sqs_calls_per_message: f64,
@@ -357,6 +368,7 @@ impl Fleet {
             Placement::Uniform => (g - 1.0).max(1.0),
         };
         let b = cal.receive_batch(into_gateway);
+        let d = cal.delete_batch(into_gateway);
         let s = cal.send_batch(routed_from_gateway / destinations);
         let mut classes = Vec::new();
         let (mut messages, mut sqs_weighted, mut usd_weighted) = (0.0, 0.0, 0.0);
@@ -365,7 +377,7 @@ impl Fleet {
             let e = events(class, cal);
             let receipts = e - 1.0;
             let queues = message.queues + receipts * receipt.queues;
-            let sqs = (message.sent + receipts * receipt.sent) / s + 2.0 * queues / b;
+            let sqs = (message.sent + receipts * receipt.sent) / s + queues / b + queues / d;
             let usd = cal.per_message_usd
                 + cal.functions_usd()
                 + e * cal.per_event_usd
@@ -388,6 +400,7 @@ impl Fleet {
             classes,
             receive_rate_per_gateway: into_gateway,
             receive_batch: b,
+            delete_batch: d,
             send_batch: s,
             sqs_calls_per_message: per(sqs_weighted),
             usd_per_million: per(usd_weighted),
@@ -505,11 +518,12 @@ pub fn report(checks: &[Check], cal: &Calibration, fleets: &[(String, Prediction
     let worst = checks.iter().map(|c| c.error().abs()).fold(0.0, f64::max);
     let _ = writeln!(
         md,
-        "\nworst error {:.0} %; calibration: {:.2} receipts per reading member per message, τ receive {:.4} s, τ send {:.4} s, \
-         ${:.3} per million per message + ${:.3} per event + ${:.3} per receipt\n",
+        "\nworst error {:.0} %; calibration: {:.2} receipts per reading member per message, τ receive {:.4} s, τ delete {:.4} s, \
+         τ send {:.4} s, ${:.3} per million per message + ${:.3} per event + ${:.3} per receipt\n",
         100.0 * worst,
         cal.receipts_per_reader,
         cal.receive_tau,
+        cal.delete_tau,
         cal.send_tau,
         cal.per_message_usd,
         cal.per_event_usd,
@@ -517,15 +531,16 @@ pub fn report(checks: &[Check], cal: &Calibration, fleets: &[(String, Prediction
     );
     let _ = writeln!(
         md,
-        "### The fleet\n\n| fleet | messages/s | receive rate per gateway (events/s) | receive batch | send batch | SQS calls per message | $ per million messages |\n| --- | --- | --- | --- | --- | --- | --- |"
+        "### The fleet\n\n| fleet | messages/s | receive rate per gateway (events/s) | receive batch | delete batch | send batch | SQS calls per message | $ per million messages |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for (fleet, p) in fleets {
         let _ = writeln!(
             md,
-            "| {fleet} | {:.0} | {:.0} | {:.1} | {:.1} | {:.3} | {:.3} |",
+            "| {fleet} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} |",
             p.messages_per_second,
             p.receive_rate_per_gateway,
             p.receive_batch,
+            p.delete_batch,
             p.send_batch,
             p.sqs_calls_per_message,
             p.usd_per_million
@@ -560,6 +575,7 @@ mod tests {
         Calibration {
             receipts_per_reader: 1.0,
             receive_tau: 0.0,
+            delete_tau: 0.0,
             send_tau: 0.0,
             empty_receives_per_gateway_second: 0.0,
             per_message_usd: 1.0,

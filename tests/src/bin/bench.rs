@@ -92,6 +92,11 @@ struct Args {
     /// client_message_id (what receipts and idempotency cost, by difference).
     #[arg(long)]
     fanout_silent_clients: bool,
+    /// Only price a fan-out run measured before (its `counts.csv`) and
+    /// write its `fleet.md` into `--out`: the model's figures again,
+    /// without running anything.
+    #[arg(long)]
+    price_counts: Option<PathBuf>,
 }
 
 /// AWS calls a gateway made over its life and the deliveries to its
@@ -356,6 +361,13 @@ fn ratios(results: &[StepResult], raw: &[(String, RawResult)]) -> String {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    if let Some(counts) = &args.price_counts {
+        let text = std::fs::read_to_string(counts).with_context(|| format!("reading {}", counts.display()))?;
+        let priced = price_and_extrapolate(&chat_client::cost::measured::parse_counts(&text)?)?;
+        std::fs::write(args.out.join("fleet.md"), &priced)?;
+        println!("{priced}");
+        return Ok(());
+    }
     let mut results = Vec::new();
     let mut raw = Vec::new();
     let mut sqs = Vec::new();
