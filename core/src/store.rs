@@ -129,6 +129,10 @@ pub struct Routes {
     /// More gateways registered than a conversation routes to: its events go
     /// to every gateway through the topic instead.
     pub overflowed: bool,
+    /// Members with a linked channel, whom offline fallback may reach: a
+    /// message needs the functions (through the topic) only if it has
+    /// external recipients or one of these is not its sender.
+    pub fallback_members: Vec<String>,
 }
 
 /// A send waiting for its identity.

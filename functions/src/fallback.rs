@@ -1,6 +1,8 @@
-//! Function `fallback`: the deadline of offline delivery. Every message also
-//! reaches the fallback queue, whose delivery delay is the time a member has
-//! to acknowledge it on a stream. When it comes due, each internal member
+//! Function `fallback`: the deadline of offline delivery. Every message that
+//! has a member with a linked channel besides its sender (the conversation's
+//! `fallback_members`, returned with its seq; under broadcast routing, every
+//! message) also reaches the fallback queue, whose delivery delay is the time
+//! a member has to acknowledge it on a stream. When it comes due, each internal member
 //! (the sender aside) whose DELIVERED watermark has not reached the message
 //! and who linked an external identity gets a fallback request on the topic;
 //! the connector of that identity's channel sends it there (idempotently, so

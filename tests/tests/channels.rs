@@ -399,3 +399,41 @@ async fn offline_fallback_fires_once_and_only_without_an_ack() -> anyhow::Result
     ensure!(sent[0].text == format!("alice in {room}: are you there?"), "{:?}", sent[0]);
     Ok(())
 }
+
+/// A message goes to the functions only when one may act on it: with no
+/// member linked to a channel (and none external) the fallback never sees
+/// it; a member who links after joining gets the fallback of what follows.
+#[tokio::test]
+async fn the_fallback_sees_only_messages_it_may_act_on() -> anyhow::Result<()> {
+    let (mut cluster, sim) = cluster_with(&["telegram"], &["FallbackDelaySeconds=2"]).await?;
+    let runner = cluster.start_runner("fallback", "CHAT_FALLBACK_QUEUE_URL", &[("CHAT_BATCHING_WINDOW_MS", "0")])?;
+    let mut alice = cluster.connect(0, "alice").await?;
+    let mut bob = cluster.connect(0, "bob").await?;
+    let room = cluster.public_room("alice", "quiet-").await?;
+    alice.join(&room).await?;
+    bob.join(&room).await?;
+    // Nobody linked: the message never reaches the functions.
+    alice.send(&room, "q-1", "just us").await?;
+    scenarios::accepted(&mut alice, 1).await?;
+    scenarios::messages(&mut bob, &room, 1).await?;
+    // bob links after joining: his conversations learn it.
+    let linked = cluster.link_channel(0, "bob", "telegram:999").await?;
+    ensure!(linked.is_ok(), "linking bob: {linked:?}");
+    alice.send(&room, "q-2", "now you may go offline").await?;
+    scenarios::accepted(&mut alice, 1).await?;
+    // bob's client receives it and never acks: the fallback sends it.
+    scenarios::messages(&mut bob, &room, 1).await?;
+    let via = alice.wait_receipt("bob", MessageStatus::Delivered, 2).await?;
+    ensure!(via.via == "telegram", "bob's delivery came through telegram: {via:?}");
+    let sent = sim.delivered("telegram").await?;
+    ensure!(sent.len() == 1 && sent[0].text.ends_with("now you may go offline"), "{sent:?}");
+    // The first message was never the fallback's: it handled one record.
+    let log = std::fs::read_to_string(cluster.runner_log(runner).context("the fallback's log")?)?;
+    let records: u64 = log
+        .lines()
+        .filter(|line| line.contains("fallback batch done"))
+        .filter_map(|line| line.split_whitespace().find_map(|w| w.strip_prefix("records="))?.parse::<u64>().ok())
+        .sum();
+    ensure!(records == 1, "the fallback handled {records} records, expected the second message's only");
+    Ok(())
+}

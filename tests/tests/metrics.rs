@@ -29,6 +29,10 @@ async fn prometheus_sees_a_cross_gateway_chat() -> anyhow::Result<()> {
     // seen from zero.
     prometheus.wait_scalar("sum(up)", |v| v == 3.0).await?;
 
+    // bob's linked channel makes every message to him the offline
+    // fallback's business, so A publishes each to the topic.
+    let linked = cluster.link_channel(0, "bob", "telegram:42").await?;
+    ensure!(linked.is_ok(), "linking bob: {linked:?}");
     let room = cluster.public_room("alice", "metrics-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(1, "bob").await?;

@@ -12,7 +12,11 @@
 //!   events directly (member routing), read back by the counter update so
 //!   each message goes to the gateways registered before it was numbered;
 //!   `routes_overflowed` (BOOL): more registered than a conversation routes
-//!   to, so its events go through the topic to every gateway.
+//!   to, so its events go through the topic to every gateway;
+//! - `fallback_members` (SS): the members with a linked channel, read back
+//!   by the counter update so a message goes to the functions (offline
+//!   fallback) only when one of them may need it; kept by `LinkChannel`
+//!   across the user's memberships and by every membership change.
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue};
 use chat_core::conversation::{Conversation, Kind, NewConversation};
@@ -54,6 +58,7 @@ fn routes(item: &Item) -> Routes {
     Routes {
         gateways: string_set(item, "routes"),
         overflowed: item.get("routes_overflowed").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        fallback_members: string_set(item, "fallback_members"),
     }
 }
 
@@ -140,6 +145,32 @@ impl DynamoStore {
             members_version: number_or_zero(item, "members_version"),
             routes: routes(item),
         })
+    }
+
+    /// Adds `users` to the conversation's members with a linked channel
+    /// (`linked`), or takes them out. A conversation gone meanwhile is left
+    /// alone.
+    pub(super) async fn set_fallback_members(
+        &self,
+        conversation_id: &str,
+        users: Vec<String>,
+        linked: bool,
+    ) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let expression = if linked { "ADD fallback_members :u" } else { "DELETE fallback_members :u" };
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.conversations)
+            .key("conversation_id", s(conversation_id))
+            .update_expression(expression)
+            .condition_expression("attribute_exists(conversation_id)")
+            .expression_attribute_values(":u", AttributeValue::Ss(users))
+            .send()
+            .await;
+        conditional(update, "keeping a conversation's fallback members").map(drop)
     }
 
     /// Adds `route` to the conversation's routes, unless `limit` routes are

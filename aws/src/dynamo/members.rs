@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, ReturnValue, 
 use chat_core::conversation::{Conversation, Kind, NewConversation, Role};
 use chat_core::envelope::ReceiptStatus;
 use chat_core::external::ExternalId;
-use chat_core::store::{Created, Joined, MemberState, Membership, Removal, StoreError};
+use chat_core::store::{Created, Joined, Links, MemberState, Membership, Removal, StoreError};
 
 use super::conversations::{ADMITS_JOIN, NOT_BANNED};
 use super::{DynamoStore, Item, conditional, get_s, n, number_or_zero, query_items, s, text, unavailable};
@@ -136,6 +136,19 @@ impl DynamoStore {
         )
     }
 
+    /// Records which of `users`, members of the conversation now, have a
+    /// linked channel (read after their member items were written, so a
+    /// link made meanwhile is either read here or finds the membership).
+    async fn note_fallback_members(&self, conversation_id: &str, users: &[String]) -> Result<(), StoreError> {
+        let internal: Vec<String> =
+            users.iter().filter(|u| !matches!(ExternalId::parse(u), Ok(Some(_)))).cloned().collect();
+        if internal.is_empty() {
+            return Ok(());
+        }
+        let linked: Vec<String> = self.linked_channels(&internal).await?.into_keys().collect();
+        self.set_fallback_members(conversation_id, linked, true).await
+    }
+
     /// The members items of `user_id` (index `by_user`), in conversation
     /// order, after the conversation `after`, up to `limit` (all when `None`).
     pub(super) async fn memberships(
@@ -190,8 +203,12 @@ impl Membership for DynamoStore {
             let put = self.member_put(id, member, *role, new.conversation.created_at_ms)?;
             transaction = transaction.transact_items(TransactWriteItem::builder().put(put).build());
         }
+        let members: Vec<String> = new.members.iter().map(|(member, _)| member.clone()).collect();
         match transaction.send().await {
-            Ok(_) => return Ok(Created { conversation: new.conversation.clone(), created: true }),
+            Ok(_) => {
+                self.note_fallback_members(id, &members).await?;
+                return Ok(Created { conversation: new.conversation.clone(), created: true });
+            }
             Err(e) if is_transaction_condition_failure(&e) => {}
             Err(e) => return Err(unavailable("creating a conversation", e)),
         }
@@ -205,6 +222,7 @@ impl Membership for DynamoStore {
             for (member, role) in &new.members {
                 self.put_member(id, member, *role, new.conversation.created_at_ms).await?;
             }
+            self.note_fallback_members(id, &members).await?;
         }
         Ok(Created { conversation: existing, created: false })
     }
@@ -220,6 +238,9 @@ impl Membership for DynamoStore {
             // A concurrent join of the same user may have won.
             None => (self.role(conversation_id, user_id).await?.ok_or(StoreError::NotAdmitted)?, false),
         };
+        if newly_member {
+            self.note_fallback_members(conversation_id, &[user_id.to_owned()]).await?;
+        }
         let (last_seq, members_version) = self.position(conversation_id).await?;
         Ok(Joined { newly_member, role, last_seq, members_version })
     }
@@ -227,6 +248,8 @@ impl Membership for DynamoStore {
     async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
         if matches!(ExternalId::parse(user_id), Ok(Some(_))) {
             self.remove_external(conversation_id, user_id).await?;
+        } else {
+            self.set_fallback_members(conversation_id, vec![user_id.to_owned()], false).await?;
         }
         let out = self
             .client
@@ -274,7 +297,10 @@ impl Membership for DynamoStore {
             TransactWriteItem::builder().condition_check(check).build()
         };
         match self.gated_member_put(gate, conversation_id, member_id, now_ms, "adding a member").await? {
-            None => Ok(true),
+            None => {
+                self.note_fallback_members(conversation_id, &[member_id.to_owned()]).await?;
+                Ok(true)
+            }
             Some((true, _)) => Err(StoreError::Banned),
             Some((false, _)) => Ok(false),
         }

@@ -8,9 +8,8 @@ use chat_core::store::{Links, StoreError};
 
 use super::{DynamoStore, get_s, number_or_zero, s, unavailable};
 
-#[async_trait]
-impl Links for DynamoStore {
-    async fn link_channel(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError> {
+impl DynamoStore {
+    async fn write_link(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError> {
         match external_id {
             Some(external_id) => self
                 .client
@@ -32,6 +31,22 @@ impl Links for DynamoStore {
                 .map(|_| ())
                 .map_err(|e| unavailable("unlinking a channel", e)),
         }
+    }
+}
+
+#[async_trait]
+impl Links for DynamoStore {
+    async fn link_channel(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError> {
+        self.write_link(user_id, external_id).await?;
+        // Then every conversation of theirs learns whether fallback may
+        // need its messages (a membership written meanwhile reads the link
+        // itself).
+        let linked = external_id.is_some();
+        for item in self.memberships(user_id, None, None, "listing a user's conversations").await? {
+            let conversation_id = get_s(&item, "conversation_id")?;
+            self.set_fallback_members(&conversation_id, vec![user_id.to_owned()], linked).await?;
+        }
+        Ok(())
     }
 
     async fn linked_channels(&self, user_ids: &[String]) -> Result<HashMap<String, String>, StoreError> {

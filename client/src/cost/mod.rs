@@ -15,8 +15,11 @@
 //!   (`GetItem`, strongly consistent: 1 RRU) and its claim with the seq
 //!   (`PutItem`, 1 WRU); for any send, `UpdateItem` on the seq counter
 //!   (1 WRU) and the message recorded under its seq (`PutItem`, 1 WRU per
-//!   KB; no index: its id names its seq); then one SNS publish (a `PublishBatch` of `b` events is one request). Racing
-//!   copies of one send and settled gaps are rare: left out.
+//!   KB; no index: its id names its seq); then one SNS publish where a
+//!   function may act on it (every message under broadcast; with member
+//!   routing those with external recipients or a member to fall back to,
+//!   `--fallback-share`; a `PublishBatch` of `b` events is one request).
+//!   Racing copies of one send and settled gaps are rare: left out.
 //! - **fan-out to gateways**: with broadcast routing SNS delivers every
 //!   event to every gateway's queue (free), and each gateway pays its share
 //!   of a `ReceiveMessage` and a `DeleteMessageBatch` (one each per receive
@@ -29,9 +32,9 @@
 //!   publisher recorded it, and a conversation's latest message is read
 //!   from the messages when listed. It records the receipts nobody else
 //!   did (an external recipient's, below).
-//! - **fallback** (Lambda behind the delayed queue): queue and invocation
-//!   share, and one `Query` of the members (strongly consistent, 1 RRU per
-//!   4 KB of member items).
+//! - **fallback** (Lambda behind the delayed queue), for the messages it may
+//!   act on: queue and invocation share, and one `Query` of the members
+//!   (strongly consistent, 1 RRU per 4 KB of member items).
 //! - **receipts** (READ envelopes per message, after whatever coalescing
 //!   the clients and gateways achieve; an ack a read covers is not sent):
 //!   each is recorded by its gateway as one conditional update of the
@@ -154,6 +157,12 @@ pub struct Workload {
     /// and write per message).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub idempotent_sends: bool,
+    /// Share of messages whose conversation has a member other than the
+    /// sender with a linked channel (offline fallback may need them). With
+    /// member routing only those, and those with external recipients, go
+    /// to the topic and the functions; with broadcast every message does.
+    #[arg(long, default_value_t = 0.0)]
+    pub fallback_share: f64,
     /// Bytes per member item read by the fallback's members query.
     #[arg(long, default_value_t = 200.0)]
     pub member_item_bytes: f64,
@@ -220,6 +229,9 @@ impl Workload {
             if !value.is_finite() || value < 0.0 {
                 return bad(format!("{name} must be a non-negative number, got {value}"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.fallback_share) {
+            return bad(format!("--fallback-share is a share, 0 to 1, got {}", self.fallback_share));
         }
         if self.message_kb > 256.0 {
             return bad(format!("--message-kb is at most 256 (SNS's message limit), got {}", self.message_kb));
@@ -353,12 +365,17 @@ pub fn estimate(w: &Workload) -> Result<Estimate, InvalidWorkload> {
     let send_record = if w.idempotent_sends { 1.0 } else { 0.0 };
     bill.add("accept", "DynamoDB", send_record + 1.0 + item_wru, "WRU", DYNAMO_PER_WRU);
     bill.add("accept", "DynamoDB", send_record, "RRU", DYNAMO_PER_RRU);
-    bill.add("accept", "SNS", chunk / w.publish_batch, "requests", SNS_PER_REQUEST);
+    // The topic carries a message to the functions that may act on it: all
+    // of them under broadcast; with member routing, those with external
+    // recipients or a linked member to fall back to.
+    let fallback = if w.routing == Routing::Broadcast { 1.0 } else { w.fallback_share };
+    let to_topic = if w.routing == Routing::Broadcast || w.external_recipients > 0.0 { 1.0 } else { fallback };
+    bill.add("accept", "SNS", to_topic * chunk / w.publish_batch, "requests", SNS_PER_REQUEST);
     bill.add("fan-out", "SQS", w.fan_out_requests() * chunk, "requests", SQS_PER_REQUEST);
 
-    function(&mut bill, "fallback", 1.0);
+    function(&mut bill, "fallback", fallback);
     let members_rru = (f64::from(w.members) * w.member_item_bytes / 4096.0).ceil().max(1.0);
-    bill.add("fallback", "DynamoDB", members_rru, "RRU", DYNAMO_PER_RRU);
+    bill.add("fallback", "DynamoDB", fallback * members_rru, "RRU", DYNAMO_PER_RRU);
 
     // A member's READ is recorded by its gateway and routed to the members'
     // gateways only; an external recipient's DELIVERED goes through the
@@ -541,6 +558,29 @@ mod tests {
         assert!((total(&single, "fan-out") / total(&batched, "fan-out") - 10.0).abs() < 1e-9);
         assert!(batched.variable_per_million < single.variable_per_million);
         assert!((batched.sqs_calls_per_message_per_gateway - 0.2).abs() < 1e-9);
+    }
+
+    /// With member routing a message goes to the topic and the fallback
+    /// only where a member may need falling back to (or an external one
+    /// gets it); with broadcast every message does.
+    #[test]
+    fn the_topic_and_the_fallback_carry_only_what_they_may_act_on() {
+        let members = Workload { routing: Routing::Members, ..Workload::default() };
+        let e = estimate(&members).expect("valid");
+        assert!(!e.lines.iter().any(|l| l.service == "SNS" || l.stage == "fallback"), "{:?}", e.lines);
+        let e = estimate(&Workload { fallback_share: 0.25, ..members.clone() }).expect("valid");
+        assert!(
+            (total(&e, "fallback") - 0.25 * total(&estimate(&Workload::default()).expect("valid"), "fallback")).abs()
+                < 1e-9
+        );
+        let sns =
+            |e: &Estimate| e.lines.iter().filter(|l| l.service == "SNS").map(|l| l.units_per_message).sum::<f64>();
+        assert!((sns(&e) - 0.25).abs() < 1e-9, "{}", sns(&e));
+        let external = estimate(&Workload { external_recipients: 1.0, ..members }).expect("valid");
+        assert!(sns(&external) >= 1.0, "the connector needs every message: {}", sns(&external));
+        assert!((sns(&estimate(&Workload::default()).expect("valid")) - 1.0).abs() < 1e-9, "broadcast: every message");
+        let refused = estimate(&Workload { fallback_share: 1.5, ..Workload::default() });
+        assert!(refused.is_err_and(|e| e.to_string().contains("--fallback-share")));
     }
 
     #[test]

@@ -76,11 +76,16 @@ pub(crate) fn route_boot(route: &str) -> Option<&str> {
 }
 
 /// Whether the functions consume this event (from the topic): a receipt
-/// its publisher recorded already (a READ) concerns none of them.
-fn for_functions(event: &Event) -> bool {
+/// its publisher recorded already (a READ) concerns none of them, and a
+/// message only the connectors (its external recipients) or the offline
+/// fallback (a member with a linked channel other than its sender) act on.
+fn for_functions(event: &Event, routes: &Routes) -> bool {
     match event {
         Event::Receipt(receipt) => !receipt.recorded,
-        Event::Message(_) | Event::Fallback(_) => true,
+        Event::Message(m) => {
+            !m.external_recipients.is_empty() || routes.fallback_members.iter().any(|member| *member != m.sender)
+        }
+        Event::Fallback(_) => true,
         _ => false,
     }
 }
@@ -156,15 +161,15 @@ pub(crate) fn plan(envelope: &Envelope, routes: Option<&Routes>, own_route: &str
     match routes {
         Some(routes) if !routes.overflowed => Plan {
             everyone: false,
-            functions: for_functions(&envelope.event),
+            functions: for_functions(&envelope.event, routes),
             routes: routes.gateways.iter().filter(|r| r.as_str() != own_route).cloned().collect(),
         },
         // Past the route limit a receipt goes to the functions that record
         // it and to this gateway's streams, not to every gateway: in a room
         // of thousands each member's reads would otherwise reach every
         // gateway. Its members read statuses from `GetMessageStatus`.
-        Some(_) if matches!(envelope.event, Event::Receipt(_)) => {
-            Plan { everyone: false, functions: for_functions(&envelope.event), routes: Vec::new() }
+        Some(routes) if matches!(envelope.event, Event::Receipt(_)) => {
+            Plan { everyone: false, functions: for_functions(&envelope.event, routes), routes: Vec::new() }
         }
         _ => Plan { everyone: true, functions: false, routes: Vec::new() },
     }
@@ -727,7 +732,7 @@ mod tests {
     use chat_core::envelope::{MessageEvent, ReceiptEvent, ReceiptStatus};
 
     fn routes(gateways: &[&str]) -> Routes {
-        Routes { gateways: gateways.iter().map(|g| (*g).to_owned()).collect(), overflowed: false }
+        Routes { gateways: gateways.iter().map(|g| (*g).to_owned()).collect(), ..Routes::default() }
     }
 
     fn envelope(event: Event) -> Envelope {
@@ -819,9 +824,22 @@ mod tests {
 
     #[test]
     fn plans_skip_this_gateway_and_send_functions_only_what_they_read() {
-        let two = routes(&["me", "other"]);
+        let linked = |members: &[&str]| Routes {
+            fallback_members: members.iter().map(|m| (*m).to_owned()).collect(),
+            ..routes(&["me", "other"])
+        };
+        let two = linked(&["bob"]);
         let p = plan(&message(1), Some(&two), "me");
         assert_eq!(p, Plan { everyone: false, functions: true, routes: vec!["other".into()] });
+        // A message no function acts on: nobody to fall back to but its
+        // sender, no external recipient.
+        for nobody in [linked(&[]), linked(&["alice"])] {
+            let p = plan(&message(1), Some(&nobody), "me");
+            assert_eq!(p, Plan { everyone: false, functions: false, routes: vec!["other".into()] }, "{nobody:?}");
+        }
+        let Event::Message(m) = message(1).event else { unreachable!() };
+        let external = envelope(Event::Message(MessageEvent { external_recipients: vec!["whatsapp:+1".into()], ..m }));
+        assert!(plan(&external, Some(&linked(&[])), "me").functions, "the connector delivers to it");
         let typing = envelope(Event::Typing { user_id: "bob".into(), typing: true });
         let p = plan(&typing, Some(&two), "me");
         assert_eq!(p, Plan { everyone: false, functions: false, routes: vec!["other".into()] });
@@ -833,14 +851,14 @@ mod tests {
         // Unknown routes, or an overflowed conversation: the topic, to all.
         let everyone = Plan { everyone: true, functions: false, routes: Vec::new() };
         assert_eq!(plan(&message(1), None, "me"), everyone);
-        let overflowed = Routes { overflowed: true, ..two };
+        let overflowed = Routes { overflowed: true, ..two.clone() };
         assert_eq!(plan(&message(1), Some(&overflowed), "me"), everyone);
         // Past the limit, a receipt stays with the functions and this gateway.
         let p = plan(&receipt(), Some(&overflowed), "me");
         assert_eq!(p, Plan { everyone: false, functions: true, routes: Vec::new() });
         assert_eq!(plan(&receipt(), None, "me"), everyone, "unknown routes: everyone");
         // Only this gateway: nothing to send, the functions still get it.
-        let p = plan(&message(1), Some(&routes(&["me"])), "me");
+        let p = plan(&message(1), Some(&Routes { gateways: vec!["me".into()], ..two.clone() }), "me");
         assert_eq!(p, Plan { everyone: false, functions: true, routes: Vec::new() });
     }
 
