@@ -55,6 +55,10 @@ async fn send_until_accepted(client: &mut TestClient, room: &str, id: &str, body
 #[tokio::test]
 async fn sends_survive_throttling_and_server_errors_with_nothing_lost() -> anyhow::Result<()> {
     let (cluster, proxy) = cluster_behind_proxy().await?;
+    // carol's linked channel makes every message the offline fallback's
+    // business, so each is also published to the topic (SNS in the path).
+    let linked = cluster.link_channel(0, "carol", "telegram:7").await?;
+    ensure!(linked.is_ok(), "linking carol: {linked:?}");
     let room = cluster.public_room("alice", "faults-").await?;
     let mut alice = cluster.connect(0, "alice").await?;
     let mut bob = cluster.connect(1, "bob").await?;

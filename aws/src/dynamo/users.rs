@@ -5,8 +5,12 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chat_core::store::{Links, StoreError};
+use futures::{StreamExt, TryStreamExt};
 
 use super::{DynamoStore, get_s, number_or_zero, s, unavailable};
+
+/// Conversations told of a link at once.
+const LINK_UPDATES_IN_FLIGHT: usize = 16;
 
 impl DynamoStore {
     async fn write_link(&self, user_id: &str, external_id: Option<&str>) -> Result<(), StoreError> {
@@ -42,11 +46,19 @@ impl Links for DynamoStore {
         // need its messages (a membership written meanwhile reads the link
         // itself).
         let linked = external_id.is_some();
-        for item in self.memberships(user_id, None, None, "listing a user's conversations").await? {
-            let conversation_id = get_s(&item, "conversation_id")?;
-            self.set_fallback_members(&conversation_id, vec![user_id.to_owned()], linked).await?;
-        }
-        Ok(())
+        let conversations = self
+            .memberships(user_id, None, None, "listing a user's conversations")
+            .await?
+            .iter()
+            .map(|item| get_s(item, "conversation_id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        futures::stream::iter(conversations)
+            .map(|conversation_id| async move {
+                self.set_fallback_members(&conversation_id, vec![user_id.to_owned()], linked).await
+            })
+            .buffer_unordered(LINK_UPDATES_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
     }
 
     async fn linked_channels(&self, user_ids: &[String]) -> Result<HashMap<String, String>, StoreError> {
