@@ -5,17 +5,38 @@
 //! on a graceful stop. The janitor reads the same tags ([`TAG_HEARTBEAT`]).
 
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::QueueAttributeName;
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 
 /// Long-poll wait; the SDK attempt timeout for receives must exceed it.
 pub const POLL_WAIT_SECS: i32 = 20;
 /// How long a received event stays invisible to the other pollers before SQS
-/// offers it again (it is deleted right after dispatch, well inside this).
+/// offers it again (it is deleted within a second or so of dispatch, well
+/// inside this).
 const VISIBILITY_TIMEOUT_SECS: i32 = 30;
 /// Events older than this are of no use to live streams.
 const RETENTION_SECS: i32 = 300;
 
 pub const TAG_GATEWAY_ID: &str = "chat:gateway-id";
+
+/// Deletes received messages by their receipt handles in one
+/// `DeleteMessageBatch` (at most ten); returns how many SQS refused. A
+/// message left undeleted is offered again after its visibility timeout.
+pub async fn delete_received(sqs: &aws_sdk_sqs::Client, queue_url: &str, handles: &[String]) -> Result<usize, String> {
+    let entries: Vec<_> = handles
+        .iter()
+        .enumerate()
+        .filter_map(|(i, handle)| {
+            DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build().ok()
+        })
+        .collect();
+    sqs.delete_message_batch()
+        .queue_url(queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map(|out| out.failed().len())
+        .map_err(|e| crate::error::describe(&e))
+}
 
 /// The filter policy of a gateway queue's subscription under member
 /// routing: every event but those the gateways routed to each other

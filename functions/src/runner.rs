@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use tokio_util::sync::CancellationToken;
 
 /// SQS returns at most ten messages per receive.
@@ -140,21 +140,10 @@ async fn delete(sqs: &aws_sdk_sqs::Client, queue_url: &str, handles: Vec<String>
 }
 
 async fn delete_chunk(sqs: &aws_sdk_sqs::Client, queue_url: &str, chunk: &[String]) {
-    {
-        let entries: Vec<_> = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(i, h)| {
-                DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(h).build().ok()
-            })
-            .collect();
-        match sqs.delete_message_batch().queue_url(queue_url).set_entries(Some(entries)).send().await {
-            Ok(out) if !out.failed().is_empty() => {
-                tracing::warn!(failed = out.failed().len(), "some deletes failed; those records will be redelivered")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = ?e, "DeleteMessageBatch failed; the batch will be redelivered"),
-        }
+    match chat_aws::queue::delete_received(sqs, queue_url, chunk).await {
+        Ok(0) => {}
+        Ok(failed) => tracing::warn!(failed, "some deletes failed; those records will be redelivered"),
+        Err(error) => tracing::warn!(error, "DeleteMessageBatch failed; the batch will be redelivered"),
     }
 }
 

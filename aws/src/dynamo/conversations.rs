@@ -159,18 +159,10 @@ impl DynamoStore {
         if users.is_empty() {
             return Ok(());
         }
-        let expression = if linked { "ADD fallback_members :u" } else { "DELETE fallback_members :u" };
-        let update = self
-            .client
-            .update_item()
-            .table_name(&self.tables.conversations)
-            .key("conversation_id", s(conversation_id))
-            .update_expression(expression)
-            .condition_expression("attribute_exists(conversation_id)")
-            .expression_attribute_values(":u", AttributeValue::Ss(users))
-            .send()
-            .await;
-        conditional(update, "keeping a conversation's fallback members").map(drop)
+        let expression = if linked { "ADD fallback_members :v" } else { "DELETE fallback_members :v" };
+        self.update_existing(conversation_id, expression, AttributeValue::Ss(users), "keeping fallback members")
+            .await
+            .map(drop)
     }
 
     /// Adds `route` to the conversation's routes, unless `limit` routes are

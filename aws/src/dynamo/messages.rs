@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chat_core::envelope::preview;
 use chat_core::store::{ConversationInfo, Direction, History, HistoryQuery, Settled, StoreError, StoredMessage};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::{DynamoStore, Item, conditional, get_n, get_s, n, number_or_zero, query_items, s, seq_value, unavailable};
 
@@ -221,10 +221,10 @@ impl History for DynamoStore {
         for _ in 0..MOVES_FOLLOWED {
             let Some(item) = self.read_seq(conversation_id, seq).await? else { return Ok(None) };
             if item.contains_key(VOID) {
-                match item.get(MOVED_TO) {
-                    Some(_) => seq = get_n(&item, MOVED_TO)?,
-                    None => return Ok(None),
+                if !item.contains_key(MOVED_TO) {
+                    return Ok(None);
                 }
+                seq = get_n(&item, MOVED_TO)?;
                 continue;
             }
             let found = stored_message(&item)?;
@@ -253,14 +253,12 @@ impl History for DynamoStore {
         // summary would pay a write per message.
         let page = futures::stream::iter(members)
             .map(|(conversation_id, last_read_seq)| async move {
-                let latest = self.latest_message(&conversation_id).await?;
-                Ok(ConversationInfo { last_message: latest, conversation_id, last_read_seq })
+                let last_message = self.latest_message(&conversation_id).await?;
+                Ok::<_, StoreError>(ConversationInfo { last_message, conversation_id, last_read_seq })
             })
             .buffered(LATEST_READS_IN_FLIGHT)
-            .collect::<Vec<Result<ConversationInfo, StoreError>>>()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+            .try_collect::<Vec<ConversationInfo>>()
+            .await?;
         Ok((page, more))
     }
 }

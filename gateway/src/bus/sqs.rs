@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry};
+use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use chat_aws::queue::POLL_WAIT_SECS;
 use chat_core::envelope::Envelope;
 use tokio::sync::{Notify, mpsc};
@@ -235,22 +235,11 @@ fn dispatch(inbox: &dyn Inbox, messages: &[aws_sdk_sqs::types::Message]) -> Vec<
 }
 
 async fn delete(sqs: aws_sdk_sqs::Client, queue_url: String, handles: Vec<String>) {
-    let entries: Vec<_> = handles
-        .iter()
-        .enumerate()
-        .filter_map(|(i, handle)| {
-            DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build().ok()
-        })
-        .collect();
-    match sqs.delete_message_batch().queue_url(&queue_url).set_entries(Some(entries)).send().await {
-        Ok(out) if !out.failed().is_empty() => {
-            // Redelivery is harmless: the hub deduplicates by event id.
-            tracing::warn!(failed = out.failed().len(), "some deletes failed; those events may be redelivered");
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %chat_aws::error::describe(&e), "SQS DeleteMessageBatch failed; events may be redelivered")
-        }
+    // Redelivery is harmless: the hub deduplicates by event id.
+    match chat_aws::queue::delete_received(&sqs, &queue_url, &handles).await {
+        Ok(0) => {}
+        Ok(failed) => tracing::warn!(failed, "some deletes failed; those events may be redelivered"),
+        Err(error) => tracing::warn!(error, "SQS DeleteMessageBatch failed; events may be redelivered"),
     }
 }
 
