@@ -195,12 +195,18 @@ impl Membership for MemoryStore {
         Ok(Joined { newly_member: true, role: Role::Member, last_seq, members_version })
     }
 
-    async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
+    async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<Removal, StoreError> {
         let mut state = self.state();
         if let Some(externals) = state.externals.get_mut(conversation_id) {
             externals.remove(user_id);
         }
-        Ok(state.members.get_mut(conversation_id).is_some_and(|m| m.remove(user_id).is_some()))
+        let was_member = state.members.get_mut(conversation_id).is_some_and(|m| m.remove(user_id).is_some());
+        if !was_member {
+            return Ok(Removal { was_member, members_version: 0 });
+        }
+        let version = state.members_versions.entry(conversation_id.to_owned()).or_insert(0);
+        *version += 1;
+        Ok(Removal { was_member: true, members_version: *version })
     }
 
     async fn role(&self, conversation_id: &str, user_id: &str) -> Result<Option<Role>, StoreError> {
@@ -216,17 +222,10 @@ impl Membership for MemoryStore {
     }
 
     async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<Removal, StoreError> {
-        let members_version = {
-            let mut state = self.state();
-            if ban {
-                state.bans.entry(conversation_id.to_owned()).or_default().insert(member_id.to_owned());
-            }
-            let version = state.members_versions.entry(conversation_id.to_owned()).or_insert(0);
-            *version += 1;
-            *version
-        };
-        let was_member = self.leave(conversation_id, member_id).await?;
-        Ok(Removal { was_member, members_version })
+        if ban {
+            self.state().bans.entry(conversation_id.to_owned()).or_default().insert(member_id.to_owned());
+        }
+        self.leave(conversation_id, member_id).await
     }
 
     async fn unban(&self, conversation_id: &str, member_id: &str) -> Result<bool, StoreError> {

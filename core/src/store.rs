@@ -158,22 +158,28 @@ pub struct Joined {
     /// The user was not a member before.
     pub newly_member: bool,
     pub role: Role,
-    /// The conversation's latest `seq` when the join was recorded.
+    /// The conversation's latest `seq`, read before the membership was
+    /// checked or recorded.
     pub last_seq: u64,
-    /// Its membership version then.
+    /// Its membership version, read with `last_seq`: a leave or removal of
+    /// this user of a later version may have come after this join, one of
+    /// this version or earlier came before it (see [`Removal`]).
     pub members_version: u64,
 }
 
-/// What a removal did.
+/// What a leave or removal did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Removal {
     /// The user was a member.
     pub was_member: bool,
-    /// The conversation's membership version after the removal. Every send
-    /// numbered afterwards carries at least this version, so a receiver that
-    /// sees a message of a version it has not seen a removal for holds it
-    /// until the removal arrives: a removed member never receives a message
-    /// sent after their removal, whatever order the bus delivers in.
+    /// The conversation's membership version after the removal, moved on in
+    /// the same write that took the membership away (0 when there was none
+    /// to take). Every send numbered afterwards carries at least this
+    /// version, so a receiver that sees a message of a version it has not
+    /// seen a removal for holds it until the removal arrives: a removed
+    /// member never receives a message sent after their removal, whatever
+    /// order the bus delivers in. A join that read this version or a later
+    /// one came after the removal, so the removal's event does not end it.
     pub members_version: u64,
 }
 
@@ -240,8 +246,8 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// `seq` too.
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError>;
 
-    /// Removes membership; true when the user was a member.
-    async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError>;
+    /// Removes membership, moving the membership version on with it.
+    async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<Removal, StoreError>;
 
     /// The member's role; `None` for a non-member.
     async fn role(&self, conversation_id: &str, user_id: &str) -> Result<Option<Role>, StoreError>;
@@ -257,9 +263,9 @@ pub trait Membership: Send + Sync + std::fmt::Debug {
     /// recipients.
     async fn add_member(&self, conversation_id: &str, member_id: &str, now_ms: i64) -> Result<bool, StoreError>;
 
-    /// Removes a member, and with `ban` keeps them out: the ban and the new
-    /// membership version are recorded before the membership goes, so no
-    /// join or send slips between.
+    /// Removes a member as [`Membership::leave`] does, and with `ban` keeps
+    /// them out: the ban is recorded before the membership goes, so no join
+    /// slips between.
     async fn remove_member(&self, conversation_id: &str, member_id: &str, ban: bool) -> Result<Removal, StoreError>;
 
     /// Lifts a ban; true when there was one.

@@ -293,7 +293,11 @@ impl App {
             Err(StoreError::NotAdmitted) => return Err(not_admitted(conversation_id)),
             joined => joined?,
         };
-        self.hub.anchor(conversation_id, joined.last_seq, joined.members_version);
+        if !self.hub.anchor(conversation_id, &outbox.session_id, joined.last_seq, joined.members_version) {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "you left conversation {conversation_id} on another stream (or were removed) while this stream was joining; join again to rejoin"
+            )));
+        }
         let key = self.presence_key(conversation_id, outbox);
         let now_ms = chat_core::clock::now_ms();
         self.presence_set().insert(key.clone());
@@ -338,12 +342,12 @@ impl App {
 
     /// Gives up membership; true when the user was a member.
     pub(crate) async fn leave(&self, conversation_id: &str, user: &str) -> Result<bool, GatewayError> {
-        let was_member = self.stores.membership.leave(conversation_id, user).await?;
-        if was_member {
+        let removal = self.stores.membership.leave(conversation_id, user).await?;
+        if removal.was_member {
             let event = self.envelope(conversation_id, Event::MemberLeft { user_id: user.to_owned() });
-            self.bus.publish(&[event]).await?;
+            self.bus.publish(&[event.under_members_version(removal.members_version)]).await?;
         }
-        Ok(was_member)
+        Ok(removal.was_member)
     }
 
     /// Tells the conversation that `user` has received (DELIVERED) or read

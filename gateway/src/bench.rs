@@ -31,7 +31,9 @@ impl FanOut {
         for (outbox, _) in &streams {
             hub.subscribe(conversation_id, outbox.clone());
         }
-        hub.anchor(conversation_id, 0, 0);
+        for (outbox, _) in &streams {
+            hub.anchor(conversation_id, &outbox.session_id, 0, 0);
+        }
         Self { hub, _streams: streams }
     }
 

@@ -73,7 +73,8 @@ struct State {
 
 #[derive(Debug)]
 struct Conversation {
-    members: HashMap<String, Arc<Outbox>>,
+    /// By session id.
+    members: HashMap<String, Member>,
     order: Reorderer<SharedEvent>,
     /// What this gateway has passed on.
     receipts: ReceiptPositions,
@@ -88,6 +89,26 @@ struct Conversation {
     /// once per settle delay (a gap can outlive its answers: a message that
     /// waits for a removal, an ask that failed).
     settling_since: Option<Instant>,
+}
+
+/// One stream in a conversation.
+#[derive(Debug)]
+struct Member {
+    outbox: Arc<Outbox>,
+    /// The membership version its join read ([`Hub::anchor`]); `None` while
+    /// it joins.
+    joined_at: Option<u64>,
+    /// A leave or removal of its user that arrived while it was joining,
+    /// with its version: settled when the join has read its own.
+    left_while_joining: Option<(u64, SharedEvent)>,
+}
+
+/// Whether a leave or removal of `members_version` ends a stream whose join
+/// read `joined_at`: one the join read (or an earlier one) happened before
+/// the join, so it is news of the past. 0 is a publisher that did not
+/// version it: it ends every stream, as it always did.
+fn ends(joined_at: u64, members_version: u64) -> bool {
+    members_version == 0 || joined_at < members_version
 }
 
 /// A bounded set of recently seen ids, oldest evicted first.
@@ -136,23 +157,40 @@ impl Hub {
             parked: VecDeque::new(),
             settling_since: None,
         });
-        conversation.members.insert(outbox.session_id.clone(), outbox);
+        let member = Member { outbox, joined_at: None, left_while_joining: None };
+        conversation.members.insert(member.outbox.session_id.clone(), member);
     }
 
-    /// Starts a new conversation's ordering after `last_seq` and its
-    /// membership at `members_version`. A no-op when the conversation was
-    /// already ordered on this gateway: its version then moves only with the
+    /// A stream's join has read the conversation's `last_seq` and
+    /// `members_version`. Starts a new conversation's ordering after
+    /// `last_seq` and its membership at `members_version`; the conversation
+    /// already ordered here keeps its own (its version moves only with the
     /// removals it receives, so a later join cannot release messages ahead
-    /// of a removal still on its way to the streams here.
-    pub(crate) fn anchor(&self, conversation_id: &str, last_seq: u64, members_version: u64) {
+    /// of a removal still on its way to the streams here). A leave of the
+    /// stream's user that arrived while it joined, and came after the join
+    /// by version, ends it here. False when the stream no longer hears the
+    /// conversation.
+    pub(crate) fn anchor(&self, conversation_id: &str, session_id: &str, last_seq: u64, members_version: u64) -> bool {
         let mut state = self.state();
-        if let Some(conversation) = state.conversations.get_mut(conversation_id) {
-            if conversation.order.next_seq().is_some() {
-                return;
-            }
+        let Some(conversation) = state.conversations.get_mut(conversation_id) else { return false };
+        if conversation.order.next_seq().is_none() {
             let released = conversation.order.anchor(last_seq);
-            self.fan_out(conversation, &released, None);
+            self.fan_out(conversation, &released, |_| false);
             self.apply_members_version(conversation, members_version, Instant::now());
+        }
+        let Some(member) = conversation.members.get_mut(session_id) else { return false };
+        member.joined_at = Some(members_version);
+        match member.left_while_joining.take() {
+            Some((version, left)) if ends(members_version, version) => {
+                // Told, as the streams that had joined were.
+                let _ = member.outbox.deliver(left);
+                conversation.members.remove(session_id);
+                if conversation.members.is_empty() {
+                    state.conversations.remove(conversation_id);
+                }
+                false
+            }
+            _ => true,
         }
     }
 
@@ -203,7 +241,8 @@ impl Hub {
             _ => {}
         }
         let conversation_id = envelope.conversation_id.clone();
-        let removal = matches!(envelope.event, Event::MemberRemoved { .. }).then_some(envelope.members_version);
+        let removal = matches!(envelope.event, Event::MemberLeft { .. } | Event::MemberRemoved { .. })
+            .then_some(envelope.members_version);
         self.deliver(conversation, envelope, now);
         if let Some(version) = removal {
             self.apply_members_version(conversation, version, now);
@@ -230,6 +269,7 @@ impl Hub {
     /// (a message), and queued to the members' streams.
     fn deliver(&self, conversation: &mut Conversation, envelope: Envelope, now: Instant) {
         let conversation_id = envelope.conversation_id.clone();
+        let members_version = envelope.members_version;
         let left = match &envelope.event {
             Event::MemberLeft { user_id } | Event::MemberRemoved { user_id, .. } => Some(user_id.clone()),
             _ => None,
@@ -263,14 +303,28 @@ impl Hub {
                 }
             },
         };
-        self.fan_out(conversation, &released, skip_user.as_deref());
-        // Leaving (or being removed) ends membership on every device: the
-        // user's streams stop hearing the conversation once told (their
-        // sessions notice on their next frame, and release presence then or
-        // at their end).
-        if let Some(user) = left {
-            conversation.members.retain(|_, outbox| outbox.user_id != user);
+        let Some(user) = left else {
+            self.fan_out(conversation, &released, |m| skip_user.as_deref() == Some(m.outbox.user_id.as_str()));
+            return;
+        };
+        // Leaving (or being removed) ends membership on every device that
+        // joined before it: the user's streams stop hearing the conversation
+        // once told (their sessions notice on their next frame, and release
+        // presence then or at their end). A stream that joined after it
+        // is not told; one still joining settles it when its join has read
+        // the membership version.
+        let ended = |m: &Member| m.joined_at.is_some_and(|joined_at| ends(joined_at, members_version));
+        self.fan_out(conversation, &released, |m| m.outbox.user_id == user && !ended(m));
+        for member in conversation.members.values_mut().filter(|m| m.outbox.user_id == user && m.joined_at.is_none()) {
+            let newer = member
+                .left_while_joining
+                .as_ref()
+                .is_none_or(|(version, _)| *version != 0 && (members_version == 0 || members_version > *version));
+            if let Some(event) = released.first().filter(|_| newer) {
+                member.left_while_joining = Some((members_version, event.clone()));
+            }
         }
+        conversation.members.retain(|_, m| m.outbox.user_id != user || !ended(m));
     }
 
     /// Whether a stream is (still) subscribed to a conversation.
@@ -301,7 +355,7 @@ impl Hub {
             let released = conversation.order.expire(now);
             if !released.is_empty() {
                 tracing::warn!(conversation_id, released = released.len(), "seq gap skipped after the reorder window");
-                self.fan_out(conversation, &released, None);
+                self.fan_out(conversation, &released, |_| false);
             }
         }
     }
@@ -338,21 +392,23 @@ impl Hub {
                 let mut state = self.state();
                 if let Some(conversation) = state.conversations.get_mut(conversation_id) {
                     let released = conversation.order.void(seq);
-                    self.fan_out(conversation, &released, None);
+                    self.fan_out(conversation, &released, |_| false);
                 }
             }
         }
     }
 
-    fn fan_out(&self, conversation: &mut Conversation, events: &[SharedEvent], skip_user: Option<&str>) {
+    /// Queues `events` to the conversation's streams but those `skip` names.
+    fn fan_out(&self, conversation: &mut Conversation, events: &[SharedEvent], skip: impl Fn(&Member) -> bool) {
         if events.is_empty() {
             return;
         }
         let mut gone = Vec::new();
-        for (session_id, outbox) in &conversation.members {
-            if skip_user.is_some_and(|u| u == outbox.user_id) {
+        for (session_id, member) in &conversation.members {
+            if skip(member) {
                 continue;
             }
+            let outbox = &member.outbox;
             for event in events {
                 if !outbox.receipt_is_news(event) {
                     continue;
@@ -422,6 +478,20 @@ mod tests {
             .collect()
     }
 
+    /// Every stream subscribed to `conversation` has joined, reading
+    /// `last_seq` and `members_version`.
+    fn anchor_all(hub: &Hub, conversation: &str, last_seq: u64, members_version: u64) {
+        let sessions: Vec<String> = hub
+            .state()
+            .conversations
+            .get(conversation)
+            .map(|c| c.members.keys().cloned().collect())
+            .unwrap_or_default();
+        for session_id in sessions {
+            hub.anchor(conversation, &session_id, last_seq, members_version);
+        }
+    }
+
     async fn drain(outbox: &Outbox, stream: crate::outbox::EventStream) -> Vec<Result<ServerEvent, tonic::Status>> {
         outbox.finish();
         crate::outbox::decoded(stream).collect().await
@@ -433,9 +503,9 @@ mod tests {
         let (bob, bob_stream) = Outbox::new("s-bob".into(), "bob".into(), 64);
         let (carol, carol_stream) = Outbox::new("s-carol".into(), "carol".into(), 64);
         hub.subscribe("room1", bob.clone());
-        hub.anchor("room1", 0, 0);
+        anchor_all(&hub, "room1", 0, 0);
         hub.subscribe("room2", carol.clone());
-        hub.anchor("room2", 0, 0);
+        anchor_all(&hub, "room2", 0, 0);
         let now = Instant::now();
         for seq in [3, 1, 2, 2, 5, 4] {
             hub.dispatch(message("room1", seq), now);
@@ -455,7 +525,7 @@ mod tests {
         let now = Instant::now();
         hub.dispatch(message("room1", 8), now);
         hub.dispatch(message("room1", 9), now);
-        hub.anchor("room1", 8, 0);
+        anchor_all(&hub, "room1", 8, 0);
         hub.dispatch(message("room1", 10), now);
         assert_eq!(seqs(&drain(&bob, stream).await), vec![9, 10]);
     }
@@ -465,7 +535,7 @@ mod tests {
         let hub = Hub::new(Duration::from_millis(100));
         let (bob, stream) = Outbox::new("s".into(), "bob".into(), 64);
         hub.subscribe("room1", bob.clone());
-        hub.anchor("room1", 10, 0);
+        anchor_all(&hub, "room1", 10, 0);
         let now = Instant::now();
         hub.dispatch(message("room1", 12), now);
         hub.expire_gaps(now + Duration::from_millis(50));
@@ -482,12 +552,22 @@ mod tests {
         let hub = Hub::new(Duration::from_secs(60));
         let (bob, stream) = Outbox::new("s".into(), "bob".into(), 64);
         hub.subscribe("room1", bob.clone());
-        hub.anchor("room1", 20, 0);
+        anchor_all(&hub, "room1", 20, 0);
         let now = Instant::now();
         hub.dispatch(message("room1", 21), now);
         hub.dispatch(message("room1", 10), now);
         assert_eq!(seqs(&drain(&bob, stream).await), vec![21]);
         assert_eq!(hub.counters.stale.load(Ordering::Relaxed), 1);
+    }
+
+    fn left(user: &str, members_version: u64) -> Envelope {
+        let event = Event::MemberLeft { user_id: user.into() };
+        Envelope::new(format!("left-{user}-{members_version}"), "r".into(), "gw".into(), 1, event)
+            .under_members_version(members_version)
+    }
+
+    fn member_lefts(events: &[Result<ServerEvent, tonic::Status>]) -> usize {
+        events.iter().filter(|e| matches!(e, Ok(ServerEvent { event: Some(PbEvent::MemberLeft(_)) }))).count()
     }
 
     #[tokio::test]
@@ -497,14 +577,71 @@ mod tests {
         let (bob_phone, phone_stream) = Outbox::new("s-p".into(), "bob".into(), 8);
         hub.subscribe("r", alice.clone());
         hub.subscribe("r", bob_phone.clone());
-        hub.anchor("r", 0, 0);
-        let left = Envelope::new("e1".into(), "r".into(), "gw".into(), 1, Event::MemberLeft { user_id: "bob".into() });
-        hub.dispatch(left, Instant::now());
+        anchor_all(&hub, "r", 0, 0);
+        hub.dispatch(left("bob", 1), Instant::now());
         assert!(!hub.is_subscribed("r", "s-p"));
         assert!(hub.is_subscribed("r", "s-a"));
-        hub.dispatch(message("r", 1), Instant::now());
+        hub.dispatch(message("r", 1).under_members_version(1), Instant::now());
         assert_eq!(drain(&bob_phone, phone_stream).await.len(), 1, "only the MemberLeft");
         assert_eq!(drain(&alice, alice_stream).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_leave_from_before_a_join_leaves_that_stream_alone() {
+        let hub = Hub::new(Duration::from_secs(60));
+        let (alice, alice_stream) = Outbox::new("s-a".into(), "alice".into(), 8);
+        let (phone, phone_stream) = Outbox::new("s-p".into(), "bob".into(), 8);
+        hub.subscribe("r", alice.clone());
+        hub.subscribe("r", phone.clone());
+        anchor_all(&hub, "r", 0, 0);
+        // bob left on his phone (version 1) and joined again on his laptop,
+        // which read version 1: the leave's event, late, ends the phone only.
+        let (laptop, laptop_stream) = Outbox::new("s-l".into(), "bob".into(), 8);
+        hub.subscribe("r", laptop.clone());
+        assert!(hub.anchor("r", "s-l", 0, 1));
+        hub.dispatch(left("bob", 1), Instant::now());
+        assert!(!hub.is_subscribed("r", "s-p"));
+        assert!(hub.is_subscribed("r", "s-l"));
+        hub.dispatch(message("r", 1).under_members_version(1), Instant::now());
+        let laptop_saw = drain(&laptop, laptop_stream).await;
+        assert_eq!((seqs(&laptop_saw), member_lefts(&laptop_saw)), (vec![1], 0), "the laptop hears on, untold");
+        assert_eq!(member_lefts(&drain(&phone, phone_stream).await), 1);
+        assert_eq!(member_lefts(&drain(&alice, alice_stream).await), 1);
+    }
+
+    #[tokio::test]
+    async fn a_leave_arriving_while_a_stream_joins_is_settled_by_its_join() {
+        let hub = Hub::new(Duration::from_secs(60));
+        let (before, before_stream) = Outbox::new("s-1".into(), "bob".into(), 8);
+        let (after, after_stream) = Outbox::new("s-2".into(), "bob".into(), 8);
+        hub.subscribe("r", before.clone());
+        hub.subscribe("r", after.clone());
+        // Both still joining when leaves of versions 2 and 3 arrive.
+        hub.dispatch(left("bob", 3), Instant::now());
+        hub.dispatch(left("bob", 2), Instant::now());
+        assert!(hub.is_subscribed("r", "s-1") && hub.is_subscribed("r", "s-2"));
+        // One join read version 2 (the leave of version 3 came after it), the
+        // other version 3 (both came before it).
+        assert!(!hub.anchor("r", "s-1", 0, 2));
+        assert!(hub.anchor("r", "s-2", 0, 3));
+        assert!(!hub.is_subscribed("r", "s-1"));
+        assert!(hub.is_subscribed("r", "s-2"));
+        assert_eq!(member_lefts(&drain(&before, before_stream).await), 1, "told once");
+        assert_eq!(member_lefts(&drain(&after, after_stream).await), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unversioned_leave_ends_every_stream_of_its_user() {
+        let hub = Hub::new(Duration::from_secs(60));
+        let (joined, _joined_stream) = Outbox::new("s-1".into(), "bob".into(), 8);
+        let (joining, _joining_stream) = Outbox::new("s-2".into(), "bob".into(), 8);
+        hub.subscribe("r", joined.clone());
+        assert!(hub.anchor("r", "s-1", 0, 5));
+        hub.subscribe("r", joining.clone());
+        hub.dispatch(left("bob", 0), Instant::now());
+        assert!(!hub.is_subscribed("r", "s-1"));
+        assert!(!hub.anchor("r", "s-2", 0, 5));
+        assert!(!hub.has_local_members("r"));
     }
 
     fn removal(user: &str, members_version: u64) -> Envelope {
@@ -519,7 +656,7 @@ mod tests {
         let (bob, bob_stream) = Outbox::new("s-b".into(), "bob".into(), 8);
         hub.subscribe("r", alice.clone());
         hub.subscribe("r", bob.clone());
-        hub.anchor("r", 0, 0);
+        anchor_all(&hub, "r", 0, 0);
         hub.dispatch(message("r", 1), Instant::now());
         // Numbered after bob's removal (version 1), delivered by the bus
         // before the removal itself.
@@ -540,13 +677,13 @@ mod tests {
         let (bob, bob_stream) = Outbox::new("s-b".into(), "bob".into(), 8);
         hub.subscribe("r", alice.clone());
         hub.subscribe("r", bob.clone());
-        hub.anchor("r", 0, 0);
+        anchor_all(&hub, "r", 0, 0);
         hub.dispatch(message("r", 1).under_members_version(1), Instant::now());
         // Carol joins here after bob's removal was recorded (version 1), its
         // event still on the way.
         let (carol, carol_stream) = Outbox::new("s-c".into(), "carol".into(), 8);
         hub.subscribe("r", carol.clone());
-        hub.anchor("r", 1, 1);
+        hub.anchor("r", "s-c", 1, 1);
         hub.dispatch(removal("bob", 1), Instant::now());
         assert!(seqs(&drain(&bob, bob_stream).await).is_empty(), "bob never gets what followed his removal");
         assert_eq!(seqs(&drain(&alice, alice_stream).await), vec![1]);
@@ -559,7 +696,7 @@ mod tests {
         let hub = Hub::new(window);
         let (alice, alice_stream) = Outbox::new("s-a".into(), "alice".into(), 8);
         hub.subscribe("r", alice.clone());
-        hub.anchor("r", 0, 0);
+        anchor_all(&hub, "r", 0, 0);
         let start = Instant::now();
         hub.dispatch(message("r", 1).under_members_version(3), start);
         hub.expire_gaps(start + window / 2);
@@ -568,7 +705,7 @@ mod tests {
         // under it flows.
         let (carol, carol_stream) = Outbox::new("s-c".into(), "carol".into(), 8);
         hub.subscribe("r", carol.clone());
-        hub.anchor("r", 1, 3);
+        hub.anchor("r", "s-c", 1, 3);
         hub.dispatch(message("r", 2).under_members_version(3), start + window);
         assert_eq!(seqs(&drain(&alice, alice_stream).await), vec![1, 2]);
         assert_eq!(seqs(&drain(&carol, carol_stream).await), vec![2]);
@@ -581,7 +718,7 @@ mod tests {
         let (bob, bob_stream) = Outbox::new("s-b".into(), "bob".into(), 8);
         hub.subscribe("r", alice.clone());
         hub.subscribe("r", bob.clone());
-        hub.anchor("r", 0, 0);
+        anchor_all(&hub, "r", 0, 0);
         let typing = Envelope::new(
             "t1".into(),
             "r".into(),
@@ -603,7 +740,7 @@ mod tests {
         let hub = Hub::new(Duration::from_secs(1));
         let (alice, stream) = Outbox::new("s-a".into(), "alice".into(), 16);
         hub.subscribe("r", alice.clone());
-        hub.anchor("r", 0, 0);
+        anchor_all(&hub, "r", 0, 0);
         let receipt = |id: &str, status, seq| {
             let event = ReceiptEvent {
                 user_id: "bob".into(),
@@ -658,7 +795,7 @@ mod tests {
         let (fast, fast_stream) = Outbox::new("s-fast".into(), "fast".into(), 64);
         hub.subscribe("r", slow.clone());
         hub.subscribe("r", fast.clone());
-        hub.anchor("r", 0, 0);
+        anchor_all(&hub, "r", 0, 0);
         for seq in 1..=10 {
             hub.dispatch(message("r", seq), Instant::now());
         }
@@ -674,7 +811,7 @@ mod tests {
         let hub = Hub::new(Duration::from_secs(60));
         let (bob, stream) = Outbox::new("s".into(), "bob".into(), 64);
         hub.subscribe("room1", bob.clone());
-        hub.anchor("room1", 0, 0);
+        anchor_all(&hub, "room1", 0, 0);
         let start = Instant::now();
         hub.dispatch(message("room1", 3), start);
         assert!(hub.gaps_to_settle(start, delay).is_empty(), "not waited long enough");

@@ -86,9 +86,14 @@ pub async fn check(store: &dyn Store, prefix: &str) -> Result<(), String> {
     check!(store.join(&b, "w").await.map_err(failed)?.last_seq == 1, "last_seq of b");
     check!(store.is_member(&a, "u").await.map_err(failed)?, "member after join");
     check!(!store.is_member(&a, "w").await.map_err(failed)?, "membership is per conversation");
-    check!(store.leave(&a, "u").await.map_err(failed)?, "leave reports membership");
-    check!(!store.leave(&a, "u").await.map_err(failed)?, "second leave reports none");
+    let before = store.join(&a, "u").await.map_err(failed)?.members_version;
+    let left = store.leave(&a, "u").await.map_err(failed)?;
+    check!(left.was_member && left.members_version > before, "leave reports membership and moves the version on");
+    check!(!store.leave(&a, "u").await.map_err(failed)?.was_member, "second leave reports none");
     check!(!store.is_member(&a, "u").await.map_err(failed)?, "not a member after leave");
+    let back = store.join(&a, "u").await.map_err(failed)?;
+    check!(back.newly_member && back.members_version >= left.members_version, "a join after a leave reads its version");
+    check!(store.leave(&a, "u").await.map_err(failed)?.was_member, "left again");
     let new = format!("{prefix}-new");
     let absent = store.join(&new, "u").await;
     check!(absent == Err(StoreError::NotAdmitted), "joining no conversation gave {absent:?}");
@@ -330,7 +335,7 @@ async fn check_external_members(store: &dyn Store, prefix: &str) -> Result<(), S
     store.add_member(&y, wa, 20).await.map_err(failed)?;
     check!(store.bound_conversation(wa).await.map_err(failed)? == Some(y.clone()), "bound to the newest, y");
     check!(store.bound_conversation("telegram:1").await.map_err(failed)?.is_none(), "unknown identity");
-    check!(store.leave(&x, wa).await.map_err(failed)?, "external member leaves");
+    check!(store.leave(&x, wa).await.map_err(failed)?.was_member, "external member leaves");
     let after = store.accept_send(send(&x, "alice", "", "bye", "e4")).await.map_err(failed)?;
     check!(after.external_recipients.is_empty(), "no recipients after leaving: {:?}", after.external_recipients);
 
@@ -493,7 +498,7 @@ async fn check_direct(store: &dyn Store, prefix: &str) -> Result<(), String> {
     for user in [&ann, &ben] {
         check!(store.role(&d, user).await.map_err(failed)? == Some(Role::Member), "{user} in the direct conversation");
     }
-    check!(store.leave(&d, &ann).await.map_err(failed)?, "ann leaves");
+    check!(store.leave(&d, &ann).await.map_err(failed)?.was_member, "ann leaves");
     let again = store.create(&plan(&d, Kind::Direct, &ben, &[&ann])?).await.map_err(failed)?;
     check!(
         !again.created && again.conversation.kind == Kind::Direct && again.conversation.created_by == ann,

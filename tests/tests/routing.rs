@@ -317,6 +317,8 @@ async fn an_idle_route_leaves_and_a_new_join_brings_it_back() -> anyhow::Result<
         let accepted = send_burst(&mut alice, &room, &format!("idle{round}"), 5).await?;
         received_all(&mut bob, &room, &accepted, seen).await?;
         bob.leave(&room).await?;
+        // Left (the store's write done) before the next round joins.
+        bob.wait_for(|e| matches!(e, Event::MemberLeft(l) if l.user_id == "bob").then_some(())).await?;
         wait_routes(&cluster, &room, "lost the idle gateway", |r| !holds(r, &cluster, 1)).await?;
         ensure!(holds(&routes(&cluster, &room).await?, &cluster, 0), "alice's gateway stays");
     }

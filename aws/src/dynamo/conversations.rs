@@ -18,7 +18,7 @@
 //!   fallback) only when one of them may need it; kept by `LinkChannel`
 //!   across the user's memberships and by every membership change.
 
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, Update};
 use chat_core::conversation::{Conversation, Kind, NewConversation};
 use chat_core::store::{Routes, StoreError};
 
@@ -269,21 +269,17 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// Moves the membership version on (a removal); returns the new one.
-    pub(super) async fn next_members_version(&self, conversation_id: &str) -> Result<u64, StoreError> {
-        let out = self
-            .client
-            .update_item()
+    /// Moves the membership version on, for the transaction that takes a
+    /// membership away (a leave or removal); the conversation must exist.
+    pub(super) fn members_version_step(&self, conversation_id: &str) -> Result<Update, StoreError> {
+        Update::builder()
             .table_name(&self.tables.conversations)
             .key("conversation_id", s(conversation_id))
             .update_expression("ADD members_version :one")
+            .condition_expression("attribute_exists(conversation_id)")
             .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await
-            .map_err(|e| unavailable("moving the membership version", e))?;
-        let item = out.attributes().ok_or_else(|| StoreError::Corrupt("version update returned nothing".into()))?;
-        get_n(item, "members_version")
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("building a request: {e}")))
     }
 
     pub(super) async fn last_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {

@@ -6,7 +6,7 @@
 //! conversations.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update};
 use chat_core::conversation::{Conversation, Kind, NewConversation, Role};
 use chat_core::envelope::ReceiptStatus;
 use chat_core::external::ExternalId;
@@ -232,6 +232,9 @@ impl Membership for DynamoStore {
     }
 
     async fn join(&self, conversation_id: &str, user_id: &str) -> Result<Joined, StoreError> {
+        // Read before the membership is checked or written: a removal of a
+        // later version may have taken it away again (see `Removal`).
+        let (last_seq, members_version) = self.position(conversation_id).await?;
         let (role, newly_member) = match self.role(conversation_id, user_id).await? {
             Some(role) => (role, false),
             None if self.admit(conversation_id, user_id, chat_core::clock::now_ms()).await? => (Role::Member, true),
@@ -241,27 +244,44 @@ impl Membership for DynamoStore {
         if newly_member {
             self.note_fallback_members(conversation_id, &[user_id.to_owned()]).await?;
         }
-        let (last_seq, members_version) = self.position(conversation_id).await?;
         Ok(Joined { newly_member, role, last_seq, members_version })
     }
 
-    async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
+    async fn leave(&self, conversation_id: &str, user_id: &str) -> Result<Removal, StoreError> {
         if matches!(ExternalId::parse(user_id), Ok(Some(_))) {
             self.remove_external(conversation_id, user_id).await?;
         } else {
             self.set_fallback_members(conversation_id, vec![user_id.to_owned()], false).await?;
         }
-        let out = self
+        // The membership goes and the version moves on in one write: a send
+        // numbered after it carries the new version, and a join that read
+        // the new version came after it.
+        let delete = built(
+            Delete::builder()
+                .table_name(&self.tables.members)
+                .key("conversation_id", s(conversation_id))
+                .key("user_id", s(user_id))
+                .condition_expression("attribute_exists(user_id)")
+                .build(),
+        )?;
+        let result = self
             .client
-            .delete_item()
-            .table_name(&self.tables.members)
-            .key("conversation_id", s(conversation_id))
-            .key("user_id", s(user_id))
-            .return_values(ReturnValue::AllOld)
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(delete).build())
+            .transact_items(TransactWriteItem::builder().update(self.members_version_step(conversation_id)?).build())
             .send()
-            .await
-            .map_err(|e| unavailable("removing membership", e))?;
-        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if is_transaction_condition_failure(&e) => {
+                return Ok(Removal { was_member: false, members_version: 0 });
+            }
+            Err(e) => return Err(unavailable("removing membership", e)),
+        }
+        // A transaction returns no values: read the version back (a later
+        // removal's, at worst, which ends no more than it would).
+        let (_, members_version) = self.position(conversation_id).await?;
+        Ok(Removal { was_member: true, members_version })
     }
 
     async fn role(&self, conversation_id: &str, user_id: &str) -> Result<Option<Role>, StoreError> {
@@ -310,9 +330,7 @@ impl Membership for DynamoStore {
         if ban {
             self.set_ban(conversation_id, member_id, true).await?;
         }
-        let members_version = self.next_members_version(conversation_id).await?;
-        let was_member = self.leave(conversation_id, member_id).await?;
-        Ok(Removal { was_member, members_version })
+        self.leave(conversation_id, member_id).await
     }
 
     async fn unban(&self, conversation_id: &str, member_id: &str) -> Result<bool, StoreError> {
