@@ -38,7 +38,12 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The workspace root (where `template.yaml` lives).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    // Run time first: `cargo test` names this checkout, while a build shared
+    // between checkouts (one `CARGO_TARGET_DIR`) may have compiled in
+    // another's path without rebuilding.
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// A free loopback port for a process a test starts (bound, read, released).
