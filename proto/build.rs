@@ -4,7 +4,8 @@
 //!
 //! Two passes: the messages and the client, then the server stubs alone with
 //! `ServerEvent` mapped to [`EncodedServerEvent`](crate::encoded), so a
-//! server hands tonic events it encoded once for all their recipients.
+//! server hands tonic events it encoded once for all their recipients, and
+//! with [`StreamCodec`](crate::codec)'s smaller per-call buffers.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .extern_path(".chat.v1", "crate::pb")
         .extern_path(".chat.v1.ServerEvent", "crate::encoded::EncodedServerEvent")
+        .codec_path("crate::codec::StreamCodec")
         .out_dir(server_dir)
         .compile_fds(descriptors)?;
     Ok(())

@@ -19,7 +19,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -56,15 +57,19 @@ pub(crate) struct ConnState {
     /// Client frames on all of the connection's `Connect` streams.
     pub(crate) frames: DirectLimit,
     close: CancellationToken,
+    /// Set with `close`: the check every read and write makes, which takes
+    /// no lock (the token's does).
+    closed: AtomicBool,
 }
 
 impl ConnState {
     pub(crate) fn new(refused: Option<GatewayError>, frames: DirectLimit) -> Self {
-        Self { refused, frames, close: CancellationToken::new() }
+        Self { refused, frames, close: CancellationToken::new(), closed: AtomicBool::new(false) }
     }
 
     /// Closes the connection under hyper: every stream on it fails at once.
     pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.close.cancel();
     }
 }
@@ -97,6 +102,8 @@ pub(crate) struct Conn {
     io: TcpStream,
     info: ConnInfo,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker `closed` last registered: the token wakes it on close.
+    watching: Option<Waker>,
     /// A refused connection's end.
     linger: Option<Pin<Box<tokio::time::Sleep>>>,
     _slot: Option<Slot<std::net::IpAddr>>,
@@ -126,13 +133,22 @@ impl Conn {
         if linger.is_some() {
             metrics::counter!("chat_connections_refused_total").increment(1);
         }
-        Self { io, info: ConnInfo { tcp, state }, closed, linger, _slot: slot }
+        Self { io, info: ConnInfo { tcp, state }, closed, watching: None, linger, _slot: slot }
     }
 
     /// Whether the connection must end now; registers for the moment it must.
     fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.closed.as_mut().poll(cx).is_ready() {
+        if self.info.state.closed.load(Ordering::Acquire) {
             return true;
+        }
+        // Registered again only for another task (a TLS handshake's, then
+        // the connection's): polling the token on every read and write took
+        // its lock each time, a few % of the gateway's CPU at load.
+        if self.watching.as_ref().is_none_or(|waker| !waker.will_wake(cx.waker())) {
+            self.watching = Some(cx.waker().clone());
+            if self.closed.as_mut().poll(cx).is_ready() {
+                return true;
+            }
         }
         self.linger.as_mut().is_some_and(|linger| linger.as_mut().poll(cx).is_ready())
     }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
@@ -30,13 +31,33 @@ pub(crate) enum Undeliverable {
     Overflow,
 }
 
+/// A cancellation token with a check that takes no lock: every delivery
+/// asks whether the outbox is closed, and `CancellationToken::is_cancelled`
+/// locks the token's node each time.
+#[derive(Debug, Default)]
+struct Closing {
+    token: CancellationToken,
+    cancelled: AtomicBool,
+}
+
+impl Closing {
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Outbox {
     pub(crate) session_id: String,
     pub(crate) user_id: String,
     tx: mpsc::Sender<SharedEvent>,
     /// Cancelled when the stream must end (after what is buffered).
-    closed: CancellationToken,
+    closed: Closing,
     state: Mutex<OutboxState>,
 }
 
@@ -65,7 +86,7 @@ impl Outbox {
             session_id,
             user_id,
             tx,
-            closed: CancellationToken::new(),
+            closed: Closing::default(),
             state: Mutex::new(OutboxState::default()),
         });
         let stream = outbound_stream(rx, outbox.clone());
@@ -114,7 +135,7 @@ impl Outbox {
     /// point moves only for an event that is surely queued.
     fn queue(
         tx: &mpsc::Sender<SharedEvent>,
-        closed: &CancellationToken,
+        closed: &Closing,
         state: &mut OutboxState,
         event: SharedEvent,
     ) -> Result<(), Undeliverable> {
@@ -163,7 +184,7 @@ impl Outbox {
         let seq = Some((conversation_id.clone(), *seq));
         let permit = tokio::select! {
             permit = self.tx.reserve() => permit.map_err(|_| Undeliverable::Gone)?,
-            () = self.closed.cancelled() => return Err(Undeliverable::Gone),
+            () = self.closed.token.cancelled() => return Err(Undeliverable::Gone),
         };
         let mut state = self.state();
         if self.closed.is_cancelled() {
@@ -231,7 +252,7 @@ impl Outbox {
     }
 
     pub(crate) fn closed(&self) -> &CancellationToken {
-        &self.closed
+        &self.closed.token
     }
 
     /// Resolves when the client's receiving side is gone.
@@ -288,10 +309,17 @@ fn outbound_stream(rx: mpsc::Receiver<SharedEvent>, outbox: Arc<Outbox>) -> Even
     let stream = futures::stream::unfold((rx, outbox, Phase::Live), |(mut rx, outbox, phase)| async move {
         match phase {
             Phase::Live => {
-                let next = tokio::select! {
-                    biased;
-                    event = rx.recv() => event,
-                    () = outbox.closed.cancelled() => rx.try_recv().ok(),
+                // A buffered event goes at once: waiting on the close as well
+                // registers with the token and leaves it again, two locks per
+                // event on a busy stream.
+                let next = match rx.try_recv() {
+                    Ok(event) => Some(event),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                        biased;
+                        event = rx.recv() => event,
+                        () = outbox.closed.token.cancelled() => rx.try_recv().ok(),
+                    },
                 };
                 match next {
                     Some(event) => Some((Ok(event), (rx, outbox, Phase::Live))),

@@ -106,8 +106,10 @@ pub(crate) fn send_span(user_id: &str, client: Option<&str>) -> tracing::Span {
     span
 }
 
-/// A frame read off the stream, with its share of the queue's bytes.
-type Queued = (ClientFrame, OwnedSemaphorePermit);
+/// A frame read off the stream, with its share of the queue's bytes. Boxed:
+/// the queue's first block of slots is allocated with the stream, and a
+/// slot the size of a frame made it several KB per idle stream.
+type Queued = (Box<ClientFrame>, OwnedSemaphorePermit);
 
 impl Session {
     /// `conn` is the connection's state when the transport gave one; without
@@ -201,10 +203,12 @@ impl Session {
                     }
                     () = self.outbox.gone() => break,
                     () = tokio::time::sleep_until(receipts_due.unwrap_or_else(far_future)), if receipts_due.is_some() => {
-                        self.flush_receipts(false).await;
+                        Box::pin(self.flush_receipts(false)).await;
                     }
+                    // Boxed: a frame's handling is most of this task's
+                    // state, which an idle stream would otherwise carry.
                     frame = frames.recv(), if reading => match frame {
-                        Some((frame, _bytes)) => self.handle(frame).await,
+                        Some((frame, _bytes)) => Box::pin(self.handle(*frame)).await,
                         // A client that half-closes may still be listening
                         // (grpcurl does): keep delivering until it goes away.
                         None => reading = false,
@@ -459,7 +463,7 @@ impl Session {
         let send = send.to_owned_send();
         let span = tracing::Span::current();
         span.record("seq", accepted.seq);
-        self.app.tasks().spawn(
+        let mut publish = Box::pin(
             async move {
                 let _permit = permit;
                 let published = deadline.bound(app.publish_accepted(&outbox.user_id, &send.as_send(), accepted)).await;
@@ -475,6 +479,12 @@ impl Session {
             }
             .instrument(span),
         );
+        // A bus that takes the event at once (the embedded one) needs no
+        // task of its own; one that must wait for AWS goes on in its own,
+        // and the stream's next frames meanwhile.
+        if futures::poll!(publish.as_mut()).is_pending() {
+            self.app.tasks().spawn(publish);
+        }
         Ok(())
     }
 
@@ -615,7 +625,7 @@ async fn read_frames<S>(
         let Ok(permit) = permit else { return };
         let queued = tokio::select! {
             () = stop.cancelled() => return,
-            queued = queue.send((frame, permit)) => queued,
+            queued = queue.send((Box::new(frame), permit)) => queued,
         };
         if queued.is_err() {
             return;
@@ -741,6 +751,22 @@ mod tests {
         ));
         tokio::spawn(Session::new(app.clone(), outbox, None, slot, auth, u64::MAX).run(inbound));
         (frames, Box::pin(crate::outbox::decoded(events)))
+    }
+
+    /// Every open stream holds its session's task for as long as it lives:
+    /// the state a frame's handling needs is boxed while it runs, not
+    /// carried by every idle stream (it was some 10 KB in a test build).
+    #[tokio::test]
+    async fn an_idle_session_task_stays_small() {
+        let Setup { app, .. } = setup(Limits::default(), None).await;
+        let (outbox, _events, slot) = app.open_stream("alice".into()).expect("open");
+        let (_frames, inbound) = unbounded::<Result<ClientFrame, Status>>();
+        let auth = Arc::new(crate::auth::Authenticator::with_secret(
+            chat_proto::token::Verifier::new(b"a test secret of some length", "iss", "aud").expect("verifier"),
+        ));
+        let run = Session::new(app.clone(), outbox, None, slot, auth, u64::MAX).run(inbound);
+        let size = std::mem::size_of_val(&run);
+        assert!(size <= 3 * 1024, "a session's task takes {size} bytes");
     }
 
     fn frame(id: &str, frame: Frame) -> Result<ClientFrame, Status> {

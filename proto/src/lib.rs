@@ -4,6 +4,7 @@
 //! Lambda functions never do (the bus carries `chat_core::envelope`, a serde
 //! type with its own version).
 
+pub mod codec;
 pub mod encoded;
 pub mod token;
 pub mod transport;

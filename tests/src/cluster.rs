@@ -75,6 +75,8 @@ pub struct Cluster {
     logs: PathBuf,
     /// The private CA (PEM) of gateways serving TLS; `None`: plain h2c.
     ca: Option<Vec<u8>>,
+    /// The CPUs (a `taskset` list) gateways start on; `None`: any.
+    cpus: Option<String>,
 }
 
 impl Cluster {
@@ -108,6 +110,15 @@ impl Cluster {
     pub async fn memory_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut cluster = Self::empty(Mode::Memory, None, unique("mem"), Vec::new())?;
         cluster.start_gateway(env).await?;
+        Ok(cluster)
+    }
+
+    /// One memory-mode gateway started on the CPUs `cpus` names (a
+    /// `taskset` list such as `0`): its runtime sizes itself to them.
+    pub async fn memory_on(cpus: &str) -> anyhow::Result<Self> {
+        let mut cluster = Self::empty(Mode::Memory, None, unique("mem"), Vec::new())?;
+        cluster.cpus = Some(cpus.to_owned());
+        cluster.start_gateway(&[]).await?;
         Ok(cluster)
     }
 
@@ -148,6 +159,7 @@ impl Cluster {
             runner_metrics: Vec::new(),
             logs,
             ca: None,
+            cpus: None,
         })
     }
 
@@ -186,7 +198,7 @@ impl Cluster {
         let metrics = format!("127.0.0.1:{}", free_port()?);
         let instance_id = unique(&format!("g{index}-"));
         let log = self.logs.join(format!("gateway-{index}.log"));
-        let mut cmd = Command::new(workspace_bin("gateway")?);
+        let mut cmd = crate::on_cpus(workspace_bin("gateway")?, self.cpus.as_deref());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()))

@@ -46,6 +46,32 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// A command running `program`, started on the CPUs `cpus` names (a
+/// `taskset` list, util-linux) when given.
+pub fn on_cpus(program: PathBuf, cpus: Option<&str>) -> std::process::Command {
+    match cpus {
+        Some(cpus) => {
+            let mut cmd = std::process::Command::new("taskset");
+            cmd.args(["-c", cpus]).arg(program);
+            cmd
+        }
+        None => std::process::Command::new(program),
+    }
+}
+
+/// Moves every thread of this process to the CPUs `cpus` names (a
+/// `taskset` list); threads started later follow.
+pub fn move_self_to_cpus(cpus: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset (util-linux)")?;
+    anyhow::ensure!(status.success(), "taskset could not move this process to CPUs {cpus}: {status}");
+    Ok(())
+}
+
 /// A free loopback port for a process a test starts (bound, read, released).
 pub fn free_port() -> anyhow::Result<u16> {
     free_ports(1)

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -48,6 +48,22 @@ struct Args {
     ceiling_users: usize,
     #[arg(long, default_value_t = 40.0)]
     ceiling_rate: f64,
+    /// The saturation ramp: the gateway and the baseline each alone on CPU
+    /// 0 and the load generator alone on CPU 1, the offered load (sends per
+    /// second per user, `--ceiling-users` users) multiplied by
+    /// `--saturation-growth` from `--saturation-rate` until deliveries per
+    /// second grow by less than 5 %, a delivery is lost, or p99 passes
+    /// `--saturation-p99-ms`.
+    #[arg(long, default_value_t = 10.0)]
+    saturation_rate: f64,
+    #[arg(long, default_value_t = 1.25)]
+    saturation_growth: f64,
+    #[arg(long, default_value_t = 50.0)]
+    saturation_p99_ms: f64,
+    #[arg(long, default_value_t = 12)]
+    saturation_steps: usize,
+    #[arg(long)]
+    skip_saturation: bool,
     /// Streams connected to fresh processes to measure memory per idle
     /// stream.
     #[arg(long, default_value_t = 2000)]
@@ -216,8 +232,13 @@ struct BaselineProcess {
 
 impl BaselineProcess {
     async fn start() -> anyhow::Result<Self> {
+        Self::start_on(None).await
+    }
+
+    /// Started on the CPUs `cpus` names (a `taskset` list) when given.
+    async fn start_on(cpus: Option<&str>) -> anyhow::Result<Self> {
         let port = chat_e2e::free_port()?;
-        let child = Command::new(chat_e2e::workspace_bin("chat")?)
+        let child = chat_e2e::on_cpus(chat_e2e::workspace_bin("chat")?, cpus)
             .args(["bench-baseline", "--listen", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -268,6 +289,128 @@ async fn step(plan: Plan, results: &mut Vec<StepResult>) -> anyhow::Result<()> {
     println!("{}", result.summary());
     results.push(result);
     Ok(())
+}
+
+/// One step of the saturation ramp, as the ramp reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RampStep {
+    rate: f64,
+    deliveries_per_s: f64,
+    p99_ms: f64,
+    complete: bool,
+}
+
+impl RampStep {
+    fn of(result: &StepResult) -> Self {
+        Self {
+            rate: result.rate_per_user,
+            deliveries_per_s: result.deliveries_per_s,
+            p99_ms: result.p99_ms,
+            complete: result.complete() && result.send_errors == 0,
+        }
+    }
+}
+
+/// Deliveries per second must grow at least this much from one step to the
+/// next for the ramp to go on.
+const SATURATION_MIN_GROWTH: f64 = 1.05;
+
+/// Whether the saturation ramp goes on after `steps`: not once the last
+/// step lost something, passed the p99 bound, or delivered less than 5 %
+/// more per second than the best before it, nor past the step budget.
+fn ramp_goes_on(steps: &[RampStep], p99_bound_ms: f64, max_steps: usize) -> bool {
+    let Some((last, before)) = steps.split_last() else { return true };
+    let best_before = before.iter().map(|s| s.deliveries_per_s).fold(0.0, f64::max);
+    let grew = before.is_empty() || last.deliveries_per_s >= best_before * SATURATION_MIN_GROWTH;
+    last.complete && last.p99_ms <= p99_bound_ms && grew && steps.len() < max_steps
+}
+
+/// The saturation point: the step that delivered the most per second
+/// within the bound, lossless.
+fn saturation_point(steps: &[StepResult], p99_bound_ms: f64) -> Option<&StepResult> {
+    steps
+        .iter()
+        .filter(|s| RampStep::of(s).complete && s.p99_ms <= p99_bound_ms)
+        .max_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s))
+}
+
+/// Ramps `--ceiling-users` users' offered load against a fresh server on
+/// CPU 0 per step (the load generator on CPU 1) until it saturates; every
+/// step's result.
+async fn ramp(args: &Args, label: &str, gateway: bool) -> anyhow::Result<Vec<StepResult>> {
+    let mut results: Vec<StepResult> = Vec::new();
+    let mut rate = args.saturation_rate;
+    loop {
+        let result = if gateway {
+            let cluster = Cluster::memory_on(SERVER_CPU).await?;
+            let (urls, pids, auth) = cluster.bench_target();
+            let mut plan = args.plan(label, urls, pids, args.ceiling_users, rate);
+            plan.auth = Some(auth);
+            bench::run(plan).await
+        } else {
+            let baseline = BaselineProcess::start_on(Some(SERVER_CPU)).await?;
+            let (urls, pids) = baseline.target();
+            bench::run(args.plan(label, urls, pids, args.ceiling_users, rate)).await
+        }
+        .with_context(|| format!("{label} at {rate}/s per user"))?;
+        println!(
+            "{} load generator {:.0} % of its CPU",
+            result.summary(),
+            100.0 * result.client_cpu_s / result.duration_s.max(1e-9)
+        );
+        results.push(result);
+        let steps: Vec<RampStep> = results.iter().map(RampStep::of).collect();
+        if !ramp_goes_on(&steps, args.saturation_p99_ms, args.saturation_steps) {
+            return Ok(results);
+        }
+        rate *= args.saturation_growth;
+    }
+}
+
+/// Where the saturation ramp runs its servers, and its load generator.
+const SERVER_CPU: &str = "0";
+const LOAD_CPU: &str = "1";
+
+/// The saturation section of `ratios.md`.
+fn saturation_table(args: &Args, gateway: &[StepResult], baseline: &[StepResult]) -> String {
+    let bound = args.saturation_p99_ms;
+    let mut md = format!(
+        "Saturation, one core each (server alone on CPU {SERVER_CPU}, load generator alone on CPU {LOAD_CPU}; \
+         {} users, conversations of {}; the offered load grows ×{} per step until deliveries/s grow < 5 %, \
+         a delivery is lost, or p99 > {bound} ms):\n\n",
+        args.ceiling_users, args.conversation_size, args.saturation_growth
+    );
+    md.push_str("| server | saturation deliveries/s | at sends/s per user | p99 ms there | deliveries per server CPU-s there | load generator CPU there |\n");
+    md.push_str("| --- | --- | --- | --- | --- | --- |\n");
+    let mut points = Vec::new();
+    for (name, steps) in [("gateway", gateway), ("baseline", baseline)] {
+        match saturation_point(steps, bound) {
+            Some(s) => {
+                let _ = writeln!(
+                    md,
+                    "| {name} | {:.0} | {} | {:.2} | {:.0} | {:.0} % |",
+                    s.deliveries_per_s,
+                    s.rate_per_user,
+                    s.p99_ms,
+                    s.deliveries_per_gateway_cpu_s,
+                    100.0 * s.client_cpu_s / s.duration_s.max(1e-9)
+                );
+                points.push(s.deliveries_per_s);
+            }
+            None => {
+                let _ = writeln!(md, "| {name} | – (no step within the bound) | | | | |");
+            }
+        }
+    }
+    if let [g, b] = points[..] {
+        let _ = writeln!(
+            md,
+            "
+Saturation ratio, gateway / baseline: {}.",
+            ratio(g, b)
+        );
+    }
+    md
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -422,6 +565,23 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut saturation = String::new();
+    if !args.skip_saturation {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        if cores < 2 {
+            println!("saturation ramp skipped: it needs two CPUs, this machine has {cores}");
+        } else {
+            chat_e2e::move_self_to_cpus(LOAD_CPU)?;
+            let gateway = ramp(&args, "memory-saturation", true).await?;
+            let baseline = ramp(&args, "baseline-saturation", false).await?;
+            chat_e2e::move_self_to_cpus(&format!("0-{}", cores - 1))?;
+            saturation = saturation_table(&args, &gateway, &baseline);
+            println!("\n{saturation}");
+            results.extend(gateway);
+            results.extend(baseline);
+        }
+    }
+
     if !args.skip_aws {
         for &gateways in &args.aws_gateways {
             let label = format!("aws-{gateways}gw");
@@ -479,10 +639,18 @@ async fn main() -> anyhow::Result<()> {
     let points = bench::plot::read_points(&csv)?;
     let sweep_points: Vec<_> = points
         .into_iter()
-        .filter(|p| !p.label.contains("-ceiling") && !p.label.contains("-idle") && !p.label.starts_with("fanout-"))
+        .filter(|p| {
+            !p.label.contains("-ceiling")
+                && !p.label.contains("-idle")
+                && !p.label.contains("-saturation")
+                && !p.label.starts_with("fanout-")
+        })
         .collect();
     let plots = bench::plot::plot(&sweep_points, &args.out, "chat bench")?;
     let mut table = ratios(&results, &raw);
+    if !saturation.is_empty() {
+        table = format!("{saturation}\n{table}");
+    }
     if !sqs.is_empty() {
         let _ = writeln!(
             table,
@@ -741,6 +909,29 @@ fn count_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(rate: f64, deliveries_per_s: f64, p99_ms: f64, complete: bool) -> RampStep {
+        RampStep { rate, deliveries_per_s, p99_ms, complete }
+    }
+
+    #[test]
+    fn the_ramp_stops_at_its_first_sign_of_saturation() {
+        let fine = [step(20.0, 40_000.0, 5.0, true)];
+        assert!(ramp_goes_on(&[], 50.0, 8));
+        assert!(ramp_goes_on(&fine, 50.0, 8), "one good step");
+        let growing = [fine[0], step(30.0, 60_000.0, 8.0, true)];
+        assert!(ramp_goes_on(&growing, 50.0, 8));
+        let flat = [growing[0], growing[1], step(45.0, 62_000.0, 9.0, true)];
+        assert!(!ramp_goes_on(&flat, 50.0, 8), "grew under 5 %");
+        let slow = [fine[0], step(30.0, 60_000.0, 51.0, true)];
+        assert!(!ramp_goes_on(&slow, 50.0, 8), "past the p99 bound");
+        let lossy = [fine[0], step(30.0, 60_000.0, 8.0, false)];
+        assert!(!ramp_goes_on(&lossy, 50.0, 8), "lost a delivery");
+        assert!(!ramp_goes_on(&growing, 50.0, 2), "step budget spent");
+        // Growth is measured against the best so far, not the last step.
+        let dipped = [fine[0], step(30.0, 30_000.0, 8.0, true), step(45.0, 41_000.0, 9.0, true)];
+        assert!(!ramp_goes_on(&dipped, 50.0, 8));
+    }
 
     #[test]
     fn reads_the_gateway_totals_from_a_scrape() {
