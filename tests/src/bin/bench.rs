@@ -334,34 +334,50 @@ fn saturation_point(steps: &[StepResult], p99_bound_ms: f64) -> Option<&StepResu
         .max_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s))
 }
 
-/// Ramps `--ceiling-users` users' offered load against a fresh server on
-/// CPU 0 per step (the load generator on CPU 1) until it saturates; every
-/// step's result.
-async fn ramp(args: &Args, label: &str, gateway: bool) -> anyhow::Result<Vec<StepResult>> {
-    let mut results: Vec<StepResult> = Vec::new();
+/// One step of the ramp: `--ceiling-users` users at `rate` against a fresh
+/// gateway (or baseline) on CPU 0, the load generator on CPU 1.
+async fn ramp_step(args: &Args, gateway: bool, rate: f64) -> anyhow::Result<StepResult> {
+    let label = if gateway { "memory-saturation" } else { "baseline-saturation" };
+    let result = if gateway {
+        let cluster = Cluster::memory_on(SERVER_CPU).await?;
+        let (urls, pids, auth) = cluster.bench_target();
+        let mut plan = args.plan(label, urls, pids, args.ceiling_users, rate);
+        plan.auth = Some(auth);
+        bench::run(plan).await
+    } else {
+        let baseline = BaselineProcess::start_on(Some(SERVER_CPU)).await?;
+        let (urls, pids) = baseline.target();
+        bench::run(args.plan(label, urls, pids, args.ceiling_users, rate)).await
+    }
+    .with_context(|| format!("{label} at {rate}/s per user"))?;
+    println!(
+        "{} load generator {:.0} % of its CPU",
+        result.summary(),
+        100.0 * result.client_cpu_s / result.duration_s.max(1e-9)
+    );
+    Ok(result)
+}
+
+/// Ramps the gateway and the baseline side by side, one rate at a time
+/// (the gateway's step, then the baseline's), each until it saturates, so
+/// the machine's noise falls on both alike; every step of each.
+async fn ramp(args: &Args) -> anyhow::Result<(Vec<StepResult>, Vec<StepResult>)> {
+    let (mut gateway, mut baseline): (Vec<StepResult>, Vec<StepResult>) = (Vec::new(), Vec::new());
     let mut rate = args.saturation_rate;
+    let goes_on = |steps: &[StepResult]| {
+        let steps: Vec<RampStep> = steps.iter().map(RampStep::of).collect();
+        ramp_goes_on(&steps, args.saturation_p99_ms, args.saturation_steps)
+    };
     loop {
-        let result = if gateway {
-            let cluster = Cluster::memory_on(SERVER_CPU).await?;
-            let (urls, pids, auth) = cluster.bench_target();
-            let mut plan = args.plan(label, urls, pids, args.ceiling_users, rate);
-            plan.auth = Some(auth);
-            bench::run(plan).await
-        } else {
-            let baseline = BaselineProcess::start_on(Some(SERVER_CPU)).await?;
-            let (urls, pids) = baseline.target();
-            bench::run(args.plan(label, urls, pids, args.ceiling_users, rate)).await
+        let (gateway_on, baseline_on) = (goes_on(&gateway), goes_on(&baseline));
+        if !gateway_on && !baseline_on {
+            return Ok((gateway, baseline));
         }
-        .with_context(|| format!("{label} at {rate}/s per user"))?;
-        println!(
-            "{} load generator {:.0} % of its CPU",
-            result.summary(),
-            100.0 * result.client_cpu_s / result.duration_s.max(1e-9)
-        );
-        results.push(result);
-        let steps: Vec<RampStep> = results.iter().map(RampStep::of).collect();
-        if !ramp_goes_on(&steps, args.saturation_p99_ms, args.saturation_steps) {
-            return Ok(results);
+        if gateway_on {
+            gateway.push(ramp_step(args, true, rate).await?);
+        }
+        if baseline_on {
+            baseline.push(ramp_step(args, false, rate).await?);
         }
         rate *= args.saturation_growth;
     }
@@ -572,8 +588,7 @@ async fn main() -> anyhow::Result<()> {
             println!("saturation ramp skipped: it needs two CPUs, this machine has {cores}");
         } else {
             chat_e2e::move_self_to_cpus(LOAD_CPU)?;
-            let gateway = ramp(&args, "memory-saturation", true).await?;
-            let baseline = ramp(&args, "baseline-saturation", false).await?;
+            let (gateway, baseline) = ramp(&args).await?;
             chat_e2e::move_self_to_cpus(&format!("0-{}", cores - 1))?;
             saturation = saturation_table(&args, &gateway, &baseline);
             println!("\n{saturation}");
