@@ -19,17 +19,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::Status;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::closing::Closing;
 use crate::error::GatewayError;
 use crate::limits::{AddressLimits, DirectLimit, Slot};
 
@@ -56,20 +56,16 @@ pub(crate) struct ConnState {
     refused: Option<GatewayError>,
     /// Client frames on all of the connection's `Connect` streams.
     pub(crate) frames: DirectLimit,
-    close: CancellationToken,
-    /// Set with `close`: the check every read and write makes, which takes
-    /// no lock (the token's does).
-    closed: AtomicBool,
+    close: Closing,
 }
 
 impl ConnState {
     pub(crate) fn new(refused: Option<GatewayError>, frames: DirectLimit) -> Self {
-        Self { refused, frames, close: CancellationToken::new(), closed: AtomicBool::new(false) }
+        Self { refused, frames, close: Closing::default() }
     }
 
     /// Closes the connection under hyper: every stream on it fails at once.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
         self.close.cancel();
     }
 }
@@ -128,7 +124,7 @@ impl Conn {
         };
         let linger = refused.is_some().then(|| Box::pin(tokio::time::sleep(REFUSED_LINGER)));
         let state = Arc::new(ConnState::new(refused, limits.frame_limit()));
-        let closed = Box::pin(state.close.clone().cancelled_owned());
+        let closed = Box::pin(state.close.token().clone().cancelled_owned());
         metrics::gauge!("chat_connections").increment(1.0);
         if linger.is_some() {
             metrics::counter!("chat_connections_refused_total").increment(1);
@@ -138,7 +134,7 @@ impl Conn {
 
     /// Whether the connection must end now; registers for the moment it must.
     fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.info.state.closed.load(Ordering::Acquire) {
+        if self.info.state.close.is_cancelled() {
             return true;
         }
         // Registered again only for another task (a TLS handshake's, then

@@ -98,17 +98,19 @@ struct Member {
     /// The membership version its join read ([`Hub::anchor`]); `None` while
     /// it joins.
     joined_at: Option<u64>,
-    /// A leave or removal of its user that arrived while it was joining,
-    /// with its version: settled when the join has read its own.
+    /// The furthest-reaching leave or removal of its user that arrived
+    /// while it was joining ([`reach`]), settled when the join has read its
+    /// version.
     left_while_joining: Option<(u64, SharedEvent)>,
 }
 
-/// Whether a leave or removal of `members_version` ends a stream whose join
-/// read `joined_at`: one the join read (or an earlier one) happened before
-/// the join, so it is news of the past. 0 is a publisher that did not
-/// version it: it ends every stream, as it always did.
-fn ends(joined_at: u64, members_version: u64) -> bool {
-    members_version == 0 || joined_at < members_version
+/// How far a leave or removal of `members_version` reaches: it ends the
+/// streams whose join read a version below it (one the join read, or an
+/// earlier one, happened before the join: news of the past). 0 is a
+/// publisher that did not version it: it ends every stream, as it always
+/// did.
+fn reach(members_version: u64) -> u64 {
+    if members_version == 0 { u64::MAX } else { members_version }
 }
 
 /// A bounded set of recently seen ids, oldest evicted first.
@@ -181,13 +183,10 @@ impl Hub {
         let Some(member) = conversation.members.get_mut(session_id) else { return false };
         member.joined_at = Some(members_version);
         match member.left_while_joining.take() {
-            Some((version, left)) if ends(members_version, version) => {
+            Some((reach, left)) if reach > members_version => {
                 // Told, as the streams that had joined were.
                 let _ = member.outbox.deliver(left);
-                conversation.members.remove(session_id);
-                if conversation.members.is_empty() {
-                    state.conversations.remove(conversation_id);
-                }
+                Self::remove(&mut state, conversation_id, session_id);
                 false
             }
             _ => true,
@@ -195,7 +194,12 @@ impl Hub {
     }
 
     pub(crate) fn unsubscribe(&self, conversation_id: &str, session_id: &str) {
-        let mut state = self.state();
+        Self::remove(&mut self.state(), conversation_id, session_id);
+    }
+
+    /// Takes a stream out of a conversation, and the conversation out of
+    /// this gateway with its last stream.
+    fn remove(state: &mut State, conversation_id: &str, session_id: &str) {
         if let Some(conversation) = state.conversations.get_mut(conversation_id) {
             conversation.members.remove(session_id);
             if conversation.members.is_empty() {
@@ -313,15 +317,13 @@ impl Hub {
         // presence then or at their end). A stream that joined after it
         // is not told; one still joining settles it when its join has read
         // the membership version.
-        let ended = |m: &Member| m.joined_at.is_some_and(|joined_at| ends(joined_at, members_version));
+        let reach = reach(members_version);
+        let ended = |m: &Member| m.joined_at.is_some_and(|joined_at| reach > joined_at);
         self.fan_out(conversation, &released, |m| m.outbox.user_id == user && !ended(m));
         for member in conversation.members.values_mut().filter(|m| m.outbox.user_id == user && m.joined_at.is_none()) {
-            let newer = member
-                .left_while_joining
-                .as_ref()
-                .is_none_or(|(version, _)| *version != 0 && (members_version == 0 || members_version > *version));
-            if let Some(event) = released.first().filter(|_| newer) {
-                member.left_while_joining = Some((members_version, event.clone()));
+            let further = member.left_while_joining.as_ref().is_none_or(|(known, _)| reach > *known);
+            if let Some(event) = released.first().filter(|_| further) {
+                member.left_while_joining = Some((reach, event.clone()));
             }
         }
         conversation.members.retain(|_, m| m.outbox.user_id != user || !ended(m));

@@ -25,6 +25,7 @@
 mod app;
 mod auth;
 mod bus;
+mod closing;
 mod coalesce;
 pub mod config;
 mod conn;

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
@@ -18,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
+use crate::closing::Closing;
 use crate::wire::{CloseReason, Facts, SharedEvent};
 
 pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, Status>> + Send + 'static>>;
@@ -29,26 +29,6 @@ pub(crate) enum Undeliverable {
     Gone,
     /// The buffer was full; the outbox is now closing.
     Overflow,
-}
-
-/// A cancellation token with a check that takes no lock: every delivery
-/// asks whether the outbox is closed, and `CancellationToken::is_cancelled`
-/// locks the token's node each time.
-#[derive(Debug, Default)]
-struct Closing {
-    token: CancellationToken,
-    cancelled: AtomicBool,
-}
-
-impl Closing {
-    fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Release);
-        self.token.cancel();
-    }
-
-    fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
-    }
 }
 
 #[derive(Debug)]
@@ -184,7 +164,7 @@ impl Outbox {
         let seq = Some((conversation_id.clone(), *seq));
         let permit = tokio::select! {
             permit = self.tx.reserve() => permit.map_err(|_| Undeliverable::Gone)?,
-            () = self.closed.token.cancelled() => return Err(Undeliverable::Gone),
+            () = self.closed.token().cancelled() => return Err(Undeliverable::Gone),
         };
         let mut state = self.state();
         if self.closed.is_cancelled() {
@@ -252,7 +232,7 @@ impl Outbox {
     }
 
     pub(crate) fn closed(&self) -> &CancellationToken {
-        &self.closed.token
+        self.closed.token()
     }
 
     /// Resolves when the client's receiving side is gone.
@@ -318,7 +298,7 @@ fn outbound_stream(rx: mpsc::Receiver<SharedEvent>, outbox: Arc<Outbox>) -> Even
                     Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
                         biased;
                         event = rx.recv() => event,
-                        () = outbox.closed.token.cancelled() => rx.try_recv().ok(),
+                        () = outbox.closed.token().cancelled() => rx.try_recv().ok(),
                     },
                 };
                 match next {

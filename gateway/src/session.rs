@@ -202,11 +202,12 @@ impl Session {
                         break;
                     }
                     () = self.outbox.gone() => break,
+                    // Boxed, here and below: a frame's handling (and a
+                    // flush's) would otherwise be state every idle stream's
+                    // task carries.
                     () = tokio::time::sleep_until(receipts_due.unwrap_or_else(far_future)), if receipts_due.is_some() => {
                         Box::pin(self.flush_receipts(false)).await;
                     }
-                    // Boxed: a frame's handling is most of this task's
-                    // state, which an idle stream would otherwise carry.
                     frame = frames.recv(), if reading => match frame {
                         Some((frame, _bytes)) => Box::pin(self.handle(*frame)).await,
                         // A client that half-closes may still be listening
@@ -740,16 +741,19 @@ mod tests {
         Setup { app, bus }
     }
 
+    fn test_auth() -> Arc<crate::auth::Authenticator> {
+        Arc::new(crate::auth::Authenticator::with_secret(
+            chat_proto::token::Verifier::new(b"a test secret of some length", "iss", "aud").expect("verifier"),
+        ))
+    }
+
     type Events = std::pin::Pin<Box<dyn Stream<Item = Result<pb::ServerEvent, Status>> + Send>>;
 
     /// A stream of `user` served by a session: its frames' sender and events.
     fn connect(app: &Arc<App>, user: &str) -> (UnboundedSender<Result<ClientFrame, Status>>, Events) {
         let (outbox, events, slot) = app.open_stream(user.into()).expect("open");
         let (frames, inbound) = unbounded();
-        let auth = Arc::new(crate::auth::Authenticator::with_secret(
-            chat_proto::token::Verifier::new(b"a test secret of some length", "iss", "aud").expect("verifier"),
-        ));
-        tokio::spawn(Session::new(app.clone(), outbox, None, slot, auth, u64::MAX).run(inbound));
+        tokio::spawn(Session::new(app.clone(), outbox, None, slot, test_auth(), u64::MAX).run(inbound));
         (frames, Box::pin(crate::outbox::decoded(events)))
     }
 
@@ -761,10 +765,7 @@ mod tests {
         let Setup { app, .. } = setup(Limits::default(), None).await;
         let (outbox, _events, slot) = app.open_stream("alice".into()).expect("open");
         let (_frames, inbound) = unbounded::<Result<ClientFrame, Status>>();
-        let auth = Arc::new(crate::auth::Authenticator::with_secret(
-            chat_proto::token::Verifier::new(b"a test secret of some length", "iss", "aud").expect("verifier"),
-        ));
-        let run = Session::new(app.clone(), outbox, None, slot, auth, u64::MAX).run(inbound);
+        let run = Session::new(app.clone(), outbox, None, slot, test_auth(), u64::MAX).run(inbound);
         let size = std::mem::size_of_val(&run);
         assert!(size <= 3 * 1024, "a session's task takes {size} bytes");
     }

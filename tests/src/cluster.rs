@@ -108,17 +108,19 @@ impl Cluster {
     }
 
     pub async fn memory_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let mut cluster = Self::empty(Mode::Memory, None, unique("mem"), Vec::new())?;
-        cluster.start_gateway(env).await?;
-        Ok(cluster)
+        Self::memory_started(env, None).await
     }
 
     /// One memory-mode gateway started on the CPUs `cpus` names (a
     /// `taskset` list such as `0`): its runtime sizes itself to them.
     pub async fn memory_on(cpus: &str) -> anyhow::Result<Self> {
+        Self::memory_started(&[], Some(cpus)).await
+    }
+
+    async fn memory_started(env: &[(&str, &str)], cpus: Option<&str>) -> anyhow::Result<Self> {
         let mut cluster = Self::empty(Mode::Memory, None, unique("mem"), Vec::new())?;
-        cluster.cpus = Some(cpus.to_owned());
-        cluster.start_gateway(&[]).await?;
+        cluster.cpus = cpus.map(str::to_owned);
+        cluster.start_gateway(env).await?;
         Ok(cluster)
     }
 

@@ -18,6 +18,7 @@
 //!   fallback) only when one of them may need it; kept by `LinkChannel`
 //!   across the user's memberships and by every membership change.
 
+use aws_sdk_dynamodb::error::BuildError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, Update};
 use chat_core::conversation::{Conversation, Kind, NewConversation};
 use chat_core::store::{Routes, StoreError};
@@ -271,7 +272,7 @@ impl DynamoStore {
 
     /// Moves the membership version on, for the transaction that takes a
     /// membership away (a leave or removal); the conversation must exist.
-    pub(super) fn members_version_step(&self, conversation_id: &str) -> Result<Update, StoreError> {
+    pub(super) fn members_version_step(&self, conversation_id: &str) -> Result<Update, BuildError> {
         Update::builder()
             .table_name(&self.tables.conversations)
             .key("conversation_id", s(conversation_id))
@@ -279,7 +280,6 @@ impl DynamoStore {
             .condition_expression("attribute_exists(conversation_id)")
             .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .build()
-            .map_err(|e| StoreError::Corrupt(format!("building a request: {e}")))
     }
 
     pub(super) async fn last_seq(&self, conversation_id: &str) -> Result<u64, StoreError> {

@@ -268,7 +268,9 @@ impl Membership for DynamoStore {
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().delete(delete).build())
-            .transact_items(TransactWriteItem::builder().update(self.members_version_step(conversation_id)?).build())
+            .transact_items(
+                TransactWriteItem::builder().update(built(self.members_version_step(conversation_id))?).build(),
+            )
             .send()
             .await;
         match result {
@@ -278,8 +280,9 @@ impl Membership for DynamoStore {
             }
             Err(e) => return Err(unavailable("removing membership", e)),
         }
-        // A transaction returns no values: read the version back (a later
-        // removal's, at worst, which ends no more than it would).
+        // A transaction returns no values: read the version back. At worst it
+        // is a later removal's, and a stream that joined between the two is
+        // ended needlessly: the safe side.
         let (_, members_version) = self.position(conversation_id).await?;
         Ok(Removal { was_member: true, members_version })
     }
